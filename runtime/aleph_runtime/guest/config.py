@@ -1,0 +1,220 @@
+"""The program's configuration, as the supervisor sends it, parsed into typed objects.
+
+Validation is explicit code, never `assert`: the init runs under `python3 -OO`. Every
+error is a ConfigError whose message is one sentence naming the field, which the init
+sends back as `{"success": false, "error": ...}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the field and says why."""
+
+
+class Interface(str, enum.Enum):
+    ASGI = "asgi"
+    EXECUTABLE = "executable"
+
+
+class Encoding(str, enum.Enum):
+    PLAIN = "plain"
+    ZIP = "zip"
+    SQUASHFS = "squashfs"
+    TAR = "tar"
+
+
+#: Names accepted for each encoding. aleph-message knows plain/zip/squashfs; tar is ours.
+_ENCODING_NAMES = {
+    "plain": Encoding.PLAIN,
+    "zip": Encoding.ZIP,
+    "squashfs": Encoding.SQUASHFS,
+    "tar": Encoding.TAR,
+    "tar.gz": Encoding.TAR,
+    "tar.gzip": Encoding.TAR,
+    "tgz": Encoding.TAR,
+    "tar.bz2": Encoding.TAR,
+    "tar.xz": Encoding.TAR,
+}
+
+#: The message's "binary" interface reaches us as "executable"; accept both spellings.
+_INTERFACE_NAMES = {"asgi": Interface.ASGI, "executable": Interface.EXECUTABLE, "binary": Interface.EXECUTABLE}
+
+_DEVICE_NAME = re.compile(r"^[a-z][a-z0-9]{1,15}$")
+_VM_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Volume:
+    mount: str
+    """Absolute mount point inside the VM, e.g. /opt/venv."""
+    device: str
+    """Block device name under /dev, e.g. vdc."""
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Network:
+    ipv4: ipaddress.IPv4Interface | None = None
+    """The address with its prefix; /24 when the supervisor sent none (as it does today)."""
+    ipv4_gateway: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Interface | None = None
+    ipv6_gateway: ipaddress.IPv6Address | None = None
+    dns_servers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    vm_hash: str
+    interface: Interface
+    encoding: Encoding
+    entrypoint: str
+    code: bytes | None
+    input_data: bytes | None
+    network: Network
+    volumes: tuple[Volume, ...] = ()
+    variables: dict[str, str] = field(default_factory=dict)
+    authorized_keys: tuple[str, ...] = ()
+
+    @property
+    def hostname(self) -> str:
+        """base32 of the binary hash, lower case, unpadded: a hex hash is too long for a hostname."""
+        return base64.b32encode(bytes.fromhex(self.vm_hash)).decode().rstrip("=").lower()
+
+
+def _require(data: dict, key: str, kinds: type | tuple[type, ...], optional: bool = False):
+    if key not in data:
+        if optional:
+            return None
+        raise ConfigError(f"the configuration has no '{key}' field")
+    value = data[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
+        names = " or ".join(kind.__name__ for kind in _as_tuple(kinds))
+        raise ConfigError(f"the field '{key}' must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _parse_volume(index: int, raw: object) -> Volume:
+    where = f"volumes[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the field '{where}' must be a map with mount, device and read_only")
+    try:
+        mount = _require(raw, "mount", str)
+        device = _require(raw, "device", str)
+        read_only = _require(raw, "read_only", bool)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    if not mount.startswith("/") or "\x00" in mount or ".." in mount.split("/"):
+        raise ConfigError(f"the field '{where}.mount' must be an absolute path without '..', not {mount!r}")
+    if not _DEVICE_NAME.match(device):
+        raise ConfigError(f"the field '{where}.device' must be a device name such as 'vdc', not {device!r}")
+    return Volume(mount=mount.rstrip("/") or "/", device=device, read_only=read_only)
+
+
+def _parse_network(data: dict) -> Network:
+    ipv4 = ipv4_gateway = ipv6 = ipv6_gateway = None
+    if raw := _require(data, "ip", str, optional=True):
+        try:
+            # The supervisor strips the mask; the init has always assumed /24.
+            ipv4 = ipaddress.IPv4Interface(raw if "/" in raw else f"{raw}/24")
+        except ValueError:
+            raise ConfigError(f"the field 'ip' must be an IPv4 address, not {raw!r}") from None
+    if raw := _require(data, "route", str, optional=True):
+        try:
+            ipv4_gateway = ipaddress.IPv4Address(raw)
+        except ValueError:
+            raise ConfigError(f"the field 'route' must be an IPv4 address, not {raw!r}") from None
+    if raw := _require(data, "ipv6", str, optional=True):
+        try:
+            ipv6 = ipaddress.IPv6Interface(raw)
+        except ValueError:
+            raise ConfigError(f"the field 'ipv6' must be an IPv6 address with its prefix, not {raw!r}") from None
+    if raw := _require(data, "ipv6_gateway", str, optional=True):
+        try:
+            ipv6_gateway = ipaddress.IPv6Address(raw)
+        except ValueError:
+            raise ConfigError(f"the field 'ipv6_gateway' must be an IPv6 address, not {raw!r}") from None
+    servers = _require(data, "dns_servers", list, optional=True) or []
+    for index, server in enumerate(servers):
+        try:
+            ipaddress.ip_address(server)
+        except (TypeError, ValueError):
+            raise ConfigError(f"the field 'dns_servers[{index}]' must be an IP address, not {server!r}") from None
+    return Network(ipv4, ipv4_gateway, ipv6, ipv6_gateway, tuple(servers))
+
+
+def parse_config(data: object) -> Config:
+    """Validate a decoded V1 or V2 config map; unknown extra keys are ignored."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the configuration must be a map, not {type(data).__name__}")
+
+    vm_hash = _require(data, "vm_hash", str)
+    if not _VM_HASH.match(vm_hash):
+        raise ConfigError(f"the field 'vm_hash' must be 64 hexadecimal characters, not {vm_hash[:80]!r}")
+
+    raw_interface = _require(data, "interface", str)
+    interface = _INTERFACE_NAMES.get(raw_interface)
+    if interface is None:
+        raise ConfigError(f"the field 'interface' must be 'asgi' or 'executable', not {raw_interface!r}")
+
+    raw_encoding = _require(data, "encoding", str)
+    encoding = _ENCODING_NAMES.get(raw_encoding.lower())
+    if encoding is None:
+        names = ", ".join(sorted(_ENCODING_NAMES))
+        raise ConfigError(f"the field 'encoding' must be one of {names}, not {raw_encoding!r}")
+
+    entrypoint = _require(data, "entrypoint", str)
+    if not entrypoint.strip():
+        raise ConfigError("the field 'entrypoint' is empty")
+
+    code = _require(data, "code", (bytes, str), optional=True)
+    if isinstance(code, str):
+        code = code.encode()  # plain code is sometimes sent as text
+    if encoding is not Encoding.SQUASHFS and not code:
+        raise ConfigError(f"the field 'code' is empty, but the encoding {encoding.value!r} needs it")
+
+    input_data = _require(data, "input_data", bytes, optional=True)
+
+    volumes = tuple(
+        _parse_volume(index, raw) for index, raw in enumerate(_require(data, "volumes", list, optional=True) or [])
+    )
+    if encoding is Encoding.SQUASHFS and not any(volume.mount == "/opt/code" for volume in volumes):
+        raise ConfigError("the encoding 'squashfs' needs a volume mounted at /opt/code, and there is none")
+
+    variables = _require(data, "variables", dict, optional=True) or {}
+    for key, value in variables.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise ConfigError(f"the field 'variables' has a key that is not a variable name: {key!r}")
+        if not isinstance(value, str) or "\x00" in value:
+            raise ConfigError(f"the field 'variables.{key}' must be a string without NUL bytes")
+
+    keys = _require(data, "authorized_keys", list, optional=True) or []
+    for index, key in enumerate(keys):
+        if not isinstance(key, str) or "\n" in key.strip():
+            raise ConfigError(f"the field 'authorized_keys[{index}]' must be one line of text")
+
+    return Config(
+        vm_hash=vm_hash.lower(),
+        interface=interface,
+        encoding=encoding,
+        entrypoint=entrypoint,
+        code=code,
+        input_data=input_data or None,
+        network=_parse_network(data),
+        volumes=volumes,
+        variables=dict(variables),
+        authorized_keys=tuple(key.strip() for key in keys if key.strip()),
+    )

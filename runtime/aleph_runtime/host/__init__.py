@@ -1,0 +1,1 @@
+"""Host-side tools: run on a workstation or a node, never inside the VM."""

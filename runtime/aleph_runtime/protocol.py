@@ -1,0 +1,190 @@
+"""The host <-> init wire format, as the aleph-vm supervisor speaks it.
+
+Shared by the guest (the init) and the host (our supervisor client, CLI and tests), so
+both sides agree on every byte. See `shared/aleph-vm-protocol.md` for the contract;
+this module only encodes it. It imports nothing but msgpack so the init can load it
+in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgpack
+
+#: The version announced in the ready signal. It selects the V2 config format on the
+#: supervisor's side; the supervisor ignores extra keys in the ready map.
+PROTOCOL_VERSION = "2.0.0"
+
+#: The vsock port the init listens on, and the one the ready signal goes to.
+INIT_PORT = 52
+#: The host port of the guest API (cache, signing, aleph API proxy).
+GUEST_API_PORT = 53
+#: Firecracker's fixed CIDs: the guest is 3, the host is VMADDR_CID_HOST.
+GUEST_CID = 3
+HOST_CID = 2
+
+#: The supervisor reads the config answer (and the ready signal) in ONE read of this size.
+MAX_SINGLE_READ = 1_000_000
+
+HALT = b"halt"
+STOP_LINE = b"STOP\n"
+STOPZ_LINE = b"STOPZ\n"
+COMMAND_PREFIX = b"!"
+
+#: The longest "CONNECT <port>\n" or "OK <port>\n" line we accept; anything longer is garbage.
+MAX_CONTROL_LINE = 64
+
+
+class ProtocolError(ValueError):
+    """The peer sent bytes that are not the protocol."""
+
+
+def pack(obj: object) -> bytes:
+    """msgpack as the supervisor writes it: str as str, bytes as bin."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> object:
+    """msgpack as the supervisor reads it: str decoded, bin kept as bytes."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def new_unpacker(max_buffer_size: int = 0) -> msgpack.Unpacker:
+    """A streaming unpacker for run requests, which arrive with no length prefix."""
+    return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max_buffer_size)
+
+
+# --- the hybrid-vsock control lines (Firecracker's host-side Unix socket) ---
+
+
+def connect_line(port: int) -> bytes:
+    return b"CONNECT %d\n" % port
+
+
+def ok_line(port: int) -> bytes:
+    return b"OK %d\n" % port
+
+
+def _parse_port_line(line: bytes, keyword: bytes) -> int:
+    parts = line.rstrip(b"\n").split(b" ")
+    if len(parts) != 2 or parts[0] != keyword or not parts[1].isdigit():
+        raise ProtocolError(f"expected {keyword.decode()} <port>, got {line[:MAX_CONTROL_LINE]!r}")
+    return int(parts[1])
+
+
+def parse_connect_line(line: bytes) -> int:
+    return _parse_port_line(line, b"CONNECT")
+
+
+def parse_ok_line(line: bytes) -> int:
+    return _parse_port_line(line, b"OK")
+
+
+# --- what the host sends on port 52 ---
+
+
+class RequestKind(enum.Enum):
+    """What a connection to port 52 carries, told from its first byte."""
+
+    CONFIG = "config"
+    """`<decimal length>\\n` then msgpack(config): the first connection after boot."""
+    RUN = "run"
+    """msgpack({"scope": ...}) with no length prefix and no half-close."""
+    HALT = "halt"
+    """The four bytes `halt`."""
+    COMMAND = "command"
+    """`!<command line>`: a debug shell command."""
+
+
+def classify_request(first_byte: int) -> RequestKind:
+    """Tell a request's kind from its first byte, whatever order requests come in.
+
+    A msgpack map starts with 0x80-0x8f (fixmap), 0xde or 0xdf; a config starts with
+    an ASCII digit; halt with `h`; a command with `!`.
+    """
+    if 0x30 <= first_byte <= 0x39:
+        return RequestKind.CONFIG
+    if 0x80 <= first_byte <= 0x8F or first_byte in (0xDE, 0xDF):
+        return RequestKind.RUN
+    if first_byte == HALT[0]:
+        return RequestKind.HALT
+    if first_byte == COMMAND_PREFIX[0]:
+        return RequestKind.COMMAND
+    raise ProtocolError(f"unknown request starting with byte 0x{first_byte:02x}")
+
+
+def frame_config(config: dict) -> bytes:
+    """A config as the supervisor sends it: decimal length, newline, msgpack."""
+    payload = pack(config)
+    return b"%d\n" % len(payload) + payload
+
+
+def run_request(scope: dict) -> bytes:
+    return pack({"scope": scope})
+
+
+def http_scope(
+    method: str,
+    path: str,
+    query_string: str = "",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    body: bytes = b"",
+) -> dict:
+    """A scope exactly as the supervisor builds it: not a full ASGI scope, body inside."""
+    return {
+        "type": "http",
+        "path": path,
+        "method": method,
+        "query_string": query_string,
+        "headers": [(name.lower(), value) for name, value in (headers or [])],
+        "body": body,
+    }
+
+
+def event_scope(message: dict) -> dict:
+    return {"type": "aleph.message", "body": message}
+
+
+# --- what the init answers ---
+
+
+def ready_signal(runtime_version: str | None = None) -> bytes:
+    signal: dict = {"version": PROTOCOL_VERSION}
+    if runtime_version:
+        signal["runtime"] = runtime_version
+    return pack(signal)
+
+
+def config_success() -> bytes:
+    return pack({"success": True})
+
+
+def config_failure(error: str, traceback: str = "") -> bytes:
+    return pack({"success": False, "error": error, "traceback": traceback})
+
+
+def run_answer(
+    status: int,
+    headers: list,
+    body: bytes,
+    output: str = "",
+    output_data: bytes | None = None,
+) -> bytes:
+    return pack(
+        {
+            "headers": {"status": status, "headers": headers},
+            "body": {"body": body},
+            "output": output,
+            "output_data": output_data,
+        }
+    )
+
+
+def event_answer(body: object, output: str = "", output_data: bytes | None = None) -> bytes:
+    """An event's answer: the supervisor returns `result["body"]` to the caller."""
+    return pack({"headers": {}, "body": body, "output": output, "output_data": output_data})
+
+
+def error_answer(error: str, traceback: str, output: str = "") -> bytes:
+    return pack({"error": error, "traceback": traceback, "output": output})
