@@ -68,7 +68,7 @@ def boot_timeline(lines) -> dict:
     """Guest uptimes of the first and last console line of each source."""
     sources: dict[str, dict] = {}
     for line in lines:
-        text = line.text.strip().lstrip("<0123456789>")  # printk levels, if any
+        text = re.sub(r"^<\d>", "", line.text.strip())  # printk levels, if any
         m = KERNEL_LINE.match(text)
         if m:
             source, uptime = "kernel", float(m.group(1))
