@@ -276,7 +276,8 @@ class VsockDevice:
         for stream in list(self.streams.values()):
             self._forget(stream)
             if stream.transport is not None:
-                stream.transport.abort()
+                # close(), not abort(): what the guest sent before it went away is delivered.
+                stream.transport.close()
         self.control.clear()
         self.ready.clear()
 
