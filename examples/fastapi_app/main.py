@@ -177,7 +177,10 @@ async def text():
     return "plain text\n"
 
 
-@app.event(filters=[])
+# aleph-sdk's AlephApp calls a handler when one of its filters matches (an empty list
+# matches nothing); the node decides which messages reach the program, from the
+# program message's `on.message` subscriptions.
+@app.event(filters=[{"type": "POST"}])
 async def on_event(event: dict):
     """Called for aleph messages delivered to this program; the return value is the answer."""
     message = event.get("body") or {}
