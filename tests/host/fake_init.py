@@ -76,6 +76,8 @@ class FakeInit:
             return b"\xc1\xc1\xc1"
         if path == "/badheaders":
             return protocol.run_answer(200, [[b"x-bad", b"\xff\xfe"]], b"x")
+        if path == "/missing":
+            return protocol.run_answer(404, [[b"content-type", b"text/plain"], [b"x-program", b"1"]], b"no such page")
         if path == "/length":
             return protocol.run_answer(200, [[b"Content-Length", b"5"], [b"content-type", b"text/plain"]], b"hello")
         headers = [

@@ -80,9 +80,10 @@ async def test_vm_path_and_root_reach_the_program(front_factory, fake_init, sess
     count = len(fake_init.scopes)
     async with session.get(f"{front.url}vm/{'beef' * 16}/") as response:
         assert response.status == 404
+        assert "error" in await response.json()
     async with session.get(f"{front.url}vm/not-a-hash/") as response:
         assert response.status == 400
-        assert "Invalid message reference" in await response.text()
+        assert await response.json() == {"error": "Invalid message reference: not-a-hash"}
     assert len(fake_init.scopes) == count
     assert len(b32_hostname(VM_HASH)) <= 63
 
@@ -147,7 +148,7 @@ async def test_requests_time_out_after_the_programs_seconds(front_factory, sessi
         assert response.status == 200
     response = await slow
     assert response.status == 504
-    assert "resource.seconds" in await response.text()
+    assert await response.json() == {"error": "Program did not respond within `resource.seconds`"}
     response.release()
 
 
@@ -162,6 +163,7 @@ async def test_bodies_over_the_nodes_limit_are_refused(front_factory, session):
     front = await front_factory()
     async with session.post(front.url, data=b"x" * (1024**2 + 1)) as response:
         assert response.status == 413
+        assert "error" in await response.json()
     bigger = await front_factory(client_max_size=4 * 1024**2)
     async with session.post(bigger.url, data=b"x" * (2 * 1024**2)) as response:
         assert response.status == 201
@@ -181,3 +183,18 @@ async def test_events_reach_the_program_as_aleph_message_scopes(front_factory, f
         assert "ValueError: bad event" in await response.text()
     async with session.post(f"{front.url}control/event", data=b"[1]") as response:
         assert response.status == 400
+
+
+async def test_404s_become_json_errors_as_on_a_node(front_factory, session):
+    """aleph-vm's error_middleware rewrites every 404, the program's own included."""
+    front = await front_factory()
+    async with session.get(f"{front.url}missing") as response:
+        assert response.status == 404
+        assert await response.json() == {"error": "no such page"}
+        assert "X-Program" not in response.headers
+        assert response.headers["Server"].startswith("aleph-runtime/")
+    raw = await front_factory(node_error_pages=False)
+    async with session.get(f"{raw.url}missing") as response:
+        assert response.status == 404
+        assert await response.text() == "no such page"
+        assert response.headers["X-Program"] == "1"

@@ -19,6 +19,10 @@ Routes, as a node serves them:
   answer is the init's `result["body"]` as JSON (a node's reactor does this for
   messages matching the program's subscriptions);
 - `* /<path>`: the program, as a node serves it on its own hostname.
+
+Like a node, every 404 (the program's own included) and every HTTP error raised by the
+front become `{"error": <text>}` JSON (aleph-vm's `error_middleware`), and the Server
+header names the node's software.
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
         raw = await client.run_raw(scope, timeout=settings.seconds)
     except asyncio.TimeoutError:
         logger.warning("the program did not respond within `resources.seconds` (%g s)", settings.seconds)
-        return web.Response(status=504, text="Program did not respond within `resource.seconds`\n")
+        return web.json_response({"error": "Program did not respond within `resource.seconds`"}, status=504)
     except (ConnectionRefusedError, FileNotFoundError) as error:
         return _bad_gateway("VM is not running", f"VM is not running: {type(error).__name__}: {error}")
     except ConnectionError:
@@ -214,6 +218,28 @@ async def post_event(request: web.Request) -> web.StreamResponse:
     return web.json_response(_jsonable(result["body"]), dumps=lambda obj: json.dumps(obj, default=str))
 
 
+@web.middleware
+async def node_error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """The supervisor's `error_middleware`: every 404, the program's included, and every
+    HTTP exception become `{"error": <text>}` JSON, as a node answers them."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        return web.json_response({"error": error.text or error.reason}, status=error.status)
+    if response.status == 404:
+        body = response.body if isinstance(response, web.Response) else None
+        text = body.decode(response.charset or "utf-8", errors="replace") if isinstance(body, bytes) else ""
+        return web.json_response({"error": text}, status=404)
+    return response
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # A node overwrites the Server header with its own version.
+    from aleph_runtime import __version__
+
+    response.headers["Server"] = f"aleph-runtime/{__version__}"
+
+
 def create_front_app(
     client: SupervisorClient,
     vm_hash: str,
@@ -223,15 +249,21 @@ def create_front_app(
     becomes_ready: Callable[[], Awaitable[None]] | None = None,
     on_empty_answer: Callable[[], Awaitable[None]] | None = None,
     client_max_size: int = DEFAULT_CLIENT_MAX_SIZE,
+    node_error_pages: bool = True,
 ) -> web.Application:
     """The front's aiohttp app for one program.
 
     - `seconds`: the program's `resources.seconds`, the bound of each call (504 after it);
     - `becomes_ready`: awaited before each call (e.g. until the VM has booted), within `seconds`;
     - `on_empty_answer`: awaited when the init answers nothing (a node stops the VM then);
-    - `client_max_size`: the largest request body (413 above it); a node keeps aiohttp's 1 MiB.
+    - `client_max_size`: the largest request body (413 above it); a node keeps aiohttp's 1 MiB;
+    - `node_error_pages`: rewrite 404s (the program's too) and HTTP errors into
+      `{"error": ...}` JSON as a node's supervisor does; False passes the program's own through.
     """
-    app = web.Application(client_max_size=client_max_size)
+    app = web.Application(
+        client_max_size=client_max_size, middlewares=[node_error_middleware] if node_error_pages else []
+    )
+    app.on_response_prepare.append(_server_header)
     app[CLIENT] = client
     app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, becomes_ready, on_empty_answer)
     app.router.add_post("/control/event", post_event)
