@@ -3,7 +3,6 @@ examples: guest API (real Redis, signing), HTTP front, lifespan, volumes, events
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -15,16 +14,13 @@ from aleph.sdk.chains.common import get_verification_buffer
 from aleph.sdk.chains.ethereum import verify_signature
 
 from .conftest import VM_HASH
-from .devnode import EXAMPLES, INIT, DevNode, program_config, zip_directory
+from aleph_runtime.host.program import program_config, zip_directory
+
+from .devnode import EXAMPLES, INIT, DevNode
 
 pytestmark = [
     pytest.mark.skipif(not INIT.exists(), reason="the init (init/init1.py) is not in this checkout"),
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
-    # The init starts the guest API bridge for every program.
-    pytest.mark.skipif(
-        importlib.util.find_spec("aleph_runtime.guest.guest_api_bridge") is None,
-        reason="the init's guest API bridge is not in this checkout yet",
-    ),
 ]
 
 
@@ -44,7 +40,7 @@ def node_factory(short_dir, redis_server, signer, fake_api):
 
 def fastapi_config(volume) -> dict:
     return program_config(
-        VM_HASH, "asgi", "zip", "main:app", zip_directory(EXAMPLES / "fastapi_app"),
+        zip_directory(EXAMPLES / "fastapi_app"), "main:app", encoding="zip", vm_hash=VM_HASH,
         variables={"EXAMPLE_VOLUME": str(volume)},
     )  # fmt: skip
 
@@ -122,7 +118,7 @@ async def test_fastapi_exception_is_a_500_with_the_traceback(node_factory, short
 
 async def test_hello_example_plain(node_factory):
     code = (EXAMPLES / "hello" / "main.py").read_bytes()
-    async with node_factory(program_config(VM_HASH, "asgi", "plain", "app", code)) as node:
+    async with node_factory(program_config(code, "app", encoding="plain", interface="asgi", vm_hash=VM_HASH)) as node:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{node.url}vm/{VM_HASH}/world") as response:
                 assert response.status == 200
@@ -131,12 +127,8 @@ async def test_hello_example_plain(node_factory):
                 assert (await response.json())["path"] == "/json"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("aleph_runtime.guest.executable") is None,
-    reason="the init's executable interface is not in this checkout yet",
-)
 async def test_executable_example(node_factory):
-    config = program_config(VM_HASH, "executable", "zip", "run.sh", zip_directory(EXAMPLES / "executable"))
+    config = program_config(zip_directory(EXAMPLES / "executable"), "run.sh", encoding="zip", vm_hash=VM_HASH)
     async with node_factory(config) as node, aiohttp.ClientSession() as http:
         async with http.get(f"{node.url}some/where") as response:
             assert response.status == 200, await response.text()
