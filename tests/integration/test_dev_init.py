@@ -284,3 +284,17 @@ async def app(scope, receive, send):
     with zipfile.ZipFile(io.BytesIO(answer["output_data"])) as archive:
         assert sorted(archive.namelist()) == ["out.txt", "seed.txt"]
         assert archive.read("out.txt") == b"written"
+
+
+async def test_an_ordinary_process_refuses_vsock_without_being_asked(tmp_path):
+    import sys
+
+    from aleph_runtime.host.dev_init import INIT1
+
+    env = {key: value for key, value in os.environ.items() if key != "ALEPH_VSOCK_UDS"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(INIT1), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert b"--uds" in stderr
