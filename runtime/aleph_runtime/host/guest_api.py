@@ -219,7 +219,7 @@ async def repost(request: web.Request) -> web.StreamResponse:
     from aleph.sdk.exceptions import BroadcastError
 
     settings = request.app[SETTINGS]
-    account = await settings.signer._get_account()
+    account = await settings.signer.get_account()
     try:
         # Bounded from outside: aleph-sdk-python 2.4 mis-serialises JSON when given a timeout.
         async with asyncio.timeout(settings.proxy_timeout), AuthenticatedAlephHttpClient(

@@ -58,7 +58,7 @@ class LocalSigner:
             self._account = ETHAccount(private_key=self._load_or_create_key())
         return self._account
 
-    async def _get_account(self):
+    async def get_account(self):
         if self._account is None:
             async with self._lock:
                 if self._account is None:
@@ -68,7 +68,7 @@ class LocalSigner:
 
     async def properties(self) -> dict:
         """What the VM connector's `/properties` answers."""
-        account = await self._get_account()
+        account = await self.get_account()
         return {
             "chain": account.CHAIN,
             "curve": account.CURVE,
@@ -77,12 +77,12 @@ class LocalSigner:
         }
 
     async def address(self) -> str:
-        return (await self._get_account()).get_address()
+        return (await self.get_account()).get_address()
 
     async def sign_message(self, message: dict) -> dict:
         """Sign an aleph message dict in place, as the VM connector's `/sign` does.
 
         Sets `sender` when absent; raises ValueError when `sender` is another address.
         """
-        account = await self._get_account()
+        account = await self.get_account()
         return await account.sign_message(message)
