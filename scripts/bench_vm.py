@@ -71,7 +71,9 @@ def boot_timeline(lines) -> dict:
         text = re.sub(r"^<\d>", "", line.text.strip())  # printk levels, if any
         m = KERNEL_LINE.match(text)
         if m:
-            source, uptime = "kernel", float(m.group(1))
+            # init1 stamps its lines like the kernel: "[  uptime] init1 INFO: ..."
+            own = re.match(r"(init\w*)\s", m.group(2))
+            source, uptime = (own.group(1) if own else "kernel"), float(m.group(1))
         else:
             m = STAMPED_LINE.match(text)
             if not m:
