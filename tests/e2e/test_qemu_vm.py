@@ -111,16 +111,39 @@ async def test_plain_program_network_and_halt(images, tmp_path):
         assert "Power down" in vm.console_text() or "reboot" in vm.console_text().lower()
 
 
+def ext4_image(path: Path, size_mib: int = 32) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size_mib << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(path)], check=True)
+    return path
+
+
+def ext4_read(image: Path, path: str) -> bytes:
+    """A file's content from an ext4 image, without mounting it."""
+    out = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, check=True)
+    return out.stdout
+
+
 async def test_zip_fastapi_lifespan_shutdown_only_at_halt(images, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     shutil.copy(PROGRAMS / "fastapi_app.py", code / "main.py")
-    config = program_config(zip_directory(code), "main:app", encoding="zip", variables={"MARKER_FILE": "/tmp/markers"})
-    async with boot(images, tmp_path) as vm:
+    # The markers go to a persistent volume, so what the lifespan did is readable after the VM is gone.
+    store = ext4_image(tmp_path / "markers.ext4")
+    config = program_config(
+        zip_directory(code), "main:app", encoding="zip",
+        variables={"MARKER_FILE": "/var/lib/markers/markers"},
+        volumes=[{"mount": "/var/lib/markers", "device": "vdb", "read_only": False}],
+    )  # fmt: skip
+    async with boot(images, tmp_path, drives=[Drive(store, read_only=False)]) as vm:
         await vm.client.configure(config)
         assert json_body(await vm.client.http("GET", "/items")) == {"items": ["from-startup"]}
-        assert (await vm.client.command("cat /tmp/markers")).split() == [b"startup"]
+        assert json_body(await vm.client.http("POST", "/items/second")) == {"items": ["from-startup", "second"]}
+        await asyncio.sleep(0.5)
+        assert (await vm.client.command("cat /var/lib/markers/markers")).split() == [b"startup"]
         await halt_and_exit(vm)
+    # Shutdown ran at halt, and the volume was synced and unmounted before STOPZ.
+    assert ext4_read(store, "/markers").split() == [b"startup", b"shutdown"]
 
 
 async def test_streaming_64_mib_body_and_32_in_flight(images, tmp_path):
@@ -156,7 +179,7 @@ async def test_tar_gz_package(images, tmp_path):
 async def test_squashfs_code_and_an_immutable_library_volume(images, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
-    (code / "main.py").write_text("import shiny\n" + PLAIN_WITH_HELPER.decode().replace("helper()", "shiny.VALUE"))
+    (code / "main.py").write_text("import shiny\n" + PLAIN_WITH_HELPER.decode().replace("\"body\": helper()", "\"body\": shiny.VALUE"))
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "shiny.py").write_text("VALUE = b'from the library volume'\n")
@@ -195,10 +218,7 @@ async def app(scope, receive, send):
 
 
 async def test_persistent_volume_survives_halt_and_boot(images, tmp_path):
-    image = tmp_path / "store.ext4"
-    with open(image, "wb") as f:
-        f.truncate(32 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    image = ext4_image(tmp_path / "store.ext4")
     volumes = [{"mount": "/var/lib/store", "device": "vdb", "read_only": False}]
     config = program_config(PERSIST, "main:app", interface="asgi", volumes=volumes)
     async with boot(images, tmp_path, drives=[Drive(image, read_only=False)], name="first") as vm:
