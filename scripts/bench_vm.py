@@ -120,10 +120,12 @@ async def run(args) -> dict:
         assert first["body"]["body"] == b"ok", first
 
         latencies = []
+        cpu0 = time.process_time()
         for _ in range(args.requests):
             t = time.perf_counter()
             await vm.client.http("GET", "/")
             latencies.append(time.perf_counter() - t)
+        host_cpu = time.process_time() - cpu0
 
         semaphore = asyncio.Semaphore(args.concurrency)
 
@@ -161,6 +163,8 @@ async def run(args) -> dict:
                 "p90_ms": round(percentile(latencies, 90) * 1000, 2),
                 "p99_ms": round(percentile(latencies, 99) * 1000, 2),
                 "sequential_per_s": round(len(latencies) / sum(latencies), 1),
+                # CPU of this process (client + vsock backend) per sequential request
+                "host_cpu_us_per_request": round(host_cpu / len(latencies) * 1e6),
                 "concurrency": args.concurrency,
                 "concurrent_per_s": round(args.requests / concurrent_s, 1),
             },
