@@ -330,3 +330,20 @@ async def test_driver_reset_drops_every_stream(device):
     assert await asyncio.wait_for(reader.read(), 5) == b""
     assert not device.streams
     writer.close()
+
+
+async def test_no_credit_request_storm_while_the_guest_does_not_read(device):
+    guest = FakeGuest(device)
+    reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
+    writer.write(b"y" * 20000)
+    await writer.drain()
+    await guest.wait_for(lambda p: p.op == Op.CREDIT_REQUEST)
+    # The guest answers, but its reader has not consumed anything: same credit.
+    for _ in range(3):
+        guest.send(Op.CREDIT_UPDATE, 1234, req.src_port, buf_alloc=4096, fwd_cnt=0)
+        await asyncio.sleep(0.05)
+    assert not [p for p in guest.collect() if p.op == Op.CREDIT_REQUEST]
+    # Once it reads, data flows again.
+    guest.send(Op.CREDIT_UPDATE, 1234, req.src_port, buf_alloc=4096, fwd_cnt=4096)
+    await guest.wait_for(lambda p: p.op == Op.RW)
+    writer.close()

@@ -507,9 +507,12 @@ class VsockDevice:
             if op != Op.RST:
                 self.send_control(None, Op.RST, ports=(dst_port, src_port))
             return
+        if buf_alloc != stream.peer_buf_alloc or fwd_cnt != stream.peer_fwd_cnt:
+            # New credit: a later exhaustion may ask again. An unchanged answer to our
+            # CREDIT_REQUEST does not, or we would ping-pong with a guest that is not reading.
+            stream.credit_requested = False
         stream.peer_buf_alloc = buf_alloc
         stream.peer_fwd_cnt = fwd_cnt
-        stream.credit_requested = False
         if op == Op.RW:
             if stream.state is State.ESTABLISHED and stream.transport is not None and not stream.host_closed:
                 stream.rx_cnt = (stream.rx_cnt + len(payload)) & U32
