@@ -76,9 +76,11 @@ async def boot(images, tmp_path: Path, drives=(), network: Network | None = NET,
             await vm.stop()
         else:
             await vm.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        # No stray process or socket.
         assert vm.process is None or vm.process.returncode is not None
-        assert not list(workdir.glob("*.sock*")) if workdir.exists() else True
+        leftovers = [p.name for p in workdir.glob("*")] if workdir.exists() else []
+        shutil.rmtree(workdir, ignore_errors=True)
+        assert not [name for name in leftovers if "sock" in name], leftovers
 
 
 async def halt_and_exit(vm: QemuVM) -> None:
