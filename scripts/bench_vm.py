@@ -105,10 +105,10 @@ async def run(args) -> dict:
     network = Network(ip="172.16.9.2", route="172.16.9.1")
     vm = QemuVM(
         kernel, initramfs, rootfs, network=network, init=args.init,
-        memory_mb=args.memory, vcpus=args.vcpus, cmdline=args.cmdline or (),
+        memory_mb=args.memory, vcpus=args.vcpus, cmdline=args.cmdline or (), machine=args.machine,
     )  # fmt: skip
     result: dict = {"kernel": str(kernel), "rootfs": str(rootfs), "init": args.init or "/sbin/init",
-                    "memory_mb": args.memory, "vcpus": args.vcpus}  # fmt: skip
+                    "memory_mb": args.memory, "vcpus": args.vcpus, "machine": args.machine}  # fmt: skip
     try:
         ready = await vm.start(timeout=args.boot_timeout)
         t_ready = vm.elapsed()
@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--rootfs")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
     parser.add_argument("--vcpus", type=int, default=1)
+    parser.add_argument("--machine", default="q35", choices=["q35", "microvm"])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--body-mib", type=int, default=64)

@@ -62,3 +62,11 @@ def test_user_network_matches_the_config(network, expected):
     values = {kv.split("=")[0]: kv.split("=")[1] for kv in netdev if "=" in kv}
     if "host" in values:
         assert len({values["host"], values["dns"], values["dhcpstart"], (network.ip or "").split("/")[0]}) == 4
+
+
+def test_microvm_uses_mmio_devices(tmp_path):
+    cmd = " ".join(vm(tmp_path, machine="microvm", network=Network(ip="10.0.0.2")).command())
+    assert "microvm,memory-backend=mem,pit=on,pic=on,rtc=on" in cmd
+    assert "vhost-user-vsock-device,chardev=vsock" in cmd
+    assert "virtio-blk-device,drive=vd0" in cmd and "virtio-net-device,netdev=net0" in cmd
+    assert "-pci" not in cmd

@@ -126,6 +126,7 @@ class QemuVM:
         workdir: str | os.PathLike | None = None,
         qemu_binary: str = QEMU_BINARY,
         console_to: str | os.PathLike | None = None,
+        machine: str = "q35",
     ):
         self.kernel = Path(kernel)
         self.initramfs = Path(initramfs) if initramfs else None
@@ -137,6 +138,11 @@ class QemuVM:
         self.init = init
         self.extra_cmdline = list(cmdline)
         self.qemu_binary = qemu_binary
+        if machine not in ("q35", "microvm"):
+            raise ValueError(f"unknown machine {machine!r} (q35, microvm)")
+        # microvm (virtio-mmio) boots faster with kernels that support it; Debian's 6.1
+        # cloud kernel hangs there on this machine (no timer), hence q35 by default.
+        self.machine = machine
         self._own_workdir = workdir is None
         # Unix socket paths are limited to 107 bytes: keep the directory short.
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aleph-vm-"))
@@ -166,9 +172,16 @@ class QemuVM:
 
     def command(self) -> list[str]:
         mem = f"{self.memory_mb}M"
+        mmio = self.machine == "microvm"
+        machine = "microvm,memory-backend=mem,pit=on,pic=on,rtc=on" if mmio else "q35,memory-backend=mem"
+
+        def device(kind: str, args: str, slot: int) -> str:
+            # virtio-mmio devices have no PCI address; their order is their creation order.
+            return f"{kind}-device,{args}" if mmio else f"{kind}-pci,{args},addr=0x{slot:x}"
+
         cmd = [
             self.qemu_binary,
-            "-machine", "q35,memory-backend=mem",
+            "-machine", machine,
             "-accel", "tcg",
             "-m", mem,
             "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
@@ -185,16 +198,16 @@ class QemuVM:
             ro = ",readonly=on" if drive.read_only else ""
             cmd += [
                 "-drive", f"id=vd{i},file={drive.path},format=raw,if=none,cache=unsafe{ro}",
-                "-device", f"virtio-blk-pci,drive=vd{i},addr=0x{FIRST_DRIVE_SLOT + i:x}",
+                "-device", device("virtio-blk", f"drive=vd{i}", FIRST_DRIVE_SLOT + i),
             ]  # fmt: skip
         cmd += [
             "-chardev", f"socket,id=vsock,path={self.vhost_path}",
-            "-device", f"vhost-user-vsock-pci,chardev=vsock,addr=0x{VSOCK_SLOT:x}",
+            "-device", device("vhost-user-vsock", "chardev=vsock", VSOCK_SLOT),
         ]  # fmt: skip
         if self.network is not None:
             cmd += [
                 "-netdev", self.network.netdev("net0"),
-                "-device", f"virtio-net-pci,netdev=net0,addr=0x{NET_SLOT:x}",
+                "-device", device("virtio-net", "netdev=net0", NET_SLOT),
             ]  # fmt: skip
         return cmd
 
