@@ -255,3 +255,56 @@ async def test_import_failure_is_a_config_error_and_the_vm_still_halts(images, t
             await vm.client.configure(program_config(b"import no_such_module_here\n", "main:app"))
         assert "no_such_module_here" in rejected.value.error
         await halt_and_exit(vm)
+
+
+GUEST_CLIENTS = r"""
+import hashlib, socket, sys, threading
+results = {}
+def one(i):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect("/tmp/socat-socket")
+    payload = (b"%d:" % i) * 50000
+    s.sendall(b"PUT /echo HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    results[i] = data.endswith(hashlib.sha256(payload).hexdigest().encode())
+threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(sum(results.values()), "of", len(threads))
+"""
+
+
+async def test_guest_to_host_streams_and_a_64_mib_download(images, tmp_path):
+    """Guest → host through `<uds>_53` (the guest API bridge), 16 streams at once; then
+    64 MiB from the guest to the host intact."""
+    async with boot(images, tmp_path) as vm:
+        seen = []
+
+        async def guest_api(reader, writer):
+            # A stand-in for the host's guest API: hash what the guest sent.
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            seen.append(len(body))
+            digest = hashlib.sha256(body).hexdigest().encode()
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 64\r\n\r\n" + digest)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(guest_api, path=f"{vm.uds_path}_53")
+        try:
+            await vm.client.configure(program_config(PLAIN_WITH_HELPER, "main:app", interface="asgi"))
+            script = GUEST_CLIENTS.replace("'", "'\"'\"'")
+            out = await vm.client.command(f"python3 -c '{script}'", timeout=300)
+            assert out.strip() == b"16 of 16", out
+            assert len(seen) == 16
+        finally:
+            server.close()
+        digest = (await vm.client.command("head -c 67108864 /dev/urandom > /tmp/blob && sha256sum /tmp/blob")).split()[0]
+        blob = await vm.client.command("cat /tmp/blob", timeout=600)
+        assert len(blob) == 64 << 20
+        assert hashlib.sha256(blob).hexdigest().encode() == digest
+        await halt_and_exit(vm)
