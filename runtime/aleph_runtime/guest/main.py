@@ -1,0 +1,85 @@
+"""The init's entry point: choose the transport and the loop, serve, then halt the machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from aleph_runtime.guest.log import setup_logging
+
+logger = logging.getLogger("aleph_runtime.init")
+
+
+def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="init1", description="aleph-runtime guest init")
+    parser.add_argument("--uds", help="dev mode: serve on this Unix socket instead of vsock (or ALEPH_VSOCK_UDS)")
+    parser.add_argument("--root", help="dev mode: keep the program's files (/opt, /data, /tmp...) under this directory")
+    return parser.parse_args(argv)
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _serve(init, reap: bool) -> None:
+    from aleph_runtime.guest.init import install_signal_handlers, reap_orphans_forever
+
+    install_signal_handlers(init)
+    reaper = asyncio.get_running_loop().create_task(reap_orphans_forever()) if reap else None
+    try:
+        await init.serve()
+    finally:
+        if reaper is not None:
+            reaper.cancel()
+        init.transport.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _parse_arguments(argv)
+    setup_logging()
+    pid1 = os.getpid() == 1
+
+    from aleph_runtime.guest.code import Paths
+    from aleph_runtime.guest.init import Init
+    from aleph_runtime.guest.transport import transport_from_environment
+
+    transport = transport_from_environment(arguments.uds)
+    # As PID 1 the init owns a system (a VM, or a test's private namespaces) and
+    # configures it; as an ordinary process it keeps to a private directory.
+    root = arguments.root or os.environ.get("ALEPH_INIT_ROOT")
+    if root is None:
+        root = "/" if pid1 else tempfile.mkdtemp(prefix="aleph-init-")
+    init = Init(transport, Paths(Path(root)), system=pid1)
+    logger.info("aleph-runtime init starting (PID %d, %s, root %s)", os.getpid(), transport.description, root)
+
+    loop = _new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(init, reap=pid1))
+    except BaseException:
+        # Nothing may kill PID 1 silently: log, then go down cleanly below.
+        logger.exception("The init's main loop failed")
+    if pid1:
+        _power_off()
+    sys.exit(0)
+
+
+def _power_off() -> None:
+    """Sync and reboot: Firecracker and `qemu -no-reboot` exit; in a PID namespace it ends the namespace."""
+    from aleph_runtime.guest import linux
+
+    logging.shutdown()
+    os.sync()
+    try:
+        linux.reboot(linux.RB_AUTOBOOT)
+    except OSError as error:
+        print(f"init1: reboot failed: {error}", file=sys.stderr)
