@@ -68,6 +68,8 @@ class ExecutableProgram:
         self._supervisor: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._started_at = 0.0
+        #: Set by the init when the program has /data: each answer then carries its zip.
+        self.data_export = None
 
     # --- the child ---
 
@@ -170,7 +172,13 @@ class ExecutableProgram:
             status, headers, body = await self.request(scope)
         except Exception as error:  # noqa: BLE001 - every failure is an answer, never a crash
             return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
-        return protocol.run_answer(status, headers, body)
+        output_data = None
+        if self.data_export is not None:
+            try:
+                output_data = self.data_export.collect()
+            except Exception:  # noqa: BLE001 - the answer matters more than the export
+                logger.exception("collecting /data failed")
+        return protocol.run_answer(status, headers, body, output_data=output_data)
 
     async def request(self, scope: dict) -> tuple[int, list[list[bytes]], bytes]:
         """Proxy one scope; (status, headers, body). 503 with a loading page while the
@@ -319,12 +327,13 @@ def _describe(status: int | None) -> str:
 
 
 def _register(pid: int) -> None:
-    from aleph_runtime.guest import linux
+    # PID 1's zombie reaper must leave this child to the event loop's watcher.
+    from aleph_runtime.guest import reaper
 
-    linux.MANAGED_CHILDREN.add(pid)
+    reaper.tracked.add(pid)
 
 
 def _unregister(pid: int) -> None:
-    from aleph_runtime.guest import linux
+    from aleph_runtime.guest import reaper
 
-    linux.MANAGED_CHILDREN.discard(pid)
+    reaper.tracked.discard(pid)

@@ -148,6 +148,7 @@ class Sandbox:
         self.binds = [os.path.abspath(os.fspath(path)) for path in binds]
         self.stdout = stdout
         self.stderr = stderr
+        (self.workdir / "sock").mkdir(parents=True, exist_ok=True)
         self.base = str(self.workdir / "sock" / "v.sock")
         self.loops: list[LoopDevice] = []
         self.host_veth: str | None = None
