@@ -127,13 +127,11 @@ class HTTPCycle:
             raise CycleError(f"the application sent {kind!r} while the response was in state {self.state.name}")
 
     async def run(self, app: ASGIApp) -> None:
+        # An exception is the call's answer even after a complete response: Starlette
+        # sends its own 500 page and then re-raises, and the supervisor (as with
+        # today's runtime) shows the traceback, which is what a program author needs.
         try:
             await _call(app, self.scope, self.receive, self.send)
-        except Exception:
-            if self.state is not HTTPCycleState.COMPLETE:
-                raise
-            # Like uvicorn: the response went out whole; the error is the app's to log.
-            logger.exception("The application raised after its response was complete")
         finally:
             self._complete.set()
         if self.state is not HTTPCycleState.COMPLETE:

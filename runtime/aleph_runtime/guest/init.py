@@ -270,15 +270,32 @@ class Init:
                 chunk = await reader.read(READ_CHUNK)
                 if not chunk:
                     raise protocol.ProtocolError("the connection closed before a complete run request arrived")
-        except (ValueError, protocol.ProtocolError) as error:  # BufferFull, ExtraData, FormatError...
-            if type(error).__name__ == "BufferFull":
+        except Exception as error:  # msgpack's BufferFull, FormatError, StackError...
+            oversized = type(error).__name__ == "BufferFull"
+            if oversized:
                 message = f"the request is larger than {MAX_REQUEST_BYTES} bytes"
             else:
                 message = f"malformed run request: {type(error).__name__}: {error}"
             logger.warning("Refused a call: %s", message)
             await self._send(writer, protocol.error_answer(message, ""))
+            if oversized:
+                await self._discard_rest(reader, writer)
             return
         await self._send(writer, await self.run(request))
+
+    async def _discard_rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Let the host finish writing a refused request, so it reads our answer, not a reset.
+
+        The supervisor drains its whole write before it reads, and never half-closes:
+        we end our side (EOF tells it the answer is complete) and swallow its bytes.
+        """
+        with contextlib.suppress(OSError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            async with asyncio.timeout(60):
+                while await reader.read(READ_CHUNK):
+                    pass
 
     async def run(self, request: object) -> bytes:
         scope = request.get("scope") if isinstance(request, dict) else None
@@ -295,10 +312,16 @@ class Init:
     async def _answer_command(self, writer: asyncio.StreamWriter, first: bytes) -> None:
         command = first[1:].decode("utf-8", "replace")
         logger.info("Debug command: %s", command)
+        from aleph_runtime.guest import linux
+
         process = await asyncio.create_subprocess_shell(
             command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
-        output, _ = await process.communicate()
+        linux.MANAGED_CHILDREN.add(process.pid)  # its status is the loop's watcher's, not the reaper's
+        try:
+            output, _ = await process.communicate()
+        finally:
+            linux.MANAGED_CHILDREN.discard(process.pid)
         if process.returncode:
             # Today's runtime prefixes a failing command's output with the error.
             output = f"Command '{command}' returned non-zero exit status {process.returncode}.\n".encode() + output
@@ -367,8 +390,8 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     Peek with WNOWAIT first: a child the event loop's own watcher waits for (a debug
     command, the executable program) must be left for it, or its exit status is lost.
     """
-    from aleph_runtime.guest import reaper
+    from aleph_runtime.guest import linux
 
     while True:
         await asyncio.sleep(interval)
-        reaper.reap_orphans()
+        linux.reap_children()

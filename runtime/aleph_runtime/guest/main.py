@@ -18,6 +18,7 @@ logger = logging.getLogger("aleph_runtime.init")
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="init1", description="aleph-runtime guest init")
     parser.add_argument("--uds", help="dev mode: serve on this Unix socket instead of vsock (or ALEPH_VSOCK_UDS)")
+    parser.add_argument("--vsock", action="store_true", help="use vsock even when not PID 1")
     parser.add_argument("--root", help="dev mode: keep the program's files (/opt, /data, /tmp...) under this directory")
     return parser.parse_args(argv)
 
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     from aleph_runtime.guest.init import Init
     from aleph_runtime.guest.transport import transport_from_environment
 
+    if not pid1 and not (arguments.uds or os.environ.get("ALEPH_VSOCK_UDS")) and not arguments.vsock:
+        # An ordinary process talking vsock would reach whatever host this machine runs
+        # under (a workstation can itself be a VM): dev mode must be asked for explicitly.
+        logger.error("Not PID 1: give --uds PATH (or ALEPH_VSOCK_UDS) for dev mode, or --vsock to insist")
+        sys.exit(2)
     transport = transport_from_environment(arguments.uds)
     # As PID 1 the init owns a system (a VM, or a test's private namespaces) and
     # configures it; as an ordinary process it keeps to a private directory.
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
     loop = _new_event_loop()
     asyncio.set_event_loop(loop)
+    loop.set_exception_handler(_log_loop_error)
     try:
         loop.run_until_complete(_serve(init, reap=pid1))
     except BaseException:
@@ -71,6 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     if pid1:
         _power_off()
     sys.exit(0)
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """An error no task handled: log it on one line and keep serving."""
+    error = context.get("exception")
+    logger.error("Unhandled error in the event loop: %s", context.get("message"), exc_info=error)
 
 
 def _power_off() -> None:
