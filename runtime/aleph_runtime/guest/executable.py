@@ -327,13 +327,13 @@ def _describe(status: int | None) -> str:
 
 
 def _register(pid: int) -> None:
-    # PID 1's zombie reaper must leave this child to the event loop's watcher.
-    from aleph_runtime.guest import reaper
+    # PID 1's zombie reaper (linux.reap_children) must leave this child to the loop's watcher.
+    from aleph_runtime.guest import linux
 
-    reaper.tracked.add(pid)
+    linux.MANAGED_CHILDREN.add(pid)
 
 
 def _unregister(pid: int) -> None:
-    from aleph_runtime.guest import reaper
+    from aleph_runtime.guest import linux
 
-    reaper.tracked.discard(pid)
+    linux.MANAGED_CHILDREN.discard(pid)

@@ -109,3 +109,51 @@ def sethostname(name: str | bytes) -> None:
 def sync() -> None:
     libc().sync()
 
+
+#: Children whose exit status someone else waits for (asyncio's child watcher, for the
+#: executable program): PID 1's zombie reaper must leave them alone, or their status is
+#: lost (asyncio then reports 255 and warns).
+MANAGED_CHILDREN: set[int] = set()
+
+
+def reap_children() -> list[tuple[int, int]]:
+    """Reap every exited child except those in MANAGED_CHILDREN; [(pid, wait status)].
+
+    Call it on SIGCHLD in PID 1. It peeks with waitid(WNOWAIT) before reaping, so a
+    managed child's status stays for its owner. When a managed zombie is first in line,
+    the other zombies are found through /proc (their parent is us, their state Z).
+    """
+    reaped: list[tuple[int, int]] = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if info is None or info.si_pid == 0:
+            return reaped
+        if info.si_pid in MANAGED_CHILDREN:
+            break
+        try:
+            pid, status = os.waitpid(info.si_pid, os.WNOHANG)
+        except ChildProcessError:
+            continue  # reaped meanwhile by its owner
+        if pid:
+            reaped.append((pid, status))
+    # A managed zombie blocks the peek: look for the others one by one.
+    me = str(os.getpid())
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in MANAGED_CHILDREN:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as file:
+                fields = file.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and fields[1].decode() == me:
+            try:
+                pid, status = os.waitpid(int(name), os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if pid:
+                reaped.append((pid, status))
+    return reaped
