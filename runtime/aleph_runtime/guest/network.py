@@ -45,6 +45,9 @@ RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 0x4
 
+#: What the kernel answers IPv6 requests when it was built or booted without IPv6.
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT)
+
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
@@ -167,11 +170,15 @@ def configure_network(network: Network, resolv_conf: str = "/etc/resolv.conf") -
         all_requests = requests + routes
         errors = _run(all_requests)
         for request, error in zip(requests, errors):
-            if error:
+            if error in _NO_IPV6 and request.kind == RTM_NEWADDR and ":" in request.what:
+                logger.warning("%s failed: this kernel has no IPv6 (%s)", request.what, os.strerror(error))
+            elif error:
                 raise _fail(request, error)
         retry = []
         for request, error in zip(routes, errors[len(requests) :]):
-            if error == errno.ENETUNREACH:
+            if error in _NO_IPV6 and ":" in request.what:
+                logger.warning("%s failed: this kernel has no IPv6 (%s)", request.what, os.strerror(error))
+            elif error == errno.ENETUNREACH:
                 # The gateway is outside the assumed prefix: it is on the link all the same.
                 gateway = ipaddress.ip_address(request.what.split(" via ")[1].split(" ")[0])
                 retry.append(add_default_route(index, INTERFACE, gateway, onlink=True))

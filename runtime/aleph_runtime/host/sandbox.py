@@ -309,3 +309,38 @@ def read_from_image(image: str | os.PathLike, path: str, fstype: str | None = No
     if result.returncode != 0:
         raise FileNotFoundError(f"{path} in {image}: {result.stderr.decode(errors='replace').strip()}")
     return result.stdout
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m aleph_runtime.host.sandbox [--veth] [--volume vdc=IMAGE[:ro]] [--bind PATH] -- COMMAND...`
+
+    Runs COMMAND as PID 1 of a sandbox until it exits (or Ctrl-C), then cleans up.
+    The dev-mode vsock base path is printed and exported to COMMAND as ALEPH_VSOCK_UDS.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="aleph-sandbox", description=main.__doc__)
+    parser.add_argument("--veth", action="store_true", help="give the sandbox an eth0 (veth pair)")
+    parser.add_argument("--volume", action="append", default=[], metavar="vdX=IMAGE[:ro]")
+    parser.add_argument("--bind", action="append", default=[], metavar="PATH")
+    parser.add_argument("--cwd", default="/")
+    parser.add_argument("command", nargs="+")
+    arguments = parser.parse_args(argv)
+    volumes = dict(item.split("=", 1) for item in arguments.volume)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    for name in ("PYTHONPATH", "ALEPH_LOG_LEVEL", "TERM", "LANG"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    box = Sandbox(arguments.command, env=env, cwd=arguments.cwd, volumes=volumes, veth=arguments.veth,
+                  binds=arguments.bind)  # fmt: skip
+    box.env["ALEPH_VSOCK_UDS"] = box.base
+    print(f"sandbox: vsock base {box.base}", flush=True)
+    with box:
+        try:
+            return box.wait()
+        except KeyboardInterrupt:
+            return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
