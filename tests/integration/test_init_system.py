@@ -248,6 +248,7 @@ async def test_ssh_with_host_keys_generated_on_first_boot(boot, tmp_path):
             break
         await asyncio.sleep(0.3)
     assert "ok-from-ssh" in result.stdout, result.stderr + vm.log()
+    assert "no SSH host keys: generating them" in vm.log()
     assert vm.box.run(["test", "-f", "/etc/ssh/ssh_host_ed25519_key"], check=False).returncode == 0
     mode = vm.box.run(["stat", "-c", "%a", "/root/.ssh/authorized_keys"]).stdout.strip()
     assert mode == "600"
