@@ -130,7 +130,8 @@ async def test_full_system_program_then_halt(boot, images):
     assert await vm.get("/write", "acknowledged before halt") == {"written": "acknowledged before halt"}
     result = await vm.client.halt()
     assert (result.stopped, result.shut_down) == (True, True), vm.log()
-    vm.wait_exit()
+    # reboot(2) by the PID 1 of a PID namespace ends it: RB_AUTOBOOT as a SIGHUP.
+    assert vm.wait_exit() == -signal.SIGHUP, vm.log()
     assert read_from_image(ext4, "/value") == b"acknowledged before halt"
     assert "Halted" in vm.log()
     assert host_file_snapshot() == before

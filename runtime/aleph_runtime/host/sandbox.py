@@ -236,7 +236,11 @@ class Sandbox:
         return None
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for PID 1 to exit; its status as unshare reports it."""
+        """Wait for PID 1 to exit; its status as unshare reports it (negative: a signal).
+
+        reboot(2) by the PID 1 of a PID namespace ends the namespace instead of the
+        machine: RB_AUTOBOOT shows here as -SIGHUP, RB_POWER_OFF/RB_HALT_SYSTEM as -SIGINT.
+        """
         self.returncode = self.process.wait(timeout)
         return self.returncode
 
