@@ -365,6 +365,7 @@ class Init:
         try:
             if self.bridge is not None:
                 self.bridge.close()
+                self.paths.guest_api_socket.unlink(missing_ok=True)
             if self.mounted_volumes:
                 from aleph_runtime.guest.volumes import unmount_volumes
 
