@@ -9,9 +9,11 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -56,21 +58,25 @@ async def boot(tmp_path):
     started: list[tuple[Sandbox, object]] = []
 
     async def start(
-        *, devices=None, veth=False, wrapper: str | None = None, **config_overrides
+        *, devices=None, veth=False, wrapper: str | None = None, api=None, **config_overrides
     ) -> tuple[Booted, dict | Exception]:
         console = tmp_path / "console.log"
         command = [sys.executable, "-OO", str(INIT1)]
         if wrapper:
             command = ["/bin/sh", "-c", wrapper + '\nexec "$@"', "wrapper", *command]
         box = Sandbox(
-            command, env=guest_env(), binds=[REPOSITORY], workdir=tmp_path / "box", volumes=devices or {},
+            # The default work directory is short: Unix socket paths are limited to 107 bytes.
+            command, env=guest_env(), binds=[REPOSITORY], volumes=devices or {},
             veth=veth, stdout=open(console, "ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         box.env["ALEPH_VSOCK_UDS"] = box.base
         client = SupervisorClient(box.base)
         ready = await client.ready_signal().start()
-        api = await guest_api_stub.start(f"{box.base}_53", VM_HASH)
-        started.append((box, api))
+        if api is None:
+            runner = await guest_api_stub.start(f"{box.base}_53", VM_HASH)
+            started.append((box, runner.cleanup))
+        else:
+            started.append((box, await api(f"{box.base}_53")))
         box.start()
         booted = Booted(box, client, console)
         signal_ = await ready.wait(30)
@@ -85,9 +91,9 @@ async def boot(tmp_path):
         return booted, answer
 
     yield start
-    for box, api in started:
+    for box, cleanup in started:
         box.stop(timeout=5)
-        await api.cleanup()
+        await cleanup()
 
 
 @pytest.fixture
@@ -169,6 +175,39 @@ async def test_missing_volume_device_is_refused_and_the_init_stays_up(boot, imag
     call = await vm.client.http("GET", "/info")
     assert "failed to start" in call["error"]
     assert "/opt/venv" not in vm.box.read_file("/proc/mounts")
+    result = await vm.client.halt()
+    assert result.shut_down
+
+
+async def test_sdk_through_the_bridge_against_the_real_guest_api(boot, tmp_path):
+    """VmCache and RemoteAccount in the program, the host's own guest API (Redis, signer) behind."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
+    from aleph_runtime.host.guest_api import GuestAPIServer, GuestAPISettings
+    from aleph_runtime.host.redis_server import RedisServer
+    from aleph_runtime.host.signer import LocalSigner
+
+    state = Path(tempfile.mkdtemp(prefix="ar-", dir="/var/tmp"))
+    redis = await RedisServer(state / "redis", persistent=False).start()
+    signer = LocalSigner.in_state_dir(state)
+
+    async def real_api(socket_path: str):
+        server = await GuestAPIServer(socket_path, GuestAPISettings(VM_HASH, redis.url, signer)).start()
+
+        async def cleanup():
+            await server.stop()
+            await redis.stop()
+            shutil.rmtree(state, ignore_errors=True)
+
+        return cleanup
+
+    vm, answer = await boot(api=real_api)
+    assert answer == {"success": True}, getattr(answer, "traceback", "")
+    assert await vm.get("/cache") == {"get": "forty-two", "keys": ["answer"]}
+    signed = await vm.get("/sign")
+    assert signed["address"] == await signer.address()
+    assert signed["signed"]["signature"].startswith("0x")
+    assert signed["signed"]["sender"] == signed["address"]
     result = await vm.client.halt()
     assert result.shut_down
 

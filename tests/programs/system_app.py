@@ -62,7 +62,16 @@ async def _route(path, query):
 
         account = await RemoteAccount.from_crypto_host()
         try:
-            message = {"item_content": json.dumps({"address": os.environ["VM_HASH"]}), "item_hash": "0"}
+            message = {
+                "chain": "ETH",
+                "type": "POST",
+                "sender": account.get_address(),
+                "item_type": "inline",
+                "item_content": json.dumps({"address": os.environ["VM_HASH"], "type": "test", "content": {}}),
+                "item_hash": "0" * 64,
+                "time": 1700000000.0,
+                "channel": "TEST",
+            }
             return {"address": account.get_address(), "signed": await account.sign_message(message)}
         finally:
             await account._session.close()
