@@ -175,7 +175,7 @@ class ExecutableProgram:
         output_data = None
         if self.data_export is not None:
             try:
-                output_data = self.data_export.collect()
+                output_data = await self.data_export.acollect()
             except Exception:  # noqa: BLE001 - the answer matters more than the export
                 logger.exception("collecting /data failed")
         return protocol.run_answer(status, headers, body, output_data=output_data)
