@@ -328,3 +328,23 @@ async def test_halt_fits_the_supervisors_budget_with_a_stubborn_executable(boot,
     assert time.monotonic() - started < 5
     vm.wait_exit()
     assert read_from_image(ext4, "/value") == b"stubborn\n"
+
+
+async def test_executable_from_squashfs_code_without_execute_bit(boot, tmp_path):
+    """Squashfs code is read-only: a script that lacks +x runs through its shebang."""
+    image = make_squashfs(
+        tmp_path / "code.squashfs", {"run.sh": EXECUTABLE, "server.py": (PROGRAMS / "http_echo_server.py").read_bytes()}
+    )
+    (tmp_path / "code.d" / "run.sh").chmod(0o644)
+    subprocess.run(["mksquashfs", str(tmp_path / "code.d"), str(image), "-noappend", "-quiet", "-all-root"],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    vm, answer = await boot(
+        code=None, encoding="squashfs", entrypoint="run.sh", interface="executable",
+        devices={"vdb": image}, volumes=[{"mount": "/opt/code", "device": "vdb", "read_only": True}],
+    )  # fmt: skip
+    assert answer == {"success": True}, getattr(answer, "traceback", "") + vm.log()
+    assert vm.box.run(["stat", "-c", "%a", "/opt/code/run.sh"]).stdout.strip() == "644"
+    call = await vm.client.http("GET", "/echo")
+    assert call["headers"]["status"] == 200, call
+    result = await vm.client.halt()
+    assert (result.stopped, result.shut_down) == (True, True)

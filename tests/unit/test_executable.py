@@ -202,3 +202,17 @@ async def test_answers_carry_the_data_export_when_set(program, tmp_path):
     answer = protocol.unpack(await prog.handle(scope()))
     with zipfile.ZipFile(io.BytesIO(answer["output_data"])) as archive:
         assert archive.read("result.txt") == b"exported"
+
+
+def test_interpreter_command_for_scripts_without_execute_bit(tmp_path):
+    from aleph_runtime.guest.executable import _interpreter_command
+
+    script = tmp_path / "a"
+    script.write_text("#!/usr/bin/env python3\nprint(1)\n")
+    assert _interpreter_command(str(script)) == ["/usr/bin/env", "python3", str(script)]
+    script.write_text("#!/bin/sh\necho\n")
+    assert _interpreter_command(str(script)) == ["/bin/sh", str(script)]
+    script.write_text("echo no shebang\n")
+    assert _interpreter_command(str(script)) == ["/bin/sh", str(script)]
+    script.write_bytes(b"\x7fELF\x02\x01\x01\0\0\0")
+    assert _interpreter_command(str(script)) is None
