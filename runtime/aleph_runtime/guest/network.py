@@ -206,7 +206,19 @@ def _has_interface(name: str) -> bool:
 
 
 def write_resolv_conf(servers: tuple[str, ...] | list[str], path: str = "/etc/resolv.conf") -> None:
-    """Written in place (not renamed over): resolv.conf may be a bind mount or a symlink."""
+    """Written in place (not renamed over): resolv.conf may be a bind mount or a symlink.
+
+    A symlink whose target cannot be written (systemd-resolved's stub, absent in a VM)
+    is replaced by a plain file.
+    """
     content = "".join(f"nameserver {server}\n" for server in servers)
-    with open(path, "w") as file:
-        file.write(content)
+    try:
+        with open(path, "w") as file:
+            file.write(content)
+    except FileNotFoundError:
+        if not os.path.islink(path):
+            raise
+        os.unlink(path)
+        with open(path, "w") as file:
+            file.write(content)
+    logger.info("DNS servers: %s", ", ".join(servers))
