@@ -122,3 +122,63 @@ async def test_stale_socket_is_replaced(tmp_path, base):
     stale.close()
     server = await start_guest_api_bridge(dev_transport(base), str(path))
     server.close()
+
+
+async def test_large_transfers_both_ways_with_flow_control(tmp_path, base):
+    import hashlib
+
+    async def echo(reader, writer):
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+
+    host = await asyncio.start_unix_server(echo, f"{base}_53")
+    server = await start_guest_api_bridge(dev_transport(base), str(tmp_path / "bridge"))
+    payload = os.urandom(24 << 20)
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "bridge"))
+
+        async def send():
+            for offset in range(0, len(payload), 1 << 20):
+                writer.write(payload[offset : offset + (1 << 20)])
+                await writer.drain()
+            writer.write_eof()
+
+        async def receive():
+            digest, size = hashlib.sha256(), 0
+            while chunk := await reader.read(1 << 16):
+                digest.update(chunk)
+                size += len(chunk)
+                if size < (4 << 20):
+                    await asyncio.sleep(0)  # a slow reader at first: the bridge must pause, not buffer all
+            return size, digest.hexdigest()
+
+        _, (size, digest) = await asyncio.wait_for(asyncio.gather(send(), receive()), 60)
+        assert (size, digest) == (len(payload), hashlib.sha256(payload).hexdigest())
+        writer.close()
+    finally:
+        server.close()
+        host.close()
+
+
+def test_bridge_on_uvloop(tmp_path):
+    """The init runs on uvloop: the protocol swap on the host connection must work there too."""
+    uvloop = pytest.importorskip("uvloop")
+    base = str(tmp_path / "v.sock")
+
+    async def scenario():
+        from aleph.sdk.vm.cache import VmCache
+
+        runner = await guest_api_stub.start(f"{base}_53", VM_HASH)
+        server = await start_guest_api_bridge(dev_transport(base), str(tmp_path / "bridge"))
+        cache = VmCache(unix_socket=str(tmp_path / "bridge"), connector_url="http://localhost")
+        try:
+            await cache.set("k", b"v" * 300_000)
+            return await cache.get("k")
+        finally:
+            await cache.session.close()
+            server.close()
+            await runner.cleanup()
+
+    assert uvloop.run(scenario()) == b"v" * 300_000
