@@ -191,6 +191,8 @@ class Init:
         os.environ.update(self._environment(config))
         if self.system:
             await self._apply_system(config)
+        elif config.volumes:
+            logger.warning("Dev mode: volumes are not mounted; their content is expected under %s", self.paths.root)
         await self._start_guest_api_bridge()
         if config.input_data:
             from aleph_runtime.guest.data import unpack_input_data
