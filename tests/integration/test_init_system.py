@@ -348,3 +348,35 @@ async def test_executable_from_squashfs_code_without_execute_bit(boot, tmp_path)
     assert call["headers"]["status"] == 200, call
     result = await vm.client.halt()
     assert (result.stopped, result.shut_down) == (True, True)
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o644
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+PLAIN_SCRIPT = b"""#!/bin/sh
+exec python3 -m http.server 8080 --bind 127.0.0.1 --directory /opt/code
+"""
+
+
+@pytest.mark.parametrize("encoding", ["plain", "tar.gz"])
+async def test_executable_from_plain_and_tar_code(boot, encoding):
+    if encoding == "plain":
+        code, entrypoint, path = PLAIN_SCRIPT, "serve.sh", "/"
+    else:
+        code = _tar_gz({"bin/run.sh": EXECUTABLE, "bin/server.py": (PROGRAMS / "http_echo_server.py").read_bytes()})
+        entrypoint, path = "bin/run.sh", "/echo"
+    vm, answer = await boot(code=code, encoding=encoding, entrypoint=entrypoint, interface="executable")
+    assert answer == {"success": True}, getattr(answer, "traceback", "") + vm.log()
+    call = await vm.client.http("GET", path)
+    assert call["headers"]["status"] == 200, call
+    result = await vm.client.halt()
+    assert (result.stopped, result.shut_down) == (True, True)
