@@ -305,11 +305,6 @@ while :; do sleep 0.2; done
 """
 
 
-@pytest.mark.xfail(
-    reason="Init.halt calls ExecutableProgram.stop() with its 5 s default grace; it should pass "
-    "EXECUTABLE_STOP_GRACE (2 s) so STOPZ comes within the supervisor's 5 s",
-    strict=False,
-)
 async def test_halt_fits_the_supervisors_budget_with_a_stubborn_executable(boot, images):
     """The supervisor gives halt 5 s in all, then kills the VMM: an executable that
     ignores SIGTERM must be killed early enough for the volumes to be unmounted."""
