@@ -19,9 +19,11 @@ from aleph_runtime.host.supervisor import ConfigurationRejected
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 
 
-@pytest.fixture
-async def init(tmp_path):
-    instance = DevInit(tmp_path / "vm", env={"MARKER_FILE": str(tmp_path / "markers")})
+@pytest.fixture(params=["uvloop", "asyncio"])
+async def init(tmp_path, request):
+    """The init under both event loops: uvloop in the image, the stdlib's wherever uvloop is missing."""
+    env = {"MARKER_FILE": str(tmp_path / "markers"), "ALEPH_EVENT_LOOP": request.param}
+    instance = DevInit(tmp_path / "vm", env=env)
     await instance.start()
     yield instance
     await instance.stop()

@@ -181,11 +181,11 @@ async def run_cycle(
     app: ASGIApp,
     raw_scope: dict,
     state: dict | None = None,
-    output_data: Callable[[], bytes | None] | None = None,
+    output_data: Callable[[], Awaitable[bytes | None]] | None = None,
 ) -> bytes:
     """Run one supervisor call through the app; the packed answer, errors included.
 
-    `output_data` is called after a successful call for the zip of /data, if any.
+    `output_data` is awaited after a successful call for the zip of /data, if any.
     """
     try:
         kind = raw_scope.get("type")
@@ -193,12 +193,12 @@ async def run_cycle(
             scope, body = http_scope(raw_scope, state)
             cycle = HTTPCycle(scope, body)
             await cycle.run(app)
-            data = output_data() if output_data else None
+            data = await output_data() if output_data else None
             return protocol.run_answer(cycle.status, cycle.headers, b"".join(cycle.chunks), output_data=data)
         if kind == "aleph.message":
             event = EventCycle(dict(raw_scope, asgi=ASGI_VERSION))
             await event.run(app)
-            data = output_data() if output_data else None
+            data = await output_data() if output_data else None
             return protocol.event_answer(event.result, output_data=data)
         raise CycleError(f"unsupported scope type {kind!r}: expected 'http' or 'aleph.message'")
     except Exception as error:

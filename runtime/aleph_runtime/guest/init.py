@@ -32,8 +32,9 @@ logger = logging.getLogger("aleph_runtime.init")
 #: A run request larger than this is answered with an error (the body rides in it).
 MAX_REQUEST_BYTES = int(os.environ.get("ALEPH_MAX_REQUEST_BYTES", 256 * 2**20))
 LIFESPAN_STARTUP_TIMEOUT = float(os.environ.get("ALEPH_LIFESPAN_STARTUP_TIMEOUT", 50))
-LIFESPAN_SHUTDOWN_TIMEOUT = 3.0
-EXECUTABLE_STOP_GRACE = 2.0
+#: How long the program gets to stop at halt (lifespan shutdown, or SIGTERM before
+#: SIGKILL): the supervisor gives the whole halt 5 s, and the volumes come after it.
+STOP_GRACE = 2.5
 READ_CHUNK = 1 << 20
 
 
@@ -59,11 +60,10 @@ class AsgiProgram:
     async def handle(self, scope: dict) -> bytes:
         from aleph_runtime.guest.asgi import run_cycle
 
-        collect = self.data_export.collect if self.data_export is not None else None
-        return await run_cycle(self.app, scope, self.lifespan.app_state, collect)
+        return await run_cycle(self.app, scope, self.lifespan.app_state, self.data_export.acollect)
 
-    async def stop(self) -> None:
-        await self.lifespan.shutdown(LIFESPAN_SHUTDOWN_TIMEOUT)
+    async def stop(self, grace: float) -> None:
+        await self.lifespan.shutdown(grace)
 
 
 class Init:
@@ -191,6 +191,8 @@ class Init:
         os.environ.update(self._environment(config))
         if self.system:
             await self._apply_system(config)
+        elif config.volumes:
+            logger.warning("Dev mode: volumes are not mounted; their content is expected under %s", self.paths.root)
         await self._start_guest_api_bridge()
         if config.input_data:
             from aleph_runtime.guest.data import unpack_input_data
@@ -236,12 +238,14 @@ class Init:
             await lifespan.startup(LIFESPAN_STARTUP_TIMEOUT)
         except RuntimeError as error:
             raise ConfigError(str(error)) from None
-        data_export = None
-        if config.input_data or self.paths.data.is_dir():
-            from aleph_runtime.guest.data import DataExport
+        return AsgiProgram(app, lifespan, self._data_export())
 
-            data_export = DataExport(str(self.paths.data))
-        return AsgiProgram(app, lifespan, data_export)
+    def _data_export(self):
+        """/data is exported after every call whenever it is not empty, as today, even when
+        the program created it itself; an empty or missing /data costs a few µs."""
+        from aleph_runtime.guest.data import DataExport
+
+        return DataExport(str(self.paths.data))
 
     async def _start_executable(self, config: Config):
         from aleph_runtime.guest.code import executable_path
@@ -251,6 +255,7 @@ class Init:
         if not path.is_file():
             raise ConfigError(f"the entrypoint {config.entrypoint!r} is not a file of the code")
         program = ExecutableProgram(str(path), env=dict(os.environ), cwd=str(self.paths.code))
+        program.data_export = self._data_export()
         await program.start()
         return program
 
@@ -357,7 +362,7 @@ class Init:
         self.state = InitState.HALTING
         try:
             if self.program is not None:
-                await self.program.stop()
+                await self.program.stop(grace=STOP_GRACE)
         except Exception:
             logger.exception("Error while stopping the program")
         if writer is not None:

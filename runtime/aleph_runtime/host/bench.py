@@ -174,7 +174,7 @@ async def bench_dev(requests: int, concurrency: int, python: str, pycache: Path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Benchmark the init in dev mode against a bare asyncio server.")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--python", default=sys.executable, help="the Python that runs the init")
