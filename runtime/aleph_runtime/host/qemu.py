@@ -34,7 +34,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aleph_runtime.host.supervisor import HaltResult, SupervisorClient
