@@ -347,3 +347,31 @@ async def test_no_credit_request_storm_while_the_guest_does_not_read(device):
     guest.send(Op.CREDIT_UPDATE, 1234, req.src_port, buf_alloc=4096, fwd_cnt=4096)
     await guest.wait_for(lambda p: p.op == Op.RW)
     writer.close()
+
+
+async def test_a_guest_with_a_smaller_window_than_announced_is_never_left_without_credit(device):
+    """Linux may cap what it sends below our buf_alloc: updates must follow the drained
+    bytes, not only a big threshold, or the guest waits forever (seen with a 6.1 guest)."""
+    guest = FakeGuest(device)
+    reader, writer, req = await established_host_stream(device, guest)
+    window = vb.BUF_ALLOC // 2 + 4096  # between the update threshold and what we announce
+    blob = os.urandom(4 << 20)
+    sent = 0
+    peer_fwd = 0
+    read = bytearray()
+    while len(read) < len(blob):
+        for p in guest.collect():
+            peer_fwd = p.fwd_cnt
+        guest.packets.clear()
+        while sent < len(blob) and sent - peer_fwd < window:
+            n = min(window - (sent - peer_fwd), 32 * 1024, len(blob) - sent)
+            guest.send(Op.RW, 1234, req.src_port, blob[sent : sent + n])
+            sent += n
+        try:
+            # A host reader that takes a while between reads, so the socket buffers.
+            read += await asyncio.wait_for(reader.read(48 * 1024), 2)
+            await asyncio.sleep(0.001)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"stuck: read {len(read)}, sent {sent}, last fwd_cnt {peer_fwd}") from None
+    assert bytes(read) == blob
+    writer.close()

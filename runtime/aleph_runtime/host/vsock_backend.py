@@ -66,13 +66,13 @@ SHUTDOWN_BOTH = SHUTDOWN_RCV | SHUTDOWN_SEND
 RX_QUEUE = 0
 TX_QUEUE = 1
 
-#: Receive buffer announced to the guest for each stream (its credit towards us).
-BUF_ALLOC = 1 << 20
-#: Write-buffer limits of the host Unix socket; the high mark must stay at or below
-#: 3/4 of BUF_ALLOC so that a credit update always follows a drained buffer.
-WRITE_HIGH = BUF_ALLOC // 2
-WRITE_LOW = BUF_ALLOC // 8
-#: Send a credit update once the guest's view of our buffer is this much out of date.
+#: Receive buffer announced to the guest for each stream (its credit towards us), as
+#: Firecracker and Linux's own default.
+BUF_ALLOC = 256 * 1024
+#: Send a credit update once this much has left for the host socket unreported.
+#: Checked after each batch of guest packets and whenever the host socket's write buffer
+#: drains (its high-water mark is 0, so asyncio calls resume_writing exactly then):
+#: a guest that has used up its credit always gets an update once its bytes are out.
 CREDIT_UPDATE_THRESHOLD = BUF_ALLOC // 4
 #: Host bytes buffered for the guest before we stop reading the Unix socket.
 PENDING_HIGH = 1 << 20
@@ -149,7 +149,8 @@ class Stream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        # pause_writing as soon as anything is buffered, resume_writing when it is all out.
+        self.transport.set_write_buffer_limits(high=0, low=0)
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.HANDSHAKE:
