@@ -45,6 +45,10 @@ if [ -z "$out" ]; then
     exit 0
   fi
 fi
+lock kernel
+if [ -z "$force" ] && [ -f "$out/.complete" ]; then  # built meanwhile by another process
+  echo "$out"; exit 0
+fi
 step "kernel: building $kpkg $kver with busybox $bbver into $out"
 
 mkdir -p "$CACHE_DIR/tmp"

@@ -15,6 +15,16 @@ step() {
 }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Serialise builds sharing the cache: hold an exclusive lock on fd 9 until exit.
+lock() {
+  mkdir -p "$CACHE_DIR"
+  exec 9>"$CACHE_DIR/.lock-$1"
+  if ! flock -n 9; then
+    step "waiting for another $1 build to finish"
+    flock 9
+  fi
+}
+
 # sha256 of stdin, shortened: cache directory names.
 short_hash() { sha256sum | cut -c1-16; }
 
@@ -53,3 +63,22 @@ apt_version() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/{print $2; 
 
 # apt-get download into the current directory, quietly (root downloads unsandboxed).
 apt_download() { apt-get download -q -o APT::Sandbox::User=root "$@" >/dev/null; }
+
+# The Debian security mirror, likewise (DEBIAN_SECURITY_MIRROR; "" when none is known).
+debian_security_mirror() {
+  if [ -n "${DEBIAN_SECURITY_MIRROR+x}" ]; then echo "$DEBIAN_SECURITY_MIRROR"; return; fi
+  {
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] || continue
+      awk 'BEGIN{RS=""; FS="\n"} {u=""; s=""; for (i=1;i<=NF;i++) {
+             if ($i ~ /^URIs:/) {u=$i; sub(/^URIs:[ \t]*/,"",u); sub(/[ \t].*/,"",u)}
+             if ($i ~ /^Suites:/) s=" " $i " "}
+           if (u != "" && s ~ /[ \t]bookworm-security[ \t]/) print u}' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [ -f "$f" ] || continue
+      awk '$1=="deb" { i=2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+           if ($(i+1)=="bookworm-security") print $i }' "$f"
+    done
+  } | sed -n 1p
+}
