@@ -103,7 +103,7 @@ done
 echo "modules:" $(cat "$root/lib/modules/load-order") >&2
 
 # Reproducible archive: fixed mtimes, sorted names, owner root, no inode numbers.
-epoch=$(source_date_epoch)
+epoch=$(source_date_epoch rootfs-build/build-test-kernel.sh rootfs-build/initramfs-init.sh)
 find "$root" -exec touch -h -d "@$epoch" {} +
 (cd "$root" && find . -print0 | LC_ALL=C sort -z |
   cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) | gzip -9n >initramfs.cpio.gz

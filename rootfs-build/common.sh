@@ -52,10 +52,13 @@ debian_mirror() {
   echo "$_m"
 }
 
-# SOURCE_DATE_EPOCH: the environment's, else the last commit's time, else a fixed date.
+# SOURCE_DATE_EPOCH: the environment's, else the time of the last commit that touched
+# the given paths (the build's inputs: other commits leave the cached results valid),
+# else a fixed date (no git).
 source_date_epoch() {
   if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then echo "$SOURCE_DATE_EPOCH"; return; fi
-  git -C "$REPO_DIR" log -1 --format=%ct 2>/dev/null || echo 1700000000
+  _e=$(git -C "$REPO_DIR" log -1 --format=%ct -- "$@" 2>/dev/null) || _e=
+  echo "${_e:-1700000000}"
 }
 
 # Candidate version of a Debian package from apt's lists ("" if unknown).

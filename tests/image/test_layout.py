@@ -14,7 +14,7 @@ import pytest
 
 from aleph_runtime.host import image
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.image, pytest.mark.root]
 
@@ -24,7 +24,7 @@ PYTHON_DIRS = ("usr/lib/python3.11", "usr/lib/python3/dist-packages", "opt/aleph
 def chroot(mnt: Path, *cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     base_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "/opt/aleph/runtime:/opt/aleph/libs", "LC_ALL": "C.UTF-8"}
     return subprocess.run(
-        ["chroot", str(mnt), *cmd], env={**base_env, **(env or {})}, capture_output=True, text=True, timeout=120
+        ["/usr/sbin/chroot", str(mnt), *cmd], env={**base_env, **(env or {})}, capture_output=True, text=True, timeout=120
     )
 
 
