@@ -1,75 +1,59 @@
 #!/bin/sh
 # Stage 0 of the aleph-runtime init: /sbin/init of the runtime image, PID 1.
 #
-# The kernel hands over with the runtime squashfs as a read-only / and, usually, /dev
-# mounted (devtmpfs). Put a tmpfs overlay over the read-only root and pivot into it, so
-# programs can write anywhere and nothing persists; mount the pseudo filesystems; then
-# exec init1 (Python, -OO: the image holds bytecode at that level). Nothing slow here:
-# no probes, no services (init1 starts sshd when the config brings keys). Each step logs
-# one line prefixed with the uptime. POSIX sh, busybox-compatible.
+# The kernel hands over with the runtime squashfs as a read-only / (and usually /dev, a
+# devtmpfs). Put a tmpfs overlay over the read-only root and pivot into it, so programs
+# can write anywhere and nothing persists; mount the pseudo filesystems (init0.fstab:
+# /proc /dev /sys /run /dev/pts /dev/shm cgroup2); exec init1 under python3 -OO (the
+# image holds bytecode at that level). Nothing slow here: no probes, no services (init1
+# starts sshd when the config brings keys), seven execs in all. Each step logs one line
+# prefixed with the uptime. POSIX sh, busybox-compatible.
 #
-# Layout in the image: /opt/aleph/init/init1.py, /opt/aleph/runtime/aleph_runtime (the
-# guest side; init1 finds it as ../runtime from its own directory, as in a checkout),
-# the guest libraries in /opt/aleph/libs (PYTHONPATH, as programs expect).
+# Layout in the image: /opt/aleph/init/{init0.sh,init0.fstab,init1.py}; the guest side of
+# aleph_runtime in /opt/aleph/runtime (init1 finds it as ../runtime from its own
+# directory, as in a checkout; PYTHONPATH names it too); the guest libraries in
+# /opt/aleph/libs (PYTHONPATH, as programs expect); the read-only image stays at /rom.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
-INIT1=${ALEPH_INIT1:-/opt/aleph/init/init1.py}
+here=/opt/aleph/init
+INIT1=${ALEPH_INIT1:-$here/init1.py}
 
 [ -r /proc/uptime ] || mount -t proc -o nosuid,noexec,nodev proc /proc
-log() { read -r _up _ </proc/uptime; echo "$_up init0: $*"; }
-log "started"
-
-# A failure here must not leave the VM half set up with PID 1 gone (kernel panic with
-# no clue): say what failed, then go on or stop loudly.
+log() { read -r _up _ </proc/uptime 2>/dev/null || _up=?; echo "$_up init0: $*"; }
+# Say what failed and go on: PID 1 dying would panic the kernel with no clue.
 fail() { log "ERROR: $*"; }
 
-if [ -n "${ALEPH_INIT0_ROOTED:-}" ]; then
-  unset ALEPH_INIT0_ROOTED
-  root_done=1
-fi
-
-dev_mounted=
-while read -r _src _dir _type _rest; do
-  [ "$_dir" = /dev ] && dev_mounted=1
-done </proc/mounts
-
-# tmpfs at /overlay (a directory of the image; /mnt if absent) holding the overlay's
-# upper and work directories and its mount point.
-ovl=/overlay
-[ -d "$ovl" ] || ovl=/mnt
-if [ -n "${root_done:-}" ]; then
-  :
-elif mount -t tmpfs -o mode=0755,noatime tmpfs "$ovl" &&
-  mkdir -p "$ovl/upper" "$ovl/work" "$ovl/root" &&
-  mount -t overlay -o "noatime,lowerdir=/,upperdir=$ovl/upper,workdir=$ovl/work" overlay "$ovl/root"; then
-  mkdir -p "$ovl/root/rom"
-  [ -n "$dev_mounted" ] || mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev || fail "cannot mount /dev"
-  if cd "$ovl/root" && pivot_root . rom; then
-    cd /
-    mount --move /rom/proc /proc
-    mount --move /rom/dev /dev
-    log "root is a tmpfs overlay over the read-only image (image at /rom)"
-  else
-    # pivot_root refused (e.g. a shared root mount): chroot into the overlay instead and
-    # run this script again there, past this step.
-    log "pivot_root failed, chrooting into the overlay"
-    mount --move /proc "$ovl/root/proc" && mount --move /dev "$ovl/root/dev" &&
+if [ -z "${ALEPH_INIT0_ROOTED:-}" ]; then
+  log "started"
+  # tmpfs holding the overlay's upper and work directories and its mount point, at
+  # /overlay (a directory of the image; /mnt elsewhere). /rom exists in the image too.
+  ovl=/overlay
+  [ -d "$ovl" ] || ovl=/mnt
+  if mount -t tmpfs -o mode=0755 tmpfs "$ovl" &&
+    mkdir -p "$ovl/upper" "$ovl/work" "$ovl/root" &&
+    mount -t overlay -o "lowerdir=/,upperdir=$ovl/upper,workdir=$ovl/work" overlay "$ovl/root"; then
+    if cd "$ovl/root" && pivot_root . rom; then
+      cd /
+    else
+      # pivot_root refused (e.g. a shared root mount): chroot into the overlay and run
+      # this script again there, past this step.
+      log "pivot_root failed, chrooting into the overlay"
       ALEPH_INIT0_ROOTED=1 exec chroot "$ovl/root" "$0" "$@"
-    fail "cannot switch to the overlay: the root stays read-only"
+    fi
+  else
+    fail "no tmpfs overlay: the root stays read-only"
   fi
-else
-  fail "no tmpfs overlay: the root stays read-only"
-  [ -n "$dev_mounted" ] || mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev || fail "cannot mount /dev"
 fi
+unset ALEPH_INIT0_ROOTED
 
-mkdir -p /dev/pts /dev/shm
-mount -t sysfs -o nosuid,noexec,nodev sysfs /sys || fail "cannot mount /sys"
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run || fail "cannot mount /run"
-mount -t devpts -o mode=0620,gid=5,ptmxmode=0666,nosuid,noexec devpts /dev/pts || fail "cannot mount /dev/pts"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm || fail "cannot mount /dev/shm"
-mount -t cgroup2 -o nosuid,noexec,nodev,nsdelegate cgroup2 /sys/fs/cgroup || fail "cannot mount cgroup2"
-log "mounted /sys /run /dev/pts /dev/shm /sys/fs/cgroup"
+mount -a -T "$here/init0.fstab" || fail "some of /proc /dev /sys /run /dev/pts /dev/shm cgroup2 did not mount"
+# devtmpfs lacks what udev would add: /dev/fd, /dev/stdin, /dev/stdout, /dev/stderr
+# (bash process substitution, programs logging to /dev/stdout). The image holds them.
+cp -a "$here/dev/." /dev/ || fail "cannot create /dev/fd and /dev/std*"
+log "root is a tmpfs overlay over the image (at /rom); /proc /dev /sys /run /dev/pts /dev/shm cgroup2 mounted"
 
-export PYTHONPATH=/opt/aleph/libs
+# The guest libraries, as programs expect; aleph_runtime too, so init1 imports it even
+# before it puts its own ../runtime on sys.path.
+export PYTHONPATH=/opt/aleph/runtime:/opt/aleph/libs
 log "exec python3 -OO $INIT1"
 exec /usr/bin/python3 -OO "$INIT1" "$@"

@@ -3,12 +3,15 @@
 # libraries under /opt/aleph/libs, and our init (init0.sh as /sbin/init, init1 and the
 # guest side of aleph_runtime under /opt/aleph), everything byte-compiled ahead of time.
 #
-# Usage: build-rootfs.sh [--profile lean|full] [--compression gzip|zstd|xz|lz4]
+# Usage: build-rootfs.sh [--profile lean|full] [--compression gzip|zstd|xz|lz4] [--level N]
 #                        [--out DIR] [--force] [--rebuild-python] [--update-init]
 #                        [--update-requirements]
 #   --profile        lean (default): Python, SSH, iproute2, CA certificates;
 #                    full: plus nodejs/npm, docker, build tools (packages-full.txt)
 #   --compression    gzip (default: every stock microVM kernel reads it) or zstd, ...
+#   --level N        compression level; default 6 for gzip (level 9, mksquashfs's own
+#                    default, is 4x slower for <1% smaller), 15 for zstd; zstd level 3
+#                    packs in seconds (quick local iterations)
 #   --out DIR        build into DIR (always builds); default: a cache directory keyed by
 #                    a hash of every input, reused when it is complete
 #   --force          rebuild even when the cached image is complete
@@ -26,11 +29,12 @@
 set -eu
 . "$(cd "$(dirname "$0")" && pwd)/common.sh"
 
-profile=lean comp=gzip out= force= rebuild_python= update_init= update_reqs=
+profile=lean comp=gzip level= out= force= rebuild_python= update_init= update_reqs=
 while [ $# -gt 0 ]; do
   case $1 in
     --profile) profile=$2; shift 2 ;;
     --compression) comp=$2; shift 2 ;;
+    --level) level=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --force) force=1; shift ;;
     --rebuild-python) rebuild_python=1; shift ;;
@@ -42,6 +46,8 @@ while [ $# -gt 0 ]; do
 done
 case $profile in lean|full) ;; *) die "unknown profile $profile (lean, full)" ;; esac
 case $comp in gzip|zstd|xz|lz4|lzo) ;; *) die "unknown compression $comp" ;; esac
+case $comp:$level in gzip:) level=6 ;; zstd:) level=15 ;; xz:*|lz4:*) level= ;; esac
+comp_opts="-comp $comp${level:+ -Xcompression-level $level}"
 for tool in debootstrap mksquashfs unshare chroot; do
   command -v $tool >/dev/null || die "$tool is missing (scripts/setup.sh installs it)"
 done
@@ -62,15 +68,15 @@ runtime_files() {
   (cd "$REPO_DIR/runtime" && find aleph_runtime -path aleph_runtime/host -prune -o \
      -name __pycache__ -prune -o -type f -name '*.py' -print | LC_ALL=C sort)
 }
-init_files() { (cd "$REPO_DIR/init" && ls init0.sh *.py 2>/dev/null | LC_ALL=C sort); }
-final_key=$( { echo "$python_key $comp $epoch"
+init_files() { (cd "$REPO_DIR/init" && ls init0.sh init0.fstab *.py 2>/dev/null | LC_ALL=C sort); }
+final_key=$( { echo "$python_key $comp $level $epoch"
                cat "$BUILD_DIR/build-rootfs.sh" "$BUILD_DIR/common.sh"
                for f in $(init_files); do echo "$f"; cat "$REPO_DIR/init/$f"; done
                for f in $(runtime_files); do echo "$f"; cat "$REPO_DIR/runtime/$f"; done; } | short_hash)
 tree=$stages/tree-$profile
 
 if [ -z "$out" ]; then
-  out=$CACHE_DIR/rootfs/$profile-$comp-$final_key
+  out=$CACHE_DIR/rootfs/$profile-$comp$level-$final_key
   if [ -z "$force" ] && [ -f "$out/.complete" ]; then
     step "rootfs: cached ($profile, $comp) in $out"
     echo "$out"
@@ -146,13 +152,22 @@ fi
 step "installing the init and aleph_runtime (guest side) under /opt/aleph"
 rm -rf "$root/opt/aleph/init" "$root/opt/aleph/runtime"
 mkdir -p "$root/opt/aleph/init" "$root/opt/aleph/runtime"
-for f in $(init_files); do install -m 0755 "$REPO_DIR/init/$f" "$root/opt/aleph/init/$f"; done
+for f in $(init_files); do
+  case $f in *.sh|*.py) mode=0755 ;; *) mode=0644 ;; esac
+  install -m $mode "$REPO_DIR/init/$f" "$root/opt/aleph/init/$f"
+done
 for f in $(runtime_files); do
   install -D -m 0644 "$REPO_DIR/runtime/$f" "$root/opt/aleph/runtime/$f"
 done
+# What init0 copies into the devtmpfs (one `cp -a`): links udev would otherwise make.
+mkdir -p "$root/opt/aleph/init/dev"
+ln -s /proc/self/fd "$root/opt/aleph/init/dev/fd"
+ln -s /proc/self/fd/0 "$root/opt/aleph/init/dev/stdin"
+ln -s /proc/self/fd/1 "$root/opt/aleph/init/dev/stdout"
+ln -s /proc/self/fd/2 "$root/opt/aleph/init/dev/stderr"
 # /sbin/init is init0.sh itself (the kernel runs it, so no symlink games).
 install -m 0755 "$REPO_DIR/init/init0.sh" "$root/usr/sbin/init"
-mkdir -p "$root/opt/code" "$root/opt/packages" "$root/data" "$root/overlay"
+mkdir -p "$root/opt/code" "$root/opt/packages" "$root/data" "$root/overlay" "$root/rom"
 
 if [ -z "$reuse_tree" ]; then
   step "cleanup: docs, man pages, apt lists, caches, logs, machine-id, SSH host keys"
@@ -197,10 +212,10 @@ chroot "$root" env -i PATH=/usr/bin:/bin SOURCE_DATE_EPOCH="$epoch" python3 -m c
   cat "$work/compile.log" >&2; die "byte-compilation failed"; }
 find "$root" -xdev -newermt "@$epoch" -exec touch -h -d "@$epoch" {} +
 
-step "mksquashfs ($comp)"
+step "mksquashfs ($comp_opts)"
 mkdir -p "$out"
 rm -f "$out/.complete" "$out/rootfs.squashfs" "$out/manifest.json"
-env -u SOURCE_DATE_EPOCH mksquashfs "$root" "$out/rootfs.squashfs" -noappend -comp "$comp" -reproducible \
+env -u SOURCE_DATE_EPOCH mksquashfs "$root" "$out/rootfs.squashfs" -noappend $comp_opts -reproducible \
   -mkfs-time "$epoch" -all-time "$epoch" -processors 2 -quiet -no-progress >/dev/null
 
 step "manifest"
@@ -209,7 +224,8 @@ size=$(stat -c %s "$out/rootfs.squashfs")
 commit=$(git -C "$REPO_DIR" rev-parse HEAD 2>/dev/null || echo unknown)
 {
   printf '{\n  "image": "rootfs.squashfs",\n  "sha256": "%s",\n  "size": %s,\n' "$sha" "$size"
-  printf '  "compression": "%s",\n  "profile": "%s",\n' "$comp" "$profile"
+  printf '  "compression": "%s",\n  "compression_level": %s,\n  "profile": "%s",\n' \
+    "$comp" "${level:-null}" "$profile"
   printf '  "source_date_epoch": %s,\n  "commit": "%s",\n' "$epoch" "$commit"
   printf '  "python": "%s",\n' "$(chroot "$root" python3 -c 'import platform; print(platform.python_version())')"
   printf '  "debian_packages": {\n'

@@ -36,13 +36,14 @@ def test_sbin_init_is_init0(mounted_rootfs: Path):
 
 def test_init1_and_guest_runtime_installed(mounted_rootfs: Path):
     opt = mounted_rootfs / "opt/aleph"
+    assert (opt / "init/init0.fstab").read_bytes() == (REPO / "init/init0.fstab").read_bytes()
     if (REPO / "init/init1.py").exists():
         assert (opt / "init/init1.py").read_bytes() == (REPO / "init/init1.py").read_bytes()
     pkg = opt / "runtime/aleph_runtime"
     assert (pkg / "protocol.py").read_bytes() == (REPO / "runtime/aleph_runtime/protocol.py").read_bytes()
     assert (pkg / "guest/__init__.py").exists()
     assert not (pkg / "host").exists(), "the host side of aleph_runtime must not be in the image"
-    for d in ("opt/code", "opt/packages", "data", "overlay", "dev", "proc", "sys", "run", "tmp"):
+    for d in ("opt/code", "opt/packages", "data", "overlay", "rom", "dev", "proc", "sys", "run", "tmp"):
         assert (mounted_rootfs / d).is_dir(), d
 
 
@@ -100,7 +101,7 @@ def test_manifest_matches(rootfs: Path, mounted_rootfs: Path):
     data = rootfs.read_bytes()
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["size"] == len(data)
-    assert manifest["compression"] == "gzip" and manifest["profile"] == "lean"
+    assert manifest["compression"] == "gzip" and manifest["compression_level"] == 6 and manifest["profile"] == "lean"
     assert manifest["python"].startswith("3.11.")
 
     dpkg = subprocess.run(
