@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 
 class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the field and says why."""
+    """The configuration cannot be used; the message names the field and says why.
+
+    `detail` carries what the supervisor shows as the traceback when the cause lies in
+    the program (its own import error, say) rather than in the init.
+    """
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
 
 
 class Interface(str, enum.Enum):

@@ -1,0 +1,140 @@
+"""Unpack the program's code and find its entrypoint.
+
+Where code goes follows today's runtime, since programs may read their own files by
+absolute path: an ASGI program's zip or tar is unpacked into /opt (on sys.path); an
+executable's into /opt/code; a squashfs drive is mounted at /opt/code by the volume
+code. /opt/packages comes first on sys.path.
+
+Plain code runs as a real module: written to `<module>.py` and imported, so it is in
+sys.modules, its top-level helpers are visible from the entrypoint, and tracebacks
+show its lines (today's runtime exec()s it with separate globals and locals, and a
+plain program calling its own helper function fails with NameError).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from aleph_runtime.guest.archive import extract_tar, extract_zip
+from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface
+
+logger = logging.getLogger("aleph_runtime.code")
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ATTRIBUTE = _MODULE
+#: A plain ASGI program whose entrypoint names only an attribute is imported as this module.
+PLAIN_MODULE = "main"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the init puts things. `root` is "/" in a VM; a private directory in dev mode."""
+
+    root: Path = Path("/")
+
+    def inside(self, path: str | os.PathLike) -> Path:
+        """An absolute guest path (e.g. a volume's mount point) placed under root."""
+        return self.root / str(path).lstrip("/")
+
+    @property
+    def opt(self) -> Path:
+        return self.inside("/opt")
+
+    @property
+    def code(self) -> Path:
+        return self.inside("/opt/code")
+
+    @property
+    def packages(self) -> Path:
+        return self.inside("/opt/packages")
+
+    @property
+    def data(self) -> Path:
+        return self.inside("/data")
+
+    @property
+    def guest_api_socket(self) -> Path:
+        return self.inside("/tmp/socat-socket")
+
+
+def split_entrypoint(entrypoint: str, encoding: Encoding) -> tuple[str, str]:
+    """(module, attribute path) from `module.sub:attr.sub`; a plain program may name only the attribute."""
+    if ":" in entrypoint:
+        module, attribute = entrypoint.split(":", 1)
+    elif encoding is Encoding.PLAIN:
+        module, attribute = PLAIN_MODULE, entrypoint
+    else:
+        raise ConfigError(f"the entrypoint {entrypoint!r} must be 'module:attribute' for an ASGI program")
+    if not _MODULE.match(module):
+        raise ConfigError(f"the entrypoint's module {module!r} is not a valid Python module path")
+    if not _ATTRIBUTE.match(attribute):
+        raise ConfigError(f"the entrypoint's attribute {attribute!r} is not a valid attribute path")
+    return module, attribute
+
+
+def unpack_code(config: Config, paths: Paths) -> Path:
+    """Put the code where its interface expects it; return the directory that holds it."""
+    directory = paths.opt if config.interface is Interface.ASGI else paths.code
+    if config.encoding is Encoding.SQUASHFS:
+        return paths.code  # mounted as the first volume
+    directory.mkdir(parents=True, exist_ok=True)
+    if config.encoding is Encoding.ZIP:
+        extract_zip(config.code, directory)
+    elif config.encoding is Encoding.TAR:
+        extract_tar(config.code, directory)
+    elif config.interface is Interface.ASGI:
+        module, _ = split_entrypoint(config.entrypoint, config.encoding)
+        module_path = directory.joinpath(*module.split(".")).with_suffix(".py")
+        module_path.parent.mkdir(parents=True, exist_ok=True)
+        module_path.write_bytes(config.code)
+    else:
+        executable_path(config, paths).write_bytes(config.code)
+    return directory
+
+
+def executable_path(config: Config, paths: Paths) -> Path:
+    """The executable named by the entrypoint, which must stay inside the code directory."""
+    relative = Path(config.entrypoint.lstrip("/"))
+    if ".." in relative.parts or not relative.parts:
+        raise ConfigError(f"the entrypoint {config.entrypoint!r} must be a path inside the code")
+    return paths.code / relative
+
+
+def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
+    """Import the entrypoint; a missing module or attribute is a ConfigError naming it."""
+    module_name, attribute = split_entrypoint(config.entrypoint, config.encoding)
+    for directory in (code_directory, paths.packages):
+        if str(directory) in sys.path:
+            sys.path.remove(str(directory))
+    # Packages the program ships take precedence over everything, its code next.
+    sys.path[0:0] = [str(paths.packages), str(code_directory)]
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and (module_name == error.name or module_name.startswith(error.name + ".")):
+            raise ConfigError(f"the entrypoint's module {module_name!r} was not found in the code") from None
+        raise ConfigError(
+            f"the program's module {module_name!r} failed to import: {error}", traceback.format_exc()
+        ) from None
+    except BaseException as error:  # the program's own import-time failure, SystemExit included
+        raise ConfigError(
+            f"the program's module {module_name!r} failed to import: {type(error).__name__}: {error}",
+            traceback.format_exc(),
+        ) from None
+    target: object = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"the entrypoint {config.entrypoint!r}: module {module_name!r} has no {attribute!r}") from None
+    if not callable(target):
+        raise ConfigError(f"the entrypoint {config.entrypoint!r} is not callable (it is a {type(target).__name__})")
+    return target

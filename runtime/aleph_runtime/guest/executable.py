@@ -1,0 +1,378 @@
+"""Executable programs (`interface: executable`): any binary or script serving HTTP on
+127.0.0.1:8080, supervised by the init and reached through a small HTTP/1.1 client.
+
+The child runs in its own session (process group), with the program's environment and
+the init's stdout/stderr (the console log). If it exits it is restarted with backoff
+and its exit status is logged; its leftover group members are killed first, so a shell
+script whose server outlived it cannot keep the port. At halt: SIGTERM to the group,
+SIGKILL after the grace period.
+
+The HTTP client is a few asyncio stream calls (request with Content-Length and
+`Connection: close`; response with Content-Length, chunked, or until EOF): importing
+aiohttp would cost more than the whole init.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import time
+import traceback
+from urllib.parse import quote
+
+from aleph_runtime import protocol
+from aleph_runtime.guest.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Request headers not passed on: hop-by-hop, or rewritten by us.
+_DROPPED_REQUEST_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"content-length", b"te", b"upgrade",
+     b"trailer", b"expect"}
+)
+#: Response headers not passed back: the body is given whole, de-chunked.
+_DROPPED_RESPONSE_HEADERS = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+LOADING_PAGE = (
+    b"<!DOCTYPE html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='2'>"
+    b"<title>Starting</title></head><body><p>The program is starting; this page reloads by itself.</p>"
+    b"</body></html>\n"
+)
+
+
+class HTTPProtocolError(ConnectionError):
+    """The program's server answered something that is not HTTP/1.x."""
+
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class ExecutableProgram:
+    #: How long a request waits for the program's server to accept connections.
+    connect_timeout: float = 10.0
+    #: Restart backoff: first delay, cap, and the run time after which it resets.
+    restart_delay: float = 0.1
+    restart_delay_max: float = 10.0
+    restart_reset_after: float = 30.0
+
+    def __init__(self, path: str, env: dict[str, str], port: int = 8080, cwd: str | None = None):
+        self.path = path
+        self.env = dict(env)
+        self.port = port
+        self.cwd = cwd if cwd is not None else (os.path.dirname(path) or None)
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.exit_statuses: list[int] = []
+        self._supervisor: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+        self._started_at = 0.0
+        self._command = [path]
+        #: Set by the init when the program has /data: each answer then carries its zip.
+        self.data_export = None
+
+    # --- the child ---
+
+    async def start(self) -> None:
+        """Make the entrypoint executable, start it, and keep it running."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            raise ConfigError(f"the entrypoint {self.path!r} does not exist") from None
+        self._command = [self.path]
+        if mode & 0o111 != 0o111:
+            try:
+                os.chmod(self.path, mode | 0o111)
+            except OSError as error:
+                # A read-only filesystem (squashfs code): run a script through its interpreter.
+                if not mode & 0o100:
+                    self._command = _interpreter_command(self.path)
+                    if self._command is None:
+                        raise ConfigError(
+                            f"the entrypoint {self.path!r} is not executable and cannot be made so "
+                            f"({error.strerror})"
+                        ) from None
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="executable-supervisor")
+
+    async def _spawn(self) -> None:
+        try:
+            self.process = await self._exec(self._command)
+        except OSError as error:
+            if error.errno != errno.ENOEXEC:
+                raise
+            # A script without a shebang line: run it with the shell, as a shell would.
+            self.process = await self._exec(["/bin/sh", self.path])
+        self._started_at = time.monotonic()
+        _register(self.process.pid)
+        logger.info("started %s (pid %d)", self.path, self.process.pid)
+
+    async def _exec(self, command: list[str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *command, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+
+    async def _supervise(self) -> None:
+        delay = self.restart_delay
+        while True:
+            process = self.process
+            if process is None:
+                return
+            status = await process.wait()
+            _unregister(process.pid)
+            _kill_group(process.pid, signal.SIGKILL)
+            self.exit_statuses.append(status)
+            if self._stopping.is_set():
+                return
+            ran_for = time.monotonic() - self._started_at
+            if ran_for > self.restart_reset_after:
+                delay = self.restart_delay
+            logger.warning(
+                "%s exited with %s after %.1f s; restarting in %.1f s", self.path, _describe(status), ran_for, delay
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return
+            delay = min(delay * 2, self.restart_delay_max)
+            try:
+                await self._spawn()
+            except OSError as error:
+                logger.error("cannot restart %s: %s", self.path, error)
+                self.process = None
+                # Try again after the next delay.
+                while not self._stopping.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                        return
+                    delay = min(delay * 2, self.restart_delay_max)
+                    try:
+                        await self._spawn()
+                        break
+                    except OSError as retry_error:
+                        logger.error("cannot restart %s: %s", self.path, retry_error)
+            self.restarts += 1
+
+    async def stop(self, grace: float = 5) -> None:
+        """SIGTERM to the program's process group, SIGKILL after `grace` seconds."""
+        self._stopping.set()
+        process = self.process
+        if process is not None and process.returncode is None:
+            _kill_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), grace)
+            except asyncio.TimeoutError:
+                logger.warning("%s did not stop within %.1f s: killing it", self.path, grace)
+                _kill_group(process.pid, signal.SIGKILL)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(process.wait(), 1)
+            logger.info("%s stopped with %s", self.path, _describe(process.returncode))
+        if self._supervisor is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._supervisor, 1)
+
+    # --- the requests ---
+
+    async def handle(self, scope: dict) -> bytes:
+        """Proxy one supervisor scope to the program; the packed answer for the supervisor."""
+        try:
+            status, headers, body = await self.request(scope)
+        except Exception as error:  # noqa: BLE001 - every failure is an answer, never a crash
+            return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
+        output_data = None
+        if self.data_export is not None:
+            try:
+                output_data = await self.data_export.acollect()
+            except Exception:  # noqa: BLE001 - the answer matters more than the export
+                logger.exception("collecting /data failed")
+        return protocol.run_answer(status, headers, body, output_data=output_data)
+
+    async def request(self, scope: dict) -> tuple[int, list[list[bytes]], bytes]:
+        """Proxy one scope; (status, headers, body). 503 with a loading page while the
+        server does not accept connections within `connect_timeout`."""
+        if scope.get("type") != "http":
+            raise ValueError(f"an executable program answers HTTP calls only, not {scope.get('type')!r} scopes")
+        method = str(scope.get("method") or "GET").upper()
+        if not method or not set(method.encode()) <= _TOKEN_CHARS:
+            raise ValueError(f"invalid HTTP method {method!r}")
+        request = self._request_bytes(scope, method)
+        # A connection that a dying server's kernel had queued in its backlog is reset
+        # without the server ever reading it: an idempotent request is sent again.
+        attempts = 3 if method in _IDEMPOTENT_METHODS else 1
+        for attempt in range(attempts):
+            connection = await self._connect()
+            if connection is None:
+                return 503, [[b"content-type", b"text/html; charset=utf-8"], [b"retry-after", b"2"]], LOADING_PAGE
+            reader, writer = connection
+            try:
+                writer.write(request)
+                await writer.drain()
+                return await read_response(reader, head=method == "HEAD")
+            except (ConnectionResetError, BrokenPipeError):
+                # A reset, not a clean close: the server never read the request (a server
+                # that crashes while handling it closes cleanly, and is not asked twice).
+                if attempt + 1 >= attempts:
+                    raise
+                logger.warning("the program dropped a %s request without answering: sending it again", method)
+                await asyncio.sleep(0.05)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        raise HTTPProtocolError("the program did not answer")
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.01
+        while True:
+            for host in ("127.0.0.1", "::1"):
+                try:
+                    return await asyncio.open_connection(host, self.port, limit=1 << 20)
+                except OSError:
+                    pass
+            if time.monotonic() >= deadline:
+                logger.warning("the program does not accept connections on port %d yet", self.port)
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _request_bytes(self, scope: dict, method: str) -> bytes:
+        path = scope.get("path") or "/"
+        if not path.startswith("/"):
+            path = "/" + path
+        target = quote(path, safe="/:@!$&'()*+,;=~")
+        query = scope.get("query_string") or ""
+        if isinstance(query, bytes):
+            query = query.decode("latin-1")
+        if query:
+            target += "?" + quote(query, safe="/:@!$&'()*+,;=~?%")
+        body = scope.get("body") or b""
+        if isinstance(body, str):
+            body = body.encode()
+        lines = [f"{method} {target} HTTP/1.1".encode()]
+        has_host = False
+        for name, value in scope.get("headers") or ():
+            name = name.encode("latin-1") if isinstance(name, str) else bytes(name)
+            value = value.encode("latin-1") if isinstance(value, str) else bytes(value)
+            lowered = name.lower()
+            if lowered in _DROPPED_REQUEST_HEADERS or not name or not set(name) <= _TOKEN_CHARS:
+                continue
+            if b"\r" in value or b"\n" in value:
+                continue  # no header injection
+            has_host |= lowered == b"host"
+            lines.append(name + b": " + value)
+        if not has_host:
+            lines.append(b"host: 127.0.0.1:%d" % self.port)
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(b"content-length: %d" % len(body))
+        lines.append(b"connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+async def read_response(reader: asyncio.StreamReader, head: bool = False) -> tuple[int, list[list[bytes]], bytes]:
+    """An HTTP/1.x response: status, header pairs (names as sent), the whole body."""
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise HTTPProtocolError("the program closed the connection without answering")
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise HTTPProtocolError(f"the program answered something that is not HTTP: {line[:100]!r}")
+        status = int(parts[1])
+        headers: list[list[bytes]] = []
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = line.partition(b":")
+            if sep:
+                headers.append([name.strip(), value.strip()])
+        if 100 <= status < 200 and status != 101:
+            continue  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        break
+
+    fields = {name.lower(): value for name, value in headers}
+    kept = [pair for pair in headers if pair[0].lower() not in _DROPPED_RESPONSE_HEADERS]
+    if head or status in (204, 304) or 100 <= status < 200:
+        return status, kept, b""
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        return status, kept, await _read_chunked(reader)
+    length = fields.get(b"content-length")
+    if length is not None and length.strip().isdigit():
+        try:
+            return status, kept, await reader.readexactly(int(length))
+        except asyncio.IncompleteReadError as error:
+            raise HTTPProtocolError(
+                f"the program closed the connection after {len(error.partial)} of {int(length)} body bytes"
+            ) from None
+    return status, kept, await reader.read()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise HTTPProtocolError("the program closed the connection in the middle of a chunked body")
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise HTTPProtocolError(f"bad chunk size {size_text[:40]!r}") from None
+        if size == 0:
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return bytes(body)
+        try:
+            body += await reader.readexactly(size)
+        except asyncio.IncompleteReadError:
+            raise HTTPProtocolError("the program closed the connection in the middle of a chunk") from None
+        await reader.readline()
+
+
+def _interpreter_command(path: str) -> list[str] | None:
+    """How to run a script that lacks its execute bit: its shebang's interpreter (with the
+    optional argument), or the shell when it has none; None for a binary."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(256)
+    except OSError:
+        return None
+    if head.startswith(b"#!"):
+        line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+        interpreter, _, argument = line.partition(" ")
+        return [interpreter, *([argument.strip()] if argument.strip() else []), path]
+    if head.startswith(b"\x7fELF") or b"\0" in head:
+        return None
+    return ["/bin/sh", path]
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _describe(status: int | None) -> str:
+    if status is None:
+        return "no status"
+    if status < 0:
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"signal {-status}"
+    return f"status {status}"
+
+
+def _register(pid: int) -> None:
+    # PID 1's zombie reaper (linux.reap_children) must leave this child to the loop's watcher.
+    from aleph_runtime.guest import linux
+
+    linux.MANAGED_CHILDREN.add(pid)
+
+
+def _unregister(pid: int) -> None:
+    from aleph_runtime.guest import linux
+
+    linux.MANAGED_CHILDREN.discard(pid)

@@ -1,0 +1,159 @@
+"""Thin ctypes wrappers around the libc calls PID 1 needs: mount, umount, reboot,
+sethostname, sync. Each raises OSError with the call's errno on failure.
+
+Only ctypes is imported, and libc is loaded on first use, so importing this module
+costs next to nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+# mount(2) flags (linux/mount.h)
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+MS_LAZYTIME = 0x2000000
+
+# umount2(2) flags
+MNT_FORCE = 0x1
+MNT_DETACH = 0x2
+MNT_EXPIRE = 0x4
+UMOUNT_NOFOLLOW = 0x8
+
+# reboot(2) commands (linux/reboot.h). RB_AUTOBOOT restarts: Firecracker has no power
+# management and exits on it (so does `qemu -no-reboot`), which is how a VM halts.
+RB_AUTOBOOT = 0x01234567
+RB_HALT_SYSTEM = 0xCDEF0123
+RB_POWER_OFF = 0x4321FEDC
+RB_ENABLE_CAD = 0x89ABCDEF
+RB_DISABLE_CAD = 0
+
+_libc: ctypes.CDLL | None = None
+
+
+def libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        # The interpreter is linked against libc: its own symbols are libc's.
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
+        lib.mount.restype = ctypes.c_int
+        lib.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+        lib.umount2.restype = ctypes.c_int
+        lib.reboot.argtypes = (ctypes.c_int,)
+        lib.reboot.restype = ctypes.c_int
+        lib.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+        lib.sethostname.restype = ctypes.c_int
+        lib.sync.argtypes = ()
+        lib.sync.restype = None
+        _libc = lib
+    return _libc
+
+
+def _check(result: int, what: str, *paths: object) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}", *[os.fsdecode(p) for p in paths[:1]])
+
+
+def _bytes(value: str | bytes | os.PathLike | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def mount(
+    source: str | bytes | os.PathLike | None,
+    target: str | bytes | os.PathLike,
+    fstype: str | bytes | None,
+    flags: int = 0,
+    data: str | bytes | None = None,
+) -> None:
+    """mount(2). `data` is the filesystem's option string (e.g. "mode=0755")."""
+    data_bytes = _bytes(data)
+    result = libc().mount(_bytes(source), _bytes(target), _bytes(fstype), flags, data_bytes)
+    _check(result, f"mount {os.fsdecode(source) if source is not None else 'none'} ({fstype})", target)
+
+
+def umount(target: str | bytes | os.PathLike, flags: int = 0) -> None:
+    """umount2(2)."""
+    _check(libc().umount2(_bytes(target), flags), "umount", target)
+
+
+def reboot(cmd: int) -> None:
+    """reboot(2), e.g. reboot(RB_AUTOBOOT). Returns only on failure (raises OSError)."""
+    # ctypes wants a signed int: the magic numbers above 2**31 are negative in C.
+    signed = ctypes.c_int(cmd & 0xFFFFFFFF).value
+    _check(libc().reboot(signed), "reboot")
+
+
+def sethostname(name: str | bytes) -> None:
+    raw = name.encode() if isinstance(name, str) else name
+    _check(libc().sethostname(raw, len(raw)), "sethostname")
+
+
+def sync() -> None:
+    libc().sync()
+
+
+#: Children whose exit status someone else waits for (asyncio's child watcher, for the
+#: executable program): PID 1's zombie reaper must leave them alone, or their status is
+#: lost (asyncio then reports 255 and warns).
+MANAGED_CHILDREN: set[int] = set()
+
+
+def reap_children() -> list[tuple[int, int]]:
+    """Reap every exited child except those in MANAGED_CHILDREN; [(pid, wait status)].
+
+    Call it on SIGCHLD in PID 1. It peeks with waitid(WNOWAIT) before reaping, so a
+    managed child's status stays for its owner. When a managed zombie is first in line,
+    the other zombies are found through /proc (their parent is us, their state Z).
+    """
+    reaped: list[tuple[int, int]] = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if info is None or info.si_pid == 0:
+            return reaped
+        if info.si_pid in MANAGED_CHILDREN:
+            break
+        try:
+            pid, status = os.waitpid(info.si_pid, os.WNOHANG)
+        except ChildProcessError:
+            continue  # reaped meanwhile by its owner
+        if pid:
+            reaped.append((pid, status))
+    # A managed zombie blocks the peek: look for the others one by one.
+    me = str(os.getpid())
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in MANAGED_CHILDREN:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as file:
+                fields = file.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and fields[1].decode() == me:
+            try:
+                pid, status = os.waitpid(int(name), os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if pid:
+                reaped.append((pid, status))
+    return reaped

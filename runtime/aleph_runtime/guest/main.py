@@ -1,0 +1,103 @@
+"""The init's entry point: choose the transport and the loop, serve, then halt the machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from aleph_runtime.guest.log import setup_logging
+
+logger = logging.getLogger("aleph_runtime.init")
+
+
+def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="init1", description="aleph-runtime guest init")
+    parser.add_argument("--uds", help="dev mode: serve on this Unix socket instead of vsock (or ALEPH_VSOCK_UDS)")
+    parser.add_argument("--vsock", action="store_true", help="use vsock even when not PID 1")
+    parser.add_argument("--root", help="dev mode: keep the program's files (/opt, /data, /tmp...) under this directory")
+    return parser.parse_args(argv)
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when present (about half the CPU per call); ALEPH_EVENT_LOOP=asyncio forces the stdlib's."""
+    if os.environ.get("ALEPH_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+async def _serve(init, reap: bool) -> None:
+    from aleph_runtime.guest.init import install_signal_handlers, reap_orphans_forever
+
+    install_signal_handlers(init)
+    reaper = asyncio.get_running_loop().create_task(reap_orphans_forever()) if reap else None
+    try:
+        await init.serve()
+    finally:
+        if reaper is not None:
+            reaper.cancel()
+        init.transport.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _parse_arguments(argv)
+    setup_logging()
+    pid1 = os.getpid() == 1
+
+    from aleph_runtime.guest.code import Paths
+    from aleph_runtime.guest.init import Init
+    from aleph_runtime.guest.transport import transport_from_environment
+
+    if not pid1 and not (arguments.uds or os.environ.get("ALEPH_VSOCK_UDS")) and not arguments.vsock:
+        # An ordinary process talking vsock would reach whatever host this machine runs
+        # under (a workstation can itself be a VM): dev mode must be asked for explicitly.
+        logger.error("Not PID 1: give --uds PATH (or ALEPH_VSOCK_UDS) for dev mode, or --vsock to insist")
+        sys.exit(2)
+    transport = transport_from_environment(arguments.uds)
+    # As PID 1 the init owns a system (a VM, or a test's private namespaces) and
+    # configures it; as an ordinary process it keeps to a private directory.
+    root = arguments.root or os.environ.get("ALEPH_INIT_ROOT")
+    if root is None:
+        root = "/" if pid1 else tempfile.mkdtemp(prefix="aleph-init-")
+    init = Init(transport, Paths(Path(root)), system=pid1)
+    logger.info("aleph-runtime init starting (PID %d, %s, root %s)", os.getpid(), transport.description, root)
+
+    loop = _new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.set_exception_handler(_log_loop_error)
+    logger.info("Event loop: %s", type(loop).__module__.split(".")[0])
+    try:
+        loop.run_until_complete(_serve(init, reap=pid1))
+    except BaseException:
+        # Nothing may kill PID 1 silently: log, then go down cleanly below.
+        logger.exception("The init's main loop failed")
+    if pid1:
+        _power_off()
+    sys.exit(0)
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """An error no task handled: log it on one line and keep serving."""
+    error = context.get("exception")
+    logger.error("Unhandled error in the event loop: %s", context.get("message"), exc_info=error)
+
+
+def _power_off() -> None:
+    """Sync and reboot: Firecracker and `qemu -no-reboot` exit; in a PID namespace it ends the namespace."""
+    from aleph_runtime.guest import linux
+
+    logging.shutdown()
+    os.sync()
+    try:
+        linux.reboot(linux.RB_AUTOBOOT)
+    except OSError as error:
+        print(f"init1: reboot failed: {error}", file=sys.stderr)

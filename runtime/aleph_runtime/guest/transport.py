@@ -1,0 +1,196 @@
+"""How the init reaches the host: AF_VSOCK in a VM, a Unix socket in dev mode.
+
+Both present the same thing to the rest of the init: a server on port 52 handing each
+accepted connection over as an asyncio stream pair, a way to open a stream to a host
+port, and the ready signal.
+
+Production (`VsockTransport`): listen on vsock port 52, connect to (CID 2, port P).
+uvloop's transports only take TCP and Unix sockets (an AF_VSOCK socket given to
+`connect_accepted_socket` is refused), so we accept on the vsock socket ourselves and
+hand each descriptor to the loop as a plain stream socket labelled AF_UNIX: the
+kernel's vsock stream supports every call a Unix stream transport makes
+(recv/send/shutdown), and the label only picks the transport class. Works the same
+with asyncio's default loop.
+
+Development (`UnixTransport`): the host's side of Firecracker's hybrid vsock is a Unix
+socket; in dev mode the init owns it. It listens on `<base>`, answers the host's
+`CONNECT 52\\n` with `OK <n>\\n` as Firecracker does, and reaches host port P at the
+Unix socket `<base>_P`. One host-side client drives Firecracker, the QEMU backend
+and dev mode alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+from aleph_runtime import protocol
+
+logger = logging.getLogger("aleph_runtime.transport")
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+#: Stream buffer limit: big enough for a control line, small enough to keep memory flat.
+STREAM_LIMIT = 2**20
+
+
+async def _streams_for(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+
+
+def _as_stream_socket(sock: socket.socket) -> socket.socket:
+    """The same descriptor, labelled AF_UNIX so any event loop accepts it as a stream."""
+    sock.setblocking(False)
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=sock.detach())
+
+
+class Transport:
+    """What the init needs from its link to the host."""
+
+    description = "transport"
+
+    async def start_server(self, handler: Handler) -> None:
+        raise NotImplementedError
+
+    async def open_host_connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise NotImplementedError
+
+    async def send_ready(self, payload: bytes) -> None:
+        """Send the ready signal to host port 52 and close, as the supervisor expects."""
+        try:
+            _reader, writer = await self.open_host_connection(protocol.INIT_PORT)
+        except OSError as error:
+            logger.warning("Could not send the ready signal to the host (%s); serving anyway", error)
+            return
+        writer.write(payload)
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class VsockTransport(Transport):
+    def __init__(self, port: int = protocol.INIT_PORT):
+        self.port = port
+        self.description = f"vsock port {port}"
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start_server(self, handler: Handler) -> None:
+        listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        listener.bind((socket.VMADDR_CID_ANY, self.port))
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        loop = asyncio.get_running_loop()
+
+        def on_readable() -> None:
+            # Drain the backlog: one readiness event may stand for several connections.
+            while True:
+                try:
+                    connection, _address = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as error:
+                    logger.error("vsock accept failed: %s", error)
+                    return
+                task = loop.create_task(self._serve(connection, handler))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        loop.add_reader(listener.fileno(), on_readable)
+
+    async def _serve(self, connection: socket.socket, handler: Handler) -> None:
+        try:
+            reader, writer = await _streams_for(_as_stream_socket(connection))
+        except OSError as error:
+            logger.error("Could not set up a stream for a vsock connection: %s", error)
+            connection.close()
+            return
+        await handler(reader, writer)
+
+    async def open_host_connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            # A non-blocking connect done by hand: uvloop's sock_connect would try to
+            # resolve the (cid, port) pair as a host name.
+            try:
+                sock.connect((protocol.HOST_CID, port))
+            except BlockingIOError:
+                connected = loop.create_future()
+                loop.add_writer(sock.fileno(), lambda: connected.done() or connected.set_result(None))
+                try:
+                    await connected
+                finally:
+                    loop.remove_writer(sock.fileno())
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error))
+        except BaseException:
+            sock.close()
+            raise
+        return await _streams_for(_as_stream_socket(sock))
+
+    def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+
+
+class UnixTransport(Transport):
+    def __init__(self, base_path: str, port: int = protocol.INIT_PORT):
+        self.base_path = base_path
+        self.port = port
+        self.description = f"Unix socket {base_path} (dev mode)"
+        self._server: asyncio.AbstractServer | None = None
+        # Firecracker names each host connection by a local port number; so do we.
+        self._local_ports = itertools.count(1 << 30)
+
+    async def start_server(self, handler: Handler) -> None:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                line = await reader.readuntil(b"\n")
+                port = protocol.parse_connect_line(line)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, protocol.ProtocolError) as error:
+                logger.warning("Refused a host connection that did not start with CONNECT: %s", error)
+                writer.close()
+                return
+            if port != self.port:
+                # Firecracker closes the connection when nothing listens on that guest port.
+                writer.close()
+                return
+            writer.write(protocol.ok_line(next(self._local_ports)))
+            await handler(reader, writer)
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.base_path)
+        self._server = await asyncio.start_unix_server(accept, path=self.base_path, limit=STREAM_LIMIT, backlog=128)
+
+    async def open_host_connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_unix_connection(f"{self.base_path}_{port}", limit=STREAM_LIMIT)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.base_path)
+
+
+def transport_from_environment(uds_path: str | None = None) -> Transport:
+    """Dev mode when a Unix socket base path is given (flag or ALEPH_VSOCK_UDS), else vsock."""
+    path = uds_path or os.environ.get("ALEPH_VSOCK_UDS")
+    return UnixTransport(path) if path else VsockTransport()

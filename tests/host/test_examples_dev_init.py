@@ -1,0 +1,140 @@
+"""The host side with the REAL init in dev mode (`init/init1.py --uds`), running the
+examples: guest API (real Redis, signing), HTTP front, lifespan, volumes, events."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import aiohttp
+import pytest
+import redis.asyncio
+
+from aleph.sdk.chains.common import get_verification_buffer
+from aleph.sdk.chains.ethereum import verify_signature
+
+from .conftest import VM_HASH
+from aleph_runtime.host.program import program_config, zip_directory
+
+from .devnode import EXAMPLES, INIT, DevNode
+
+pytestmark = [
+    pytest.mark.skipif(not INIT.exists(), reason="the init (init/init1.py) is not in this checkout"),
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+]
+
+
+@pytest.fixture
+def node_factory(short_dir, redis_server, signer, fake_api):
+    nodes: list[DevNode] = []
+
+    def make(config: dict, name: str = "node") -> DevNode:
+        directory = short_dir / f"{name}{len(nodes)}"
+        directory.mkdir()
+        node = DevNode(directory, redis_server.url, signer, fake_api.url, config)
+        nodes.append(node)
+        return node
+
+    yield make
+
+
+def fastapi_config(volume) -> dict:
+    return program_config(
+        zip_directory(EXAMPLES / "fastapi_app"), "main:app", encoding="zip", vm_hash=VM_HASH,
+        variables={"EXAMPLE_VOLUME": str(volume)},
+    )  # fmt: skip
+
+
+async def test_fastapi_example(node_factory, short_dir, redis_server, signer):
+    volume = short_dir / "volume"
+    async with node_factory(fastapi_config(volume)) as node, aiohttp.ClientSession() as http:
+        async with http.get(node.url) as response:
+            assert response.status == 200, await response.text()
+            index = await response.json()
+            assert index["message"] == "Hello from aleph-runtime"
+            assert index["vm_hash"] == VM_HASH
+            assert response.headers["Aleph-Program-ItemHash"] == VM_HASH
+
+        # Lifespan: started once, shared by requests; shutdown has not run.
+        async with http.get(f"{node.url}vm/{VM_HASH}/lifespan") as response:
+            first = await response.json()
+        async with http.get(f"{node.url}lifespan") as response:
+            second = await response.json()
+        assert first == second and first["events"] == ["startup"]
+
+        # The node's cache, through VmCache in the program.
+        async with http.get(f"{node.url}cache/set/colour/blue") as response:
+            assert await response.json() is True
+        async with http.get(f"{node.url}cache/get/colour") as response:
+            assert await response.json() == {"key": "colour", "value": "blue"}
+        async with http.get(f"{node.url}cache/keys") as response:
+            assert await response.json() == ["colour"]
+        client = redis.asyncio.from_url(redis_server.url)
+        assert await client.get(f"{VM_HASH}:colour") == b"blue"
+        await client.aclose()
+        async with http.get(f"{node.url}cache/remove/colour") as response:
+            assert await response.json() == 1
+
+        # The node's signing key, through RemoteAccount in the program.
+        async with http.get(f"{node.url}sign?text=hi") as response:
+            assert response.status == 200, await response.text()
+            signed = await response.json()
+        assert signed["sender"] == await signer.address()
+        assert json.loads(signed["item_content"])["address"] == VM_HASH
+        verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
+
+        async with http.get(f"{node.url}text") as response:
+            assert await response.text() == "plain text\n"
+
+        # An event.
+        message = {"item_hash": "ab" * 32, "type": "POST", "content": {"hello": "event"}}
+        async with http.post(f"{node.url}control/event", json=message) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"handled": True, "item_hash": "ab" * 32, "type": "POST"}
+
+        for expected in (1, 2):
+            async with http.get(f"{node.url}counter") as response:
+                assert await response.json() == {"counter": expected}
+
+    # A restart: the volume's counter goes on, and the lifespan shutdown ran at halt.
+    async with node_factory(fastapi_config(volume)) as node, aiohttp.ClientSession() as http:
+        async with http.get(f"{node.url}counter") as response:
+            assert await response.json() == {"counter": 3}
+        async with http.get(f"{node.url}lifespan") as response:
+            assert (await response.json())["events"] == ["startup", "shutdown", "startup"]
+
+
+async def test_fastapi_exception_is_a_500_with_the_traceback(node_factory, short_dir):
+    """As on a node today: Starlette answers its own 500 then re-raises; the init reports the
+    exception, and the supervisor's 500 carries the traceback."""
+    async with node_factory(fastapi_config(short_dir / "volume")) as node, aiohttp.ClientSession() as http:
+        async with http.get(f"{node.url}raise") as response:
+            assert response.status == 500
+            text = await response.text()
+            assert "Traceback" in text and "This error is on purpose" in text
+        async with http.get(f"{node.url}text") as response:  # the program keeps serving
+            assert await response.text() == "plain text\n"
+
+
+async def test_hello_example_plain(node_factory):
+    code = (EXAMPLES / "hello" / "main.py").read_bytes()
+    async with node_factory(program_config(code, "app", encoding="plain", interface="asgi", vm_hash=VM_HASH)) as node:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{node.url}vm/{VM_HASH}/world") as response:
+                assert response.status == 200
+                assert await response.text() == "Hello from aleph-runtime! You asked for /world\n"
+            async with http.get(f"{node.url}json") as response:
+                assert (await response.json())["path"] == "/json"
+
+
+async def test_executable_example(node_factory):
+    config = program_config(zip_directory(EXAMPLES / "executable"), "run.sh", encoding="zip", vm_hash=VM_HASH)
+    async with node_factory(config) as node, aiohttp.ClientSession() as http:
+        async with http.get(f"{node.url}some/where") as response:
+            assert response.status == 200, await response.text()
+            assert await response.text() == "Hello from an executable program! path=/some/where\n"
+        async with http.post(f"{node.url}echo", data=b"ping") as response:
+            assert await response.read() == b"echo: ping"
+        async with http.get(f"{node.url}env") as response:
+            variables = await response.json()
+            assert variables["ALEPH_API_HOST"] == "http://localhost"

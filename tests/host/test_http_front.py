@@ -1,0 +1,200 @@
+"""The HTTP front against a local stand-in for the init speaking the real wire format:
+scopes built as aleph-vm builds them, answers turned into HTTP as aleph-vm does."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from aleph_runtime.host.http_front import HTTPFront, b32_hostname, create_front_app
+from aleph_runtime.host.supervisor import SupervisorClient
+
+from .conftest import VM_HASH
+from .fake_init import FakeInit
+
+
+@pytest.fixture
+async def fake_init(short_dir):
+    init = await FakeInit(short_dir / "v.sock").start()
+    yield init
+    await init.stop()
+
+
+@pytest.fixture
+async def front_factory(fake_init):
+    fronts: list[HTTPFront] = []
+
+    async def make(seconds: float = 10, uds_path=None, **kwargs) -> HTTPFront:
+        client = SupervisorClient(uds_path or fake_init.uds_path)
+        front = await HTTPFront(create_front_app(client, VM_HASH, seconds, **kwargs), port=0).start()
+        fronts.append(front)
+        return front
+
+    yield make
+    for front in fronts:
+        await front.stop()
+
+
+@pytest.fixture
+async def session():
+    # auto_decompress off: the front must not pass Content-Encoding through, and we check raw bytes.
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def test_scope_is_the_supervisors(front_factory, fake_init, session):
+    front = await front_factory()
+    async with session.post(
+        f"{front.url}some/path?x=1%262&y=caf%C3%A9", data=b"payload", headers={"X-Mixed-Case": "Value"}
+    ) as response:
+        assert response.status == 201
+        assert await response.read() == b"hello payload"
+    scope = fake_init.scopes[-1]
+    assert set(scope) == {"type", "path", "method", "query_string", "headers", "body"}
+    assert scope["type"] == "http"
+    assert scope["path"] == "/some/path"
+    assert scope["method"] == "POST"
+    assert isinstance(scope["query_string"], str)
+    assert scope["query_string"] == "x=1%262&y=café"  # aiohttp's request.query_string, as on a node
+    assert scope["body"] == b"payload"
+    headers = dict((bytes(name), bytes(value)) for name, value in scope["headers"])
+    assert headers[b"x-mixed-case"] == b"Value"
+    assert all(bytes(name) == bytes(name).lower() for name, _ in scope["headers"])
+
+
+async def test_vm_path_and_root_reach_the_program(front_factory, fake_init, session):
+    front = await front_factory()
+    for url, path in [
+        (f"{front.url}vm/{VM_HASH}/a/b", "/a/b"),
+        (f"{front.url}vm/{VM_HASH}", "/"),
+        (f"{front.url}vm/{VM_HASH}/", "/"),
+        (front.url, "/"),
+        (f"{front.url}a/b", "/a/b"),
+    ]:
+        async with session.get(url) as response:
+            assert response.status == 200, url
+        assert fake_init.scopes[-1]["path"] == path
+
+    count = len(fake_init.scopes)
+    async with session.get(f"{front.url}vm/{'beef' * 16}/") as response:
+        assert response.status == 404
+        assert "error" in await response.json()
+    async with session.get(f"{front.url}vm/not-a-hash/") as response:
+        assert response.status == 400
+        assert await response.json() == {"error": "Invalid message reference: not-a-hash"}
+    assert len(fake_init.scopes) == count
+    assert len(b32_hostname(VM_HASH)) <= 63
+
+
+async def test_answer_headers_follow_the_supervisors_rules(front_factory, session):
+    front = await front_factory()
+    async with session.get(front.url) as response:
+        assert response.status == 200
+        body = await response.read()
+        assert body == b"hello "
+        for dropped in ("Content-Encoding", "Transfer-Encoding", "Vary"):
+            assert dropped not in response.headers
+        assert response.headers["X-Custom"] == "café"
+        assert response.headers["Content-Length"] == str(len(body))
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert response.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+        assert response.headers["Aleph-Program-ItemHash"] == VM_HASH
+
+    async with session.get(f"{front.url}length") as response:
+        assert response.headers["Content-Length"] == "5"
+        assert await response.read() == b"hello"
+
+
+async def test_traceback_is_a_500_with_the_traceback_as_text(front_factory, session):
+    front = await front_factory()
+    async with session.get(f"{front.url}raise") as response:
+        assert response.status == 500
+        assert response.content_type == "text/plain"
+        text = await response.text()
+        assert text.startswith("Traceback (most recent call last):")
+        assert "ZeroDivisionError: division by zero" in text
+    async with session.get(front.url) as response:  # later calls still work
+        assert response.status == 200
+
+
+async def test_empty_answer_is_a_502_and_reported(front_factory, session):
+    emptied = []
+
+    async def on_empty_answer():
+        emptied.append(True)
+
+    front = await front_factory(on_empty_answer=on_empty_answer)
+    async with session.get(f"{front.url}empty") as response:
+        assert response.status == 502
+        assert response.reason == "No response from VM"
+    assert emptied == [True]
+
+
+@pytest.mark.parametrize("path", ["garbage", "badheaders"])
+async def test_invalid_answer_is_a_502(front_factory, session, path):
+    front = await front_factory()
+    async with session.get(f"{front.url}{path}") as response:
+        assert response.status == 502
+        assert response.reason == "Invalid response from VM"
+
+
+async def test_requests_time_out_after_the_programs_seconds(front_factory, session):
+    front = await front_factory(seconds=1)
+    slow = asyncio.ensure_future(session.get(f"{front.url}slow"))
+    # Meanwhile, other requests are served.
+    async with session.get(front.url) as response:
+        assert response.status == 200
+    response = await slow
+    assert response.status == 504
+    assert await response.json() == {"error": "Program did not respond within `resource.seconds`"}
+    response.release()
+
+
+async def test_init_not_running_is_a_502(front_factory, short_dir, session):
+    front = await front_factory(uds_path=short_dir / "nothing.sock")
+    async with session.get(front.url) as response:
+        assert response.status == 502
+        assert "not running" in await response.text()
+
+
+async def test_bodies_over_the_nodes_limit_are_refused(front_factory, session):
+    front = await front_factory()
+    async with session.post(front.url, data=b"x" * (1024**2 + 1)) as response:
+        assert response.status == 413
+        assert "error" in await response.json()
+    bigger = await front_factory(client_max_size=4 * 1024**2)
+    async with session.post(bigger.url, data=b"x" * (2 * 1024**2)) as response:
+        assert response.status == 201
+        assert len(await response.read()) == 6 + 2 * 1024**2
+
+
+async def test_events_reach_the_program_as_aleph_message_scopes(front_factory, fake_init, session):
+    front = await front_factory()
+    message = {"item_hash": "ab" * 32, "type": "POST", "content": {"x": 1}}
+    async with session.post(f"{front.url}control/event", json=message) as response:
+        assert response.status == 200
+        assert await response.json() == {"received": "ab" * 32, "raw": "bytes"}
+    assert fake_init.scopes[-1] == {"type": "aleph.message", "body": message}
+
+    async with session.post(f"{front.url}control/event", json={"raise": True}) as response:
+        assert response.status == 500
+        assert "ValueError: bad event" in await response.text()
+    async with session.post(f"{front.url}control/event", data=b"[1]") as response:
+        assert response.status == 400
+
+
+async def test_404s_become_json_errors_as_on_a_node(front_factory, session):
+    """aleph-vm's error_middleware rewrites every 404, the program's own included."""
+    front = await front_factory()
+    async with session.get(f"{front.url}missing") as response:
+        assert response.status == 404
+        assert await response.json() == {"error": "no such page"}
+        assert "X-Program" not in response.headers
+        assert response.headers["Server"].startswith("aleph-runtime/")
+    raw = await front_factory(node_error_pages=False)
+    async with session.get(f"{raw.url}missing") as response:
+        assert response.status == 404
+        assert await response.text() == "no such page"
+        assert response.headers["X-Program"] == "1"

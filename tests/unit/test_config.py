@@ -1,0 +1,92 @@
+import ipaddress
+
+import pytest
+
+from aleph_runtime.guest.config import ConfigError, Encoding, Interface, parse_config
+from aleph_runtime.host.program import program_config
+
+VM_HASH = "a" * 64
+
+
+def v1(**overrides):
+    config = {
+        "input_data": None,
+        "interface": "asgi",
+        "vm_hash": VM_HASH,
+        "encoding": "plain",
+        "entrypoint": "main:app",
+        "code": b"app = None",
+        "ip": "172.16.4.2",
+        "route": "172.16.4.1",
+        "dns_servers": ["9.9.9.9"],
+        "volumes": [{"mount": "/opt/venv", "device": "vdc", "read_only": True}],
+        "variables": {"A": "1"},
+    }
+    config.update(overrides)
+    return config
+
+
+def test_v1_config_gets_a_24_when_the_supervisor_sends_no_mask():
+    config = parse_config(v1())
+    assert config.interface is Interface.ASGI and config.encoding is Encoding.PLAIN
+    assert config.network.ipv4 == ipaddress.IPv4Interface("172.16.4.2/24")
+    assert config.network.ipv4_gateway == ipaddress.IPv4Address("172.16.4.1")
+    assert config.volumes[0].mount == "/opt/venv" and config.volumes[0].read_only
+    assert config.variables == {"A": "1"}
+    assert config.authorized_keys == ()
+
+
+def test_v2_config_adds_ipv6_and_keys_and_ignores_unknown_keys():
+    config = parse_config(
+        v1(ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1", authorized_keys=["ssh-ed25519 AAAA x"], future=1)
+    )
+    assert config.network.ipv6 == ipaddress.IPv6Interface("fc00:1:2:3::2/64")
+    assert config.authorized_keys == ("ssh-ed25519 AAAA x",)
+
+
+def test_hostname_is_base32_of_the_hash():
+    config = parse_config(program_config(b"x", "main:app", vm_hash="00" * 32))
+    assert config.hostname == "a" * 52
+    assert len(parse_config(v1()).hostname) <= 63
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"vm_hash": "xyz"}, "vm_hash"),
+        ({"interface": "cgi"}, "interface"),
+        ({"encoding": "rar"}, "encoding"),
+        ({"entrypoint": 3}, "entrypoint"),
+        ({"code": None}, "code"),
+        ({"ip": "300.1.1.1"}, "ip"),
+        ({"ipv6": "not-an-ip"}, "ipv6"),
+        ({"dns_servers": ["dns.example"]}, "dns_servers[0]"),
+        ({"volumes": [{"mount": "opt", "device": "vdc", "read_only": True}]}, "volumes[0].mount"),
+        ({"volumes": [{"mount": "/x", "device": "../sda", "read_only": True}]}, "volumes[0].device"),
+        ({"volumes": [{"mount": "/x", "device": "vdc"}]}, "read_only"),
+        ({"variables": {"A": 1}}, "variables.A"),
+        ({"encoding": "squashfs", "code": None}, "/opt/code"),
+    ],
+)
+def test_bad_fields_are_named(overrides, field):
+    with pytest.raises(ConfigError) as error:
+        parse_config(v1(**overrides))
+    assert field in str(error.value)
+
+
+def test_missing_field_and_non_map():
+    config = v1()
+    del config["vm_hash"]
+    with pytest.raises(ConfigError, match="'vm_hash'"):
+        parse_config(config)
+    with pytest.raises(ConfigError, match="must be a map"):
+        parse_config([1, 2])
+
+
+@pytest.mark.parametrize("name", ["tar", "tar.gz", "tar.gzip", "tgz"])
+def test_tar_encoding_names(name):
+    assert parse_config(v1(encoding=name)).encoding is Encoding.TAR
+
+
+def test_binary_interface_is_executable():
+    assert parse_config(v1(interface="binary")).interface is Interface.EXECUTABLE

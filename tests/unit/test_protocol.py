@@ -1,0 +1,56 @@
+import pytest
+
+from aleph_runtime import protocol
+
+
+def test_request_kinds_are_told_from_the_first_byte():
+    assert protocol.classify_request(b"123\n"[0]) is protocol.RequestKind.CONFIG
+    assert protocol.classify_request(protocol.run_request({"type": "http"})[0]) is protocol.RequestKind.RUN
+    assert protocol.classify_request(b"halt"[0]) is protocol.RequestKind.HALT
+    assert protocol.classify_request(b"!ls"[0]) is protocol.RequestKind.COMMAND
+    # A map with 16+ keys starts with 0xde: still a run request.
+    big = protocol.pack({"scope": {str(i): i for i in range(20)}, **{f"k{i}": i for i in range(20)}})
+    assert big[0] == 0xDE
+    assert protocol.classify_request(big[0]) is protocol.RequestKind.RUN
+    with pytest.raises(protocol.ProtocolError):
+        protocol.classify_request(0x00)
+
+
+def test_config_framing_is_the_supervisors():
+    framed = protocol.frame_config({"a": b"\x00\x01"})
+    length, _, payload = framed.partition(b"\n")
+    assert int(length) == len(payload)
+    assert protocol.unpack(payload) == {"a": b"\x00\x01"}
+
+
+def test_control_lines():
+    assert protocol.connect_line(52) == b"CONNECT 52\n"
+    assert protocol.parse_connect_line(b"CONNECT 52\n") == 52
+    assert protocol.parse_ok_line(b"OK 1073741824\n") == 1073741824
+    for bad in (b"CONNECT\n", b"CONNECT x\n", b"HELLO 52\n", b"CONNECT 52 53\n"):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.parse_connect_line(bad)
+
+
+def test_answers_keep_bytes_and_strings_apart():
+    answer = protocol.unpack(protocol.run_answer(201, [[b"x-a", b"1"]], b"body", output_data=b"zip"))
+    assert answer == {
+        "headers": {"status": 201, "headers": [[b"x-a", b"1"]]},
+        "body": {"body": b"body"},
+        "output": "",
+        "output_data": b"zip",
+    }
+    error = protocol.unpack(protocol.error_answer("boom", "Traceback..."))
+    assert error == {"error": "boom", "traceback": "Traceback...", "output": ""}
+
+
+def test_streaming_unpacker_waits_for_a_whole_object():
+    data = protocol.run_request(protocol.http_scope("POST", "/", body=b"x" * 100_000))
+    unpacker = protocol.new_unpacker()
+    objects = []
+    for start in range(0, len(data), 4096):
+        unpacker.feed(data[start : start + 4096])
+        objects.extend(unpacker)
+        if start + 4096 < len(data):
+            assert objects == []
+    assert objects[0]["scope"]["body"] == b"x" * 100_000
