@@ -52,7 +52,9 @@ for tool in debootstrap mksquashfs unshare chroot; do
   command -v $tool >/dev/null || die "$tool is missing (scripts/setup.sh installs it)"
 done
 
-epoch=$(source_date_epoch rootfs-build init runtime/aleph_runtime)
+# (Pathspecs: the image's inputs only; docs, host-side code and tests do not count.)
+epoch=$(source_date_epoch rootfs-build init runtime/aleph_runtime ':!rootfs-build/README.md' \
+  ':!rootfs-build/build-test-kernel.sh' ':!rootfs-build/initramfs-init.sh' ':!runtime/aleph_runtime/host')
 export SOURCE_DATE_EPOCH=$epoch
 stages=$CACHE_DIR/rootfs-stages
 mkdir -p "$stages" "$CACHE_DIR/tmp"
