@@ -35,7 +35,9 @@ kver=$(apt_version "$kpkg")
 bbver=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null) || die "busybox-static is not installed"
 [ -x /bin/busybox ] || die "/bin/busybox missing (busybox-static)"
 
-key=$( { cat "$BUILD_DIR/build-test-kernel.sh" "$BUILD_DIR/initramfs-init.sh" "$BUILD_DIR/common.sh"
+# (Not common.sh: its helpers do not change what is built, and the kernel path should
+# stay put while the image's scripts evolve.)
+key=$( { cat "$BUILD_DIR/build-test-kernel.sh" "$BUILD_DIR/initramfs-init.sh"
          echo "$kpkg $kver busybox $bbver $MODULES"; } | short_hash)
 if [ -z "$out" ]; then
   out=$CACHE_DIR/kernel/$key

@@ -28,12 +28,12 @@ lock() {
 # sha256 of stdin, shortened: cache directory names.
 short_hash() { sha256sum | cut -c1-16; }
 
-# The Debian mirror this machine's apt already uses (deb822 .sources or one-line
+# The Debian mirror this machine's apt already uses (APT_ETC: another /etc/apt, for tests) (deb822 .sources or one-line
 # sources.list), unless DEBIAN_MIRROR says otherwise. Never a host name in the repo.
 debian_mirror() {
   if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
   _m=$(
-    for f in /etc/apt/sources.list.d/*.sources; do
+    for f in "${APT_ETC:-/etc/apt}"/sources.list.d/*.sources; do
       [ -f "$f" ] || continue
       # One stanza per paragraph: take the URIs of the one whose Suites name "bookworm".
       awk 'BEGIN{RS=""; FS="\n"} {u=""; s=""; for (i=1;i<=NF;i++) {
@@ -41,7 +41,7 @@ debian_mirror() {
              if ($i ~ /^Suites:/) s=" " $i " "}
            if (u != "" && s ~ /[ \t]bookworm[ \t]/) print u}' "$f"
     done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    for f in "${APT_ETC:-/etc/apt}"/sources.list "${APT_ETC:-/etc/apt}"/sources.list.d/*.list; do
       [ -f "$f" ] || continue
       awk '$1=="deb" { i=2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
            if ($(i+1)=="bookworm") print $i }' "$f"
@@ -71,14 +71,14 @@ apt_download() { apt-get download -q -o APT::Sandbox::User=root "$@" >/dev/null;
 debian_security_mirror() {
   if [ -n "${DEBIAN_SECURITY_MIRROR+x}" ]; then echo "$DEBIAN_SECURITY_MIRROR"; return; fi
   {
-    for f in /etc/apt/sources.list.d/*.sources; do
+    for f in "${APT_ETC:-/etc/apt}"/sources.list.d/*.sources; do
       [ -f "$f" ] || continue
       awk 'BEGIN{RS=""; FS="\n"} {u=""; s=""; for (i=1;i<=NF;i++) {
              if ($i ~ /^URIs:/) {u=$i; sub(/^URIs:[ \t]*/,"",u); sub(/[ \t].*/,"",u)}
              if ($i ~ /^Suites:/) s=" " $i " "}
            if (u != "" && s ~ /[ \t]bookworm-security[ \t]/) print u}' "$f"
     done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    for f in "${APT_ETC:-/etc/apt}"/sources.list "${APT_ETC:-/etc/apt}"/sources.list.d/*.list; do
       [ -f "$f" ] || continue
       awk '$1=="deb" { i=2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
            if ($(i+1)=="bookworm-security") print $i }' "$f"

@@ -87,9 +87,14 @@ def _run(script: str, args: list[str], progress: TextIO | None, env: dict[str, s
     return Path(lines[-1])
 
 
-def ensure_kernel(*, force: bool = False, progress: TextIO | None = None) -> KernelFiles:
-    """The test kernel and initramfs (rootfs-build/build-test-kernel.sh), cached."""
+def ensure_kernel(
+    *, out: str | os.PathLike | None = None, force: bool = False, progress: TextIO | None = None
+) -> KernelFiles:
+    """The test kernel and initramfs (rootfs-build/build-test-kernel.sh), cached; with
+    `out`, always built into that directory."""
     args = ["--force"] if force else []
+    if out is not None:
+        args += ["--out", str(out)]
     directory = _run("build-test-kernel.sh", args, progress, None)
     return KernelFiles(directory / "vmlinuz", directory / "initramfs.cpio.gz", directory)
 
