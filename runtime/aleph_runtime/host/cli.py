@@ -224,7 +224,7 @@ async def serve(node, verbose: bool) -> int:
             return EXIT_PROGRAM
         except (InitError, RedisServerError, OSError, TimeoutError, RuntimeError) as error:
             say(f"could not start: {type(error).__name__}: {error}")
-            if not verbose and log_tail(node.log_path):
+            if not verbose and log_tail(node.log_path) and "console:" not in str(error):
                 say(f"last lines of the {what}'s log ({node.log_path}):")
                 print(textwrap.indent(log_tail(node.log_path), "  "), file=sys.stderr)
             return EXIT_FAILED
