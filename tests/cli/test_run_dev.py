@@ -131,3 +131,41 @@ async def test_squashfs_code_and_volumes(cli_factory, short_dir):
             assert await response.text() == "shiny /first"
     await stop_cleanly(cli)
     assert (cli.state_dir / "volumes" / "notes" / "note.txt").read_text() == "/second"
+
+
+PROXY_USER = b'''
+import os
+import aiohttp
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    connector = aiohttp.UnixConnector(path=os.environ["ALEPH_API_UNIX_SOCKET"])
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(os.environ["ALEPH_API_HOST"] + "/api/v0/info/public.json") as response:
+            status, body = response.status, await response.read()
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+async def test_api_proxy_external_redis_and_verbose(cli_factory, fake_api, short_dir):
+    """--api-server reaches the program through the guest API; --redis-url replaces the
+    private Redis; --verbose streams the init's log."""
+    from aleph_runtime.host.redis_server import RedisServer
+
+    program = short_dir / "proxy_user.py"
+    program.write_bytes(PROXY_USER)
+    async with RedisServer(short_dir / "external-redis", persistent=False) as external:
+        cli = await cli_factory("--mode", "dev", "--port", "0", "--api-server", fake_api.url,
+                                "--redis-url", external.url, "--verbose", str(program))  # fmt: skip
+        url = await cli.wait_url()
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["node_version"] == "fake"
+        assert fake_api.requests == ["/api/v0/info/public.json"]
+        assert not (cli.state_dir / "redis").exists()  # no private Redis was started
+        await stop_cleanly(cli)
+    output = cli.output()
+    assert "Program started" in output  # the init's own log line, streamed

@@ -58,3 +58,27 @@ async def test_executable_and_import_failure_in_a_vm(images, cli_factory, short_
     assert await cli.wait(BOOT_TIMEOUT) == 3, cli.output()
     assert "ImportError: missing piece" in cli.output()
     assert list((cli.state_dir / "run").iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools are not installed")
+async def test_squashfs_code_and_volumes_in_a_vm(images, cli_factory, short_dir):
+    """A directory sent as squashfs code (the code drive), a directory volume packed on the
+    fly at /opt/packages, a persistent volume whose mount point the program gets by --env."""
+    from .test_run_dev import LIBRARY_USER
+
+    code, lib = short_dir / "code", short_dir / "lib"
+    code.mkdir()
+    lib.mkdir()
+    (code / "main.py").write_bytes(LIBRARY_USER)
+    (lib / "shiny.py").write_text("VALUE = 'shiny'\n")
+    cli = await cli_factory("--port", "0", "--encoding", "squashfs", "--volume", f"/opt/packages={lib}",
+                            "--volume", "mount=/var/lib/notes,persistent=notes,size=32M",
+                            "--env", "DATA_DIR=/var/lib/notes", str(code))  # fmt: skip
+    url = await cli.wait_url(BOOT_TIMEOUT)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}first") as response:
+            assert await response.text() == "shiny none", cli.output()
+        async with http.get(f"{url}second") as response:
+            assert await response.text() == "shiny /first"
+    await stop_cleanly(cli)
+    assert (cli.state_dir / "volumes" / "notes.ext4").stat().st_size == 32 << 20
