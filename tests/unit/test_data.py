@@ -134,3 +134,14 @@ def test_added_and_removed_files_are_seen(tmp_path):
 
 def test_racy_window_is_a_module_setting():
     assert data_module.RACY_WINDOW_NS > 0
+
+
+async def test_acollect_matches_collect_and_is_cached(tmp_path):
+    export = DataExport(str(tmp_path))
+    assert await export.acollect() is None
+    (tmp_path / "a").write_bytes(b"1")
+    time.sleep(data_module.RACY_WINDOW_NS / 1e9 + 0.02)
+    first = await export.acollect()
+    assert _names(first) == {"a": b"1"}
+    assert await export.acollect() == first
+    assert export.zips_made == 1

@@ -183,3 +183,36 @@ async def test_script_without_shebang_runs_with_the_shell(program):
 async def test_missing_entrypoint_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         await ExecutableProgram(str(tmp_path / "nope"), {}).start()
+
+
+async def test_answers_carry_the_data_export_when_set(program, tmp_path):
+    import io
+    import zipfile
+
+    from aleph_runtime.guest.data import DataExport
+
+    port = free_port()
+    prog = program(server_script(port), port)
+    await prog.start()
+    data = tmp_path / "data"
+    data.mkdir()
+    prog.data_export = DataExport(str(data))
+    assert protocol.unpack(await prog.handle(scope()))["output_data"] is None
+    (data / "result.txt").write_bytes(b"exported")
+    answer = protocol.unpack(await prog.handle(scope()))
+    with zipfile.ZipFile(io.BytesIO(answer["output_data"])) as archive:
+        assert archive.read("result.txt") == b"exported"
+
+
+def test_interpreter_command_for_scripts_without_execute_bit(tmp_path):
+    from aleph_runtime.guest.executable import _interpreter_command
+
+    script = tmp_path / "a"
+    script.write_text("#!/usr/bin/env python3\nprint(1)\n")
+    assert _interpreter_command(str(script)) == ["/usr/bin/env", "python3", str(script)]
+    script.write_text("#!/bin/sh\necho\n")
+    assert _interpreter_command(str(script)) == ["/bin/sh", str(script)]
+    script.write_text("echo no shebang\n")
+    assert _interpreter_command(str(script)) == ["/bin/sh", str(script)]
+    script.write_bytes(b"\x7fELF\x02\x01\x01\0\0\0")
+    assert _interpreter_command(str(script)) is None

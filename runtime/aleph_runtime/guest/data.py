@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import stat
+import threading
 import time
 
 logger = logging.getLogger(__name__)
@@ -43,15 +44,34 @@ class DataExport:
         self.data_dir = data_dir
         self._marker: tuple | None = None
         self._zip: bytes | None = None
+        self._lock = threading.Lock()
         self.zips_made = 0
 
-    def collect(self) -> bytes | None:
+    def is_empty(self) -> bool:
+        """One scandir: True when data_dir is missing or empty (the common case, a few µs)."""
         try:
             with os.scandir(self.data_dir) as entries:
-                if next(entries, None) is None:
-                    self._marker = self._zip = None
-                    return None
+                return next(entries, None) is None
         except (FileNotFoundError, NotADirectoryError):
+            return True
+
+    async def acollect(self) -> bytes | None:
+        """collect() without blocking the event loop: an empty /data is answered inline,
+        the walk and the zip (seconds for a large /data) run in a worker thread."""
+        if self.is_empty():
+            self._marker = self._zip = None
+            return None
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, self.collect)
+
+    def collect(self) -> bytes | None:
+        """The zip of data_dir, or None when it is missing or empty. Thread-safe."""
+        with self._lock:
+            return self._collect()
+
+    def _collect(self) -> bytes | None:
+        if self.is_empty():
             self._marker = self._zip = None
             return None
         started = time.time_ns()

@@ -48,6 +48,8 @@ LOADING_PAGE = (
 class HTTPProtocolError(ConnectionError):
     """The program's server answered something that is not HTTP/1.x."""
 
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
 
 class ExecutableProgram:
     #: How long a request waits for the program's server to accept connections.
@@ -68,6 +70,9 @@ class ExecutableProgram:
         self._supervisor: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._started_at = 0.0
+        self._command = [path]
+        #: Set by the init when the program has /data: each answer then carries its zip.
+        self.data_export = None
 
     # --- the child ---
 
@@ -77,19 +82,25 @@ class ExecutableProgram:
             mode = os.stat(self.path).st_mode
         except FileNotFoundError:
             raise ConfigError(f"the entrypoint {self.path!r} does not exist") from None
+        self._command = [self.path]
         if mode & 0o111 != 0o111:
             try:
                 os.chmod(self.path, mode | 0o111)
-            except OSError as error:  # e.g. a read-only squashfs: it may be runnable already
+            except OSError as error:
+                # A read-only filesystem (squashfs code): run a script through its interpreter.
                 if not mode & 0o100:
-                    raise ConfigError(f"the entrypoint {self.path!r} cannot be made executable ({error.strerror})") from None
+                    self._command = _interpreter_command(self.path)
+                    if self._command is None:
+                        raise ConfigError(
+                            f"the entrypoint {self.path!r} is not executable and cannot be made so "
+                            f"({error.strerror})"
+                        ) from None
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="executable-supervisor")
 
     async def _spawn(self) -> None:
-        command = [self.path]
         try:
-            self.process = await self._exec(command)
+            self.process = await self._exec(self._command)
         except OSError as error:
             if error.errno != errno.ENOEXEC:
                 raise
@@ -170,7 +181,13 @@ class ExecutableProgram:
             status, headers, body = await self.request(scope)
         except Exception as error:  # noqa: BLE001 - every failure is an answer, never a crash
             return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
-        return protocol.run_answer(status, headers, body)
+        output_data = None
+        if self.data_export is not None:
+            try:
+                output_data = await self.data_export.acollect()
+            except Exception:  # noqa: BLE001 - the answer matters more than the export
+                logger.exception("collecting /data failed")
+        return protocol.run_answer(status, headers, body, output_data=output_data)
 
     async def request(self, scope: dict) -> tuple[int, list[list[bytes]], bytes]:
         """Proxy one scope; (status, headers, body). 503 with a loading page while the
@@ -180,18 +197,31 @@ class ExecutableProgram:
         method = str(scope.get("method") or "GET").upper()
         if not method or not set(method.encode()) <= _TOKEN_CHARS:
             raise ValueError(f"invalid HTTP method {method!r}")
-        connection = await self._connect()
-        if connection is None:
-            return 503, [[b"content-type", b"text/html; charset=utf-8"], [b"retry-after", b"2"]], LOADING_PAGE
-        reader, writer = connection
-        try:
-            writer.write(self._request_bytes(scope, method))
-            await writer.drain()
-            return await read_response(reader, head=method == "HEAD")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        request = self._request_bytes(scope, method)
+        # A connection that a dying server's kernel had queued in its backlog is reset
+        # without the server ever reading it: an idempotent request is sent again.
+        attempts = 3 if method in _IDEMPOTENT_METHODS else 1
+        for attempt in range(attempts):
+            connection = await self._connect()
+            if connection is None:
+                return 503, [[b"content-type", b"text/html; charset=utf-8"], [b"retry-after", b"2"]], LOADING_PAGE
+            reader, writer = connection
+            try:
+                writer.write(request)
+                await writer.drain()
+                return await read_response(reader, head=method == "HEAD")
+            except (ConnectionResetError, BrokenPipeError):
+                # A reset, not a clean close: the server never read the request (a server
+                # that crashes while handling it closes cleanly, and is not asked twice).
+                if attempt + 1 >= attempts:
+                    raise
+                logger.warning("the program dropped a %s request without answering: sending it again", method)
+                await asyncio.sleep(0.05)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        raise HTTPProtocolError("the program did not answer")
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         deadline = time.monotonic() + self.connect_timeout
@@ -302,6 +332,23 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readline()
 
 
+def _interpreter_command(path: str) -> list[str] | None:
+    """How to run a script that lacks its execute bit: its shebang's interpreter (with the
+    optional argument), or the shell when it has none; None for a binary."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(256)
+    except OSError:
+        return None
+    if head.startswith(b"#!"):
+        line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+        interpreter, _, argument = line.partition(" ")
+        return [interpreter, *([argument.strip()] if argument.strip() else []), path]
+    if head.startswith(b"\x7fELF") or b"\0" in head:
+        return None
+    return ["/bin/sh", path]
+
+
 def _kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -319,6 +366,7 @@ def _describe(status: int | None) -> str:
 
 
 def _register(pid: int) -> None:
+    # PID 1's zombie reaper (linux.reap_children) must leave this child to the loop's watcher.
     from aleph_runtime.guest import linux
 
     linux.MANAGED_CHILDREN.add(pid)

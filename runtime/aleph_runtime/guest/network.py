@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import struct
-from dataclasses import dataclass
 
 from aleph_runtime.guest.config import ConfigError, Network
 
@@ -46,6 +45,9 @@ RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 0x4
 
+#: What the kernel answers IPv6 requests when it was built or booted without IPv6.
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT)
+
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
@@ -58,12 +60,16 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return _RTATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
 
 
-@dataclass
 class _Request:
-    what: str
-    kind: int
-    flags: int
-    body: bytes
+    """One rtnetlink request (a plain class: a dataclass costs a millisecond to import)."""
+
+    __slots__ = ("what", "kind", "flags", "body")
+
+    def __init__(self, what: str, kind: int, flags: int, body: bytes):
+        self.what = what
+        self.kind = kind
+        self.flags = flags
+        self.body = body
 
 
 def link_up(index: int, name: str) -> _Request:
@@ -164,11 +170,15 @@ def configure_network(network: Network, resolv_conf: str = "/etc/resolv.conf") -
         all_requests = requests + routes
         errors = _run(all_requests)
         for request, error in zip(requests, errors):
-            if error:
+            if error in _NO_IPV6 and request.kind == RTM_NEWADDR and ":" in request.what:
+                logger.warning("%s failed: this kernel has no IPv6 (%s)", request.what, os.strerror(error))
+            elif error:
                 raise _fail(request, error)
         retry = []
         for request, error in zip(routes, errors[len(requests) :]):
-            if error == errno.ENETUNREACH:
+            if error in _NO_IPV6 and ":" in request.what:
+                logger.warning("%s failed: this kernel has no IPv6 (%s)", request.what, os.strerror(error))
+            elif error == errno.ENETUNREACH:
                 # The gateway is outside the assumed prefix: it is on the link all the same.
                 gateway = ipaddress.ip_address(request.what.split(" via ")[1].split(" ")[0])
                 retry.append(add_default_route(index, INTERFACE, gateway, onlink=True))
@@ -196,7 +206,19 @@ def _has_interface(name: str) -> bool:
 
 
 def write_resolv_conf(servers: tuple[str, ...] | list[str], path: str = "/etc/resolv.conf") -> None:
-    """Written in place (not renamed over): resolv.conf may be a bind mount or a symlink."""
+    """Written in place (not renamed over): resolv.conf may be a bind mount or a symlink.
+
+    A symlink whose target cannot be written (systemd-resolved's stub, absent in a VM)
+    is replaced by a plain file.
+    """
     content = "".join(f"nameserver {server}\n" for server in servers)
-    with open(path, "w") as file:
-        file.write(content)
+    try:
+        with open(path, "w") as file:
+            file.write(content)
+    except FileNotFoundError:
+        if not os.path.islink(path):
+            raise
+        os.unlink(path)
+        with open(path, "w") as file:
+            file.write(content)
+    logger.info("DNS servers: %s", ", ".join(servers))

@@ -125,25 +125,27 @@ def mount_volumes(volumes: Sequence[Volume], dev_dir: str = "/dev") -> list[Moun
     return mounted
 
 
-def unmount_volumes(mounted: Sequence[MountedVolume], busy_timeout: float = 1.0) -> None:
+def unmount_volumes(mounted: Sequence[MountedVolume], busy_timeout: float = 0.5) -> None:
     """sync, then unmount in reverse order. Never raises: failures are logged.
 
-    A busy volume (a file still open) is retried for up to `busy_timeout` seconds, then
-    remounted read-only (which flushes it and marks it clean) and detached.
+    A busy volume (a file still open, e.g. by an exiting process) is retried while the
+    `busy_timeout` budget lasts (shared by all volumes: halt has 5 s in all), then
+    remounted read-only (which flushes it and marks it clean) and detached. Whatever
+    happens, everything written before is on the device: sync() comes first.
     """
     try:
         linux.sync()
     except Exception:  # noqa: BLE001 - sync returns void; belt and braces
         logger.exception("sync failed")
+    deadline = time.monotonic() + busy_timeout
     for volume in reversed(mounted):
         try:
-            _unmount_one(volume, busy_timeout)
+            _unmount_one(volume, deadline)
         except Exception:  # noqa: BLE001 - halt must go on whatever happens
             logger.exception("unmounting %s failed", volume.mount_point)
 
 
-def _unmount_one(volume: MountedVolume, busy_timeout: float) -> None:
-    deadline = time.monotonic() + busy_timeout
+def _unmount_one(volume: MountedVolume, deadline: float) -> None:
     delay = 0.01
     while True:
         try:

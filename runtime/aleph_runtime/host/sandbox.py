@@ -1,0 +1,350 @@
+"""Run a command (normally the init) as PID 1 of private namespaces, as a VM would run it.
+
+The command gets new mount, PID, UTS and network namespaces, and a private root: an
+overlay of the machine's / whose writes land in a tmpfs that vanishes with the
+sandbox. A new mount namespace alone protects nothing (a write to /etc/resolv.conf
+would still reach the machine's file); with the overlay root, everything the init and
+the program write (/etc/resolv.conf, /etc/hostname, /root/.ssh, /etc/ssh host keys,
+/opt, /data, mount points...) stays private. /tmp, /run and /dev are fresh tmpfs; /dev
+holds only the usual character devices plus the sandbox's volumes: loop devices
+bind-mounted as /dev/vdX. The work directory (where the dev-mode vsock sockets live)
+is bind-mounted at the same path inside, so both sides reach `<base>_<port>`.
+
+Optionally a veth pair gives the sandbox an `eth0` (the `dummy` link type is not
+available everywhere; veth is). Stopping kills the namespace's PID 1 (the kernel then
+kills everything in it), detaches the loop devices and removes the host end of the
+veth and the work directory: no leftovers.
+
+Used by the integration tests and by the CLI's dev mode; needs root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Runs in the new namespaces as their PID 1 until it execs the command.
+# Arguments: work dir, cwd, then "vdX=/dev/loopN" items, "--", bind paths, "--", the command.
+_SETUP_SCRIPT = r"""
+set -eu
+W=$1; CWD=$2; shift 2
+M=$W/mnt
+mount -t tmpfs -o mode=0755 sandbox "$M"
+mkdir "$M/upper" "$M/work" "$M/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$M/upper,workdir=$M/work" "$M/root"
+R=$M/root
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+mount -t sysfs -o nosuid,nodev,noexec sysfs "$R/sys" 2>/dev/null || mount --rbind /sys "$R/sys"
+mount -t tmpfs -o mode=0755,nosuid dev "$R/dev"
+for node in null zero full random urandom tty; do
+  touch "$R/dev/$node"; mount --bind "/dev/$node" "$R/dev/$node"
+done
+mkdir "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
+ln -s pts/ptmx "$R/dev/ptmx"
+mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
+ln -s /proc/self/fd "$R/dev/fd"
+ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
+while [ "$1" != "--" ]; do
+  name=${1%%=*}; device=${1#*=}
+  touch "$R/dev/$name"; mount --bind "$device" "$R/dev/$name"
+  shift
+done
+shift
+mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$R/tmp"
+mount -t tmpfs -o mode=0755,nosuid,nodev run "$R/run"
+while [ "$1" != "--" ]; do
+  if [ -d "$1" ]; then mkdir -p "$R$1"; else mkdir -p "$R$(dirname "$1")"; touch "$R$1"; fi
+  mount --bind "$1" "$R$1"
+  shift
+done
+shift
+mkdir -p "$R$W"; mount --bind "$W" "$R$W"
+if [ -n "${SANDBOX_GATE_FD:-}" ]; then
+  read -r _ <&3 || true
+  exec 3<&-
+  unset SANDBOX_GATE_FD
+fi
+exec chroot "$R" /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$CWD" "$@"
+"""
+
+
+def require_root() -> str | None:
+    """Why the sandbox cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "the sandbox needs root (namespaces, mounts, loop devices)"
+    for tool in ("unshare", "nsenter", "losetup", "ip", "chroot"):
+        if shutil.which(tool) is None:
+            return f"the sandbox needs `{tool}`, which is not installed"
+    return None
+
+
+@dataclass
+class LoopDevice:
+    image: str
+    device: str
+    """/dev/loopN on the host."""
+    name: str
+    """vdX inside the sandbox."""
+
+
+def attach_loop(image: str | os.PathLike, read_only: bool = False) -> str:
+    args = ["losetup", "--find", "--show"] + (["--read-only"] if read_only else []) + [os.fspath(image)]
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def detach_loop(device: str, timeout: float = 5.0) -> None:
+    """Detach a loop device; wait until the kernel has let it go (a mount inside a dying
+    namespace may hold it a little longer: detach then happens on last close)."""
+    subprocess.run(["losetup", "-d", device], capture_output=True)
+    backing = Path(f"/sys/block/{os.path.basename(device)}/loop/backing_file")
+    deadline = time.monotonic() + timeout
+    while backing.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+class Sandbox:
+    """`with Sandbox([...]) as box:` runs the command as PID 1 of private namespaces.
+
+    - `volumes`: {"vdc": "/path/to/image"}, attached to loop devices, seen as /dev/vdc.
+      Names ending in ":ro" as values ("img:ro") are attached read-only.
+    - `veth`: give the sandbox an eth0 (the host end is `box.host_veth`, up, no address).
+    - `binds`: host paths bind-mounted at the same path inside (read-write).
+    - `workdir`: where the sockets live (created and removed when not given);
+      `box.base` is a ready-made dev-mode vsock base path inside it.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str = "/",
+        workdir: str | os.PathLike | None = None,
+        volumes: Mapping[str, str | os.PathLike] | None = None,
+        veth: bool = False,
+        binds: Sequence[str | os.PathLike] = (),
+        stdout=None,
+        stderr=None,
+    ):
+        self.command = list(command)
+        self.env = dict(env) if env is not None else {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        self.cwd = cwd
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="aleph-sandbox-", dir="/var/tmp"))
+        self.volumes = dict(volumes or {})
+        self.veth = veth
+        self.binds = [os.path.abspath(os.fspath(path)) for path in binds]
+        self.stdout = stdout
+        self.stderr = stderr
+        (self.workdir / "sock").mkdir(parents=True, exist_ok=True)
+        self.base = str(self.workdir / "sock" / "v.sock")
+        self.loops: list[LoopDevice] = []
+        self.host_veth: str | None = None
+        self.process: subprocess.Popen | None = None
+        self.returncode: int | None = None
+
+    # --- lifecycle ---
+
+    def start(self) -> Sandbox:
+        reason = require_root()
+        if reason:
+            raise RuntimeError(reason)
+        try:
+            self._start()
+        except BaseException:
+            self.stop(timeout=0)
+            raise
+        return self
+
+    def _start(self) -> None:
+        (self.workdir / "mnt").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "sock").mkdir(parents=True, exist_ok=True)
+        for name, image in self.volumes.items():
+            image = os.fspath(image)
+            read_only = image.endswith(":ro")
+            image = image[:-3] if read_only else image
+            self.loops.append(LoopDevice(image, attach_loop(image, read_only), name))
+        gate_read, gate_write = os.pipe() if self.veth else (None, None)
+        env = dict(self.env)
+        if gate_read is not None:
+            env["SANDBOX_GATE_FD"] = "3"
+        args = [
+            "unshare", "--fork", "--kill-child", "--pid", "--mount", "--uts", "--net", "--propagation", "private",
+            "/bin/sh", "-c", _SETUP_SCRIPT, "sandbox-setup", str(self.workdir), self.cwd,
+            *[f"{loop.name}={loop.device}" for loop in self.loops], "--", *self.binds, "--", *self.command,
+        ]  # fmt: skip
+        preexec = None
+        if gate_read is not None:
+            fd = gate_read
+
+            def preexec() -> None:
+                os.dup2(fd, 3)
+
+        self.process = subprocess.Popen(
+            args, env=env, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr,
+            preexec_fn=preexec, pass_fds=(gate_read,) if gate_read is not None else (),
+        )  # fmt: skip
+        if gate_read is not None:
+            os.close(gate_read)
+            try:
+                self._wait_for_namespace()
+                self._add_veth()
+            finally:
+                os.write(gate_write, b"go\n")
+                os.close(gate_write)
+
+    def _wait_for_namespace(self, timeout: float = 10) -> None:
+        ours = os.readlink("/proc/self/ns/net")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{self.process.pid}/ns/net") != ours:
+                    return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the sandbox exited during its setup (status {self.process.returncode})")
+            time.sleep(0.005)
+        raise RuntimeError("the sandbox's network namespace did not appear")
+
+    def _add_veth(self) -> None:
+        self.host_veth = "alsb" + secrets.token_hex(4)
+        subprocess.run(
+            ["ip", "link", "add", self.host_veth, "type", "veth", "peer", "name", "eth0", "netns", str(self.process.pid)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        subprocess.run(["ip", "link", "set", self.host_veth, "up"], check=True, capture_output=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The host PID of the sandbox's PID 1 (the command), once it runs."""
+        if self.process is None:
+            return None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int(children.read_text().split()[0])
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for PID 1 to exit; its status as unshare reports it (negative: a signal).
+
+        reboot(2) by the PID 1 of a PID namespace ends the namespace instead of the
+        machine: RB_AUTOBOOT shows here as -SIGHUP, RB_POWER_OFF/RB_HALT_SYSTEM as -SIGINT.
+        """
+        self.returncode = self.process.wait(timeout)
+        return self.returncode
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM to PID 1, SIGKILL after `timeout`; then remove every trace."""
+        try:
+            if self.process is not None and self.process.poll() is None:
+                pid = self.pid
+                if pid is not None and timeout > 0:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                    try:
+                        self.process.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        pass
+                if self.process.poll() is None:
+                    # --kill-child: PID 1 dies with unshare, and the kernel kills the rest.
+                    self.process.kill()
+                    self.process.wait(10)
+            if self.process is not None:
+                self.returncode = self.process.returncode
+        finally:
+            self._cleanup()
+        return self.returncode
+
+    def _cleanup(self) -> None:
+        if self.host_veth:
+            subprocess.run(["ip", "link", "del", self.host_veth], capture_output=True)
+            self.host_veth = None
+        for loop in self.loops:
+            detach_loop(loop.device)
+        self.loops = []
+        if self._own_workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- looking inside ---
+
+    def run(self, command: Sequence[str] | str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        """Run a command inside the sandbox (its namespaces and root), e.g. `ip -j addr`."""
+        if isinstance(command, str):
+            command = ["/bin/sh", "-c", command]
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError("the sandbox is not running")
+        args = ["nsenter", "--target", str(pid), "--mount", "--uts", "--net", "--pid", "--root", "--wd", *command]
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(args, check=check, **kwargs)
+
+    def read_file(self, path: str) -> str:
+        return self.run(["cat", path]).stdout
+
+
+def read_from_image(image: str | os.PathLike, path: str, fstype: str | None = None) -> bytes:
+    """A file's content from a filesystem image, mounted read-only in a throwaway mount
+    namespace (nothing stays mounted on the machine)."""
+    script = 'set -e; d=$(mktemp -d); mount -o ro "$1" "$d"; cat "$d$2"'
+    if fstype:
+        script = f'set -e; d=$(mktemp -d); mount -t {shlex.quote(fstype)} -o ro "$1" "$d"; cat "$d$2"'
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", os.fspath(image), path],
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        raise FileNotFoundError(f"{path} in {image}: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m aleph_runtime.host.sandbox [--veth] [--volume vdc=IMAGE[:ro]] [--bind PATH] -- COMMAND...`
+
+    Runs COMMAND as PID 1 of a sandbox until it exits (or Ctrl-C), then cleans up.
+    The dev-mode vsock base path is printed and exported to COMMAND as ALEPH_VSOCK_UDS.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="aleph-sandbox", description=main.__doc__)
+    parser.add_argument("--veth", action="store_true", help="give the sandbox an eth0 (veth pair)")
+    parser.add_argument("--volume", action="append", default=[], metavar="vdX=IMAGE[:ro]")
+    parser.add_argument("--bind", action="append", default=[], metavar="PATH")
+    parser.add_argument("--cwd", default="/")
+    parser.add_argument("command", nargs="+")
+    arguments = parser.parse_args(argv)
+    volumes = dict(item.split("=", 1) for item in arguments.volume)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    for name in ("PYTHONPATH", "ALEPH_LOG_LEVEL", "TERM", "LANG"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    box = Sandbox(arguments.command, env=env, cwd=arguments.cwd, volumes=volumes, veth=arguments.veth,
+                  binds=arguments.bind)  # fmt: skip
+    box.env["ALEPH_VSOCK_UDS"] = box.base
+    print(f"sandbox: vsock base {box.base}", flush=True)
+    with box:
+        try:
+            return box.wait()
+        except KeyboardInterrupt:
+            return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
