@@ -71,6 +71,9 @@ async def test_usage_errors(cli_factory, short_dir):
     cli = await cli_factory("--mode", "dev", "--volume", "relative=./x", str(EXAMPLES / "hello"))
     assert await cli.wait() == 2
     assert "absolute path" in cli.output()
+    cli = await cli_factory("--mode", "dev", "--port", "8080", str(EXAMPLES / "executable"))
+    assert await cli.wait() == 2
+    assert "listens on this machine's 127.0.0.1:8080" in cli.output()
 
 
 async def test_port_in_use(cli_factory):

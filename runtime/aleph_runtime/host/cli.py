@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=("vm", "dev"), default="vm",
                      help="vm: the runtime image in QEMU (default); dev: the init as a local process, no VM")
     run.add_argument("--host", default="127.0.0.1", help="the HTTP front's address (127.0.0.1)")
-    run.add_argument("--port", "-p", type=int, default=8080, help="the HTTP front's port (8080; 0 for any free one)")
+    run.add_argument("--port", "-p", type=int, help="the HTTP front's port (8080, or 8081 for an executable in dev "
+                     "mode, which itself listens on 8080; 0 for any free one)")
     run.add_argument("--state-dir", type=Path, help="signing key, Redis data, persistent volumes, logs "
                      "(default /var/lib/aleph-runtime as root, else ~/.local/state/aleph-runtime)")
     run.add_argument("--api-server", help="the aleph API server the guest API proxies to "
@@ -143,6 +144,7 @@ def log_tail(path: Path, lines: int = 40) -> str:
 def _options(args: argparse.Namespace):
     from aleph_runtime.host.node import (
         DEFAULT_EXAMPLE,
+        check_port_free,
         DEFAULT_EXAMPLE_ENV,
         DEFAULT_EXAMPLE_VOLUME,
         NodeError,
@@ -169,10 +171,21 @@ def _options(args: argparse.Namespace):
         say("--memory and --vcpus apply to a VM: dev mode runs the init as a local process, without limits")
     if args.vm_hash is not None and not (len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
+    port = args.port
+    executable_on_host = args.mode == "dev" and program.interface == "executable"
+    if executable_on_host:
+        # The init's executables listen on 127.0.0.1:8080; in dev mode that is this machine's.
+        if port == 8080:
+            raise NodeError("in dev mode an executable program listens on this machine's 127.0.0.1:8080 itself: "
+                            "give the front another --port")
+        check_port_free("127.0.0.1", 8080, "an executable program in dev mode listens on 127.0.0.1:8080")
+        if port is None:
+            port = 8081
+            say("the front listens on 8081: in dev mode the executable program itself listens on 127.0.0.1:8080")
     return NodeOptions(
         program=program, volumes=volumes, env=env, mode=args.mode,
         memory_mb=args.memory or 512, vcpus=args.vcpus or 1, seconds=args.seconds,
-        host=args.host, port=args.port, state_dir=args.state_dir or default_state_dir(),
+        host=args.host, port=8080 if port is None else port, state_dir=args.state_dir or default_state_dir(),
         api_server=args.api_server, redis_url=args.redis_url, vm_hash=args.vm_hash,
     )  # fmt: skip
 

@@ -788,8 +788,8 @@ class LocalNode:
         self.lock.release()
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Fail early, before anything boots, when the front's port is taken."""
+def check_port_free(host: str, port: int, why: str = "") -> None:
+    """Fail early, before anything boots, when a port we need is taken."""
     import socket
 
     if port == 0:
@@ -800,5 +800,7 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
+            if why:
+                raise NodeError(f"{host}:{port} is taken ({error.strerror}): {why}") from None
             raise NodeError(f"cannot listen on {host}:{port} ({error.strerror}): give another --port") from None
 
