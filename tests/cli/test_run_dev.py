@@ -3,6 +3,7 @@ the bundled FastAPI example (no PATH), then other kinds of PATH, failures and Ct
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -172,3 +173,34 @@ async def test_api_proxy_external_redis_and_verbose(cli_factory, fake_api, short
         await stop_cleanly(cli)
     output = cli.output()
     assert "Program started" in output  # the init's own log line, streamed
+
+
+async def test_a_dying_init_ends_the_run(cli_factory):
+    """The machine dying on its own (here the init, killed) ends the command with status 1,
+    and Redis and the sockets are cleaned up all the same."""
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "hello" / "main.py"))
+    await cli.wait_url()
+    children = descendants(cli.process.pid)
+    init = [pid for pid in children if b"init1.py" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert len(init) == 1
+    os.kill(init[0], signal.SIGKILL)
+    assert await cli.wait() == 1
+    assert "exited on its own" in cli.output()
+    assert [pid for pid in children if alive(pid)] == []
+    assert sockets_under(cli.state_dir) == []
+
+
+async def test_interrupted_while_starting(cli_factory):
+    """Ctrl-C before the program is up: the start is abandoned, everything is stopped."""
+    import asyncio
+
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "fastapi_app"))
+    for _ in range(600):
+        if "starting the init" in cli.output():
+            break
+        await asyncio.sleep(0.05)
+    children = descendants(cli.process.pid)
+    assert await cli.interrupt() == 0, cli.output()
+    assert [pid for pid in children | descendants(cli.process.pid) if alive(pid)] == []
+    assert sockets_under(cli.state_dir) == []
+    assert list((cli.state_dir / "run").iterdir()) == []
