@@ -712,6 +712,10 @@ class LocalNode:
     def _prepare_vm(self) -> None:
         assert self.run_dir is not None
         program = self.options.program
+        # The machine first: a missing QEMU or image is reported before anything is packed.
+        self.progress("finding the runtime image and kernel (built through their caches when missing)")
+        machine = QemuMachine(self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus)
+        self.machine = machine
         drives: list[tuple[Path, bool]] = []
         volumes: list[dict] = []
 
@@ -734,10 +738,7 @@ class LocalNode:
             else:
                 add(volume.source, volume.mount, True)
         code = self._code()
-        self.progress("finding the runtime image and kernel (built through their caches when missing)")
-        machine = QemuMachine(self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus)
         machine.vm.drives = [QemuMachine.drive(path, read_only) for path, read_only in drives]
-        self.machine = machine
         self.config = self._config(code, volumes, self._variables(), ip=VM_IP, route=VM_ROUTE)
 
     # --- running ---
