@@ -580,6 +580,7 @@ class LocalNode:
             raise NodeError(f"unknown mode {self.options.mode!r}: vm or dev")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
+        self.progress(f"state directory {self.state_dir} (signing key, Redis data, volumes, logs)")
         try:
             self._make_run_dir()
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
