@@ -57,6 +57,9 @@ INTERFACES = ("asgi", "executable", "binary")
 LAUNCHERS = ("run.sh", "run", "start.sh", "start", "entrypoint.sh")
 #: The guest network a VM gets (QEMU's user network, restricted: no traffic leaves it).
 VM_IP, VM_ROUTE = "172.16.0.2", "172.16.0.1"
+#: How long a program may take to start: the supervisor's 60 s, more under emulation (TCG).
+CONFIGURE_TIMEOUT = 60
+CONFIGURE_TIMEOUT_EMULATED = 300
 #: The longest path of a Unix socket (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
 
@@ -486,7 +489,8 @@ class QemuMachine:
         return await self.vm.start(timeout=300)
 
     async def configure(self, config: dict) -> dict:
-        return await self.vm.client.configure(config)
+        # A node allows 60 s, with KVM; QEMU here may emulate (TCG), many times slower.
+        return await self.vm.client.configure(config, timeout=CONFIGURE_TIMEOUT_EMULATED)
 
     async def wait(self) -> int | None:
         while self.vm.process is None:
@@ -760,7 +764,12 @@ class LocalNode:
         self.progress("booting the VM (QEMU)" if self.options.mode == "vm" else "starting the init (dev mode)")
         ready = await self.machine.start()
         self.progress(f"the init is ready (protocol {ready.get('version', '?')}); configuring the program")
+        started = asyncio.get_running_loop().time()
         await self.machine.configure(self.config)
+        took = asyncio.get_running_loop().time() - started
+        if took > CONFIGURE_TIMEOUT:
+            self.progress(f"the program took {took:.0f} s to start: a node allows {CONFIGURE_TIMEOUT} s "
+                          "(with KVM, much faster than emulation)")  # fmt: skip
         self.url = await self.services.start_front()
         return self.url
 
