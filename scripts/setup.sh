@@ -20,7 +20,7 @@ if ! stamp_ok apt "$packages"; then
   stamp_set apt "$packages"
 fi
 
-venv_inputs="$(cat requirements-dev.txt pyproject.toml)"
+venv_inputs="$(cat requirements-dev.txt pyproject.toml scripts/setup.sh)"
 if ! stamp_ok venv "$venv_inputs" || [ ! -x "$VENV/bin/python" ]; then
   step "venv: installing Python packages into $VENV"
   rm -rf "$VENV"
