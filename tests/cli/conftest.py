@@ -62,7 +62,8 @@ def alive(pid: int) -> bool:
 class CLI:
     """One `aleph-runtime run ...` subprocess."""
 
-    def __init__(self, state_dir: Path, args: list[str], log: Path):
+    def __init__(self, state_dir: Path, args: list[str], log: Path, new_session: bool = False):
+        self.new_session = new_session
         self.state_dir = state_dir
         self.args = args
         self.log_path = log
@@ -76,6 +77,7 @@ class CLI:
             sys.executable, "-m", "aleph_runtime.host.cli", "run", *self.args,
             "--state-dir", str(self.state_dir),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=self._log, env=env,
+            start_new_session=self.new_session,
         )  # fmt: skip
         return self
 
@@ -130,8 +132,8 @@ def short_dir():
 def cli_factory(short_dir):
     started: list[CLI] = []
 
-    async def make(*args: str, state: str = "state") -> CLI:
-        cli = CLI(short_dir / state, list(args), short_dir / f"cli{len(started)}.log")
+    async def make(*args: str, state: str = "state", new_session: bool = False) -> CLI:
+        cli = CLI(short_dir / state, list(args), short_dir / f"cli{len(started)}.log", new_session)
         started.append(cli)
         return await cli.start()
 

@@ -204,3 +204,22 @@ async def test_interrupted_while_starting(cli_factory):
     assert [pid for pid in children | descendants(cli.process.pid) if alive(pid)] == []
     assert sockets_under(cli.state_dir) == []
     assert list((cli.state_dir / "run").iterdir()) == []
+
+
+async def test_ctrl_c_in_a_terminal(cli_factory):
+    """A terminal's Ctrl-C reaches the whole foreground process group, not only the
+    command: the init (in a session of its own) is still halted through the protocol,
+    its lifespan shutdown runs, and nothing is left."""
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "fastapi_app"),
+                            "--volume", "mount=/var/lib/example,persistent=tty",
+                            "--env", "EXAMPLE_VOLUME=/var/lib/example", new_session=True)  # fmt: skip
+    url = await cli.wait_url()
+    async with aiohttp.ClientSession() as http, http.get(f"{url}counter") as response:
+        assert await response.json() == {"counter": 1}
+    children = descendants(cli.process.pid)
+    os.killpg(cli.process.pid, signal.SIGINT)
+    assert await cli.wait() == 0, cli.output()
+    assert [pid for pid in children if alive(pid)] == []
+    assert sockets_under(cli.state_dir) == []
+    log = (cli.state_dir / "volumes" / "tty" / "lifespan.log").read_text().split()
+    assert log[0::2] == ["startup", "shutdown"]
