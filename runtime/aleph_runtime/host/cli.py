@@ -258,7 +258,11 @@ async def serve(node, verbose: bool) -> int:
             died.cancel()
     finally:
         stopping = True
-        await node.stop()
+        try:
+            await node.stop()
+        except Exception as error:  # noqa: BLE001 - reported; the rest of the cleanup goes on
+            say(f"error while stopping: {type(error).__name__}: {error}")
+            status = EXIT_FAILED
         if tail is not None:
             await tail.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):
