@@ -5,7 +5,6 @@ by the host-side supervisor client exactly as the supervisor drives a VM."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from pathlib import Path
 

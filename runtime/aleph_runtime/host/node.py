@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -400,13 +399,7 @@ class DevMachine:
         self.log_path = log_path
         self.root = run_dir / "root"
         self._log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
-        # The init runs in a session of its own, as a VM would be: Ctrl-C in a terminal
-        # reaches only `aleph-runtime`, which halts the init through the protocol.
-        # (`setsid` execs in place: the process is still the init, its PID DevInit's.)
-        setsid = shutil.which("setsid")
-        python, flags = (setsid, ("--", sys.executable, "-OO")) if setsid else (sys.executable, ("-OO",))
-        self.init = DevInit(run_dir, python=python, python_flags=flags, root=self.root,
-                            stdout=self._log, stderr=self._log)  # fmt: skip
+        self.init = DevInit(run_dir, root=self.root, stdout=self._log, stderr=self._log, new_session=True)
         self.uds_path = self.init.uds_path
         self.client = self.init.client
 
