@@ -20,12 +20,12 @@ if ! stamp_ok apt "$packages"; then
   stamp_set apt "$packages"
 fi
 
-venv_inputs="$(cat requirements-dev.txt pyproject.toml)"
+venv_inputs="$(cat requirements-dev.txt pyproject.toml scripts/setup.sh)"
 if ! stamp_ok venv "$venv_inputs" || [ ! -x "$VENV/bin/python" ]; then
   step "venv: installing Python packages into $VENV"
   rm -rf "$VENV"
   /usr/bin/python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
   "$VENV/bin/pip" install -q -r requirements-dev.txt
   stamp_set venv "$venv_inputs"
 fi

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import signal
-import stat
 import zipfile
 from pathlib import Path
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import time
-import types
 import zipfile
 
 import pytest
@@ -27,28 +25,6 @@ def _zip(files: dict[str, bytes]) -> bytes:
 def _names(blob: bytes) -> dict[str, bytes]:
     with zipfile.ZipFile(io.BytesIO(blob)) as archive:
         return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
-
-
-try:  # the lead's safe extractor; until it lands, a minimal stand-in with the same contract
-    import aleph_runtime.guest.archive  # noqa: F401
-except ImportError:
-    shim = types.ModuleType("aleph_runtime.guest.archive")
-
-    class ArchiveError(ConfigError):
-        pass
-
-    def extract_zip(data: bytes, dest) -> None:
-        dest = os.path.realpath(dest)
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for info in archive.infolist():
-                target = os.path.realpath(os.path.join(dest, info.filename))
-                if info.filename.startswith("/") or os.path.commonpath([dest, target]) != dest:
-                    raise ArchiveError(f"the archive's entry {info.filename!r} points outside the directory")
-            archive.extractall(dest)
-
-    shim.ArchiveError = ArchiveError
-    shim.extract_zip = extract_zip
-    sys.modules["aleph_runtime.guest.archive"] = shim
 
 
 def test_unpack_input_data_creates_the_directory(tmp_path):

@@ -35,6 +35,7 @@ class DevInit:
         python_flags: tuple[str, ...] = ("-OO",),
         stdout=None,
         stderr=None,
+        new_session: bool = False,
     ):
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aleph-dev-"))
@@ -47,6 +48,9 @@ class DevInit:
         self.env = env or {}
         self.stdout = stdout
         self.stderr = stderr
+        # A session of its own, as a VM is: a terminal's Ctrl-C reaches only the caller,
+        # which halts the init through the protocol.
+        self.new_session = new_session
         self.client = SupervisorClient(self.uds_path)
         self.process: asyncio.subprocess.Process | None = None
         self.ready: dict | None = None
@@ -64,6 +68,7 @@ class DevInit:
         self.process = await asyncio.create_subprocess_exec(
             self.python, *self.python_flags, str(self.init_path),
             env=env, stdin=asyncio.subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr,
+            start_new_session=self.new_session,
         )
         try:
             self.ready = await ready.wait(timeout)

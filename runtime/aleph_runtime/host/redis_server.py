@@ -87,6 +87,9 @@ class RedisServer:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # Its own session: a terminal's Ctrl-C must reach only the tool, which stops
+            # Redis after the program has halted (its shutdown may still use the cache).
+            start_new_session=True,
         )
         try:
             await self._wait_ready(timeout)

@@ -1,0 +1,68 @@
+#!/bin/sh
+# Stage 1 of build-rootfs.sh: `debootstrap --variant=minbase bookworm` from the machine's
+# Debian mirror, Debian's updates and security fixes applied, then the profile's
+# packages (packages-lean.txt, plus packages-full.txt for the full profile), without
+# Recommends. build-rootfs.sh caches the result keyed by a hash of this file and the
+# package lists: any change here rebuilds the stage.
+#
+# Usage: stage-base.sh ROOT PROFILE   (ROOT must not exist)
+set -eu
+. "$(cd "$(dirname "$0")" && pwd)/common.sh"
+root=$1 profile=$2
+[ ! -e "$root" ] || die "$root exists"
+
+mirror=$(debian_mirror)
+security=$(debian_security_mirror)
+mkdir -p "$CACHE_DIR/debs"
+
+step "base: debootstrap --variant=minbase bookworm from $mirror"
+debootstrap --variant=minbase --components=main --cache-dir="$CACHE_DIR/debs" \
+  bookworm "$root" "$mirror" >"$root.debootstrap.log" 2>&1 || {
+  tail -30 "$root.debootstrap.log" >&2; die "debootstrap failed (log: $root.debootstrap.log)"; }
+rm -f "$root.debootstrap.log"
+
+{
+  printf 'Types: deb\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\n' "$mirror"
+  printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
+  if [ -n "$security" ]; then
+    printf '\nTypes: deb\nURIs: %s\nSuites: bookworm-security\nComponents: main\n' "$security"
+    printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
+  fi
+} >"$root/etc/apt/sources.list.d/debian.sources"
+rm -f "$root/etc/apt/sources.list"
+# Never start services while building; no Recommends, no docs (dpkg skips them).
+printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+chmod 0755 "$root/usr/sbin/policy-rc.d"
+printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' >"$root/etc/apt/apt.conf.d/90aleph-norecommends"
+cat >"$root/etc/dpkg/dpkg.cfg.d/90aleph-nodoc" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+EOF
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+
+pkgs=$(sed 's/#.*//' "$BUILD_DIR/packages-lean.txt")
+[ "$profile" = lean ] || pkgs="$pkgs $(sed 's/#.*//' "$BUILD_DIR/packages-$profile.txt")"
+pkgs=$(echo $pkgs)
+step "base: apt-get dist-upgrade, then install ($profile): $pkgs"
+mkdir -p "$CACHE_DIR/apt-archives/partial"
+# A private mount namespace: /proc and the .deb cache vanish with it, even on failure.
+unshare -m sh -eu -c '
+  root=$1; archives=$2; shift 2
+  mount -t proc proc "$root/proc"
+  mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts"
+  mount --bind "$archives" "$root/var/cache/apt/archives"
+  export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin
+  chroot "$root" apt-get -q update
+  chroot "$root" apt-get -q -y -o Dpkg::Options::=--force-confdef dist-upgrade
+  chroot "$root" apt-get -q -y install "$@"
+  chroot "$root" apt-get clean
+' sh "$root" "$CACHE_DIR/apt-archives" $pkgs >"$root.apt.log" 2>&1 || {
+  tail -30 "$root.apt.log" >&2; die "apt-get failed (log: $root.apt.log)"; }
+rm -f "$root.apt.log"
+rm -f "$root/etc/resolv.conf"
+step "base: done ($(du -sh "$root" | cut -f1))"

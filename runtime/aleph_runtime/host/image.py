@@ -1,0 +1,173 @@
+"""The runtime image and the test kernel, built on demand through their caches.
+
+A thin layer over the shell scripts in `rootfs-build/`, which stay the single source of
+truth (CI, Dockerfile.build and developers run them directly): each function runs its
+script, which returns at once when a complete result for the same inputs is already in
+the cache (`$ALEPH_RUNTIME_CACHE`, default /var/cache/aleph-runtime), and otherwise
+builds it, printing its progress on stderr. Shared by the tests, the QEMU launcher and
+the CLI.
+
+    from aleph_runtime.host import image
+    kernel = image.ensure_kernel()            # KernelFiles(vmlinuz, initramfs, directory)
+    rootfs = image.ensure_rootfs()            # Path to rootfs.squashfs (lean, gzip)
+    manifest = image.read_manifest(rootfs)    # dict: sha256, size, packages, ...
+
+Building needs root (debootstrap, chroot, loop-free mounts in a private namespace) and
+the Debian tools scripts/setup.sh installs; using a cached result does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+REPO_DIR = Path(__file__).resolve().parents[3]
+BUILD_DIR = REPO_DIR / "rootfs-build"
+
+PROFILES = ("lean", "full")
+COMPRESSIONS = ("gzip", "zstd", "xz", "lz4", "lzo")
+
+# Kernel command line for the test kernel. Production adds `pci=off nomodule`: the test
+# kernel loads its drivers as modules from the initramfs, so neither may be passed here.
+KERNEL_CMDLINE = "console=ttyS0 reboot=k panic=1 ro root=/dev/vda"
+
+
+class BuildError(RuntimeError):
+    """A build script failed; its stderr went to the progress stream."""
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    vmlinuz: Path
+    initramfs: Path
+    directory: Path
+
+    @property
+    def info(self) -> dict[str, str]:
+        """package, version, release and busybox version (kernel.txt)."""
+        text = (self.directory / "kernel.txt").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    @property
+    def modules(self) -> list[str]:
+        """The modules the initramfs loads, in order."""
+        return (self.directory / "modules.txt").read_text().split()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ALEPH_RUNTIME_CACHE", "/var/cache/aleph-runtime"))
+
+
+def _run(script: str, args: list[str], progress: TextIO | None, env: dict[str, str] | None) -> Path:
+    """Run a build script; progress (its stderr) goes to `progress` (default: our
+    stderr; None keeps it quiet unless it fails). Returns the directory it printed last."""
+    cmd = [str(BUILD_DIR / script), *args]
+    full_env = {**os.environ, **(env or {})}
+    stream = sys.stderr if progress is None else progress
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=REPO_DIR
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    tail: list[str] = []
+    for line in proc.stderr:
+        tail = (tail + [line])[-40:]
+        stream.write(line)
+        stream.flush()
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise BuildError(f"{script} {' '.join(args)} failed (exit {proc.returncode}):\n{''.join(tail)}")
+    lines = out.strip().splitlines()
+    if not lines:
+        raise BuildError(f"{script} printed no output directory")
+    return Path(lines[-1])
+
+
+def ensure_kernel(
+    *, out: str | os.PathLike | None = None, force: bool = False, progress: TextIO | None = None
+) -> KernelFiles:
+    """The test kernel and initramfs (rootfs-build/build-test-kernel.sh), cached; with
+    `out`, always built into that directory."""
+    args = ["--force"] if force else []
+    if out is not None:
+        args += ["--out", str(out)]
+    directory = _run("build-test-kernel.sh", args, progress, None)
+    return KernelFiles(directory / "vmlinuz", directory / "initramfs.cpio.gz", directory)
+
+
+def ensure_rootfs(
+    profile: str = "lean",
+    compression: str = "gzip",
+    *,
+    level: int | None = None,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    rebuild_python: bool = False,
+    source_date_epoch: int | None = None,
+    progress: TextIO | None = None,
+) -> Path:
+    """The runtime squashfs (rootfs-build/build-rootfs.sh); returns its path.
+
+    With `out`, always builds into that directory (other stages still come from the
+    cache unless `rebuild_python`); without, reuses the cached image for these inputs.
+    The manifest is `manifest.json` beside the image (see `read_manifest`).
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: one of {PROFILES}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}: one of {COMPRESSIONS}")
+    args = ["--profile", profile, "--compression", compression]
+    if level is not None:
+        args += ["--level", str(level)]
+    if out is not None:
+        args += ["--out", str(out)]
+    if force:
+        args.append("--force")
+    if rebuild_python:
+        args.append("--rebuild-python")
+    env = {"SOURCE_DATE_EPOCH": str(source_date_epoch)} if source_date_epoch is not None else None
+    return _run("build-rootfs.sh", args, progress, env) / "rootfs.squashfs"
+
+
+def update_init(
+    profile: str = "lean", compression: str = "gzip", *, level: int | None = None, progress: TextIO | None = None
+) -> Path:
+    """Re-pack the image with the current init and aleph_runtime only (fast path: the
+    last finished tree of the profile is reused; zstd level 3 packs it in seconds)."""
+    args = ["--profile", profile, "--compression", compression]
+    if level is not None:
+        args += ["--level", str(level)]
+    return _run("update-init.sh", args, progress, None) / "rootfs.squashfs"
+
+
+def read_manifest(rootfs: str | os.PathLike) -> dict:
+    """The manifest written beside an image: sha256, size, compression, profile,
+    source_date_epoch, commit, python, debian_packages and python_packages."""
+    return json.loads((Path(rootfs).parent / "manifest.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m aleph_runtime.host.image kernel|rootfs [profile] [compression]`: build
+    (or find in the cache) and print the paths."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    what = argv.pop(0) if argv else "rootfs"
+    if what == "kernel":
+        k = ensure_kernel()
+        print(f"vmlinuz={k.vmlinuz}\ninitramfs={k.initramfs}")
+    elif what in ("rootfs", "update-init"):
+        profile = argv[0] if argv else "lean"
+        compression = argv[1] if len(argv) > 1 else "gzip"
+        fn = ensure_rootfs if what == "rootfs" else update_init
+        print(fn(profile, compression))
+    else:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

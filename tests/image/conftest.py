@@ -1,0 +1,45 @@
+"""Fixtures of the image tests: the runtime squashfs and the test kernel, built through
+their caches (a cold build takes minutes; later runs reuse it), and the image mounted
+read-only from a loop device."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from aleph_runtime.host import image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: building the image (debootstrap, chroot) and loop-mounting it")
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    _require_root()
+    return image.ensure_rootfs()
+
+
+@pytest.fixture(scope="session")
+def kernel() -> image.KernelFiles:
+    _require_root()
+    return image.ensure_kernel()
+
+
+@pytest.fixture(scope="session")
+def mounted_rootfs(rootfs: Path):
+    """The image mounted read-only (squashfs on a loop device), as a node serves it."""
+    mnt = Path(tempfile.mkdtemp(prefix="aleph-rootfs-"))
+    subprocess.run(["mount", "-t", "squashfs", "-o", "loop,ro", str(rootfs), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        mnt.rmdir()
