@@ -375,3 +375,28 @@ async def test_a_guest_with_a_smaller_window_than_announced_is_never_left_withou
             raise AssertionError(f"stuck: read {len(read)}, sent {sent}, last fwd_cnt {peer_fwd}") from None
     assert bytes(read) == blob
     writer.close()
+
+
+async def test_a_guest_waiting_below_the_update_threshold_still_hears_from_us(device):
+    """Even a window smaller than the update threshold drains: an idle stream reports anyway."""
+    guest = FakeGuest(device)
+    reader, writer, req = await established_host_stream(device, guest)
+    window = 16 * 1024
+    blob = os.urandom(256 * 1024)
+    sent = peer_fwd = 0
+    read = bytearray()
+    while len(read) < len(blob):
+        for p in guest.collect():
+            peer_fwd = p.fwd_cnt
+        guest.packets.clear()
+        while sent < len(blob) and sent - peer_fwd < window:
+            n = min(window - (sent - peer_fwd), len(blob) - sent)
+            guest.send(Op.RW, 1234, req.src_port, blob[sent : sent + n])
+            sent += n
+        try:
+            read += await asyncio.wait_for(reader.read(65536), 2)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"stuck: read {len(read)}, sent {sent}, last fwd_cnt {peer_fwd}") from None
+        await asyncio.sleep(0.06)  # let the idle report go out
+    assert bytes(read) == blob
+    writer.close()

@@ -74,6 +74,8 @@ BUF_ALLOC = 256 * 1024
 #: drains (its high-water mark is 0, so asyncio calls resume_writing exactly then):
 #: a guest that has used up its credit always gets an update once its bytes are out.
 CREDIT_UPDATE_THRESHOLD = BUF_ALLOC // 4
+#: A smaller unreported amount is reported anyway after this long without an update.
+CREDIT_IDLE_DELAY = 0.05
 #: Host bytes buffered for the guest before we stop reading the Unix socket.
 PENDING_HIGH = 1 << 20
 PENDING_LOW = 1 << 18
@@ -122,6 +124,7 @@ class Stream(asyncio.Protocol):
         self.guest_shutdown = 0
         self.in_ready = False
         self.timer: asyncio.TimerHandle | None = None
+        self.credit_timer: asyncio.TimerHandle | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -287,6 +290,9 @@ class VsockDevice:
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
+        if stream.credit_timer is not None:
+            stream.credit_timer.cancel()
+            stream.credit_timer = None
         if self.streams.get(stream.key) is stream:
             del self.streams[stream.key]
 
@@ -343,11 +349,22 @@ class VsockDevice:
             stream.shutdown_sent = True
             self.send_control(stream, Op.SHUTDOWN, SHUTDOWN_SEND)
 
-    def maybe_credit_update(self, stream: Stream) -> None:
-        if stream.state is State.ESTABLISHED and not stream.update_queued:
-            if (stream.fwd_cnt() - stream.reported_fwd) & U32 >= CREDIT_UPDATE_THRESHOLD:
-                stream.update_queued = True
-                self.send_control(stream, Op.CREDIT_UPDATE)
+    def maybe_credit_update(self, stream: Stream, force: bool = False) -> None:
+        if stream.state is not State.ESTABLISHED or stream.update_queued:
+            return
+        unreported = (stream.fwd_cnt() - stream.reported_fwd) & U32
+        if unreported >= CREDIT_UPDATE_THRESHOLD or (force and unreported):
+            stream.update_queued = True
+            self.send_control(stream, Op.CREDIT_UPDATE)
+        elif unreported and stream.credit_timer is None:
+            # Below the threshold: if the guest then goes quiet (it may be waiting for
+            # any packet of ours to wake its writer), tell it anyway a moment later.
+            stream.credit_timer = self._loop.call_later(CREDIT_IDLE_DELAY, self._credit_idle, stream)
+
+    def _credit_idle(self, stream: Stream) -> None:
+        stream.credit_timer = None
+        if stream.transport is not None and stream.transport.get_write_buffer_size() == 0:
+            self.maybe_credit_update(stream, force=True)
 
     # --- packets to the guest (rx queue) ---
 
