@@ -10,7 +10,8 @@ Prints one JSON object:
   kernel → initramfs → init0 → init1 → ready derived from them;
 - `requests`: per-request latency (p50/p90/p99, sequential) and requests/s with N in
   flight, through SupervisorClient → backend → guest vsock → init;
-- `body`: MB/s for one POST of a 64 MiB body answered with its sha256.
+- `body`: MB/s for one POST of a 64 MiB body answered with its sha256, and for a
+  64 MiB response (guest → host).
 
 `--init PATH` boots another init program from the same image (kernel `init=PATH`), so
 any init that speaks the protocol can be measured side by side on the same kernel and
@@ -55,7 +56,9 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    answer = hashlib.sha256(body).hexdigest().encode() if body else b"ok"
+    size = scope.get("query_string", b"")
+    size = int(size.split(b"=")[1]) if size.startswith(b"size=") else 0
+    answer = hashlib.sha256(body).hexdigest().encode() if body else (b"x" * size if size else b"ok")
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": answer})
 """
@@ -143,6 +146,11 @@ async def run(args) -> dict:
         body_s = time.perf_counter() - t
         assert answer["body"]["body"] == hashlib.sha256(body).hexdigest().encode(), "body corrupted"
 
+        t = time.perf_counter()
+        answer = await vm.client.http("GET", "/", query_string=f"size={len(body)}", timeout=900)
+        download_s = time.perf_counter() - t
+        assert len(answer["body"]["body"]) == len(body), "download truncated"
+
         t_halt = vm.elapsed()
         await vm.client.halt()
         exited = await vm.wait_exit(60)
@@ -168,7 +176,9 @@ async def run(args) -> dict:
                 "concurrency": args.concurrency,
                 "concurrent_per_s": round(args.requests / concurrent_s, 1),
             },
-            body={"mib": args.body_mib, "seconds": round(body_s, 3), "MB_per_s": round(len(body) / body_s / 1e6, 2)},
+            body={"mib": args.body_mib, "seconds": round(body_s, 3), "MB_per_s": round(len(body) / body_s / 1e6, 2),
+                  "download_seconds": round(download_s, 3),
+                  "download_MB_per_s": round(len(body) / download_s / 1e6, 2)},
             backend=dict(vm.backend.device.stats),
         )
     finally:
