@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+from tests.fake_aleph_api import fake_api  # noqa: F401  (a fixture, shared)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 EXAMPLES = REPOSITORY / "examples"
@@ -147,34 +147,3 @@ def cli_factory(short_dir):
                 os.kill(cli.process.pid, signal.SIGKILL)
 
 
-class FakeAlephAPI:
-    """A local aiohttp server answering a few aleph API routes with the API's JSON shapes."""
-
-    def __init__(self):
-        self.requests: list[str] = []
-        self.app = web.Application()
-        self.app.router.add_get("/api/v0/info/public.json", self.info)
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def info(self, request: web.Request) -> web.Response:
-        self.requests.append(str(request.rel_url))
-        return web.json_response({"node_multi_addresses": [], "node_version": "fake"})
-
-    async def start(self) -> FakeAlephAPI:
-        self.runner = web.AppRunner(self.app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        return self
-
-    async def stop(self) -> None:
-        if self.runner:
-            await self.runner.cleanup()
-
-
-@pytest.fixture
-async def fake_api():
-    api = await FakeAlephAPI().start()
-    yield api
-    await api.stop()

@@ -168,7 +168,7 @@ async def test_api_proxy_external_redis_and_verbose(cli_factory, fake_api, short
         async with aiohttp.ClientSession() as http, http.get(url) as response:
             assert response.status == 200, await response.text()
             assert (await response.json())["node_version"] == "fake"
-        assert fake_api.requests == ["/api/v0/info/public.json"]
+        assert fake_api.requests == [("GET", "/api/v0/info/public.json")]
         assert not (cli.state_dir / "redis").exists()  # no private Redis was started
         await stop_cleanly(cli)
     output = cli.output()

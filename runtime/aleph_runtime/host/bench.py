@@ -27,20 +27,8 @@ from aleph_runtime import protocol
 from aleph_runtime.host.dev_init import DevInit
 from aleph_runtime.host.program import program_config
 
-TRIVIAL_APP = b'''
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    await receive()
-    await send({"type": "http.response.start", "status": 200, "headers": [[b"content-type", b"text/plain"]]})
-    await send({"type": "http.response.body", "body": b"hello"})
-'''
+#: The trivial program measured: the bundled hello example (plain code, with a lifespan).
+TRIVIAL_APP = (Path(__file__).resolve().parents[3] / "examples" / "hello" / "main.py").read_bytes()
 
 #: The bare server: accepts, answers CONNECT, reads one msgpack object, sends a canned answer.
 BASELINE_SERVER = r'''

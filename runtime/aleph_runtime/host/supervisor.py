@@ -124,11 +124,11 @@ class SupervisorClient:
             raise ConfigurationRejected(answer.get("error", ""), answer.get("traceback", ""))
         return answer
 
-    async def run_raw(self, scope: dict, timeout: float = 60) -> bytes:
-        """One call, exactly as the supervisor makes it; the raw answer (b"" when the init said nothing)."""
+    async def _exchange(self, request: bytes, timeout: float) -> bytes:
+        """Write a request with no framing, skip the OK line, read until EOF: a call or a command."""
         reader, writer = await self._open()
         try:
-            writer.write(protocol.connect_line(protocol.INIT_PORT) + protocol.run_request(scope))
+            writer.write(protocol.connect_line(protocol.INIT_PORT) + request)
             await writer.drain()
 
             async def communicate() -> bytes:
@@ -140,6 +140,10 @@ class SupervisorClient:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def run_raw(self, scope: dict, timeout: float = 60) -> bytes:
+        """One call, exactly as the supervisor makes it; the raw answer (b"" when the init said nothing)."""
+        return await self._exchange(protocol.run_request(scope), timeout)
 
     async def run(self, scope: dict, timeout: float = 60) -> dict:
         """One call, its answer unpacked (`headers`/`body`/... or `error`/`traceback`)."""
@@ -171,20 +175,7 @@ class SupervisorClient:
 
     async def command(self, command_line: str, timeout: float = 30) -> bytes:
         """A `!command` debug call; its combined output."""
-        reader, writer = await self._open()
-        try:
-            writer.write(protocol.connect_line(protocol.INIT_PORT) + protocol.COMMAND_PREFIX + command_line.encode())
-            await writer.drain()
-
-            async def communicate() -> bytes:
-                await reader.readline()
-                return await reader.read()
-
-            return await asyncio.wait_for(communicate(), timeout=timeout)
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        return await self._exchange(protocol.COMMAND_PREFIX + command_line.encode(), timeout)
 
     async def halt(self, timeout: float = 5) -> HaltResult:
         """Halt as the supervisor does: `halt`, then the OK, STOP and STOPZ lines, 5 s in all."""
