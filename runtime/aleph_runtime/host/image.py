@@ -108,13 +108,15 @@ def ensure_rootfs(
     force: bool = False,
     rebuild_python: bool = False,
     source_date_epoch: int | None = None,
+    cache: str | os.PathLike | None = None,
     progress: TextIO | None = None,
 ) -> Path:
     """The runtime squashfs (rootfs-build/build-rootfs.sh); returns its path.
 
     With `out`, always builds into that directory (other stages still come from the
     cache unless `rebuild_python`); without, reuses the cached image for these inputs.
-    The manifest is `manifest.json` beside the image (see `read_manifest`).
+    The manifest is `manifest.json` beside the image (see `read_manifest`). `cache`
+    replaces $ALEPH_RUNTIME_CACHE (an empty directory means a cold build).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: one of {PROFILES}")
@@ -129,7 +131,11 @@ def ensure_rootfs(
         args.append("--force")
     if rebuild_python:
         args.append("--rebuild-python")
-    env = {"SOURCE_DATE_EPOCH": str(source_date_epoch)} if source_date_epoch is not None else None
+    env = {}
+    if source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(source_date_epoch)
+    if cache is not None:
+        env["ALEPH_RUNTIME_CACHE"] = str(cache)
     return _run("build-rootfs.sh", args, progress, env) / "rootfs.squashfs"
 
 
