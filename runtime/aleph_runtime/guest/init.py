@@ -79,7 +79,6 @@ class Init:
         self.bridge = None
         self.halted = asyncio.Event()
         self._halt_task: asyncio.Task | None = None
-        self._connections: set[asyncio.Task] = set()
 
     # --- the connection loop ---
 
@@ -91,9 +90,6 @@ class Init:
         await self.halted.wait()
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
         try:
             first = await reader.read(READ_CHUNK)
             if not first:
@@ -115,8 +111,6 @@ class Init:
         except Exception:
             logger.exception("Unexpected error while handling a connection")
         finally:
-            if task is not None:
-                self._connections.discard(task)
             writer.close()
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -262,9 +256,16 @@ class Init:
     # --- calls ---
 
     async def _answer_run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+        try:
+            # Most calls arrive in one read: decode them at once, stream only the big ones.
+            request = protocol.unpack(first)
+        except Exception:
+            request = None
+        else:
+            await self._send(writer, await self.run(request))
+            return
         unpacker = protocol.new_unpacker(max_buffer_size=MAX_REQUEST_BYTES)
         chunk = first
-        request = None
         try:
             while True:
                 unpacker.feed(chunk)

@@ -1,0 +1,360 @@
+"""Boot the runtime image in QEMU, with the vsock device served by our vhost-user backend.
+
+A node boots the runtime squashfs in Firecracker; locally we boot the same image in
+QEMU (TCG works everywhere) and present the same host side, so the supervisor client
+drives both alike:
+
+- the test kernel and initramfs; the image as read-only /dev/vda, the code and volume
+  drives as vdb, vdc, ... in the order given (fixed PCI slots keep that order);
+- vsock: `vhost-user-vsock-pci` on our `VsockBackend` (guest CID 3, the `<uds>` layout);
+  it needs the guest RAM in a shared memfd, the machine's memory backend;
+- network: QEMU user networking (no host privileges, restricted to the VM) on the
+  subnet of the address the config will give the guest, the gateway being QEMU's host
+  address, so the guest's static configuration just works;
+- the serial console captured to a log, each line also stamped with the host's
+  monotonic clock for boot timelines;
+- teardown: `halt` through the protocol, then QEMU exits by itself (the guest reboots
+  with `reboot=k`, and `-no-reboot` turns that into an exit); killed only after a
+  timeout. Sockets are removed and no process survives `stop()`.
+
+    async with QemuVM(kernel, initramfs, rootfs, workdir=d) as vm:   # boots, waits for ready
+        await vm.client.configure(config)
+        await vm.client.http("GET", "/")
+    # halted and gone
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aleph_runtime.host.supervisor import HaltResult, SupervisorClient
+from aleph_runtime.host.vsock_backend import VsockBackend
+
+log = logging.getLogger(__name__)
+
+QEMU_BINARY = "qemu-system-x86_64"
+#: Kernel arguments: the supervisor's (console, reboot=k, panic=1, ro) minus the ones
+#: our test kernel cannot take (`pci=off`: q35's devices are PCI; `nomodule`: its
+#: initramfs loads the drivers as modules).
+BASE_CMDLINE = ("console=ttyS0", "reboot=k", "panic=1", "ro", "root=/dev/vda")
+FIRST_DRIVE_SLOT = 0x10
+VSOCK_SLOT = 0x05
+NET_SLOT = 0x06
+
+
+@dataclass
+class Drive:
+    path: str | os.PathLike
+    read_only: bool = True
+
+
+@dataclass
+class Network:
+    """The guest's addresses as the config gives them; QEMU's user network is built to match."""
+
+    ip: str | None = None
+    """IPv4, with or without a prefix length (the init assumes /24 without one)."""
+    route: str | None = None
+    ipv6: str | None = None
+    """IPv6 with its prefix length."""
+    ipv6_gateway: str | None = None
+
+    def netdev(self, netdev_id: str = "net0") -> str:
+        opts = [f"user,id={netdev_id}", "restrict=on"]
+        if self.ip:
+            iface = ipaddress.ip_interface(self.ip if "/" in self.ip else f"{self.ip}/24")
+            net = iface.network
+            host = ipaddress.ip_address(self.route) if self.route else next(net.hosts())
+            hosts = list(net.hosts()) if net.num_addresses <= 65536 else list(net.hosts())[:1024]
+            # slirp needs a DNS address and a DHCP range inside the subnet, apart from its
+            # host address; we never use them (the init configures the address statically).
+            free = [h for h in hosts if h not in (host, iface.ip)]
+            if len(free) < 2:
+                raise ValueError(f"{net} is too small for QEMU's user network")
+            dns, dhcp = free[-1], free[len(free) // 2 - 1]
+            opts += [f"net={net}", f"host={host}", f"dns={dns}", f"dhcpstart={dhcp}"]
+        if self.ipv6:
+            iface6 = ipaddress.ip_interface(self.ipv6)
+            net6 = iface6.network
+            if net6.prefixlen > 64:  # slirp only routes /64 or shorter
+                net6 = ipaddress.ip_network(f"{iface6.ip}/64", strict=False)
+            host6 = self.ipv6_gateway or str(next(net6.hosts()))
+            opts += [f"ipv6-net={net6}", f"ipv6-host={host6}"]
+        return ",".join(opts)
+
+
+@dataclass
+class ConsoleLine:
+    host_time: float
+    """Seconds since QEMU was started (host monotonic clock)."""
+    text: str
+
+
+@dataclass
+class BootTimes:
+    qemu_started: float = 0.0
+    ready: float | None = None
+    """Seconds from QEMU's start to the ready signal."""
+    exited: float | None = None
+
+
+class QemuVM:
+    """One runtime VM in QEMU, its vsock backend and its console."""
+
+    def __init__(
+        self,
+        kernel: str | os.PathLike,
+        initramfs: str | os.PathLike | None,
+        rootfs: str | os.PathLike,
+        drives: list[Drive] | tuple[Drive, ...] = (),
+        *,
+        memory_mb: int = 512,
+        vcpus: int = 1,
+        network: Network | None = None,
+        init: str | None = None,
+        cmdline: tuple[str, ...] | list[str] = (),
+        workdir: str | os.PathLike | None = None,
+        qemu_binary: str = QEMU_BINARY,
+        console_to: str | os.PathLike | None = None,
+        machine: str = "q35",
+    ):
+        self.kernel = Path(kernel)
+        self.initramfs = Path(initramfs) if initramfs else None
+        self.rootfs = Path(rootfs)
+        self.drives = list(drives)
+        self.memory_mb = memory_mb
+        self.vcpus = vcpus
+        self.network = network
+        self.init = init
+        self.extra_cmdline = list(cmdline)
+        self.qemu_binary = qemu_binary
+        if machine not in ("q35", "microvm"):
+            raise ValueError(f"unknown machine {machine!r} (q35, microvm)")
+        # microvm (virtio-mmio) boots faster with kernels that support it; Debian's 6.1
+        # cloud kernel hangs there on this machine (no timer), hence q35 by default.
+        self.machine = machine
+        self._own_workdir = workdir is None
+        # Unix socket paths are limited to 107 bytes: keep the directory short.
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aleph-vm-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.uds_path = self.workdir / "v.sock"
+        self.vhost_path = self.workdir / "vhost.sock"
+        self.console_log = Path(console_to) if console_to else self.workdir / "console.log"
+        self.backend = VsockBackend(self.vhost_path, self.uds_path)
+        self.client = SupervisorClient(self.uds_path)
+        self.process: asyncio.subprocess.Process | None = None
+        self.console: list[ConsoleLine] = []
+        self.times = BootTimes()
+        self.ready: dict | None = None
+        self._t0 = 0.0
+        self._console_task: asyncio.Task | None = None
+        self._stderr_task: asyncio.Task | None = None
+        self._stderr = bytearray()
+
+    # --- the command line ---
+
+    def kernel_cmdline(self) -> str:
+        args = list(BASE_CMDLINE)
+        if self.init:
+            args.append(f"init={self.init}")
+        args += self.extra_cmdline
+        return " ".join(args)
+
+    def command(self) -> list[str]:
+        mem = f"{self.memory_mb}M"
+        mmio = self.machine == "microvm"
+        machine = "microvm,memory-backend=mem,pit=on,pic=on,rtc=on" if mmio else "q35,memory-backend=mem"
+
+        def device(kind: str, args: str, slot: int) -> str:
+            # virtio-mmio devices have no PCI address; their order is their creation order.
+            return f"{kind}-device,{args}" if mmio else f"{kind}-pci,{args},addr=0x{slot:x}"
+
+        cmd = [
+            self.qemu_binary,
+            "-machine", machine,
+            "-accel", "tcg",
+            "-m", mem,
+            "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+            "-smp", str(self.vcpus),
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-chardev", "stdio,id=console,signal=off",
+            "-serial", "chardev:console",
+            "-kernel", str(self.kernel),
+        ]  # fmt: skip
+        if self.initramfs:
+            cmd += ["-initrd", str(self.initramfs)]
+        cmd += ["-append", self.kernel_cmdline()]
+        for i, drive in enumerate([Drive(self.rootfs, True), *self.drives]):
+            ro = ",readonly=on" if drive.read_only else ""
+            cmd += [
+                "-drive", f"id=vd{i},file={drive.path},format=raw,if=none,cache=unsafe{ro}",
+                "-device", device("virtio-blk", f"drive=vd{i}", FIRST_DRIVE_SLOT + i),
+            ]  # fmt: skip
+        cmd += [
+            "-chardev", f"socket,id=vsock,path={self.vhost_path}",
+            "-device", device("vhost-user-vsock", "chardev=vsock", VSOCK_SLOT),
+        ]  # fmt: skip
+        if self.network is not None:
+            cmd += [
+                "-netdev", self.network.netdev("net0"),
+                "-device", device("virtio-net", "netdev=net0", NET_SLOT),
+            ]  # fmt: skip
+        return cmd
+
+    # --- lifecycle ---
+
+    async def start(self, timeout: float = 120) -> dict:
+        """Start the backend and QEMU; return the init's ready signal."""
+        await self.backend.start()
+        ready = await self.client.ready_signal().start()
+        self._t0 = time.monotonic()
+        self.times.qemu_started = time.time()
+        cmd = self.command()
+        log.debug("starting %s", " ".join(cmd))
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+            self._console_task = asyncio.create_task(self._read_console())
+            self._stderr_task = asyncio.create_task(self._read_stderr())
+            exited = asyncio.create_task(self.process.wait())
+            waiting = asyncio.create_task(ready.wait(timeout))
+            done, _ = await asyncio.wait({exited, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting not in done:
+                waiting.cancel()
+                with contextlib.suppress(BaseException):
+                    await waiting
+                raise RuntimeError(
+                    f"QEMU exited ({self.process.returncode}) before the ready signal: "
+                    f"{self._stderr.decode(errors='replace').strip()}\n{self.console_tail()}"
+                )
+            exited.cancel()
+            try:
+                self.ready = waiting.result()
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no ready signal within {timeout}s\n{self.console_tail()}") from None
+            self.times.ready = time.monotonic() - self._t0
+            return self.ready
+        except BaseException:
+            await ready.close()
+            await self.kill()
+            raise
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    async def _read_console(self) -> None:
+        with open(self.console_log, "ab", buffering=0) as out:
+            while True:
+                line = await self.process.stdout.readline()
+                if not line:
+                    return
+                out.write(line)
+                self.console.append(ConsoleLine(time.monotonic() - self._t0, line.decode(errors="replace").rstrip()))
+
+    async def _read_stderr(self) -> None:
+        while True:
+            chunk = await self.process.stderr.read(4096)
+            if not chunk:
+                return
+            self._stderr += chunk[: 65536 - len(self._stderr)]
+            log.debug("qemu: %s", chunk.decode(errors="replace").rstrip())
+
+    def console_text(self) -> str:
+        return "\n".join(line.text for line in self.console)
+
+    def console_tail(self, lines: int = 30) -> str:
+        return "console:\n" + "\n".join(line.text for line in self.console[-lines:])
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        if self.process is None:
+            return None
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        return self.process.returncode
+
+    async def stop(self, halt_timeout: float = 5, exit_timeout: float = 30) -> HaltResult | None:
+        """Halt as the supervisor does; QEMU must then exit by itself, or it is killed."""
+        result = None
+        if self.process is not None and self.process.returncode is None:
+            result = await self.client.halt(timeout=halt_timeout)
+            if await self.wait_exit(exit_timeout) is None:
+                log.warning("QEMU did not exit %ss after halt: killing it", exit_timeout)
+                await self.kill()
+        self.times.exited = self.elapsed() if self._t0 else None
+        await self._cleanup()
+        return result
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            if await self.wait_exit(5) is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        for task in (self._console_task, self._stderr_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, 5)
+        self._console_task = self._stderr_task = None
+        await self.backend.close()
+        for path in self.workdir.glob("v.sock*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if self._own_workdir:
+            keep = os.environ.get("ALEPH_KEEP_VM_DIR")
+            if not keep:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def __aenter__(self) -> QemuVM:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.stop()
+
+
+def find_images() -> tuple[Path, Path, Path] | None:
+    """(kernel, initramfs, rootfs) from ALEPH_KERNEL/ALEPH_INITRAMFS/ALEPH_ROOTFS, or from
+    the image module's caches when it is there; None when they are not available."""
+    env = [os.environ.get(k) for k in ("ALEPH_KERNEL", "ALEPH_INITRAMFS", "ALEPH_ROOTFS")]
+    if all(env):
+        return Path(env[0]), Path(env[1]), Path(env[2])
+    try:
+        from aleph_runtime.host import image  # built by the rootfs side
+    except ImportError:
+        return None
+    kernel = image.ensure_kernel()
+    rootfs = image.ensure_rootfs()
+    kernel_path, initramfs_path = _kernel_paths(kernel)
+    return kernel_path, initramfs_path, Path(getattr(rootfs, "path", rootfs))
+
+
+def _kernel_paths(kernel) -> tuple[Path, Path]:
+    if isinstance(kernel, (tuple, list)):
+        return Path(kernel[0]), Path(kernel[1])
+    for a, b in (("vmlinuz", "initramfs"), ("kernel", "initramfs")):
+        if hasattr(kernel, a) and hasattr(kernel, b):
+            return Path(getattr(kernel, a)), Path(getattr(kernel, b))
+    directory = Path(kernel)
+    return directory / "vmlinuz", directory / "initramfs.cpio.gz"

@@ -1,0 +1,178 @@
+"""`aleph-runtime run` as a subprocess (`python -m aleph_runtime.host.cli`), with its
+state directory in a short temporary directory, a free loopback port, and a local
+server speaking the aleph API's JSON in place of the network."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+EXAMPLES = REPOSITORY / "examples"
+URL_LINE = re.compile(rb"Program running at (http://127\.0\.0\.1:\d+/)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc's children lists."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+            except FileNotFoundError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    pending.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+class CLI:
+    """One `aleph-runtime run ...` subprocess."""
+
+    def __init__(self, state_dir: Path, args: list[str], log: Path):
+        self.state_dir = state_dir
+        self.args = args
+        self.log_path = log
+        self.process: asyncio.subprocess.Process | None = None
+        self.url: str | None = None
+
+    async def start(self, timeout: float = 120) -> CLI:
+        env = {**os.environ, "PYTHONPATH": str(REPOSITORY / "runtime"), "PYTHONUNBUFFERED": "1"}
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aleph_runtime.host.cli", "run", *self.args,
+            "--state-dir", str(self.state_dir),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=self._log, env=env,
+        )  # fmt: skip
+        return self
+
+    async def wait_url(self, timeout: float = 120) -> str:
+        assert self.process is not None and self.process.stdout is not None
+
+        async def read() -> str:
+            while True:
+                line = await self.process.stdout.readline()
+                if not line:
+                    raise AssertionError(f"the command exited before printing its URL:\n{self.output()}")
+                match = URL_LINE.search(line)
+                if match:
+                    return match.group(1).decode()
+
+        self.url = await asyncio.wait_for(read(), timeout)
+        return self.url
+
+    async def wait(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        try:
+            return await asyncio.wait_for(self.process.wait(), timeout)
+        finally:
+            self._log.close()
+
+    async def interrupt(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        return await self.wait(timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            for child in descendants(self.process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            self.process.kill()
+            await self.process.wait()
+
+
+@pytest.fixture
+def short_dir():
+    """Unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer."""
+    path = Path(tempfile.mkdtemp(prefix="ar-cli-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def cli_factory(short_dir):
+    started: list[CLI] = []
+
+    async def make(*args: str, state: str = "state") -> CLI:
+        cli = CLI(short_dir / state, list(args), short_dir / f"cli{len(started)}.log")
+        started.append(cli)
+        return await cli.start()
+
+    yield make
+    for cli in started:
+        if cli.process is not None and cli.process.returncode is None:
+            for child in descendants(cli.process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(cli.process.pid, signal.SIGKILL)
+
+
+class FakeAlephAPI:
+    """A local aiohttp server answering a few aleph API routes with the API's JSON shapes."""
+
+    def __init__(self):
+        self.requests: list[str] = []
+        self.app = web.Application()
+        self.app.router.add_get("/api/v0/info/public.json", self.info)
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def info(self, request: web.Request) -> web.Response:
+        self.requests.append(str(request.rel_url))
+        return web.json_response({"node_multi_addresses": [], "node_version": "fake"})
+
+    async def start(self) -> FakeAlephAPI:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def fake_api():
+    api = await FakeAlephAPI().start()
+    yield api
+    await api.stop()

@@ -1,0 +1,118 @@
+"""Checks shared by the dev-mode and VM tests of `aleph-runtime run` on the FastAPI example."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import aiohttp
+import redis.asyncio
+
+from .conftest import alive, descendants
+
+
+def sockets_under(path) -> list[str]:
+    found = []
+    for directory, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(directory, name)
+            if stat.S_ISSOCK(os.lstat(full).st_mode):
+                found.append(full)
+    return found
+
+
+async def stop_cleanly(cli) -> None:
+    """SIGINT: exit status 0, no process left (init, Redis), no socket, no run directory."""
+    children = descendants(cli.process.pid)
+    assert children, "the command should have started the init and Redis"
+    status = await cli.interrupt()
+    assert status == 0, cli.output()
+    assert [pid for pid in children if alive(pid)] == []
+    assert sockets_under(cli.state_dir) == []
+    assert list((cli.state_dir / "run").iterdir()) == []
+    assert "stopped" in cli.output()
+
+
+async def check_default_example(cli_factory, mode: str, fake_api, port: int, url_timeout: float = 120) -> None:
+    """The example without PATH: every feature over plain HTTP, Ctrl-C, then a restart."""
+    cli = await cli_factory("--mode", mode, "--port", str(port), "--api-server", fake_api.url)
+    url = await cli.wait_url(url_timeout)
+    assert url == f"http://127.0.0.1:{port}/"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            assert response.status == 200, await response.text()
+            index = await response.json()
+        assert index["message"] == "Hello from aleph-runtime"
+        vm_hash = index["vm_hash"]
+        assert len(vm_hash) == 64 and response.headers["Aleph-Program-ItemHash"] == vm_hash
+
+        # Lifespan: one startup, shared by requests, reached through /vm/<hash>/ too.
+        async with http.get(f"{url}vm/{vm_hash}/lifespan") as response:
+            first = await response.json()
+        async with http.get(f"{url}lifespan") as response:
+            assert await response.json() == first
+        assert first["events"] == ["startup"]
+
+        # The node's cache: a real Redis under the state directory, keys under the VM's hash.
+        async with http.get(f"{url}cache/set/colour/blue") as response:
+            assert await response.json() is True
+        async with http.get(f"{url}cache/get/colour") as response:
+            assert await response.json() == {"key": "colour", "value": "blue"}
+        async with http.get(f"{url}cache/keys") as response:
+            assert await response.json() == ["colour"]
+        client = redis.asyncio.from_url(f"unix://{cli.state_dir}/redis/redis.sock")
+        assert await client.get(f"{vm_hash}:colour") == b"blue"
+        await client.aclose()
+
+        # Signing with the node's key (kept in the state directory), verified by aleph-sdk.
+        async with http.get(f"{url}sign?text=hi") as response:
+            assert response.status == 200, await response.text()
+            signed = await response.json()
+        from aleph.sdk.chains.common import get_verification_buffer
+        from aleph.sdk.chains.ethereum import verify_signature
+
+        assert json.loads(signed["item_content"])["address"] == vm_hash
+        verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
+        assert (cli.state_dir / "signing.key").stat().st_size == 32
+
+        # An exception in the app: a 500 whose body is the traceback; the program keeps serving.
+        async with http.get(f"{url}raise") as response:
+            assert response.status == 500
+            text = await response.text()
+            assert "Traceback" in text and "This error is on purpose" in text
+        async with http.get(f"{url}text") as response:
+            assert await response.text() == "plain text\n"
+
+        # An event, posted as JSON, reaches the program's handler.
+        message = {"item_hash": "ab" * 32, "type": "POST", "content": {"hello": "event"}}
+        async with http.post(f"{url}control/event", json=message) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"handled": True, "item_hash": "ab" * 32, "type": "POST"}
+
+        # The persistent volume's counter.
+        for expected in (1, 2):
+            async with http.get(f"{url}counter") as response:
+                assert await response.json() == {"counter": expected}
+    await stop_cleanly(cli)
+    if mode == "dev":
+        assert (cli.state_dir / "volumes" / "example" / "counter.txt").read_text() == "2"
+    else:
+        assert (cli.state_dir / "volumes" / "example.ext4").is_file()
+
+    # A restart of the command: the counter goes on, the lifespan shutdown ran at halt, the
+    # cache and the signing key are the same.
+    cli = await cli_factory("--mode", mode, "--port", str(port), "--api-server", fake_api.url)
+    url = await cli.wait_url(url_timeout)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}counter") as response:
+            assert await response.json() == {"counter": 3}
+        async with http.get(f"{url}lifespan") as response:
+            assert (await response.json())["events"] == ["startup", "shutdown", "startup"]
+        async with http.get(f"{url}cache/get/colour") as response:
+            assert await response.json() == {"key": "colour", "value": "blue"}
+        async with http.get(f"{url}sign") as response:
+            assert (await response.json())["sender"] == signed["sender"]
+    await stop_cleanly(cli)
+
+

@@ -1,0 +1,206 @@
+"""`aleph-runtime run --mode dev` as a subprocess, exercised with plain HTTP on loopback:
+the bundled FastAPI example (no PATH), then other kinds of PATH, failures and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+
+import aiohttp
+import pytest
+
+from .conftest import EXAMPLES, alive, descendants, free_port
+from .example_checks import check_default_example, sockets_under, stop_cleanly
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+]
+
+
+async def test_default_example_in_dev_mode(cli_factory, fake_api):
+    await check_default_example(cli_factory, "dev", fake_api, free_port())
+
+
+async def test_sigterm_also_halts(cli_factory):
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "hello" / "main.py"))
+    url = await cli.wait_url()
+    async with aiohttp.ClientSession() as http, http.get(f"{url}json") as response:
+        assert (await response.json())["path"] == "/json"
+    children = descendants(cli.process.pid)
+    cli.process.send_signal(signal.SIGTERM)
+    assert await cli.wait() == 0, cli.output()
+    assert [pid for pid in children if alive(pid)] == []
+
+
+async def test_executable_directory(cli_factory):
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "executable"))
+    url = await cli.wait_url()
+    assert "executable run.sh" in cli.output()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}some/where") as response:
+            assert response.status == 200, await response.text()
+            assert await response.text() == "Hello from an executable program! path=/some/where\n"
+    await stop_cleanly(cli)
+
+
+async def test_import_failure_prints_the_traceback_and_exits_non_zero(cli_factory, short_dir):
+    program = short_dir / "broken"
+    program.mkdir()
+    (program / "main.py").write_text("import json\n\ndef helper():\n    raise ValueError('no good')\n\nhelper()\n")
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(program))
+    status = await cli.wait()
+    output = cli.output()
+    assert status == 3, output
+    assert "the program failed to start" in output
+    assert "Traceback" in output and "ValueError: no good" in output
+    assert sockets_under(cli.state_dir) == []
+    assert list((cli.state_dir / "run").iterdir()) == []
+
+
+async def test_usage_errors(cli_factory, short_dir):
+    cli = await cli_factory("--mode", "dev", str(short_dir / "nowhere"))
+    assert await cli.wait() == 2
+    assert "does not exist" in cli.output()
+    empty = short_dir / "empty"
+    empty.mkdir()
+    (empty / "README").write_text("nothing to run\n")
+    cli = await cli_factory("--mode", "dev", str(empty))
+    assert await cli.wait() == 2
+    assert "give --entrypoint" in cli.output()
+    cli = await cli_factory("--mode", "dev", "--volume", "relative=./x", str(EXAMPLES / "hello"))
+    assert await cli.wait() == 2
+    assert "absolute path" in cli.output()
+    cli = await cli_factory("--mode", "dev", "--port", "8080", str(EXAMPLES / "executable"))
+    assert await cli.wait() == 2
+    assert "listens on this machine's 127.0.0.1:8080" in cli.output()
+
+
+async def test_port_in_use(cli_factory):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cli = await cli_factory("--mode", "dev", "--port", str(port), str(EXAMPLES / "hello"))
+        assert await cli.wait() == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in cli.output()
+
+
+LIBRARY_USER = b'''
+import os
+from pathlib import Path
+import shiny  # from the /opt/packages volume
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    data = Path(os.environ["DATA_DIR"]) / "note.txt"
+    body = f"{shiny.VALUE} {data.read_text().strip() if data.exists() else 'none'}".encode()
+    data.write_text(scope["path"])
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+@pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools are not installed")
+async def test_squashfs_code_and_volumes(cli_factory, short_dir):
+    """Squashfs code, an immutable squashfs volume at /opt/packages, a persistent one whose
+    mount point reaches the program through --env (rewritten in dev mode)."""
+    code, lib = short_dir / "code", short_dir / "lib"
+    code.mkdir()
+    lib.mkdir()
+    (code / "main.py").write_bytes(LIBRARY_USER)
+    (lib / "shiny.py").write_text("VALUE = 'shiny'\n")
+    image = short_dir / "code.squashfs"
+    subprocess.run(["mksquashfs", str(code), str(image), "-quiet", "-noappend"], check=True)
+    lib_image = short_dir / "lib.squashfs"
+    subprocess.run(["mksquashfs", str(lib), str(lib_image), "-quiet", "-noappend"], check=True)
+    args = ["--mode", "dev", "--port", "0", "--volume", f"/opt/packages={lib_image}",
+            "--volume", "mount=/var/lib/notes,persistent=notes", "--env", "DATA_DIR=/var/lib/notes", str(image)]
+    cli = await cli_factory(*args)
+    url = await cli.wait_url()
+    assert "squashfs" in cli.output()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}first") as response:
+            assert await response.text() == "shiny none"
+    await stop_cleanly(cli)
+    cli = await cli_factory(*args)
+    url = await cli.wait_url()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}second") as response:
+            assert await response.text() == "shiny /first"
+    await stop_cleanly(cli)
+    assert (cli.state_dir / "volumes" / "notes" / "note.txt").read_text() == "/second"
+
+
+PROXY_USER = b'''
+import os
+import aiohttp
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    connector = aiohttp.UnixConnector(path=os.environ["ALEPH_API_UNIX_SOCKET"])
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(os.environ["ALEPH_API_HOST"] + "/api/v0/info/public.json") as response:
+            status, body = response.status, await response.read()
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+async def test_api_proxy_external_redis_and_verbose(cli_factory, fake_api, short_dir):
+    """--api-server reaches the program through the guest API; --redis-url replaces the
+    private Redis; --verbose streams the init's log."""
+    from aleph_runtime.host.redis_server import RedisServer
+
+    program = short_dir / "proxy_user.py"
+    program.write_bytes(PROXY_USER)
+    async with RedisServer(short_dir / "external-redis", persistent=False) as external:
+        cli = await cli_factory("--mode", "dev", "--port", "0", "--api-server", fake_api.url,
+                                "--redis-url", external.url, "--verbose", str(program))  # fmt: skip
+        url = await cli.wait_url()
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["node_version"] == "fake"
+        assert fake_api.requests == ["/api/v0/info/public.json"]
+        assert not (cli.state_dir / "redis").exists()  # no private Redis was started
+        await stop_cleanly(cli)
+    output = cli.output()
+    assert "Program started" in output  # the init's own log line, streamed
+
+
+async def test_a_dying_init_ends_the_run(cli_factory):
+    """The machine dying on its own (here the init, killed) ends the command with status 1,
+    and Redis and the sockets are cleaned up all the same."""
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "hello" / "main.py"))
+    await cli.wait_url()
+    children = descendants(cli.process.pid)
+    init = [pid for pid in children if b"init1.py" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert len(init) == 1
+    os.kill(init[0], signal.SIGKILL)
+    assert await cli.wait() == 1
+    assert "exited on its own" in cli.output()
+    assert [pid for pid in children if alive(pid)] == []
+    assert sockets_under(cli.state_dir) == []
+
+
+async def test_interrupted_while_starting(cli_factory):
+    """Ctrl-C before the program is up: the start is abandoned, everything is stopped."""
+    import asyncio
+
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "fastapi_app"))
+    for _ in range(600):
+        if "starting the init" in cli.output():
+            break
+        await asyncio.sleep(0.05)
+    children = descendants(cli.process.pid)
+    assert await cli.interrupt() == 0, cli.output()
+    assert [pid for pid in children | descendants(cli.process.pid) if alive(pid)] == []
+    assert sockets_under(cli.state_dir) == []
+    assert list((cli.state_dir / "run").iterdir()) == []

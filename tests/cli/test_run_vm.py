@@ -1,0 +1,84 @@
+"""`aleph-runtime run` in its default mode: the runtime image booted in QEMU (TCG), the
+example's code as a zip, its persistent volume an ext4 drive in the state directory.
+Needs host/qemu.py, qemu-system-x86_64 and the image and kernel (built through their
+caches, or ALEPH_KERNEL/ALEPH_INITRAMFS/ALEPH_ROOTFS); skipped without them."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .conftest import EXAMPLES, free_port
+from .example_checks import check_default_example, stop_cleanly
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("aleph_runtime.host.qemu") is None, reason="host/qemu.py is not in this checkout"
+    ),
+]
+
+BOOT_TIMEOUT = 600  # TCG on a loaded machine: generous, never asserted
+
+
+@pytest.fixture(scope="module")
+def images():
+    from aleph_runtime.host.qemu import find_images
+
+    try:
+        found = find_images()
+    except Exception as error:  # a failed build is reported by the image tests
+        pytest.skip(f"runtime image or test kernel unavailable: {error}")
+    if found is None or not all(Path(p).exists() for p in found):
+        pytest.skip("runtime image or test kernel unavailable")
+    return found
+
+
+async def test_default_example_in_a_vm(images, cli_factory, fake_api):
+    await check_default_example(cli_factory, "vm", fake_api, free_port(), url_timeout=BOOT_TIMEOUT)
+
+
+async def test_executable_and_import_failure_in_a_vm(images, cli_factory, short_dir):
+    cli = await cli_factory("--port", "0", str(EXAMPLES / "executable"))
+    url = await cli.wait_url(BOOT_TIMEOUT)
+    async with aiohttp.ClientSession() as http, http.get(f"{url}in/the/vm") as response:
+        assert response.status == 200, await response.text()
+        assert await response.text() == "Hello from an executable program! path=/in/the/vm\n"
+    await stop_cleanly(cli)
+
+    broken = short_dir / "broken.py"
+    broken.write_text("raise ImportError('missing piece')\napp = None\n")
+    cli = await cli_factory("--port", "0", str(broken))
+    assert await cli.wait(BOOT_TIMEOUT) == 3, cli.output()
+    assert "ImportError: missing piece" in cli.output()
+    assert list((cli.state_dir / "run").iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools are not installed")
+async def test_squashfs_code_and_volumes_in_a_vm(images, cli_factory, short_dir):
+    """A directory sent as squashfs code (the code drive), a directory volume packed on the
+    fly at /opt/packages, a persistent volume whose mount point the program gets by --env."""
+    from .test_run_dev import LIBRARY_USER
+
+    code, lib = short_dir / "code", short_dir / "lib"
+    code.mkdir()
+    lib.mkdir()
+    (code / "main.py").write_bytes(LIBRARY_USER)
+    (lib / "shiny.py").write_text("VALUE = 'shiny'\n")
+    cli = await cli_factory("--port", "0", "--encoding", "squashfs", "--volume", f"/opt/packages={lib}",
+                            "--volume", "mount=/var/lib/notes,persistent=notes,size=32M",
+                            "--env", "DATA_DIR=/var/lib/notes", str(code))  # fmt: skip
+    url = await cli.wait_url(BOOT_TIMEOUT)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}first") as response:
+            assert await response.text() == "shiny none", cli.output()
+        async with http.get(f"{url}second") as response:
+            assert await response.text() == "shiny /first"
+    await stop_cleanly(cli)
+    assert (cli.state_dir / "volumes" / "notes.ext4").stat().st_size == 32 << 20

@@ -1,0 +1,72 @@
+"""The QEMU command line built for a VM: drive order, shared memory, vsock, a network matching the config."""
+
+from __future__ import annotations
+
+import pytest
+
+from aleph_runtime.host.qemu import Drive, Network, QemuVM
+
+
+def vm(tmp_path, **kwargs) -> QemuVM:
+    return QemuVM("/k/vmlinuz", "/k/initramfs.cpio.gz", "/img/rootfs.squashfs", workdir=tmp_path, **kwargs)
+
+
+def test_memory_is_a_shared_memfd_backing_the_machine(tmp_path):
+    cmd = " ".join(vm(tmp_path, memory_mb=768, vcpus=2).command())
+    assert "-machine q35,memory-backend=mem" in cmd
+    assert "memory-backend-memfd,id=mem,size=768M,share=on" in cmd
+    assert "-m 768M" in cmd and "-smp 2" in cmd
+    assert "-no-reboot" in cmd
+
+
+def test_drives_follow_the_root_in_order_with_increasing_pci_slots(tmp_path):
+    cmd = vm(tmp_path, drives=[Drive("/code.squashfs"), Drive("/data.ext4", read_only=False)]).command()
+    drives = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "-drive"]
+    assert drives[0].startswith("id=vd0,file=/img/rootfs.squashfs") and "readonly=on" in drives[0]
+    assert drives[1].startswith("id=vd1,file=/code.squashfs") and "readonly=on" in drives[1]
+    assert drives[2].startswith("id=vd2,file=/data.ext4") and "readonly" not in drives[2]
+    devices = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "-device" and "virtio-blk" in cmd[i + 1]]
+    slots = [int(d.rsplit("addr=", 1)[1], 16) for d in devices]
+    assert slots == sorted(slots) and len(set(slots)) == 3
+
+
+def test_vsock_device_uses_the_backend_socket(tmp_path):
+    machine = vm(tmp_path)
+    cmd = " ".join(machine.command())
+    assert f"socket,id=vsock,path={machine.vhost_path}" in cmd
+    assert "vhost-user-vsock-pci,chardev=vsock" in cmd
+    assert machine.uds_path == tmp_path / "v.sock"
+
+
+def test_kernel_cmdline_and_another_init(tmp_path):
+    line = vm(tmp_path, init="/opt/other/init", cmdline=["quiet"]).kernel_cmdline()
+    for arg in ("console=ttyS0", "reboot=k", "panic=1", "ro", "root=/dev/vda", "init=/opt/other/init", "quiet"):
+        assert arg in line.split()
+
+
+@pytest.mark.parametrize(
+    "network, expected",
+    [
+        (Network(ip="172.16.7.2", route="172.16.7.1"), ["net=172.16.7.0/24", "host=172.16.7.1"]),
+        (Network(ip="10.1.2.66/26", route="10.1.2.65"), ["net=10.1.2.64/26", "host=10.1.2.65"]),
+        (Network(ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1"),
+         ["ipv6-net=fc00:1:2:3::/64", "ipv6-host=fc00:1:2:3::1"]),
+        (Network(ipv6="fc00:1:2:3:4::2/80"), ["ipv6-net=fc00:1:2:3::/64"]),
+    ],
+)
+def test_user_network_matches_the_config(network, expected):
+    netdev = network.netdev().split(",")
+    assert "restrict=on" in netdev
+    for item in expected:
+        assert item in netdev
+    values = {kv.split("=")[0]: kv.split("=")[1] for kv in netdev if "=" in kv}
+    if "host" in values:
+        assert len({values["host"], values["dns"], values["dhcpstart"], (network.ip or "").split("/")[0]}) == 4
+
+
+def test_microvm_uses_mmio_devices(tmp_path):
+    cmd = " ".join(vm(tmp_path, machine="microvm", network=Network(ip="10.0.0.2")).command())
+    assert "microvm,memory-backend=mem,pit=on,pic=on,rtc=on" in cmd
+    assert "vhost-user-vsock-device,chardev=vsock" in cmd
+    assert "virtio-blk-device,drive=vd0" in cmd and "virtio-net-device,netdev=net0" in cmd
+    assert "-pci" not in cmd
