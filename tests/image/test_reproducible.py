@@ -47,3 +47,21 @@ def test_two_builds_are_bit_identical(rootfs: Path, tmp_path_factory):
     finally:
         for d in [*dirs, *([cold] if cold else [])]:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def test_update_init_repacks_quickly_and_identically(rootfs: Path, tmp_path_factory):
+    """The fast path (update-init.sh: reuse the finished tree, replace the init files)
+    gives the same bytes as a full build from the stages, in seconds with zstd -3."""
+    import time
+
+    full_dir = tmp_path_factory.mktemp("full")
+    try:
+        full = image.ensure_rootfs("lean", "zstd", level=3, out=full_dir)
+        start = time.monotonic()
+        quick = image.update_init("lean", "zstd", level=3, force=True)
+        elapsed = time.monotonic() - start
+        assert sha256(quick) == sha256(full)
+        print(f"\nupdate-init (zstd -3) took {elapsed:.1f} s")
+        assert elapsed < 60
+    finally:
+        shutil.rmtree(full_dir, ignore_errors=True)

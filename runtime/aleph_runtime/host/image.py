@@ -140,13 +140,20 @@ def ensure_rootfs(
 
 
 def update_init(
-    profile: str = "lean", compression: str = "gzip", *, level: int | None = None, progress: TextIO | None = None
+    profile: str = "lean",
+    compression: str = "gzip",
+    *,
+    level: int | None = None,
+    force: bool = False,
+    progress: TextIO | None = None,
 ) -> Path:
     """Re-pack the image with the current init and aleph_runtime only (fast path: the
     last finished tree of the profile is reused; zstd level 3 packs it in seconds)."""
     args = ["--profile", profile, "--compression", compression]
     if level is not None:
         args += ["--level", str(level)]
+    if force:
+        args.append("--force")
     return _run("update-init.sh", args, progress, None) / "rootfs.squashfs"
 
 
