@@ -35,10 +35,12 @@ kver=$(apt_version "$kpkg")
 bbver=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null) || die "busybox-static is not installed"
 [ -x /bin/busybox ] || die "/bin/busybox missing (busybox-static)"
 
+# The initramfs's timestamps: the last commit of its own inputs.
+epoch=$(source_date_epoch rootfs-build/build-test-kernel.sh rootfs-build/initramfs-init.sh)
 # (Not common.sh: its helpers do not change what is built, and the kernel path should
 # stay put while the image's scripts evolve.)
 key=$( { cat "$BUILD_DIR/build-test-kernel.sh" "$BUILD_DIR/initramfs-init.sh"
-         echo "$kpkg $kver busybox $bbver $MODULES"; } | short_hash)
+         echo "$kpkg $kver busybox $bbver $MODULES $epoch"; } | short_hash)
 if [ -z "$out" ]; then
   out=$CACHE_DIR/kernel/$key
   if [ -z "$force" ] && [ -f "$out/.complete" ]; then
@@ -105,7 +107,6 @@ done
 echo "modules:" $(cat "$root/lib/modules/load-order") >&2
 
 # Reproducible archive: fixed mtimes, sorted names, owner root, no inode numbers.
-epoch=$(source_date_epoch rootfs-build/build-test-kernel.sh rootfs-build/initramfs-init.sh)
 find "$root" -exec touch -h -d "@$epoch" {} +
 (cd "$root" && find . -print0 | LC_ALL=C sort -z |
   cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) | gzip -9n >initramfs.cpio.gz

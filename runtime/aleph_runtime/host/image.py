@@ -108,13 +108,15 @@ def ensure_rootfs(
     force: bool = False,
     rebuild_python: bool = False,
     source_date_epoch: int | None = None,
+    cache: str | os.PathLike | None = None,
     progress: TextIO | None = None,
 ) -> Path:
     """The runtime squashfs (rootfs-build/build-rootfs.sh); returns its path.
 
     With `out`, always builds into that directory (other stages still come from the
     cache unless `rebuild_python`); without, reuses the cached image for these inputs.
-    The manifest is `manifest.json` beside the image (see `read_manifest`).
+    The manifest is `manifest.json` beside the image (see `read_manifest`). `cache`
+    replaces $ALEPH_RUNTIME_CACHE (an empty directory means a cold build).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: one of {PROFILES}")
@@ -129,18 +131,29 @@ def ensure_rootfs(
         args.append("--force")
     if rebuild_python:
         args.append("--rebuild-python")
-    env = {"SOURCE_DATE_EPOCH": str(source_date_epoch)} if source_date_epoch is not None else None
+    env = {}
+    if source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(source_date_epoch)
+    if cache is not None:
+        env["ALEPH_RUNTIME_CACHE"] = str(cache)
     return _run("build-rootfs.sh", args, progress, env) / "rootfs.squashfs"
 
 
 def update_init(
-    profile: str = "lean", compression: str = "gzip", *, level: int | None = None, progress: TextIO | None = None
+    profile: str = "lean",
+    compression: str = "gzip",
+    *,
+    level: int | None = None,
+    force: bool = False,
+    progress: TextIO | None = None,
 ) -> Path:
     """Re-pack the image with the current init and aleph_runtime only (fast path: the
     last finished tree of the profile is reused; zstd level 3 packs it in seconds)."""
     args = ["--profile", profile, "--compression", compression]
     if level is not None:
         args += ["--level", str(level)]
+    if force:
+        args.append("--force")
     return _run("update-init.sh", args, progress, None) / "rootfs.squashfs"
 
 
