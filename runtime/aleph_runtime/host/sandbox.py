@@ -303,9 +303,12 @@ class Sandbox:
 def read_from_image(image: str | os.PathLike, path: str, fstype: str | None = None) -> bytes:
     """A file's content from a filesystem image, mounted read-only in a throwaway mount
     namespace (nothing stays mounted on the machine)."""
-    script = 'set -e; d=$(mktemp -d); mount -o ro "$1" "$d"; cat "$d$2"'
-    if fstype:
-        script = f'set -e; d=$(mktemp -d); mount -t {shlex.quote(fstype)} -o ro "$1" "$d"; cat "$d$2"'
+    # The mount dies with the namespace; the mount point is ours to remove.
+    fstype_option = f"-t {shlex.quote(fstype)} " if fstype else ""
+    script = (
+        'd=$(mktemp -d) || exit 1; trap \'umount "$d" 2>/dev/null; rmdir "$d"\' EXIT; '
+        f'mount {fstype_option}-o ro "$1" "$d" && cat "$d$2"'
+    )
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", os.fspath(image), path],
         capture_output=True,
