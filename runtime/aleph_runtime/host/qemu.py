@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aleph_runtime.host.children import die_with_parent
 from aleph_runtime.host.supervisor import HaltResult, SupervisorClient
 from aleph_runtime.host.vsock_backend import VsockBackend
 
@@ -230,7 +231,7 @@ class QemuVM:
                 # Its own session: a terminal's Ctrl-C reaches us, and we halt it properly;
                 # but if we die without doing so, the kernel takes QEMU down with us.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
             self._console_task = asyncio.create_task(self._read_console())
             self._stderr_task = asyncio.create_task(self._read_stderr())
@@ -335,14 +336,6 @@ class QemuVM:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.stop()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def find_images() -> tuple[Path, Path, Path] | None:

@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
+from aleph_runtime.host.children import die_with_parent
 
 
 class RedisServerError(RuntimeError):
     """redis-server is missing, or did not start."""
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class RedisServer:
@@ -86,7 +79,7 @@ class RedisServer:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(signal.SIGTERM),  # SIGTERM: Redis saves first
             # Its own session: a terminal's Ctrl-C must reach only the tool, which stops
             # Redis after the program has halted (its shutdown may still use the cache).
             start_new_session=True,
