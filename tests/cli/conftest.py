@@ -8,11 +8,9 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -118,14 +116,6 @@ class CLI:
                     os.kill(child, signal.SIGKILL)
             self.process.kill()
             await self.process.wait()
-
-
-@pytest.fixture
-def short_dir():
-    """Unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer."""
-    path = Path(tempfile.mkdtemp(prefix="ar-cli-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -21,14 +21,6 @@ VM_HASH = "cafe" * 16
 
 
 @pytest.fixture
-def short_dir():
-    """A short directory: Unix socket paths are limited to 107 bytes, pytest's tmp_path can be longer."""
-    path = Path(tempfile.mkdtemp(prefix="ar-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def redis_server(short_dir):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
