@@ -20,14 +20,17 @@ if ! stamp_ok apt "$packages"; then
   stamp_set apt "$packages"
 fi
 
-venv_inputs="$(cat requirements-dev.txt pyproject.toml scripts/setup.sh)"
-if ! stamp_ok venv "$venv_inputs" || [ ! -x "$VENV/bin/python" ]; then
+# Keyed by the venv's path too: checkouts side by side (worktrees) keep one venv each
+# (ALEPH_RUNTIME_VENV), and one's stamp must not vouch for another's packages.
+venv_inputs="$VENV $(cat requirements-dev.txt pyproject.toml scripts/setup.sh)"
+venv_stamp="venv.$(printf '%s' "$VENV" | sha256sum | cut -c1-8)"
+if ! stamp_ok "$venv_stamp" "$venv_inputs" || [ ! -x "$VENV/bin/python" ]; then
   step "venv: installing Python packages into $VENV"
   rm -rf "$VENV"
   /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
   "$VENV/bin/pip" install -q -r requirements-dev.txt
-  stamp_set venv "$venv_inputs"
+  stamp_set "$venv_stamp" "$venv_inputs"
 fi
 # Editable, so the console script follows this checkout wherever it is cloned.
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . >/dev/null
