@@ -87,7 +87,7 @@ def test_node_kernel_boots_as_a_node_does(tmp_path):
     line = cmd[cmd.index("-append") + 1].split()
     assert line[: len(NODE_BOOT_ARGS)] == list(NODE_BOOT_ARGS)
     assert NODE_BOOT_ARGS[:6] == ("console=ttyS0", "reboot=k", "panic=1", "pci=off", "ro", "nomodule")
-    assert line[len(NODE_BOOT_ARGS) :] == ["root=/dev/vda", "noapic"]
+    assert line[len(NODE_BOOT_ARGS) :] == ["root=/dev/vda"]
 
 
 def test_debian_kernel_gets_neither_pci_off_nor_nomodule(tmp_path):
