@@ -26,12 +26,10 @@ from pathlib import Path
 from aleph_runtime import __version__, protocol
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.code import Paths
+from aleph_runtime.guest.settings import Settings
 
 logger = logging.getLogger("aleph_runtime.init")
 
-#: A run request larger than this is answered with an error (the body rides in it).
-MAX_REQUEST_BYTES = int(os.environ.get("ALEPH_MAX_REQUEST_BYTES", 256 * 2**20))
-LIFESPAN_STARTUP_TIMEOUT = float(os.environ.get("ALEPH_LIFESPAN_STARTUP_TIMEOUT", 50))
 #: How long the program gets to stop at halt (lifespan shutdown, or SIGTERM before
 #: SIGKILL): the supervisor gives the whole halt 5 s, and the volumes come after it.
 STOP_GRACE = 2.5
@@ -67,10 +65,11 @@ class AsgiProgram:
 
 
 class Init:
-    def __init__(self, transport, paths: Paths, system: bool):
+    def __init__(self, transport, paths: Paths, system: bool, settings: Settings | None = None):
         self.transport = transport
         self.paths = paths
         self.system = system
+        self.settings = settings or Settings()
         self.state = InitState.WAITING_CONFIG
         self.config: Config | None = None
         self.program = None
@@ -136,8 +135,8 @@ class Init:
             raise protocol.ProtocolError(f"config length line is not a number: {length_text!r}")
         length = int(length_text)
         payload = buffer[newline + 1 :]
-        if length > MAX_REQUEST_BYTES:
-            await self._send(writer, protocol.config_failure(f"the configuration is larger than {MAX_REQUEST_BYTES} bytes"))
+        if length > self.settings.max_request_bytes:
+            await self._send(writer, protocol.config_failure(f"the configuration is larger than {self.settings.max_request_bytes} bytes"))
             return
         if len(payload) < length:
             payload += await reader.readexactly(length - len(payload))
@@ -191,7 +190,7 @@ class Init:
         if config.input_data:
             from aleph_runtime.guest.data import unpack_input_data
 
-            unpack_input_data(config.input_data, str(self.paths.data))
+            unpack_input_data(config.input_data, str(self.paths.data), self.settings.max_unpacked_bytes)
         if self.system and config.authorized_keys:
             from aleph_runtime.guest.ssh import setup_ssh
 
@@ -199,7 +198,7 @@ class Init:
 
         from aleph_runtime.guest.code import unpack_code
 
-        code_directory = unpack_code(config, self.paths)
+        code_directory = unpack_code(config, self.paths, self.settings.max_unpacked_bytes)
         if config.interface is Interface.ASGI:
             self.program = await self._start_asgi(config, code_directory)
         else:
@@ -229,7 +228,7 @@ class Init:
         app = load_asgi_app(config, self.paths, code_directory)
         lifespan = Lifespan(app)
         try:
-            await lifespan.startup(LIFESPAN_STARTUP_TIMEOUT)
+            await lifespan.startup(self.settings.lifespan_startup_timeout)
         except RuntimeError as error:
             raise ConfigError(str(error)) from None
         return AsgiProgram(app, lifespan, self._data_export())
@@ -264,7 +263,7 @@ class Init:
         else:
             await self._send(writer, await self.run(request))
             return
-        unpacker = protocol.new_unpacker(max_buffer_size=MAX_REQUEST_BYTES)
+        unpacker = protocol.new_unpacker(max_buffer_size=self.settings.max_request_bytes)
         chunk = first
         try:
             while True:
@@ -279,7 +278,7 @@ class Init:
         except Exception as error:  # msgpack's BufferFull, FormatError, StackError...
             oversized = type(error).__name__ == "BufferFull"
             if oversized:
-                message = f"the request is larger than {MAX_REQUEST_BYTES} bytes"
+                message = f"the request is larger than {self.settings.max_request_bytes} bytes"
             else:
                 message = f"malformed run request: {type(error).__name__}: {error}"
             logger.warning("Refused a call: %s", message)
