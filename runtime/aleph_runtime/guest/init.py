@@ -33,7 +33,6 @@ logger = logging.getLogger("aleph_runtime.init")
 #: How long the program gets to stop at halt (lifespan shutdown, or SIGTERM before
 #: SIGKILL): the supervisor gives the whole halt 5 s, and the volumes come after it.
 STOP_GRACE = 2.5
-READ_CHUNK = 1 << 20
 
 
 class InitState(enum.Enum):
@@ -90,7 +89,7 @@ class Init:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            first = await reader.read(READ_CHUNK)
+            first = await reader.read(protocol.READ_CHUNK)
             if not first:
                 return
             kind = protocol.classify_request(first[0])
@@ -120,28 +119,12 @@ class Init:
     # --- configuration ---
 
     async def _answer_config(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        newline = first.find(b"\n")
-        buffer = bytearray(first)
-        while newline < 0:
-            if len(buffer) > 20:
-                raise protocol.ProtocolError(f"config length line too long: {bytes(buffer[:20])!r}")
-            more = await reader.read(READ_CHUNK)
-            if not more:
-                raise asyncio.IncompleteReadError(bytes(buffer), None)
-            buffer += more
-            newline = buffer.find(b"\n")
-        length_text = bytes(buffer[:newline])
-        if not length_text.isdigit() or len(length_text) > 12:
-            raise protocol.ProtocolError(f"config length line is not a number: {length_text!r}")
-        length = int(length_text)
-        payload = buffer[newline + 1 :]
-        if length > self.settings.max_request_bytes:
-            await self._send(writer, protocol.config_failure(f"the configuration is larger than {self.settings.max_request_bytes} bytes"))
+        try:
+            payload = await protocol.read_config(reader, first, self.settings.max_request_bytes)
+        except protocol.RequestTooLarge as error:
+            await self._send(writer, protocol.config_failure(str(error)))
             return
-        if len(payload) < length:
-            payload += await reader.readexactly(length - len(payload))
-        answer = await self.configure(bytes(payload[:length]))
-        await self._send(writer, answer)
+        await self._send(writer, await self.configure(payload))
 
     async def configure(self, payload: bytes) -> bytes:
         if self.state is not InitState.WAITING_CONFIG:
@@ -256,34 +239,11 @@ class Init:
 
     async def _answer_run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
         try:
-            # Most calls arrive in one read: decode them at once, stream only the big ones.
-            request = protocol.unpack(first)
-        except Exception:
-            request = None
-        else:
-            await self._send(writer, await self.run(request))
-            return
-        unpacker = protocol.new_unpacker(max_buffer_size=self.settings.max_request_bytes)
-        chunk = first
-        try:
-            while True:
-                unpacker.feed(chunk)
-                for request in unpacker:
-                    break
-                if request is not None:
-                    break
-                chunk = await reader.read(READ_CHUNK)
-                if not chunk:
-                    raise protocol.ProtocolError("the connection closed before a complete run request arrived")
-        except Exception as error:  # msgpack's BufferFull, FormatError, StackError...
-            oversized = type(error).__name__ == "BufferFull"
-            if oversized:
-                message = f"the request is larger than {self.settings.max_request_bytes} bytes"
-            else:
-                message = f"malformed run request: {type(error).__name__}: {error}"
-            logger.warning("Refused a call: %s", message)
-            await self._send(writer, protocol.error_answer(message, ""))
-            if oversized:
+            request = await protocol.read_run_request(reader, first, self.settings.max_request_bytes)
+        except protocol.ProtocolError as error:
+            logger.warning("Refused a call: %s", error)
+            await self._send(writer, protocol.error_answer(str(error), ""))
+            if isinstance(error, protocol.RequestTooLarge):
                 await self._discard_rest(reader, writer)
             return
         await self._send(writer, await self.run(request))
@@ -299,7 +259,7 @@ class Init:
                 writer.write_eof()
         with contextlib.suppress(OSError, asyncio.TimeoutError):
             async with asyncio.timeout(60):
-                while await reader.read(READ_CHUNK):
+                while await reader.read(protocol.READ_CHUNK):
                     pass
 
     async def run(self, request: object) -> bytes:
@@ -335,14 +295,7 @@ class Init:
     # --- halt ---
 
     async def _answer_halt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        received = bytearray(first)
-        while len(received) < len(protocol.HALT) and protocol.HALT.startswith(bytes(received)):
-            more = await reader.read(len(protocol.HALT) - len(received))
-            if not more:
-                break
-            received += more
-        if not bytes(received).startswith(protocol.HALT):
-            raise protocol.ProtocolError(f"unknown request {bytes(received[:16])!r}")
+        await protocol.read_halt(reader, first)
         logger.info("Halt requested by the host")
         await self.halt(writer)
 
