@@ -68,6 +68,23 @@ def framework_packages() -> Path:
     return target
 
 
+def framework_packages_image() -> Path:
+    """The packages directory as a squashfs image (a VM's volume), packed once beside it."""
+    from aleph_runtime.host.program import squashfs_directory
+
+    packages = framework_packages()
+    image = packages.with_name(f"{packages.name}.squashfs")
+    if image.is_file():
+        return image
+    with open(packages.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not image.is_file():
+            partial = image.with_name(f"{image.name}.partial")
+            squashfs_directory(packages, partial)
+            os.rename(partial, image)
+    return image
+
+
 @dataclass(frozen=True)
 class Call:
     method: str
@@ -85,7 +102,9 @@ CALLS = [
     Call("GET", "/cookies", headers={"Cookie": "first=1; second=two"}),
     Call("GET", "/headers", headers={"X-Test": "hello world"}),
     Call("GET", "/state"),
-    Call("GET", "/big", headers={"Accept-Encoding": "gzip, deflate"}),  # Starlette's GZipMiddleware compresses it
+    Call(
+        "GET", "/big", headers={"Accept-Encoding": "gzip, deflate"}
+    ),  # Starlette's GZipMiddleware compresses it
 ]
 EXTRA_CALLS = {"starlette": [Call("GET", "/events")]}  # sse-starlette: a stream, whole on a node
 
@@ -115,7 +134,9 @@ async def uvicorn(framework: str, packages: Path, log: Path):
     try:
         for _ in range(600):
             if process.returncode is not None:
-                raise AssertionError(f"uvicorn exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+                raise AssertionError(
+                    f"uvicorn exited with {process.returncode}:\n{log.read_text(errors='replace')}"
+                )
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
@@ -144,11 +165,19 @@ async def compare(framework: str, runtime_url: str, uvicorn_url: str) -> None:
         for call in calls_for(framework):
             expected = await answer(http, uvicorn_url, call)
             if expected[0] != 200:
-                pytest.fail(f"{framework} under uvicorn: {call.method} {call.target} -> {expected!r:.1000}", pytrace=False)
+                pytest.fail(
+                    f"{framework} under uvicorn: {call.method} {call.target} -> {expected!r:.1000}",
+                    pytrace=False,
+                )
             got = await answer(http, runtime_url, call)
             if got != expected:
-                differences.append(f"{call.method} {call.target}:\n  uvicorn:       {expected!r:.400}\n  aleph-runtime: {got!r:.400}")
+                differences.append(
+                    f"{call.method} {call.target}:\n  uvicorn:       {expected!r:.400}\n  aleph-runtime: {got!r:.400}"
+                )
     if differences:
         # No Python traceback: these frames are not the news, and formatting them trips
         # a CPython 3.11 bug in ast.parse under pytest ("AST constructor recursion depth mismatch").
-        pytest.fail(f"{framework}: aleph-runtime answers differently from uvicorn:\n" + "\n".join(differences), pytrace=False)
+        pytest.fail(
+            f"{framework}: aleph-runtime answers differently from uvicorn:\n" + "\n".join(differences),
+            pytrace=False,
+        )

@@ -47,7 +47,9 @@ def test_query_string_of_the_issues_request():
     assert query_bytes(decoded) == b"u=%C3%BC&e=%E2%82%AC&amp=a%26b&plus=a%20b"
 
 
-@pytest.mark.parametrize("value", [None, 42, "", "\udc80", "\x00\x7f\n", "%", "%%%", "a=%E2%82", b"raw=%FF+x"])
+@pytest.mark.parametrize(
+    "value", [None, 42, "", "\udc80", "\x00\x7f\n", "%", "%%%", "a=%E2%82", b"raw=%FF+x"]
+)
 def test_query_string_never_raises(value):
     result = query_bytes(value)
     assert isinstance(result, bytes)
@@ -59,7 +61,15 @@ def test_query_string_never_raises(value):
 
 @pytest.mark.parametrize(
     "target",
-    ["/w%C3%B6rld%20x", "/a%2Fb", "/100%25/x", "/%E2%82%AC?x=1", "/%3F%23%60%7B%7D", "/plain/path+x;y=z", "/"],
+    [
+        "/w%C3%B6rld%20x",
+        "/a%2Fb",
+        "/100%25/x",
+        "/%E2%82%AC?x=1",
+        "/%3F%23%60%7B%7D",
+        "/plain/path+x;y=z",
+        "/",
+    ],
 )
 def test_raw_path_is_the_encoded_decoded_path(target):
     path = URL(target, encoded=True).path  # the supervisor's decoded path
@@ -77,12 +87,20 @@ def test_raw_path_of_a_utf8_path():
 
 def test_headers_are_tuples_of_bytes_with_accept_encoding_identity():
     sent = protocol.http_scope(
-        "GET", "/", "", [(b"Content-Type", b"text/plain"), (b"accept-encoding", b"gzip, br"), (b"cookie", b"a=1; b=2")], b""
+        "GET",
+        "/",
+        "",
+        [(b"Content-Type", b"text/plain"), (b"accept-encoding", b"gzip, br"), (b"cookie", b"a=1; b=2")],
+        b"",
     )
     raw = protocol.unpack(protocol.pack(sent))  # msgpack turns the pairs into lists
     assert all(isinstance(pair, list) for pair in raw["headers"])
     scope, _ = http_scope(raw)
-    assert scope["headers"] == [(b"content-type", b"text/plain"), (b"accept-encoding", b"identity"), (b"cookie", b"a=1; b=2")]
+    assert scope["headers"] == [
+        (b"content-type", b"text/plain"),
+        (b"accept-encoding", b"identity"),
+        (b"cookie", b"a=1; b=2"),
+    ]
     assert all(type(pair) is tuple for pair in scope["headers"])
 
 

@@ -75,7 +75,9 @@ def test_application_when_app_is_absent(program):
 
 
 def test_app_wins_over_application(program):
-    app = program("async def app(scope, receive, send):\n    pass\n\nasync def application(scope, receive, send):\n    pass\n")
+    app = program(
+        "async def app(scope, receive, send):\n    pass\n\nasync def application(scope, receive, send):\n    pass\n"
+    )
     assert app.__name__ == "app"
 
 
@@ -106,7 +108,10 @@ def test_an_import_of_a_newer_standard_library_names_the_python_version(program)
         program("from inspect import no_such_function_in_any_python\n")
     message = str(caught.value)
     assert "ImportError: cannot import name 'no_such_function_in_any_python' from 'inspect'" in message
-    assert f"the runtime runs Python {platform.python_version()}; this package may need a newer Python" in message
+    assert (
+        f"the runtime runs Python {platform.python_version()}; this package may need a newer Python"
+        in message
+    )
     assert "Traceback" in caught.value.detail
 
 
