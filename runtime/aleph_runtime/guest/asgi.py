@@ -17,6 +17,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import re
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -69,15 +70,22 @@ _QUERY_PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - set("\"#%+<>")
 _PATH_PLAIN = _QUERY_PLAIN - set("?`{}") | {"+"}
 
 
-def _percent_encode(text: str, plain: frozenset[str]) -> bytes:
-    out = bytearray()
-    for char in text:
-        if char in plain:
-            out.append(ord(char))
-        else:
-            for byte in char.encode("utf-8", "surrogatepass"):
-                out += b"%%%02X" % byte
-    return bytes(out)
+def _escapes(plain: frozenset[str]) -> re.Pattern[str]:
+    """Matches each run of characters outside `plain`, to be percent-encoded."""
+    return re.compile("[^" + "".join(re.escape(char) for char in sorted(plain)) + "]+")
+
+
+_QUERY_ESCAPES = _escapes(_QUERY_PLAIN)
+_PATH_ESCAPES = _escapes(_PATH_PLAIN)
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
+
+
+def _percent_encode(text: str, escapes: re.Pattern[str]) -> bytes:
+    # The substitution leaves only ASCII: plain characters and escapes.
+    return escapes.sub(_percent, text).encode("ascii")
 
 
 def query_bytes(query: object) -> bytes:
@@ -97,7 +105,7 @@ def query_bytes(query: object) -> bytes:
     plain_run_start = 0
     position = query.find("%")
     while position != -1:
-        out += _percent_encode(query[plain_run_start:position], _QUERY_PLAIN)
+        out += _percent_encode(query[plain_run_start:position], _QUERY_ESCAPES)
         digits = query[position + 1 : position + 3]
         if len(digits) == 2 and digits[0] in _HEX_DIGITS and digits[1] in _HEX_DIGITS:
             byte = int(digits, 16)
@@ -109,7 +117,7 @@ def query_bytes(query: object) -> bytes:
         out += b"%25"  # a literal percent sign (the client's `%25`)
         plain_run_start = position + 1
         position = query.find("%", plain_run_start)
-    out += _percent_encode(query[plain_run_start:], _QUERY_PLAIN)
+    out += _percent_encode(query[plain_run_start:], _QUERY_ESCAPES)
     return bytes(out)
 
 
@@ -118,7 +126,7 @@ def raw_path_bytes(path: str) -> bytes:
 
     The supervisor resolved every escape, `%2F` included, so `/a%2Fb` comes back as `/a/b`.
     """
-    return _percent_encode(path, _PATH_PLAIN)
+    return _percent_encode(path, _PATH_ESCAPES)
 
 
 #: Replaces the client's Accept-Encoding (see `http_scope`).
@@ -132,8 +140,12 @@ def _request_headers(raw_headers: object) -> list[tuple[bytes, bytes]]:
     for pair in raw_headers:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise ScopeError("the supervisor's scope has a header that is not a (name, value) pair")
-        name = _as_bytes(pair[0], "the supervisor's scope has a header name that", ScopeError).lower()
-        value = _as_bytes(pair[1], "the supervisor's scope has a header value that", ScopeError)
+        name, value = pair
+        if type(name) is not bytes:
+            name = _as_bytes(name, "the supervisor's scope has a header name that", ScopeError)
+        if type(value) is not bytes:
+            value = _as_bytes(value, "the supervisor's scope has a header value that", ScopeError)
+        name = name.lower()
         if name == b"accept-encoding":
             # The supervisor drops the answer's Content-Encoding but keeps its body: a
             # compressed body would reach the client as binary. Saying the client only
