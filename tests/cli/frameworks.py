@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from aleph_runtime.host.image import cache_dir
+from aleph_runtime.host.vmm.image import cache_dir
 
 from .conftest import REPOSITORY, free_port
 

@@ -122,7 +122,7 @@ async def test_traceback_is_a_500_with_the_traceback_as_text(front_factory, sess
 
 async def test_the_log_tells_the_inits_failure_from_the_programs(front_factory, session, caplog):
     front = await front_factory()
-    with caplog.at_level(logging.WARNING, logger="aleph_runtime.host.http_front"):
+    with caplog.at_level(logging.WARNING, logger="aleph_runtime.host.services.http_front"):
         async with session.get(f"{front.url}initfail") as response:
             assert response.status == 500  # as a node answers any error answer
             assert (await response.text()).startswith("aleph-runtime init: the supervisor's scope has a body")
