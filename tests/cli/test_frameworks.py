@@ -45,7 +45,9 @@ async def test_a_wrong_entrypoint_lists_the_modules_asgi_apps(packages, cli_fact
     assert "module 'main' has no 'api'; its ASGI applications are 'app'" in cli.output()
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="inspect.markcoroutinefunction exists from Python 3.12")
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12), reason="inspect.markcoroutinefunction exists from Python 3.12"
+)
 async def test_a_package_for_a_newer_python_names_the_runtimes(cli_factory, short_dir):
     # What Django 6.x does at import on the runtime's Python 3.11.
     program = short_dir / "newer.py"
@@ -54,4 +56,6 @@ async def test_a_package_for_a_newer_python_names_the_runtimes(cli_factory, shor
     assert await cli.wait() == 3, cli.output()
     output = cli.output()
     assert "cannot import name 'markcoroutinefunction' from 'inspect'" in output
-    assert f"the runtime runs Python {platform.python_version()}; this package may need a newer Python" in output
+    assert (
+        f"the runtime runs Python {platform.python_version()}; this package may need a newer Python" in output
+    )
