@@ -33,8 +33,11 @@ VOLUME = Path(os.environ.get("EXAMPLE_VOLUME", "/var/lib/example"))
 
 
 def vm_hash() -> str | None:
-    """This program's item hash: the init sets the hostname and ALEPH_ADDRESS_TO_USE to its base32."""
-    label = os.environ.get("ALEPH_ADDRESS_TO_USE") or socket.gethostname()
+    """This program's item hash: ALEPH_ADDRESS_TO_USE (hex), else the hostname (its base32)."""
+    address = os.environ.get("ALEPH_ADDRESS_TO_USE", "")
+    if len(address) == 64:
+        return address
+    label = socket.gethostname()
     try:
         raw = base64.b32decode(label.upper() + "=" * (-len(label) % 8))
     except ValueError:
