@@ -20,6 +20,9 @@ from ..conf import settings
 
 __all__ = ("AccountProperties", "RemoteAccount")
 
+#: Where the guest API socket is inside a VM; programs write this path literally.
+GUEST_API_SOCKET = "/tmp/socat-socket"
+
 
 class RemoteAccount(_SDKRemoteAccount):
     @classmethod
@@ -30,9 +33,15 @@ class RemoteAccount(_SDKRemoteAccount):
         session: Optional[ClientSession] = None,
     ) -> RemoteAccount:
         # The legacy defaults, read when called: the SDK's are frozen at its import.
+        configured = settings.REMOTE_CRYPTO_UNIX_SOCKET
+        if unix_socket == GUEST_API_SOCKET and configured:
+            # The docs' literal path means "the guest API": in dev mode it lives under the
+            # program's private root, which ALEPH_REMOTE_CRYPTO_UNIX_SOCKET names (in a VM
+            # the two are the same).
+            unix_socket = configured
         return await super().from_crypto_host(
             host=host or settings.REMOTE_CRYPTO_HOST,
-            unix_socket=unix_socket or settings.REMOTE_CRYPTO_UNIX_SOCKET,
+            unix_socket=unix_socket or configured,
             session=session,
         )
 
