@@ -76,6 +76,16 @@ async def check_default_example(cli_factory, mode: str, fake_api, port: int, url
         verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
         assert (cli.state_dir / "signing.key").stat().st_size == 32
 
+        # Posting through the node (the SDK's create_post with the RemoteAccount): in the
+        # VM's name, re-published to the API server with the node's key.
+        async with http.get(f"{url}post?text=posted") as response:
+            assert response.status == 200, await response.text()
+            post = await response.json()
+        assert post["address"] == vm_hash and post["status"] == "pending"
+        [body] = await fake_api.wait_posted(1)
+        assert json.loads(body["message"]["item_content"])["content"] == {"text": "posted"}
+        assert body["message"]["sender"] == signed["sender"]
+
         # An exception in the app: a 500 whose body is the traceback; the program keeps serving.
         async with http.get(f"{url}raise") as response:
             assert response.status == 500
