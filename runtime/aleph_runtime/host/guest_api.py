@@ -225,6 +225,9 @@ async def repost(request: web.Request) -> web.StreamResponse:
     """
     try:
         message = _pubsub_message(await request.json())
+        if message.get("type") not in ("POST", None):
+            # The node publishes in its own name: only a post's content carries over.
+            return _error(400, f"the node re-publishes only POST messages, not {str(message.get('type'))[:20]}")
         content = json.loads(message["item_content"])
         post_content, post_type = content["content"], content["type"]
     except (ValueError, KeyError, TypeError) as error:

@@ -67,7 +67,7 @@ __all__ = (
     "watch_messages",
 )
 
-Date = Union[datetime, float, None]
+Date = Union[datetime, float, int, None]
 
 
 @contextlib.asynccontextmanager
@@ -104,6 +104,11 @@ def _message_type(value: Union[str, MessageType, None]) -> Optional[List[Message
     if value is None:
         return None
     return [MessageType(getattr(value, "value", value))]
+
+
+def _date(value: Union[datetime, float, int, None]) -> Union[datetime, float, None]:
+    # aleph-client passed an int timestamp through; the SDK takes only float or datetime.
+    return float(value) if isinstance(value, int) else value
 
 
 def _address(address: Optional[str], account: Account) -> str:
@@ -144,8 +149,8 @@ async def get_messages(
         hashes=hashes,
         channels=channels,
         chains=chains,
-        start_date=start_date,
-        end_date=end_date,
+        start_date=_date(start_date),
+        end_date=_date(end_date),
     )
     async with _client(api_server, session) as client:
         response = await client.get_messages(
@@ -207,8 +212,8 @@ async def get_posts(
         hashes=hashes,
         channels=channels,
         chains=chains,
-        start_date=start_date,
-        end_date=end_date,
+        start_date=_date(start_date),
+        end_date=_date(end_date),
     )
     async with _client(api_server, session) as client:
         response = await client.get_posts(page_size=pagination, page=page, post_filter=post_filter)
@@ -274,8 +279,8 @@ async def watch_messages(
         hashes=hashes,
         channels=channels,
         chains=chains,
-        start_date=start_date,
-        end_date=end_date,
+        start_date=_date(start_date),
+        end_date=_date(end_date),
     )
     async with _client(api_server, session) as client:
         async for message in client.watch_messages(message_filter=message_filter):
