@@ -2,7 +2,8 @@
 so tests of the guest API proxy, of the legacy aleph_client modules and of
 `aleph-runtime run --api-server` point at it.
 
-It serves signed messages (`/api/v0/messages.json`, `/api/v0/posts.json`), aggregates,
+It serves signed messages (`/api/v0/messages.json`, `/api/v0/posts.json`, the
+`/api/ws0/messages` websocket), aggregates,
 stored files (`/api/v0/storage/raw/<hash>`), and records what is posted to
 `/api/v0/messages` (the message is then served like the others, as a node would).
 `refuse_with = (status, text)` makes the next POSTs fail as a refusing API server does.
@@ -47,6 +48,7 @@ class FakeAlephAPI:
         self.app.router.add_get("/api/v0/messages.json", self.messages_json)
         self.app.router.add_get("/api/v0/posts.json", self.posts_json)
         self.app.router.add_get("/api/v0/storage/raw/{hash}", self.storage_raw)
+        self.app.router.add_get("/api/ws0/messages", self.messages_websocket)
         self.app.router.add_post("/api/v0/messages", self.post_message)
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -150,6 +152,17 @@ class FakeAlephAPI:
                 "hash": message["item_hash"], "ref": content.get("ref"), "address": content.get("address"),
             })  # fmt: skip
         return self._page(request, posts, "posts")
+
+    async def messages_websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """The matching messages, one per text frame, then "close cmd" as the API says goodbye."""
+        self._record(request)
+        websocket = web.WebSocketResponse()
+        await websocket.prepare(request)
+        for message in self._matching(request):
+            await websocket.send_str(json.dumps(message))
+        await websocket.send_str("close cmd")
+        await websocket.close()
+        return websocket
 
     async def storage_raw(self, request: web.Request) -> web.Response:
         self._record(request)

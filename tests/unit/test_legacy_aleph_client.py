@@ -187,6 +187,15 @@ async def test_aggregates_and_download_file(direct):
     assert raised.value.status == 404
 
 
+async def test_watch_messages_maps_its_arguments(direct):
+    seen = [message async for message in asynchronous.watch_messages(message_type="POST", hashes=[DOCS_MESSAGE_HASH],
+                                                                     channels=["TEST"], start_date=1)]  # fmt: skip
+    assert [message.item_hash for message in seen] == [DOCS_MESSAGE_HASH]
+    assert last_query(direct) == ("/api/ws0/messages", {
+        "msgTypes": "POST", "hashes": DOCS_MESSAGE_HASH, "channels": "TEST", "startDate": "1.0",
+    })  # fmt: skip
+
+
 async def test_api_server_and_session_arguments(fake_api, in_vm):
     # api_server names the server; with the init's socket configured, as aleph-client did,
     # a session of the program's own decides how to connect.
