@@ -55,13 +55,20 @@ class FakeAlephAPI:
 
     # --- served content ---
 
-    async def add_signed_message(self, content: dict, item_hash: str | None = None, channel: str = "TEST") -> dict:
+    async def add_signed_message(
+        self, content: dict, item_hash: str | None = None, channel: str = "TEST"
+    ) -> dict:
         """A POST message by the author, in the API's JSON; `item_hash` set makes it a storage message."""
         from aleph.sdk.chains.ethereum import ETHAccount
 
         account = ETHAccount(AUTHOR_KEY)
         self.author_address = account.get_address()
-        post_content = {"address": account.get_address(), "time": time.time(), "type": "test", "content": content}
+        post_content = {
+            "address": account.get_address(),
+            "time": time.time(),
+            "type": "test",
+            "content": content,
+        }
         message = {"chain": "ETH", "sender": account.get_address(), "type": "POST", "channel": channel,
                    "time": time.time(), "content": post_content}  # fmt: skip
         if item_hash is None:
@@ -98,7 +105,10 @@ class FakeAlephAPI:
     def _matching(self, request: web.Request) -> list[dict]:
         query = request.query
         hashes, channels = _split(query.get("hashes")), _split(query.get("channels"))
-        addresses, types = _split(query.get("addresses")), _split(query.get("msgTypes") or query.get("msgType"))
+        addresses, types = (
+            _split(query.get("addresses")),
+            _split(query.get("msgTypes") or query.get("msgType")),
+        )
         content_types = _split(query.get("contentTypes") or query.get("types"))
         refs = _split(query.get("refs"))
         found = []
@@ -181,7 +191,8 @@ class FakeAlephAPI:
         if isinstance(body.get("message"), dict):
             self._store(body["message"])
         return web.json_response(
-            {"publication_status": {"status": "success", "failed": []}, "message_status": "pending"}, status=202
+            {"publication_status": {"status": "success", "failed": []}, "message_status": "pending"},
+            status=202,
         )
 
     async def start(self) -> FakeAlephAPI:

@@ -24,7 +24,10 @@ cache = VmCache()
 
 @app.get("/")
 async def index():
-    return {"message": "Hello from the legacy aleph_client API", "routes": ["/messages", "/post_a_message", "/cache"]}
+    return {
+        "message": "Hello from the legacy aleph_client API",
+        "routes": ["/messages", "/post_a_message", "/cache"],
+    }
 
 
 @app.get("/messages")

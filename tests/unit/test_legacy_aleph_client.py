@@ -22,7 +22,13 @@ from aleph.sdk.chains.common import get_verification_buffer
 from aleph.sdk.chains.ethereum import ETHAccount, verify_signature
 
 from aleph_runtime.guest.code import COMPAT_DIRECTORY
-from tests.fake_aleph_api import DOCS_MESSAGE_CONTENT, DOCS_MESSAGE_HASH, STORED_FILE, STORED_FILE_HASH, fake_api  # noqa: F401
+from tests.fake_aleph_api import (
+    DOCS_MESSAGE_CONTENT,
+    DOCS_MESSAGE_HASH,
+    STORED_FILE,
+    STORED_FILE_HASH,
+    fake_api,
+)  # noqa: F401
 from tests.host.conftest import VM_HASH, guest_api_factory, redis_server, signer, signer_dir  # noqa: F401
 
 # As the init does for a program: the compat modules last on the path.
@@ -39,7 +45,7 @@ PROGRAM_KEY = bytes(range(100, 132))
 
 
 @pytest.fixture
-def direct(fake_api, monkeypatch):
+def direct(fake_api, monkeypatch):  # noqa: F811
     """The legacy settings pointing at the API server itself, as outside a VM."""
     monkeypatch.setattr(settings, "API_HOST", fake_api.url)
     monkeypatch.setattr(settings, "API_UNIX_SOCKET", None)
@@ -93,7 +99,9 @@ PATH_PROBE = textwrap.dedent(
 def test_compat_is_last_on_the_path_and_a_programs_own_aleph_client_wins(tmp_path, own):
     code = tmp_path / "code"
     code.mkdir()
-    (code / "main.py").write_text("import aleph_client.asynchronous\napp = lambda scope, receive, send: None\n")
+    (code / "main.py").write_text(
+        "import aleph_client.asynchronous\napp = lambda scope, receive, send: None\n"
+    )
     if own:
         (code / "aleph_client").mkdir()
         (code / "aleph_client" / "__init__.py").write_text("")
@@ -104,7 +112,9 @@ def test_compat_is_last_on_the_path_and_a_programs_own_aleph_client_wins(tmp_pat
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["path"][-1] == str(COMPAT_DIRECTORY)
-    assert found["path"].index(str(tmp_path / "root" / "opt" / "packages")) < found["path"].index(str(COMPAT_DIRECTORY))
+    assert found["path"].index(str(tmp_path / "root" / "opt" / "packages")) < found["path"].index(
+        str(COMPAT_DIRECTORY)
+    )
     if own:
         assert found["aleph_client"] == str(tmp_path / "root" / "opt" / "aleph_client" / "__init__.py")
     else:
@@ -116,7 +126,11 @@ def test_settings_are_read_from_the_init_environment(monkeypatch):
     monkeypatch.setenv("ALEPH_API_UNIX_SOCKET", "/tmp/socat-socket")
     monkeypatch.setenv("ALEPH_ADDRESS_TO_USE", VM_HASH)
     fresh = Settings()
-    assert (fresh.API_HOST, fresh.API_UNIX_SOCKET, fresh.ADDRESS_TO_USE) == ("http://localhost", "/tmp/socat-socket", VM_HASH)
+    assert (fresh.API_HOST, fresh.API_UNIX_SOCKET, fresh.ADDRESS_TO_USE) == (
+        "http://localhost",
+        "/tmp/socat-socket",
+        VM_HASH,
+    )
     assert fresh.DEFAULT_CHANNEL == "TEST"  # aleph-client's, not the SDK's
 
 
@@ -176,7 +190,10 @@ async def test_get_posts_maps_its_arguments_and_reads_back(direct):
 
 
 async def test_aggregates_and_download_file(direct):
-    assert await asynchronous.fetch_aggregate("0xabc", "profile", limit=10) == {"owner": "0xabc", "key": "profile"}
+    assert await asynchronous.fetch_aggregate("0xabc", "profile", limit=10) == {
+        "owner": "0xabc",
+        "key": "profile",
+    }
     assert last_query(direct) == ("/api/v0/aggregates/0xabc.json", {"keys": "profile"})
     assert await asynchronous.fetch_aggregates("0xabc", keys=["a", "b"]) == {
         "a": {"owner": "0xabc", "key": "a"}, "b": {"owner": "0xabc", "key": "b"},
@@ -196,15 +213,19 @@ async def test_watch_messages_maps_its_arguments(direct):
     })  # fmt: skip
 
 
-async def test_api_server_and_session_arguments(fake_api, in_vm):
+async def test_api_server_and_session_arguments(fake_api, in_vm):  # noqa: F811
     # api_server names the server; with the init's socket configured, as aleph-client did,
     # a session of the program's own decides how to connect.
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(in_vm.socket_path))) as session:
-        response = await asynchronous.get_messages(hashes=[DOCS_MESSAGE_HASH], session=session, api_server=API_HOST)
+        response = await asynchronous.get_messages(
+            hashes=[DOCS_MESSAGE_HASH], session=session, api_server=API_HOST
+        )
         assert not session.closed  # the caller's session is left open
     assert response.messages[0].item_hash == DOCS_MESSAGE_HASH
     async with aiohttp.ClientSession() as session:
-        response = await asynchronous.get_messages(hashes=["00" * 32], session=session, api_server=fake_api.url)
+        response = await asynchronous.get_messages(
+            hashes=["00" * 32], session=session, api_server=fake_api.url
+        )
     assert response.messages == []
 
 
@@ -232,14 +253,26 @@ async def test_create_aggregate_store_forget_submit_map_their_arguments(direct, 
     aggregate = await asynchronous.create_aggregate(account, "profile", {"name": "x"}, channel="CH")
     store = await asynchronous.create_store(account, file_hash=STORED_FILE_HASH, storage_engine="storage",
                                             ref="r1", extra_fields={"tags": ["kept"]})  # fmt: skip
-    forgotten = await asynchronous.forget(account, hashes=[aggregate.item_hash], reason="test", address="0xOther")
-    submitted = await asynchronous.submit(account, {"address": "0xS", "time": 1.0, "type": "t", "content": {}}, "POST")
+    forgotten = await asynchronous.forget(
+        account, hashes=[aggregate.item_hash], reason="test", address="0xOther"
+    )
+    submitted = await asynchronous.submit(
+        account, {"address": "0xS", "time": 1.0, "type": "t", "content": {}}, "POST"
+    )
     sent = [body["message"] for body in direct.posted]
     assert [m["type"] for m in sent] == ["AGGREGATE", "STORE", "FORGET", "POST"]
     assert [m["item_hash"] for m in sent] == [m.item_hash for m in (aggregate, store, forgotten, submitted)]
     contents = [json.loads(m["item_content"]) for m in sent]
-    assert contents[0]["key"] == "profile" and contents[0]["content"] == {"name": "x"} and sent[0]["channel"] == "CH"
-    assert (contents[1]["item_hash"], contents[1]["ref"], contents[1]["tags"]) == (STORED_FILE_HASH, "r1", ["kept"])
+    assert (
+        contents[0]["key"] == "profile"
+        and contents[0]["content"] == {"name": "x"}
+        and sent[0]["channel"] == "CH"
+    )
+    assert (contents[1]["item_hash"], contents[1]["ref"], contents[1]["tags"]) == (
+        STORED_FILE_HASH,
+        "r1",
+        ["kept"],
+    )
     assert contents[2]["hashes"] == [aggregate.item_hash] and contents[2]["reason"] == "test"
     # address: given, else ALEPH_ADDRESS_TO_USE, else the account's.
     assert [c["address"] for c in contents] == ["0xDelegated", "0xDelegated", "0xOther", "0xS"]
@@ -266,7 +299,12 @@ async def test_docs_snippets_through_the_guest_api(in_vm, fake_api, signer, redi
 
     # The docs' literal socket path stands for the configured guest API socket.
     account = await RemoteAccount.from_crypto_host(host="http://localhost", unix_socket="/tmp/socat-socket")
-    content = {"date": datetime.now(timezone.utc).isoformat(), "test": True, "answer": 42, "something": "interesting"}
+    content = {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "test": True,
+        "answer": 42,
+        "something": "interesting",
+    }
     response = await create_post(account=account, post_content=content, post_type="test", ref=None,
                                  channel="TEST", inline=True, storage_engine="storage")  # fmt: skip
     await account._session.close()
@@ -293,7 +331,7 @@ async def test_docs_snippets_through_the_guest_api(in_vm, fake_api, signer, redi
     await cache.session.close()
 
 
-async def test_only_posts_are_republished_and_the_sdk_says_why(in_vm, fake_api):
+async def test_only_posts_are_republished_and_the_sdk_says_why(in_vm, fake_api):  # noqa: F811
     from aleph.sdk.exceptions import BroadcastError
     from aleph_client.chains.remote import RemoteAccount
 
@@ -331,7 +369,9 @@ async def test_aleph_app_passes_the_lifespan_to_its_http_app_and_answers_events(
     lifespan = Lifespan(app)
     await lifespan.startup(timeout=10)
     assert lifespan.state is LifespanState.STARTED and started == [True]
-    answer = protocol.unpack(await run_cycle(app, {"type": "http", "method": "GET", "path": "/", "headers": []}))
+    answer = protocol.unpack(
+        await run_cycle(app, {"type": "http", "method": "GET", "path": "/", "headers": []})
+    )
     assert json.loads(answer["body"]["body"]) == {"ok": True}
     answer = protocol.unpack(await run_cycle(app, {"type": "aleph.message", "body": {"item_hash": "ab"}}))
     assert answer["body"] == {"seen": "ab"}

@@ -77,9 +77,12 @@ async def _client(
     """The SDK client for one legacy call; through `session`'s connector when one is given."""
     api_server = api_server or settings.API_HOST
     # With a session of the caller's, its connector decides how to connect (e.g. a Unix socket).
-    options: Dict[str, Any] = dict(api_server=api_server, api_unix_socket=settings.API_UNIX_SOCKET,
-                                   allow_unix_sockets=session is None)
-    client = AlephHttpClient(**options) if account is None else AuthenticatedAlephHttpClient(account, **options)
+    options: Dict[str, Any] = dict(
+        api_server=api_server, api_unix_socket=settings.API_UNIX_SOCKET, allow_unix_sockets=session is None
+    )
+    client = (
+        AlephHttpClient(**options) if account is None else AuthenticatedAlephHttpClient(account, **options)
+    )
     if session is not None:
         client._http_session = aiohttp.ClientSession(
             base_url=api_server,
@@ -184,7 +187,9 @@ async def get_message(
 
         expected = get_message_type_value(message_type)
         if message.type != expected:
-            raise TypeError(f"The message type '{message.type}' does not match the expected type '{expected}'")
+            raise TypeError(
+                f"The message type '{message.type}' does not match the expected type '{expected}'"
+            )
     return message  # type: ignore[return-value]
 
 
@@ -425,7 +430,9 @@ async def submit(
 
 def _replaced(name: str, replacement: str):
     def unavailable(*args, **kwargs):
-        raise LegacyAPIError(f"aleph_client.asynchronous.{name} is not available in this runtime: use {replacement}")
+        raise LegacyAPIError(
+            f"aleph_client.asynchronous.{name} is not available in this runtime: use {replacement}"
+        )
 
     unavailable.__name__ = name
     unavailable.__qualname__ = name
@@ -434,17 +441,25 @@ def _replaced(name: str, replacement: str):
 
 
 create_program = _replaced(
-    "create_program", "aleph.sdk.client.AuthenticatedAlephHttpClient(account).create_program(...) (aleph-sdk-python)"
+    "create_program",
+    "aleph.sdk.client.AuthenticatedAlephHttpClient(account).create_program(...) (aleph-sdk-python)",
 )
-ipfs_push = _replaced("ipfs_push", "aleph.sdk.client.AuthenticatedAlephHttpClient(account).ipfs_push(content)")
-storage_push = _replaced("storage_push", "aleph.sdk.client.AuthenticatedAlephHttpClient(account).storage_push(content)")
+ipfs_push = _replaced(
+    "ipfs_push", "aleph.sdk.client.AuthenticatedAlephHttpClient(account).ipfs_push(content)"
+)
+storage_push = _replaced(
+    "storage_push", "aleph.sdk.client.AuthenticatedAlephHttpClient(account).storage_push(content)"
+)
 ipfs_push_file = _replaced(
     "ipfs_push_file", "aleph.sdk.client.AuthenticatedAlephHttpClient(account).ipfs_push_file(file_content)"
 )
 storage_push_file = _replaced(
-    "storage_push_file", "aleph.sdk.client.AuthenticatedAlephHttpClient(account).storage_push_file(file_content)"
+    "storage_push_file",
+    "aleph.sdk.client.AuthenticatedAlephHttpClient(account).storage_push_file(file_content)",
 )
-broadcast = _replaced("broadcast", "submit(account, content, message_type) or create_post(...), which sign and broadcast")
+broadcast = _replaced(
+    "broadcast", "submit(account, content, message_type) or create_post(...), which sign and broadcast"
+)
 
 
 def get_fallback_session() -> ClientSession:

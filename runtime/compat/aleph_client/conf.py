@@ -16,7 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    PRIVATE_KEY_FILE: Path = Field(default=Path("device.key"), description="Path to the private key used to sign messages")
+    PRIVATE_KEY_FILE: Path = Field(
+        default=Path("device.key"), description="Path to the private key used to sign messages"
+    )
     PRIVATE_KEY_STRING: Optional[str] = None
     API_HOST: str = "https://api2.aleph.im"
     API_UNIX_SOCKET: Optional[str] = None
@@ -33,7 +35,9 @@ class Settings(BaseSettings):
     VM_URL_PATH: str = "https://aleph.sh/vm/{hash}"
     VM_URL_HOST: str = "https://{hash_base32}.aleph.sh"
 
-    model_config = SettingsConfigDict(env_prefix="ALEPH_", case_sensitive=False, env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ALEPH_", case_sensitive=False, env_file=".env", extra="ignore"
+    )
 
 
 settings = Settings()

@@ -8,4 +8,10 @@ from aleph.sdk.chains.common import (
     get_verification_buffer,
 )
 
-__all__ = ("BaseAccount", "generate_key", "get_fallback_private_key", "get_public_key", "get_verification_buffer")
+__all__ = (
+    "BaseAccount",
+    "generate_key",
+    "get_fallback_private_key",
+    "get_public_key",
+    "get_verification_buffer",
+)

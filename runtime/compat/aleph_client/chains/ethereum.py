@@ -21,5 +21,7 @@ __all__ = ("ETHAccount", "get_fallback_account", "verify_signature")
 def get_fallback_account(path: Optional[Path] = None, chain=None) -> ETHAccount:
     """An ETHAccount whose key is read from (or created in) `path`, by default settings.PRIVATE_KEY_FILE."""
     if settings.PRIVATE_KEY_STRING and path is None:
-        return ETHAccount(private_key=bytes.fromhex(settings.PRIVATE_KEY_STRING.removeprefix("0x")), chain=chain)
+        return ETHAccount(
+            private_key=bytes.fromhex(settings.PRIVATE_KEY_STRING.removeprefix("0x")), chain=chain
+        )
     return _sdk_get_fallback_account(path=Path(path or settings.PRIVATE_KEY_FILE), chain=chain)

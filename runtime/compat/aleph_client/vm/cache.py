@@ -19,8 +19,12 @@ __all__ = ("VmCache",)
 class VmCache:
     """Virtual Machines can use this cache to store temporary data in memory on the host."""
 
-    def __init__(self, session: Optional[ClientSession] = None, connector_url: Optional[str] = None,
-                 unix_socket: Optional[str] = None):
+    def __init__(
+        self,
+        session: Optional[ClientSession] = None,
+        connector_url: Optional[str] = None,
+        unix_socket: Optional[str] = None,
+    ):
         self._session = session
         self._connector_url = connector_url
         self._unix_socket = unix_socket
