@@ -22,13 +22,8 @@ from aleph.sdk.chains.common import get_verification_buffer
 from aleph.sdk.chains.ethereum import ETHAccount, verify_signature
 
 from aleph_runtime.guest.code import COMPAT_DIRECTORY
-from tests.fake_aleph_api import (
-    DOCS_MESSAGE_CONTENT,
-    DOCS_MESSAGE_HASH,
-    STORED_FILE,
-    STORED_FILE_HASH,
-    fake_api,
-)  # noqa: F401
+from tests.fake_aleph_api import DOCS_MESSAGE_CONTENT, DOCS_MESSAGE_HASH, STORED_FILE, STORED_FILE_HASH
+from tests.fake_aleph_api import fake_api  # noqa: F401  (a fixture, shared)
 from tests.host.conftest import VM_HASH, guest_api_factory, redis_server, signer, signer_dir  # noqa: F401
 
 # As the init does for a program: the compat modules last on the path.
