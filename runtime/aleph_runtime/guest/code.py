@@ -3,7 +3,8 @@
 Where code goes follows today's runtime, since programs may read their own files by
 absolute path: an ASGI program's zip or tar is unpacked into /opt (on sys.path); an
 executable's into /opt/code; a squashfs drive is mounted at /opt/code by the volume
-code. /opt/packages comes first on sys.path.
+code. /opt/packages comes first on sys.path, the legacy `aleph_client` modules
+(runtime/compat, next to aleph_runtime) last, so a program shipping its own wins.
 
 Plain code runs as a real module: written to `<module>.py` and imported, so it is in
 sys.modules, its top-level helpers are visible from the entrypoint, and tracebacks
@@ -34,6 +35,9 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ATTRIBUTE = _MODULE
 #: A plain ASGI program whose entrypoint names only an attribute is imported as this module.
 PLAIN_MODULE = "main"
+#: The legacy aleph_client API over aleph-sdk-python: runtime/compat in a checkout and
+#: /opt/aleph/runtime/compat in the image, beside the aleph_runtime package either way.
+COMPAT_DIRECTORY = Path(__file__).resolve().parents[2] / "compat"
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,8 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
             sys.path.remove(str(directory))
     # Packages the program ships take precedence over everything, its code next.
     sys.path[0:0] = [str(paths.packages), str(code_directory)]
+    if COMPAT_DIRECTORY.is_dir() and str(COMPAT_DIRECTORY) not in sys.path:
+        sys.path.append(str(COMPAT_DIRECTORY))
     importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)

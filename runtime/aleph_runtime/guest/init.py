@@ -160,7 +160,9 @@ class Init:
             "ALEPH_API_UNIX_SOCKET": socket_path,
             "ALEPH_REMOTE_CRYPTO_HOST": "http://localhost",
             "ALEPH_REMOTE_CRYPTO_UNIX_SOCKET": socket_path,
-            "ALEPH_ADDRESS_TO_USE": config.hostname,
+            # The guest API signs only messages whose address is the VM's item hash
+            # (hex), and the SDK writes this variable into every message it posts.
+            "ALEPH_ADDRESS_TO_USE": config.vm_hash,
         }
 
     async def _apply(self, config: Config) -> None:
