@@ -212,7 +212,8 @@ class ScriptedInit(FakeInit):
         self.answers: dict[str, bytes] = {}
 
     async def answer(self, scope: dict) -> bytes:
-        return self.answers.get(scope["path"]) or protocol.run_answer(200, [[b"content-type", b"text/plain"]], b"ok")
+        default = protocol.run_answer(200, [[b"content-type", b"text/plain"]], b"ok")
+        return self.answers.get(scope["path"]) or default
 
 
 @pytest.fixture
@@ -243,7 +244,9 @@ async def pipelined(front: HTTPFront, requests: list[tuple[str, str]]) -> list[t
     """Send every request at once on one connection (a pipelining client); read the answers."""
     reader, writer = await asyncio.open_connection(front.host, front.port)
     try:
-        writer.write(b"".join(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for method, path in requests))
+        writer.write(
+            b"".join(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for method, path in requests)
+        )
         return [await read_http_response(reader, method) for method, _ in requests]
     finally:
         writer.close()
