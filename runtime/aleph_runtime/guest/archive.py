@@ -139,6 +139,15 @@ class _Extraction:
                 f"(stopped at entry {name!r})"
             )
 
+    def room_for(self, size: int, name: str) -> None:
+        """Refuse an entry whose declared size does not fit, before a byte of it is written
+        (the stream is still counted: a declared size is only what tarfile and zipfile stop at)."""
+        if self.unpacked + -(-size // self.block) * self.block > self.max_unpacked:
+            raise ArchiveError(
+                f"archive unpacks to more than {self.max_unpacked} bytes, {self.limit_reason} "
+                f"(stopped at entry {name!r}, {size} bytes)"
+            )
+
     def _record(self, parts: tuple[str, ...]) -> None:
         if parts[:-1] not in self.created_dirs:
             self.created.append(parts)
@@ -459,6 +468,7 @@ def extract_tar(
                 if member.isdir():
                     extraction.directory(parts, name, member.mode)
                 elif member.isreg():
+                    extraction.room_for(member.size, name)
                     source = archive.extractfile(member)
                     extraction.file(parts, name, source, member.mode)
                 elif member.issym():
