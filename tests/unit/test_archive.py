@@ -4,6 +4,7 @@ Archives are real ones (tarfile, zipfile, shutil and the `tar` command); the spa
 are tried on a real small tmpfs mounted in a private mount namespace.
 """
 
+import contextlib
 import io
 import json
 import os
@@ -305,6 +306,30 @@ def test_nothing_goes_through_a_link_already_in_the_destination(volume_link, mem
     assert stat.S_IMODE(outside.stat().st_mode) == 0o755
     assert list(outside.iterdir()) == []
     assert (dest / "vol").is_symlink()  # what was there before stays
+
+
+def test_a_link_to_a_sibling_whose_name_starts_like_the_destination_is_outside(volume_link):
+    # dest/l -> vol -> .../dest2: "dest2" starts with "dest", and is still outside it.
+    dest, outside = volume_link
+    with pytest.raises(ArchiveError, match="'l' resolves outside the destination"):
+        extract_tar(make_tar([(tar_info("l", tarfile.SYMTYPE, linkname="vol"), None)]), dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["vol"]
+
+
+def test_no_descriptor_is_left_open_whatever_the_outcome(tmp_path, volume_link):
+    dest, _ = volume_link
+    archives = [
+        make_tar([(tar_info("a/b/c.py"), b"x"), (tar_info("a/d.py"), b"y")]),
+        make_tar(chain_members()),
+        make_tar([(tar_info("new/x.py"), b"x"), (tar_info("vol/x.py"), b"x")]),
+        make_tar([(tar_info("x.py"), b"x"), (tar_info("../evil"), b"x")]),
+        b"\x1f\x8b garbage",
+    ]
+    before = sorted(os.listdir("/proc/self/fd"))
+    for index, data in enumerate(archives * 3):
+        with contextlib.suppress(ArchiveError):
+            extract_tar(data, dest if index % 2 else tmp_path / f"d{index}")
+    assert sorted(os.listdir("/proc/self/fd")) == before
 
 
 def test_a_file_entry_replaces_a_link_rather_than_writing_through_it(volume_link):
