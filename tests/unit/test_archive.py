@@ -4,10 +4,12 @@ Archives are real ones (tarfile, zipfile, shutil and the `tar` command); the spa
 are tried on a real small tmpfs mounted in a private mount namespace.
 """
 
+import collections
 import contextlib
 import io
 import json
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -537,3 +539,77 @@ def test_deep_but_reasonable_trees_are_extracted_and_cleaned_up(tmp_path):
     with pytest.raises(ArchiveError, match="outside"):
         extract_tar(make_tar(members, "gz"), tmp_path / "dest")
     assert list((tmp_path / "dest").iterdir()) == []
+
+
+def seed_archives() -> dict[str, bytes]:
+    members = [
+        (tar_info("./", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("./a.py"), b"x" * 3000),
+        (tar_info("./d/b.txt"), b"hello" * 100),
+        (tar_info("./l", tarfile.SYMTYPE, linkname="a.py"), None),
+        (tar_info("./h", tarfile.LNKTYPE, linkname="./a.py"), None),
+    ]
+    seeds = {compression or "tar": make_tar(members, compression) for compression in ("", "gz", "bz2", "xz")}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.py", "x" * 3000)
+        archive.writestr("d/", "")
+        archive.writestr("d/b.txt", "hello" * 100)
+    seeds["zip"] = buffer.getvalue()
+    return seeds
+
+
+def test_mutated_archives_fail_only_with_an_archive_error(tmp_path):
+    """Seeded and bounded: bytes flipped, cut and inserted in real archives of each kind.
+    Whatever the damage, the answer is an ArchiveError (a configuration error the init
+    reports), never another exception, and a failed extraction leaves nothing."""
+    rng = random.Random(9)
+    seeds = seed_archives()
+    outcomes = collections.Counter()
+    for index in range(1000):
+        kind = rng.choice(sorted(seeds))
+        data = bytearray(seeds[kind])
+        for _ in range(rng.randint(1, 8)):
+            at = rng.randrange(len(data))
+            roll = rng.random()
+            if roll < 0.6:
+                data[at] = rng.randrange(256)
+            elif roll < 0.8:
+                del data[at : at + rng.randint(1, 50)]
+            else:
+                data[at:at] = rng.randbytes(rng.randint(1, 20))
+        dest = tmp_path / f"d{index}"
+        try:
+            (extract_zip if kind == "zip" else extract_tar)(bytes(data), dest)
+            outcomes["extracted"] += 1
+        except ArchiveError:
+            outcomes["refused"] += 1
+            assert not dest.exists() or list(dest.iterdir()) == []
+        shutil.rmtree(dest, ignore_errors=True)
+    assert os.listdir(tmp_path) == []
+    assert outcomes["refused"] > 100 and outcomes["extracted"] > 100  # both paths were exercised
+
+
+def corrupt(data: bytes, at: int, length: int = 16) -> bytes:
+    return data[:at] + bytes(0xFF ^ byte for byte in data[at : at + length]) + data[at + length :]
+
+
+def test_broken_compressed_data_is_an_archive_error(tmp_path):
+    seeds = seed_archives()
+    # The zip's first entry's deflate stream (after its 30-byte header and its name):
+    # zipfile lets zlib.error through.
+    with pytest.raises(ArchiveError, match="'a.py' cannot be read"):
+        extract_zip(corrupt(seeds["zip"], 30 + len("a.py") + 2), tmp_path / "zip")
+    # The xz stream's body: lzma raises its own LZMAError; bz2, an OSError that is not a write's.
+    with pytest.raises(ArchiveError, match="tar archive"):
+        extract_tar(corrupt(seeds["xz"], len(seeds["xz"]) // 2), tmp_path / "xz")
+    with pytest.raises(ArchiveError, match="tar archive|cannot be read"):
+        extract_tar(corrupt(seeds["bz2"], len(seeds["bz2"]) // 2), tmp_path / "bz2")
+
+
+def test_a_zip_needing_a_newer_version_is_an_archive_error(tmp_path):
+    data = bytearray(seed_archives()["zip"])
+    central = data.rfind(b"PK\x01\x02")  # the last central directory entry: its "version needed" field
+    data[central + 6 : central + 8] = (217).to_bytes(2, "little")
+    with pytest.raises(ArchiveError, match="not a valid zip archive: zip file version 21.7"):
+        extract_zip(bytes(data), tmp_path / "dest")

@@ -25,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import lzma
 import os
 import shutil
 import stat
 import struct
 import tarfile
 import zipfile
+import zlib
 
 from aleph_runtime.guest.config import ConfigError
 
@@ -53,6 +55,28 @@ _COPY_CHUNK = 1 << 20
 
 class ArchiveError(ConfigError):
     """The archive is hostile or broken; the message names the entry."""
+
+
+#: What reading a broken archive raises, from zipfile, tarfile and their decompressors
+#: (bz2 raises OSError, so a read's OSError is not a write's).
+_READ_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+    OSError,
+    zlib.error,
+    lzma.LZMAError,
+)
+
+
+def _read(source: io.BufferedIOBase, name: str, size: int = -1) -> bytes:
+    try:
+        return source.read(size)
+    except _READ_ERRORS as error:
+        raise ArchiveError(f"archive entry {name!r} cannot be read: {error}") from None
 
 
 def _member_parts(name: str) -> tuple[str, ...]:
@@ -268,7 +292,7 @@ class _Extraction:
         )
         self._record(parts)
         with open(fd, "wb", closefd=True) as out:
-            while chunk := source.read(_COPY_CHUNK):
+            while chunk := _read(source, name, _COPY_CHUNK):
                 self.count(len(chunk), name)
                 out.write(chunk)
             os.fchmod(out.fileno(), (mode if mode is not None else 0o644) & 0o777)
@@ -364,7 +388,7 @@ def extract_zip(
         raise ArchiveError(f"archive has more than {max_entries} entries, the limit ({declared} declared)")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, EOFError) as error:
+    except _READ_ERRORS as error:
         raise ArchiveError(f"not a valid zip archive: {error}") from None
     with archive, _Extraction(dest, max_unpacked, max_entries) as extraction:
         infos = archive.infolist()
@@ -393,16 +417,18 @@ def extract_zip(
                 elif kind == stat.S_IFLNK:
                     if info.file_size > MAX_LINK_TARGET_BYTES:
                         raise ArchiveError(f"archive link {name!r} has an oversized target")
-                    extraction.symlink(parts, name, archive.read(info).decode("utf-8", "replace"))
+                    with archive.open(info) as source:
+                        link_target = _read(source, name, MAX_LINK_TARGET_BYTES + 1)
+                    extraction.symlink(parts, name, link_target.decode("utf-8", "replace"))
                 else:
                     with archive.open(info) as source:
                         extraction.file(parts, name, source, mode & 0o777 if kind else None)
             except ArchiveError:
                 raise
-            except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, ValueError) as error:
-                raise ArchiveError(f"archive entry {name!r} cannot be read: {error}") from None
-            except OSError as error:
+            except OSError as error:  # reads raise ArchiveError (see _read): this is a write's
                 raise _errors_named(name, error) from None
+            except _READ_ERRORS as error:  # opening the entry: its header, its compression
+                raise ArchiveError(f"archive entry {name!r} cannot be read: {error}") from None
         extraction.finish()
 
 
@@ -448,14 +474,14 @@ def extract_tar(
     compression = tar_compression(data)
     try:
         archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}", tarinfo=_BoundedTarInfo)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+    except _READ_ERRORS as error:
         raise ArchiveError(f"not a valid tar archive: {error}") from None
     with archive, _Extraction(dest, max_unpacked, max_entries) as extraction:
         name = "(the first entry)"
         while True:
             try:
                 member = archive.next()
-            except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+            except _READ_ERRORS as error:
                 raise ArchiveError(f"the tar archive is broken after entry {name!r}: {error}") from None
             if member is None:
                 break
@@ -479,8 +505,8 @@ def extract_tar(
                     raise ArchiveError(f"archive entry {name!r} is a device, FIFO or socket")
             except ArchiveError:
                 raise
-            except (tarfile.TarError, EOFError, ValueError) as error:
-                raise ArchiveError(f"the tar archive is broken at entry {name!r}: {error}") from None
-            except OSError as error:
+            except OSError as error:  # reads raise ArchiveError (see _read): this is a write's
                 raise _errors_named(name, error) from None
+            except _READ_ERRORS as error:
+                raise ArchiveError(f"the tar archive is broken at entry {name!r}: {error}") from None
         extraction.finish()
