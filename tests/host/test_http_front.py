@@ -184,6 +184,12 @@ async def test_events_reach_the_program_as_aleph_message_scopes(front_factory, f
         assert "ValueError: bad event" in await response.text()
     async with session.post(f"{front.url}control/event", data=b"[1]") as response:
         assert response.status == 400
+    # JSON too deep for the parser, or that msgpack cannot carry to the init: 400, not 500.
+    too_deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    for body in (too_deep, b'{"big": 1' + b"0" * 30 + b"}"):
+        async with session.post(f"{front.url}control/event", data=body) as response:
+            assert response.status == 400, body[:20]
+            assert "error" in await response.json()
 
 
 async def test_404s_become_json_errors_as_on_a_node(front_factory, session):

@@ -46,6 +46,7 @@ import msgpack
 from aiohttp import web
 from multidict import CIMultiDict
 
+from aleph_runtime import protocol
 from aleph_runtime.host.supervisor import SupervisorClient
 
 logger = logging.getLogger(__name__)
@@ -246,10 +247,15 @@ async def post_event(request: web.Request) -> web.StreamResponse:
     """An aleph message posted as JSON, delivered as an `aleph.message` scope."""
     try:
         event = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
         raise web.HTTPBadRequest(text="The event must be a JSON object (an aleph message)\n") from None
     if not isinstance(event, dict):
         raise web.HTTPBadRequest(text="The event must be a JSON object (an aleph message)\n")
+    try:
+        protocol.run_request(build_event_scope(event))
+    except (ValueError, OverflowError, TypeError) as error:
+        # JSON that msgpack cannot carry: an integer past 64 bits, nesting past its limit.
+        raise web.HTTPBadRequest(text=f"The event cannot be sent to the program: {error}\n") from None
     result = await _call_init(request, build_event_scope(event))
     if isinstance(result, web.StreamResponse):
         return result
