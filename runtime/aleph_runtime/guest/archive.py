@@ -35,12 +35,14 @@ import zipfile
 import zlib
 
 from aleph_runtime.guest.config import ConfigError
+from aleph_runtime.guest.settings import DEFAULT_MAX_UNPACKED_BYTES
 
-#: Read once at start, like the init's other limits. Unset: the free space decides alone.
-MAX_UNPACKED_BYTES = (
-    int(os.environ["ALEPH_MAX_UNPACKED_BYTES"]) if os.environ.get("ALEPH_MAX_UNPACKED_BYTES") else None
-)
-MAX_ARCHIVE_ENTRIES = int(os.environ.get("ALEPH_MAX_ARCHIVE_ENTRIES", 100_000))
+#: Unpacked bytes allowed in one archive when the caller gives no limit (the init passes
+#: its setting, see settings.py); the target filesystem's free space decides when smaller.
+DEFAULT_MAX_UNPACKED = DEFAULT_MAX_UNPACKED_BYTES
+#: Entries allowed in one archive (fewer when the target filesystem has fewer free inodes):
+#: each costs PID 1 memory and the kernel an inode, and extraction time grows with them.
+MAX_ARCHIVE_ENTRIES = 100_000
 #: Share of the free space an archive may not take: the program needs room to run.
 FREE_SPACE_MARGIN_DIVISOR = 16
 #: A tar extended header or GNU long name larger than this is refused before tarfile
@@ -379,7 +381,7 @@ def zip_entry_count(data: bytes) -> int | None:
 def extract_zip(
     data: bytes,
     dest: str | os.PathLike,
-    max_unpacked: int | None = MAX_UNPACKED_BYTES,
+    max_unpacked: int | None = DEFAULT_MAX_UNPACKED,
     max_entries: int = MAX_ARCHIVE_ENTRIES,
 ) -> None:
     """Unpack a zip held in memory into dest."""
@@ -467,7 +469,7 @@ def tar_compression(data: bytes) -> str:
 def extract_tar(
     data: bytes,
     dest: str | os.PathLike,
-    max_unpacked: int | None = MAX_UNPACKED_BYTES,
+    max_unpacked: int | None = DEFAULT_MAX_UNPACKED,
     max_entries: int = MAX_ARCHIVE_ENTRIES,
 ) -> None:
     """Unpack a tar (gzip, bzip2, xz or uncompressed, told from its bytes) into dest."""
