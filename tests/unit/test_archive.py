@@ -203,6 +203,11 @@ def test_dot_directory_entries_are_normalised(tmp_path, name):
     assert (tmp_path / "dest" / "x.py").read_bytes() == b"x"
 
 
+def test_an_entry_without_a_name_is_refused(tmp_path):
+    with pytest.raises(ArchiveError, match="without a name"):
+        extract_zip(make_zip([("", b"x", None)]), tmp_path / "dest")
+
+
 def test_a_file_named_dot_is_refused(tmp_path):
     with pytest.raises(ArchiveError, match="without a name"):
         extract_zip(make_zip([(".", b"", stat.S_IFREG | 0o644)]), tmp_path / "dest")
@@ -366,12 +371,23 @@ def test_entry_limit(tmp_path):
     assert list((tmp_path / "dest").iterdir()) == []
 
 
-def test_zip_entry_count_is_read_from_the_end_record_first(tmp_path):
+def test_zip_entries_are_counted_before_zipfile_parses_them(tmp_path):
     data = make_zip([(f"f{i}", b"", None) for i in range(11)])
-    assert zip_entry_count(data) == 11
-    with pytest.raises(ArchiveError, match=r"more than 10 entries, the limit \(11 declared\)"):
+    assert zip_entry_count(data, limit=100) == 11
+    with pytest.raises(ArchiveError, match=r"more than 10 entries, the limit \(11 counted\)"):
         extract_zip(data, tmp_path / "dest", max_entries=10)
     assert not (tmp_path / "dest").exists()
+
+
+def test_a_lying_end_record_does_not_hide_entries(tmp_path):
+    # The end record says 1 entry; zipfile would still parse the 50 of the central directory.
+    data = bytearray(make_zip([(f"f{i}", b"", None) for i in range(50)]))
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8 : end + 12] = (1).to_bytes(2, "little") * 2
+    assert len(zipfile.ZipFile(io.BytesIO(bytes(data))).infolist()) == 50
+    assert zip_entry_count(bytes(data), limit=10) == 11  # the walk stops past the limit
+    with pytest.raises(ArchiveError, match=r"more than 10 entries, the limit \(11 counted\)"):
+        extract_zip(bytes(data), tmp_path / "dest", max_entries=10)
 
 
 def test_zip64_entry_count_is_read_from_its_end_record(tmp_path):
@@ -381,10 +397,9 @@ def test_zip64_entry_count_is_read_from_its_end_record(tmp_path):
         for i in range(0x10001):
             archive.writestr(f"{i}", b"")
     data = buffer.getvalue()
-    count = zip_entry_count(data)
-    assert count > 0xFFFF and count == len(zipfile.ZipFile(io.BytesIO(data)).infolist())
-    with pytest.raises(ArchiveError, match="entries, the limit"):
-        extract_zip(data, tmp_path / "dest", max_entries=count - 1)
+    assert zip_entry_count(data, limit=10) == 0x10001
+    with pytest.raises(ArchiveError, match=r"entries, the limit \(65537 counted\)"):
+        extract_zip(data, tmp_path / "dest", max_entries=0x10000)
 
 
 def test_zip_bomb_is_refused_from_its_declared_sizes(tmp_path):

@@ -84,6 +84,8 @@ def _read(source: io.BufferedIOBase, name: str, size: int = -1) -> bytes:
 def _member_parts(name: str) -> tuple[str, ...]:
     """The entry's path components under dest (`.` and `./x` normalised; () for the
     destination itself), or ArchiveError for anything that could escape."""
+    if not name:
+        raise ArchiveError("archive has an entry without a name")
     if "\x00" in name:
         raise ArchiveError(f"archive entry {name!r} has a NUL byte in its name")
     if name.startswith("/") or name.startswith("\\") or (len(name) > 1 and name[1] == ":"):
@@ -363,19 +365,34 @@ _EOCD64_LOCATOR = struct.Struct("<4sLQL")
 _EOCD64 = struct.Struct("<4sQ2H2L4Q")
 
 
-def zip_entry_count(data: bytes) -> int | None:
-    """The entry count a zip's end record declares (zip64's when present), read before
-    zipfile parses the central directory into memory; None when no end record is found."""
-    start = data.rfind(b"PK\x05\x06", max(0, len(data) - _EOCD.size - 0xFFFF))
-    if start < 0 or start + _EOCD.size > len(data):
+_CENTRAL_HEADER = struct.Struct("<4s24x3H12x")
+
+
+def zip_entry_count(data: bytes, limit: int) -> int | None:
+    """How many entries a zip has, at least: the larger of the count its end record
+    declares (zip64's when present) and the central directory headers walked (at most
+    limit + 1), as zipfile will walk them. Read before zipfile parses that directory
+    into hundreds of bytes per entry; a lying end record does not hide millions of them.
+    None when there is no end record."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - _EOCD.size - 0xFFFF))
+    if end < 0 or end + _EOCD.size > len(data):
         return None
-    count = _EOCD.unpack_from(data, start)[4]
-    locator_at = start - _EOCD64_LOCATOR.size
-    if locator_at >= 0 and data[locator_at : locator_at + 4] == b"PK\x06\x07":
-        _, _, record_at, _ = _EOCD64_LOCATOR.unpack_from(data, locator_at)
-        if record_at + _EOCD64.size <= len(data) and data[record_at : record_at + 4] == b"PK\x06\x06":
-            count = max(count, _EOCD64.unpack_from(data, record_at)[7])
-    return count
+    _, _, _, _, count, directory_size, _, _ = _EOCD.unpack_from(data, end)
+    directory_end = end
+    # As zipfile: a zip64 end record sits right before its locator, right before the end record.
+    record_at = end - _EOCD64_LOCATOR.size - _EOCD64.size
+    if record_at >= 0 and data[end - _EOCD64_LOCATOR.size : end - 16] == b"PK\x06\x07":
+        if data[record_at : record_at + 4] == b"PK\x06\x06":
+            fields = _EOCD64.unpack_from(data, record_at)
+            count, directory_size, directory_end = max(count, fields[7]), fields[8], record_at
+    position, walked = max(0, directory_end - directory_size), 0
+    while walked <= limit and position + _CENTRAL_HEADER.size <= directory_end:
+        signature, name, extra, comment = _CENTRAL_HEADER.unpack_from(data, position)
+        if signature != b"PK\x01\x02":
+            break
+        position += _CENTRAL_HEADER.size + name + extra + comment
+        walked += 1
+    return max(count, walked)
 
 
 def extract_zip(
@@ -385,9 +402,9 @@ def extract_zip(
     max_entries: int = MAX_ARCHIVE_ENTRIES,
 ) -> None:
     """Unpack a zip held in memory into dest."""
-    declared = zip_entry_count(data)
-    if declared is not None and declared > max_entries:
-        raise ArchiveError(f"archive has more than {max_entries} entries, the limit ({declared} declared)")
+    counted = zip_entry_count(data, max_entries)
+    if counted is not None and counted > max_entries:
+        raise ArchiveError(f"archive has more than {max_entries} entries, the limit ({counted} counted)")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except _READ_ERRORS as error:
