@@ -18,12 +18,15 @@ import contextlib
 import enum
 import logging
 import os
+import select
 import signal
+import threading
 import time
 import traceback
 from pathlib import Path
 
 from aleph_runtime import __version__, protocol
+from aleph_runtime.guest import stdio
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.code import Paths
 
@@ -31,6 +34,12 @@ logger = logging.getLogger("aleph_runtime.init")
 
 #: A run request larger than this is answered with an error (the body rides in it).
 MAX_REQUEST_BYTES = int(os.environ.get("ALEPH_MAX_REQUEST_BYTES", 256 * 2**20))
+#: A response body larger than this is an error answer naming it; the program's stream
+#: is no longer read (an endless stream would otherwise grow PID 1 until the OOM killer).
+MAX_RESPONSE_BYTES = int(os.environ.get(protocol.MAX_RESPONSE_VARIABLE, 256 * 2**20))
+#: The packed answer may exceed the body's cap by its headers and /data's zip; beyond
+#: this slack it is refused too (an event's answer, which has no body cap, included).
+ANSWER_SLACK_BYTES = 16 * 2**20
 LIFESPAN_STARTUP_TIMEOUT = float(os.environ.get("ALEPH_LIFESPAN_STARTUP_TIMEOUT", 50))
 #: How long the program gets to stop at halt (lifespan shutdown, or SIGTERM before
 #: SIGKILL): the supervisor gives the whole halt 5 s, and the volumes come after it.
@@ -60,7 +69,9 @@ class AsgiProgram:
     async def handle(self, scope: dict) -> bytes:
         from aleph_runtime.guest.asgi import run_cycle
 
-        return await run_cycle(self.app, scope, self.lifespan.app_state, self.data_export.acollect)
+        return await run_cycle(
+            self.app, scope, self.lifespan.app_state, self.data_export.acollect, max_response_bytes=MAX_RESPONSE_BYTES
+        )
 
     async def stop(self, grace: float) -> None:
         await self.lifespan.shutdown(grace)
@@ -75,6 +86,7 @@ class Init:
         self.config: Config | None = None
         self.program = None
         self.failure = ""
+        self.failure_detail = ""
         self.mounted_volumes: list = []
         self.bridge = None
         self.halted = asyncio.Event()
@@ -112,6 +124,9 @@ class Init:
             logger.exception("Unexpected error while handling a connection")
         finally:
             writer.close()
+            # The program may have closed 0, 1 or 2 during the call: refill them before
+            # anything of ours (the next accepted connection) can land there.
+            stdio.reserve()
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         with contextlib.suppress(ConnectionError):
@@ -162,7 +177,9 @@ class Init:
             message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
             logger.error("Configuration failed: %s", message)
             self.failure = message
-            self.state = InitState.FAILED
+            self.failure_detail = detail
+            if self.state is not InitState.HALTING:
+                self.state = InitState.FAILED
             return protocol.config_failure(message, detail)
         self.state = InitState.SERVING
         logger.info("Program started (%s, %s) in %.0f ms", config.interface.value, config.encoding.value,
@@ -188,22 +205,35 @@ class Init:
         elif config.volumes:
             logger.warning("Dev mode: volumes are not mounted; their content is expected under %s", self.paths.root)
         await self._start_guest_api_bridge()
+        # Unpacking and key setup can take minutes (150,000 entries, host keys): they run
+        # off the loop, which keeps answering, `halt` above all.
         if config.input_data:
             from aleph_runtime.guest.data import unpack_input_data
 
-            unpack_input_data(config.input_data, str(self.paths.data))
+            await _off_loop(unpack_input_data, config.input_data, str(self.paths.data))
+            self._stop_if_halting()
         if self.system and config.authorized_keys:
             from aleph_runtime.guest.ssh import setup_ssh
 
-            setup_ssh(config.authorized_keys, str(self.paths.root))
+            await _off_loop(setup_ssh, config.authorized_keys, str(self.paths.root))
+            self._stop_if_halting()
 
         from aleph_runtime.guest.code import unpack_code
 
-        code_directory = unpack_code(config, self.paths)
+        code_directory = await _off_loop(unpack_code, config, self.paths)
+        self._stop_if_halting()
         if config.interface is Interface.ASGI:
             self.program = await self._start_asgi(config, code_directory)
         else:
             self.program = await self._start_executable(config)
+        if self.state is InitState.HALTING:
+            # The halt found no program to stop: stop it here, bounded as at halt.
+            await self.program.stop(STOP_GRACE)
+            self._stop_if_halting()
+
+    def _stop_if_halting(self) -> None:
+        if self.state is InitState.HALTING:
+            raise ConfigError("the init was halted while the configuration was applied")
 
     async def _apply_system(self, config: Config) -> None:
         from aleph_runtime.guest import linux, network, volumes
@@ -262,7 +292,7 @@ class Init:
         except Exception:
             request = None
         else:
-            await self._send(writer, await self.run(request))
+            await self._run_and_answer(reader, writer, request)
             return
         unpacker = protocol.new_unpacker(max_buffer_size=MAX_REQUEST_BYTES)
         chunk = first
@@ -287,7 +317,28 @@ class Init:
             if oversized:
                 await self._discard_rest(reader, writer)
             return
-        await self._send(writer, await self.run(request))
+        del unpacker, chunk, first  # the request's bytes: only the decoded scope is needed now
+        await self._run_and_answer(reader, writer, request)
+
+    async def _run_and_answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: object) -> None:
+        """Run the call while watching its connection: when the host closes it (its
+        `seconds` passed, its client went away), the call is cancelled, which drops its
+        body and response buffers and closes an executable's connection to the program."""
+        loop = asyncio.get_running_loop()
+        call = loop.create_task(self.run(request))
+        host_gone = loop.create_task(_host_gone(reader, writer))
+        try:
+            await asyncio.wait((call, host_gone), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            call.cancel()
+            host_gone.cancel()
+            raise
+        if call.done():
+            host_gone.cancel()
+            await self._send(writer, call.result())
+            return
+        call.cancel()
+        logger.info("The host closed a call's connection before the answer: the call is cancelled")
 
     async def _discard_rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Let the host finish writing a refused request, so it reads our answer, not a reset.
@@ -308,12 +359,17 @@ class Init:
         if not isinstance(scope, dict):
             return protocol.error_answer("malformed run request: expected a map with a 'scope' map", "")
         if self.state is not InitState.SERVING:
-            reason = f"the program failed to start: {self.failure}" if self.state is InitState.FAILED else (
-                f"the init is not serving (state {self.state.name})")
-            return protocol.error_answer(reason, "")
+            if self.state is InitState.FAILED:
+                # The supervisor shows the traceback as the 500's body: the start error's own.
+                return protocol.error_answer(f"the program failed to start: {self.failure}", self.failure_detail)
+            return protocol.error_answer(f"the init is not serving (state {self.state.name})", "")
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Call %s %s", scope.get("method"), scope.get("path"))
-        return await self.program.handle(scope)
+        answer = await self.program.handle(scope)
+        if len(answer) > MAX_RESPONSE_BYTES + ANSWER_SLACK_BYTES:
+            logger.warning("Refused an answer of %d bytes", len(answer))
+            return protocol.error_answer(protocol.response_too_large(MAX_RESPONSE_BYTES), "")
+        return answer
 
     async def _answer_command(self, writer: asyncio.StreamWriter, first: bytes) -> None:
         command = first[1:].decode("utf-8", "replace")
@@ -385,6 +441,37 @@ class Init:
         self.halted.set()
 
 
+async def _off_loop(function, *arguments):
+    """`function(*arguments)` in a daemon thread; the loop goes on meanwhile.
+
+    Not the loop's executor: its threads are joined at exit, so a halt during a long
+    extraction would wait for it; a daemon thread ends with the init.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, error) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = function(*arguments), None
+        except BaseException as exception:  # noqa: BLE001 - handed to the awaiting task
+            # SystemExit and the like would end the init: the step failed, nothing more.
+            result, error = None, exception if isinstance(exception, Exception) else RuntimeError(
+                f"{type(exception).__name__}: {exception}")
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=f"init-{getattr(function, '__name__', 'step')}", daemon=True).start()
+    return await future
+
+
 def install_signal_handlers(init: Init) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -402,3 +489,35 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval)
         linux.reap_children()
+
+
+async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Return when the host has closed the connection; bytes it sends meanwhile are dropped.
+
+    The supervisor never half-closes a call, but a client that shuts down only its
+    writing side still reads the answer: EOF alone is not enough, the peer must have
+    hung up (POLLHUP), which a half-closed connection shows only once it is closed.
+    """
+    try:
+        while await reader.read(READ_CHUNK):
+            pass
+    except OSError:
+        return  # reset: gone
+    while not _peer_hung_up(writer):
+        await asyncio.sleep(HALF_CLOSED_POLL_INTERVAL)
+
+
+#: How often a half-closed call's connection is checked for the host's full close.
+HALF_CLOSED_POLL_INTERVAL = 1.0
+
+
+def _peer_hung_up(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    if sock is None or writer.is_closing():
+        return True
+    poller = select.poll()
+    try:
+        poller.register(sock.fileno(), select.POLLIN)
+    except (OSError, ValueError):
+        return True  # no descriptor left: closed
+    return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _fd, events in poller.poll(0))

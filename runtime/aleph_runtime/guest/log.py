@@ -34,8 +34,13 @@ def _debug_requested() -> bool:
         return False
 
 
-def setup_logging() -> logging.Logger:
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(fd: int | None = None) -> logging.Logger:
+    """Log to `fd` (the init's own duplicate of stderr, see stdio.py), else to sys.stderr."""
+    stream = sys.stderr
+    if fd is not None:
+        # Line-buffered, and never closing the descriptor: it is the init's for good.
+        stream = open(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(_UptimeFormatter())
     logger = logging.getLogger("aleph_runtime")
     logger.handlers[:] = [handler]

@@ -50,7 +50,9 @@ async def _serve(init, reap: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = _parse_arguments(argv)
-    setup_logging()
+    from aleph_runtime.guest import stdio
+
+    setup_logging(stdio.setup())
     pid1 = os.getpid() == 1
 
     from aleph_runtime.guest.code import Paths
@@ -69,6 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     if root is None:
         root = "/" if pid1 else tempfile.mkdtemp(prefix="aleph-init-")
     init = Init(transport, Paths(Path(root)), system=pid1)
+    if not pid1:
+        from aleph_runtime.guest import linux
+
+        try:
+            linux.set_child_subreaper()
+        except OSError as error:
+            logger.warning("Could not become the program's subreaper: %s", error)
     logger.info("aleph-runtime init starting (PID %d, %s, root %s)", os.getpid(), transport.description, root)
 
     loop = _new_event_loop()
@@ -76,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     loop.set_exception_handler(_log_loop_error)
     logger.info("Event loop: %s", type(loop).__module__.split(".")[0])
     try:
-        loop.run_until_complete(_serve(init, reap=pid1))
+        loop.run_until_complete(_serve(init, reap=True))
     except BaseException:
         # Nothing may kill PID 1 silently: log, then go down cleanly below.
         logger.exception("The init's main loop failed")
