@@ -280,6 +280,7 @@ class Init:
             raise ConfigError(f"the entrypoint {config.entrypoint!r} is not a file of the code")
         program = ExecutableProgram(str(path), env=dict(os.environ), cwd=str(self.paths.code))
         program.data_export = self._data_export()
+        program.max_response_bytes = MAX_RESPONSE_BYTES
         await program.start()
         return program
 
