@@ -143,7 +143,7 @@ class Init:
                 raise protocol.ProtocolError(f"config length line too long: {bytes(buffer[:20])!r}")
             more = await reader.read(READ_CHUNK)
             if not more:
-                raise asyncio.IncompleteReadError(bytes(buffer), None)
+                raise protocol.ProtocolError(f"the connection ended inside the config length line: {bytes(buffer)!r}")
             buffer += more
             newline = buffer.find(b"\n")
         length_text = bytes(buffer[:newline])
@@ -155,7 +155,14 @@ class Init:
             await self._send(writer, protocol.config_failure(f"the configuration is larger than {MAX_REQUEST_BYTES} bytes"))
             return
         if len(payload) < length:
-            payload += await reader.readexactly(length - len(payload))
+            try:
+                payload += await reader.readexactly(length - len(payload))
+            except asyncio.IncompleteReadError as error:
+                # A peer that half-closed still reads: tell it, and wait for a whole one.
+                received = len(payload) + len(error.partial)
+                await self._send(writer, protocol.config_failure(
+                    f"the connection ended after {received} of the configuration's {length} bytes"))
+                return
         answer = await self.configure(bytes(payload[:length]))
         await self._send(writer, answer)
 
