@@ -29,9 +29,11 @@ async def app(scope, receive, send):
             stats["hanging"] -= 1
     if path == "/endless":
         await send({"type": "http.response.start", "status": 200, "headers": [[b"content-type", b"text/event-stream"]]})
-        chunk = b"data: " + b"x" * 65536 + b"\n\n"
+        filler = b"data: " + b"x" * 65536
         try:
             while True:
+                # A new object each time, as a real stream's events are.
+                chunk = filler + b"%d\n\n" % stats["chunks"]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 stats["chunks"] += 1
                 await asyncio.sleep(0)
