@@ -226,7 +226,9 @@ async def run_cycle(
             cycle = HTTPCycle(scope, body, max_response_bytes)
             await cycle.run(app)
             data = await output_data() if output_data else None
-            return protocol.run_answer(cycle.status, cycle.headers, b"".join(cycle.chunks), output_data=data)
+            body = b"".join(cycle.chunks)
+            cycle.chunks.clear()  # at most two copies of a large body at once: joined and packed
+            return protocol.run_answer(cycle.status, cycle.headers, body, output_data=data)
         if kind == "aleph.message":
             event = EventCycle(dict(raw_scope, asgi=ASGI_VERSION))
             await event.run(app)
