@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "runtime"))
 
-from aleph_runtime.host.dev_init import DevInit  # noqa: E402
+from aleph_runtime.host.machines.dev import DevInit  # noqa: E402
 from aleph_runtime.host.program import program_config  # noqa: E402
 
 APP = (HERE / "tests" / "programs" / "guardrails_app.py").read_bytes()

@@ -24,7 +24,7 @@ from aleph_runtime.guest.code import Paths
 from aleph_runtime.guest.config import ConfigError, parse_config
 from aleph_runtime.guest.data import DataExport
 from aleph_runtime.guest.init import AsgiProgram, Init, InitState
-from aleph_runtime.host.dev_init import DevInit
+from aleph_runtime.host.machines.dev import DevInit
 from aleph_runtime.host.program import program_config
 
 SEED = 20269

@@ -21,7 +21,7 @@ import pytest
 from nsguest import needs_root as _needs_root
 
 from aleph_runtime import protocol
-from aleph_runtime.host.dev_init import DevInit
+from aleph_runtime.host.machines.dev import DevInit
 from aleph_runtime.host.program import program_config
 from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aleph_runtime import protocol
+from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 
 logger = logging.getLogger("aleph_runtime.asgi")
 
@@ -41,10 +42,6 @@ class ResponseTooLarge(CycleError):
 
     def __init__(self, limit: int):
         super().__init__(protocol.response_too_large(limit))
-
-
-#: The largest response body kept when none is given (the init passes its setting).
-DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
 
 
 def _as_bytes(value: object, what: str) -> bytes:

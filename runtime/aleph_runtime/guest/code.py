@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from aleph_runtime.guest.archive import extract_tar, extract_zip
+from aleph_runtime.guest.archive import DEFAULT_MAX_UNPACKED, extract_tar, extract_zip
 from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface
 
 logger = logging.getLogger("aleph_runtime.code")
@@ -79,16 +79,16 @@ def split_entrypoint(entrypoint: str, encoding: Encoding) -> tuple[str, str]:
     return module, attribute
 
 
-def unpack_code(config: Config, paths: Paths) -> Path:
+def unpack_code(config: Config, paths: Paths, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> Path:
     """Put the code where its interface expects it; return the directory that holds it."""
     directory = paths.opt if config.interface is Interface.ASGI else paths.code
     if config.encoding is Encoding.SQUASHFS:
         return paths.code  # mounted as the first volume
     directory.mkdir(parents=True, exist_ok=True)
     if config.encoding is Encoding.ZIP:
-        extract_zip(config.code, directory)
+        extract_zip(config.code, directory, max_unpacked)
     elif config.encoding is Encoding.TAR:
-        extract_tar(config.code, directory)
+        extract_tar(config.code, directory, max_unpacked)
     elif config.interface is Interface.ASGI:
         module, _ = split_entrypoint(config.entrypoint, config.encoding)
         module_path = directory.joinpath(*module.split(".")).with_suffix(".py")

@@ -25,6 +25,7 @@ import traceback
 from urllib.parse import quote
 
 from aleph_runtime import protocol
+from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 from aleph_runtime.guest.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ class ResponseTooLarge(HTTPProtocolError):
         super().__init__(protocol.response_too_large(limit))
 
 
-#: The largest response body read from the program, unless the init says otherwise.
-DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
 #: The most status and header bytes read from the program (interim answers included):
 #: real servers send a few KiB; an endless header block must not grow the init.
 MAX_RESPONSE_HEAD_BYTES = 1 << 20

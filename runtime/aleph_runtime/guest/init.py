@@ -29,22 +29,16 @@ from aleph_runtime import __version__, protocol
 from aleph_runtime.guest import stdio
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.code import Paths
+from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES, Settings
 
 logger = logging.getLogger("aleph_runtime.init")
 
-#: A run request larger than this is answered with an error (the body rides in it).
-MAX_REQUEST_BYTES = int(os.environ.get("ALEPH_MAX_REQUEST_BYTES", 256 * 2**20))
-#: A response body larger than this is an error answer naming it; the program's stream
-#: is no longer read (an endless stream would otherwise grow PID 1 until the OOM killer).
-MAX_RESPONSE_BYTES = int(os.environ.get(protocol.MAX_RESPONSE_VARIABLE, 256 * 2**20))
 #: The packed answer may exceed the body's cap by its headers and /data's zip; beyond
 #: this slack it is refused too (an event's answer, which has no body cap, included).
 ANSWER_SLACK_BYTES = 16 * 2**20
-LIFESPAN_STARTUP_TIMEOUT = float(os.environ.get("ALEPH_LIFESPAN_STARTUP_TIMEOUT", 50))
 #: How long the program gets to stop at halt (lifespan shutdown, or SIGTERM before
 #: SIGKILL): the supervisor gives the whole halt 5 s, and the volumes come after it.
 STOP_GRACE = 2.5
-READ_CHUNK = 1 << 20
 
 
 class InitState(enum.Enum):
@@ -61,16 +55,17 @@ class InitState(enum.Enum):
 
 
 class AsgiProgram:
-    def __init__(self, app, lifespan, data_export):
+    def __init__(self, app, lifespan, data_export, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         self.app = app
         self.lifespan = lifespan
         self.data_export = data_export
+        self.max_response_bytes = max_response_bytes
 
     async def handle(self, scope: dict) -> bytes:
         from aleph_runtime.guest.asgi import run_cycle
 
         return await run_cycle(
-            self.app, scope, self.lifespan.app_state, self.data_export.acollect, max_response_bytes=MAX_RESPONSE_BYTES
+            self.app, scope, self.lifespan.app_state, self.data_export.acollect, max_response_bytes=self.max_response_bytes
         )
 
     async def stop(self, grace: float) -> None:
@@ -78,10 +73,11 @@ class AsgiProgram:
 
 
 class Init:
-    def __init__(self, transport, paths: Paths, system: bool):
+    def __init__(self, transport, paths: Paths, system: bool, settings: Settings | None = None):
         self.transport = transport
         self.paths = paths
         self.system = system
+        self.settings = settings or Settings()
         self.state = InitState.WAITING_CONFIG
         self.config: Config | None = None
         self.program = None
@@ -103,7 +99,7 @@ class Init:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            first = await reader.read(READ_CHUNK)
+            first = await reader.read(protocol.READ_CHUNK)
             if not first:
                 return
             kind = protocol.classify_request(first[0])
@@ -136,35 +132,17 @@ class Init:
     # --- configuration ---
 
     async def _answer_config(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        newline = first.find(b"\n")
-        buffer = bytearray(first)
-        while newline < 0:
-            if len(buffer) > 20:
-                raise protocol.ProtocolError(f"config length line too long: {bytes(buffer[:20])!r}")
-            more = await reader.read(READ_CHUNK)
-            if not more:
-                raise protocol.ProtocolError(f"the connection ended inside the config length line: {bytes(buffer)!r}")
-            buffer += more
-            newline = buffer.find(b"\n")
-        length_text = bytes(buffer[:newline])
-        if not length_text.isdigit() or len(length_text) > 12:
-            raise protocol.ProtocolError(f"config length line is not a number: {length_text!r}")
-        length = int(length_text)
-        payload = buffer[newline + 1 :]
-        if length > MAX_REQUEST_BYTES:
-            await self._send(writer, protocol.config_failure(f"the configuration is larger than {MAX_REQUEST_BYTES} bytes"))
+        try:
+            payload = await protocol.read_config(reader, first, self.settings.max_request_bytes)
+        except protocol.RequestTooLarge as error:
+            await self._send(writer, protocol.config_failure(str(error)))
             return
-        if len(payload) < length:
-            try:
-                payload += await reader.readexactly(length - len(payload))
-            except asyncio.IncompleteReadError as error:
-                # A peer that half-closed still reads: tell it, and wait for a whole one.
-                received = len(payload) + len(error.partial)
-                await self._send(writer, protocol.config_failure(
-                    f"the connection ended after {received} of the configuration's {length} bytes"))
-                return
-        answer = await self.configure(bytes(payload[:length]))
-        await self._send(writer, answer)
+        except asyncio.IncompleteReadError as error:
+            # A peer that half-closed still reads: tell it, and wait for a whole one.
+            await self._send(writer, protocol.config_failure(
+                f"the connection ended after {len(error.partial)} bytes of the configuration"))
+            return
+        await self._send(writer, await self.configure(payload))
 
     async def configure(self, payload: bytes) -> bytes:
         if self.state is not InitState.WAITING_CONFIG:
@@ -217,7 +195,7 @@ class Init:
         if config.input_data:
             from aleph_runtime.guest.data import unpack_input_data
 
-            await _off_loop(unpack_input_data, config.input_data, str(self.paths.data))
+            await _off_loop(unpack_input_data, config.input_data, str(self.paths.data), self.settings.max_unpacked_bytes)
             self._stop_if_halting()
         if self.system and config.authorized_keys:
             from aleph_runtime.guest.ssh import setup_ssh
@@ -227,7 +205,7 @@ class Init:
 
         from aleph_runtime.guest.code import unpack_code
 
-        code_directory = await _off_loop(unpack_code, config, self.paths)
+        code_directory = await _off_loop(unpack_code, config, self.paths, self.settings.max_unpacked_bytes)
         self._stop_if_halting()
         if config.interface is Interface.ASGI:
             self.program = await self._start_asgi(config, code_directory)
@@ -266,10 +244,10 @@ class Init:
         app = load_asgi_app(config, self.paths, code_directory)
         lifespan = Lifespan(app)
         try:
-            await lifespan.startup(LIFESPAN_STARTUP_TIMEOUT)
+            await lifespan.startup(self.settings.lifespan_startup_timeout)
         except RuntimeError as error:
             raise ConfigError(str(error)) from None
-        return AsgiProgram(app, lifespan, self._data_export())
+        return AsgiProgram(app, lifespan, self._data_export(), self.settings.max_response_bytes)
 
     def _data_export(self):
         """/data is exported after every call whenever it is not empty, as today, even when
@@ -287,7 +265,7 @@ class Init:
             raise ConfigError(f"the entrypoint {config.entrypoint!r} is not a file of the code")
         program = ExecutableProgram(str(path), env=dict(os.environ), cwd=str(self.paths.code))
         program.data_export = self._data_export()
-        program.max_response_bytes = MAX_RESPONSE_BYTES
+        program.max_response_bytes = self.settings.max_response_bytes
         await program.start()
         return program
 
@@ -295,37 +273,14 @@ class Init:
 
     async def _answer_run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
         try:
-            # Most calls arrive in one read: decode them at once, stream only the big ones.
-            request = protocol.unpack(first)
-        except Exception:
-            request = None
-        else:
-            await self._run_and_answer(reader, writer, request)
-            return
-        unpacker = protocol.new_unpacker(max_buffer_size=MAX_REQUEST_BYTES)
-        chunk = first
-        try:
-            while True:
-                unpacker.feed(chunk)
-                for request in unpacker:
-                    break
-                if request is not None:
-                    break
-                chunk = await reader.read(READ_CHUNK)
-                if not chunk:
-                    raise protocol.ProtocolError("the connection closed before a complete run request arrived")
-        except Exception as error:  # msgpack's BufferFull, FormatError, StackError...
-            oversized = type(error).__name__ == "BufferFull"
-            if oversized:
-                message = f"the request is larger than {MAX_REQUEST_BYTES} bytes"
-            else:
-                message = f"malformed run request: {type(error).__name__}: {error}"
-            logger.warning("Refused a call: %s", message)
-            await self._send(writer, protocol.error_answer(message, ""))
-            if oversized:
+            request = await protocol.read_run_request(reader, first, self.settings.max_request_bytes)
+        except protocol.ProtocolError as error:
+            logger.warning("Refused a call: %s", error)
+            await self._send(writer, protocol.error_answer(str(error), ""))
+            if isinstance(error, protocol.RequestTooLarge):
                 await self._discard_rest(reader, writer)
             return
-        del unpacker, chunk, first  # the request's bytes: only the decoded scope is needed now
+        del first  # only the decoded request is needed from here on
         await self._run_and_answer(reader, writer, request)
 
     async def _run_and_answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: object) -> None:
@@ -359,7 +314,7 @@ class Init:
                 writer.write_eof()
         with contextlib.suppress(OSError, asyncio.TimeoutError):
             async with asyncio.timeout(60):
-                while await reader.read(READ_CHUNK):
+                while await reader.read(protocol.READ_CHUNK):
                     pass
 
     async def run(self, request: object) -> bytes:
@@ -374,9 +329,9 @@ class Init:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Call %s %s", scope.get("method"), scope.get("path"))
         answer = await self.program.handle(scope)
-        if len(answer) > MAX_RESPONSE_BYTES + ANSWER_SLACK_BYTES:
+        if len(answer) > self.settings.max_response_bytes + ANSWER_SLACK_BYTES:
             logger.warning("Refused an answer of %d bytes", len(answer))
-            return protocol.error_answer(protocol.response_too_large(MAX_RESPONSE_BYTES), "")
+            return protocol.error_answer(protocol.response_too_large(self.settings.max_response_bytes), "")
         return answer
 
     async def _answer_command(self, writer: asyncio.StreamWriter, first: bytes) -> None:
@@ -400,14 +355,7 @@ class Init:
     # --- halt ---
 
     async def _answer_halt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        received = bytearray(first)
-        while len(received) < len(protocol.HALT) and protocol.HALT.startswith(bytes(received)):
-            more = await reader.read(len(protocol.HALT) - len(received))
-            if not more:
-                break
-            received += more
-        if not bytes(received).startswith(protocol.HALT):
-            raise protocol.ProtocolError(f"unknown request {bytes(received[:16])!r}")
+        await protocol.read_halt(reader, first)
         logger.info("Halt requested by the host")
         await self.halt(writer)
 

@@ -21,15 +21,15 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aleph_runtime.host.guest_api import (
+from aleph_runtime.host.services.guest_api import (
     DEFAULT_API_SERVER,
     GuestAPIServer,
     GuestAPISettings,
     guest_api_socket_path,
 )
-from aleph_runtime.host.http_front import DEFAULT_CLIENT_MAX_SIZE, HTTPFront, create_front_app
-from aleph_runtime.host.redis_server import RedisServer
-from aleph_runtime.host.signer import LocalSigner
+from aleph_runtime.host.services.http_front import DEFAULT_CLIENT_MAX_SIZE, HTTPFront, create_front_app
+from aleph_runtime.host.services.redis_server import RedisServer
+from aleph_runtime.host.services.signer import LocalSigner
 from aleph_runtime.host.supervisor import SupervisorClient
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,6 @@ class HostServices:
 
     async def start_front(
         self,
-        becomes_ready: Callable[[], Awaitable[None]] | None = None,
         on_empty_answer: Callable[[], Awaitable[None]] | None = None,
     ) -> str:
         """The HTTP front on host:port; its URL."""
@@ -96,7 +95,6 @@ class HostServices:
             self.vm_hash,
             self.seconds,
             code_ref=self.code_ref,
-            becomes_ready=becomes_ready,
             on_empty_answer=on_empty_answer,
             client_max_size=self.client_max_size,
             node_error_pages=self.node_error_pages,

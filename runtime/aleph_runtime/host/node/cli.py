@@ -9,7 +9,7 @@ Progress goes to stderr, the URL to stdout. Exit status: 0 after a clean stop
 (Ctrl-C / SIGTERM), 1 when the node could not run (boot failure, a machine that died),
 2 for a usage error (bad PATH, option or volume), 3 when the program itself failed to
 start (its import or lifespan startup raised: the init's error and traceback are shown).
-Runnable as `python -m aleph_runtime.host.cli`.
+Runnable as `python -m aleph_runtime.host.node.cli`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import signal
 import sys
 import textwrap
 from pathlib import Path
+
+# The wire format only (msgpack): the rest is imported when a command runs, so --help stays fast.
+from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
 
@@ -72,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("path", nargs="?", metavar="PATH", help="the program: a .py file, directory, zip, tar or squashfs")
     run.add_argument("--entrypoint", help="`module:app` for Python ASGI, or the executable's path in the code")
-    run.add_argument("--encoding", choices=("plain", "zip", "tar", "squashfs"), help="how the code is sent")
-    run.add_argument("--interface", choices=("asgi", "executable", "binary"), help="default: from the entrypoint")
+    run.add_argument("--encoding", choices=list(Encoding), help="how the code is sent")
+    run.add_argument("--interface", choices=list(INTERFACE_NAMES), help="default: from the entrypoint")
     run.add_argument("--volume", "-v", action="append", default=[], metavar="SPEC", help="a volume (see below)")
     run.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="a program variable")
     run.add_argument("--memory", type=int, metavar="MiB", help="the VM's memory (default 512; vm mode only)")
@@ -142,18 +145,17 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 
 def _options(args: argparse.Namespace):
-    from aleph_runtime.host.node import (
+    from aleph_runtime.host.errors import NodeError
+    from aleph_runtime.host.node.inference import infer_program
+    from aleph_runtime.host.node.local import (
         DEFAULT_EXAMPLE,
-        check_port_free,
         DEFAULT_EXAMPLE_ENV,
         DEFAULT_EXAMPLE_VOLUME,
-        NodeError,
         NodeOptions,
+        check_port_free,
         default_state_dir,
-        infer_program,
-        parse_env,
-        parse_volume,
     )
+    from aleph_runtime.host.node.volumes import parse_env, parse_volume
 
     volumes = [parse_volume(text) for text in args.volume]
     env = parse_env(args.env)
@@ -172,7 +174,7 @@ def _options(args: argparse.Namespace):
     if args.vm_hash is not None and not (len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
     port = args.port
-    executable_on_host = args.mode == "dev" and program.interface == "executable"
+    executable_on_host = args.mode == "dev" and program.interface is Interface.EXECUTABLE
     if executable_on_host:
         # The init's executables listen on 127.0.0.1:8080; in dev mode that is this machine's.
         if port == 8080:
@@ -192,7 +194,7 @@ def _options(args: argparse.Namespace):
 
 async def serve(node, verbose: bool) -> int:
     """Start the node, print its URL, run until Ctrl-C/SIGTERM or until the machine dies; stop it."""
-    from aleph_runtime.host.redis_server import RedisServerError
+    from aleph_runtime.host.services.redis_server import RedisServerError
     from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
 
     loop = asyncio.get_running_loop()
@@ -273,7 +275,8 @@ async def serve(node, verbose: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aleph_runtime.host.node import LocalNode, NodeError, SetupError, check_port_free
+    from aleph_runtime.host.errors import NodeError, SetupError
+    from aleph_runtime.host.node.local import LocalNode, check_port_free
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="aleph-runtime: %(name)s: %(message)s"
