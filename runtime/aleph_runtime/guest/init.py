@@ -296,6 +296,10 @@ class Init:
             call.cancel()
             host_gone.cancel()
             raise
+        if not call.done() and host_gone.exception() is not None:
+            # The watch itself failed: a bug of ours must not cost the call its answer.
+            logger.error("Watching a call's connection failed", exc_info=host_gone.exception())
+            await asyncio.wait((call,))
         if call.done():
             host_gone.cancel()
             await self._send(writer, call.result())
@@ -455,7 +459,7 @@ async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     hung up (POLLHUP), which a half-closed connection shows only once it is closed.
     """
     try:
-        while await reader.read(READ_CHUNK):
+        while await reader.read(protocol.READ_CHUNK):
             pass
     except OSError:
         return  # reset: gone
