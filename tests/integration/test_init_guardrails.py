@@ -165,7 +165,32 @@ async def _server_settled(init: DevInit, closed: int) -> dict | None:
     return counts if counts["hanging"] == 0 and counts["closed"] == closed else None
 
 
+def processes_running(argv: bytes) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if Path(f"/proc/{name}/cmdline").read_bytes() == argv:
+                    found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+async def test_a_debug_command_the_host_gave_up_on_is_killed(init):
+    with pytest.raises(asyncio.TimeoutError):
+        await init.client.command("sleep 3017", timeout=0.5)
+    assert await eventually(lambda: not processes_running(b"sleep\x003017\x00"))
+    assert await halts(init)
+
+
 # --- 2. responses are bounded ---
+
+
+async def test_a_debug_commands_output_is_bounded(init):
+    output = await init.client.command("yes", timeout=30)
+    assert len(output) < CAP + 200 and output.endswith(b"ALEPH_MAX_RESPONSE_BYTES)]\n"), output[-200:]
+    assert await halts(init)
 
 
 async def test_an_endless_asgi_stream_ends_with_an_error_naming_the_cap(init):

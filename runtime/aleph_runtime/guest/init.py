@@ -110,7 +110,7 @@ class Init:
             elif kind is protocol.RequestKind.HALT:
                 await self._answer_halt(reader, writer, first)
             else:
-                await self._answer_command(writer, first)
+                await self._answer_command(reader, writer, first)
         except protocol.ProtocolError as error:
             logger.warning("Refused a request: %s", error)
             await self._send(writer, protocol.error_answer(f"ProtocolError: {error}", ""))
@@ -281,14 +281,15 @@ class Init:
                 await self._discard_rest(reader, writer)
             return
         del first  # only the decoded request is needed from here on
-        await self._run_and_answer(reader, writer, request)
+        await self._answer_watched(reader, writer, self.run(request))
 
-    async def _run_and_answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: object) -> None:
-        """Run the call while watching its connection: when the host closes it (its
-        `seconds` passed, its client went away), the call is cancelled, which drops its
-        body and response buffers and closes an executable's connection to the program."""
+    async def _answer_watched(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, work) -> None:
+        """Send what the coroutine `work` returns, watching the connection meanwhile: when
+        the host closes it (its `seconds` passed, its client went away), the work is
+        cancelled, which drops a call's body and response buffers and closes an
+        executable's connection to the program."""
         loop = asyncio.get_running_loop()
-        call = loop.create_task(self.run(request))
+        call = loop.create_task(work)
         host_gone = loop.create_task(_host_gone(reader, writer))
         try:
             await asyncio.wait((call, host_gone), return_when=asyncio.FIRST_COMPLETED)
@@ -338,23 +339,40 @@ class Init:
             return protocol.error_answer(protocol.response_too_large(self.settings.max_response_bytes), "")
         return answer
 
-    async def _answer_command(self, writer: asyncio.StreamWriter, first: bytes) -> None:
-        command = first[1:].decode("utf-8", "replace")
+    async def _answer_command(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+        await self._answer_watched(reader, writer, self._command_output(first[1:].decode("utf-8", "replace")))
+
+    async def _command_output(self, command: str) -> bytes:
+        """A debug command's combined output, bounded like a response; killed (with its
+        process group) when it outgrows it, or when the host gives up on it."""
         logger.info("Debug command: %s", command)
         from aleph_runtime.guest import linux
 
         process = await asyncio.create_subprocess_shell(
-            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
+            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         linux.MANAGED_CHILDREN.add(process.pid)  # its status is the loop's watcher's, not the reaper's
+        limit = self.settings.max_response_bytes
+        output = bytearray()
         try:
-            output, _ = await process.communicate()
+            while chunk := await process.stdout.read(protocol.READ_CHUNK):
+                output += chunk
+                if len(output) > limit:
+                    del output[limit:]
+                    output += f"\n[output cut: {protocol.response_too_large(limit)}]\n".encode()
+                    _kill_group(process.pid)
+                    break
+            await process.wait()
+        except asyncio.CancelledError:
+            _kill_group(process.pid)
+            raise
         finally:
             linux.MANAGED_CHILDREN.discard(process.pid)
         if process.returncode:
             # Today's runtime prefixes a failing command's output with the error.
-            output = f"Command '{command}' returned non-zero exit status {process.returncode}.\n".encode() + output
-        await self._send(writer, output)
+            output[0:0] = f"Command '{command}' returned non-zero exit status {process.returncode}.\n".encode()
+        return bytes(output)
 
     # --- halt ---
 
@@ -449,6 +467,11 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval)
         linux.reap_children()
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
