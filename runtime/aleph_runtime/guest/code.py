@@ -31,7 +31,7 @@ from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface
 
 logger = logging.getLogger("aleph_runtime.code")
 
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _ATTRIBUTE = _MODULE
 #: A plain ASGI program whose entrypoint names only an attribute is imported as this module.
 PLAIN_MODULE = "main"
@@ -102,7 +102,9 @@ def unpack_code(config: Config, paths: Paths, max_unpacked: int = DEFAULT_MAX_UN
         module_path.parent.mkdir(parents=True, exist_ok=True)
         module_path.write_bytes(config.code)
     else:
-        executable_path(config, paths).write_bytes(config.code)
+        path = executable_path(config, paths)
+        path.parent.mkdir(parents=True, exist_ok=True)  # an entrypoint such as bin/server
+        path.write_bytes(config.code)
     return directory
 
 
