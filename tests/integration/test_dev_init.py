@@ -69,7 +69,8 @@ async def test_lifespan_state_and_variables_reach_the_app(init):
     assert env["ALEPH_API_UNIX_SOCKET"].endswith("/tmp/socat-socket")
     assert env["ALEPH_REMOTE_CRYPTO_UNIX_SOCKET"] == env["ALEPH_API_UNIX_SOCKET"]
     assert env["ALEPH_INIT_VERSION"] == "2.0.0"
-    assert len(env["ALEPH_ADDRESS_TO_USE"]) == 52
+    # The VM's item hash in hex, as the guest API requires in a signed message's address.
+    assert len(env["ALEPH_ADDRESS_TO_USE"]) == 64 and int(env["ALEPH_ADDRESS_TO_USE"], 16) >= 0
     # The guest API socket exists before the program is imported.
     assert Path(env["ALEPH_API_UNIX_SOCKET"]).is_socket()
 

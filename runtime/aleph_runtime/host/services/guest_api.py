@@ -12,14 +12,17 @@ aleph-vm's own guest API (protocol document, section 6):
   `<vm_hash>:<key>`, expiring after 7 days; a key must match `^\\w+$`, a pattern
   `^[\\w?*^\\-]+$`, else 400.
 - `POST /api/v0/ipfs/pubsub/pub`, `POST /api/v0/p2p/pubsub/pub`: the program's POST
-  message is re-published through the node, signed by the node's account.
+  message (its JSON, or the object as aleph-sdk-python 2 sends it) is re-published
+  through the node, signed by the node's account.
+- `POST /api/v0/messages`: 405, as on a node, but in JSON so the SDK falls back to pubsub.
 - any other `GET|HEAD|OPTIONS /<path>`: proxied to the aleph API server, so programs
   can read the network with internet disabled.
 
 Where aleph-vm's guest API would hang or crash (an unreachable API server, a garbled
 message, Redis down), this one answers at once with a one-line reason: 502 when the
-API server cannot be reached, 400 for a request it cannot read (JSON nested too deeply
-for the parser included), 503 when Redis is down.
+API server cannot be reached (an API server's refusal keeps its status), 400 for a
+request it cannot read (JSON nested too deeply for the parser included), 503 when Redis
+is down.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,16 +227,31 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return _unreachable(request, error)
 
 
+def _pubsub_message(body: object) -> dict:
+    """The program's message from a pubsub body: `data` is its JSON (aleph-client, aleph-vm's
+    own guest API) or the message object itself (aleph-sdk-python 2's fallback)."""
+    if not isinstance(body, dict) or "data" not in body:
+        raise ValueError("the body must be a JSON object with 'topic' and 'data'")
+    data = body["data"]
+    message = parse_json(data) if isinstance(data, (str, bytes)) else data
+    if not isinstance(message, dict):
+        raise ValueError("'data' must be a message object or its JSON")
+    return message
+
+
 async def repost(request: web.Request) -> web.StreamResponse:
     """Re-publish a program's pubsub POST through the node, as aleph-vm's VM connector does.
 
-    The program sends `{"topic": str, "data": json(message)}`; the message's content is
+    The program sends `{"topic": str, "data": message}`; the message's content is
     published as a new POST signed by the node's account (the program has no key of its
-    own). The answer is `{"status": "success", "item_hash": ...}`.
+    own). The answer is `{"status": "success", "item_hash": ...}`; an API server that
+    refuses the new message is answered with its own status and a one-line reason.
     """
     try:
-        body = parse_json(await request.read())
-        message = parse_json(body["data"])
+        message = _pubsub_message(parse_json(await request.read()))
+        if message.get("type") not in ("POST", None):
+            # The node publishes in its own name: only a post's content carries over.
+            return _error(400, f"the node re-publishes only POST messages, not {str(message.get('type'))[:20]}")
         content = parse_json(message["item_content"])
         post_content, post_type = content["content"], content["type"]
     except (ValueError, KeyError, TypeError) as error:
@@ -240,7 +259,7 @@ async def repost(request: web.Request) -> web.StreamResponse:
     channel = message.get("channel") or DEFAULT_CHANNEL
 
     from aleph.sdk.client import AuthenticatedAlephHttpClient
-    from aleph.sdk.exceptions import BroadcastError
+    from aleph_message.models import MessageType, PostContent
 
     settings = request.app[SETTINGS]
     account = await settings.signer.get_account()
@@ -249,18 +268,36 @@ async def repost(request: web.Request) -> web.StreamResponse:
         async with asyncio.timeout(settings.proxy_timeout), AuthenticatedAlephHttpClient(
             account=account, api_server=settings.api_server, allow_unix_sockets=False
         ) as client:
-            posted, _status = await client.create_post(
-                post_content=post_content,
-                post_type=post_type,
-                address=account.get_address(),
-                channel=channel,
-                sync=False,
+            new_content = PostContent(
+                type=post_type, address=account.get_address(), content=post_content,
+                ref=content.get("ref"), time=time.time(),
+            )  # fmt: skip
+            signed = await client.generate_signed_message(
+                message_type=MessageType.post, content=new_content.model_dump(exclude_none=True), channel=channel
             )
+            broadcast = {"sync": False, "message": signed.model_dump(mode="json", include=client.BROADCAST_MESSAGE_FIELDS)}
+            # POSTed here rather than through create_post, whose errors lose the API's status.
+            async with client.http_session.post("/api/v0/messages", json=broadcast) as response:
+                if response.status not in (200, 202):
+                    reason = _one_line((await response.text())[:500])
+                    return _error(
+                        response.status, f"aleph API server {settings.api_server} refused the message: {reason}"
+                    )
     except (aiohttp.ClientConnectionError, TimeoutError, OSError) as error:
         return _unreachable(request, error)
-    except (aiohttp.ClientResponseError, BroadcastError) as error:
-        return _error(502, f"aleph API server {settings.api_server} refused the message: {error}")
-    return web.json_response({"status": "success", "item_hash": posted.item_hash})
+    return web.json_response({"status": "success", "item_hash": signed.item_hash})
+
+
+async def post_message(request: web.Request) -> web.StreamResponse:
+    """POST /api/v0/messages is not open to programs, as on a node (where only GET, HEAD and
+    OPTIONS reach the API): 405, in JSON, so aleph-sdk-python falls back to the pubsub route
+    (it reads this answer as JSON; a node's plain-text 405 makes it raise after posting)."""
+    return web.json_response(
+        {"error": "POST /api/v0/messages is not available to programs: the node re-publishes "
+                  "messages sent to POST /api/v0/ipfs/pubsub/pub, signed with its key"},
+        status=405,
+        headers={"Allow": "GET, HEAD, OPTIONS"},
+    )  # fmt: skip
 
 
 # --- the app ---
@@ -307,6 +344,7 @@ def create_guest_api_app(settings: GuestAPISettings) -> web.Application:
     app.router.add_route("HEAD", "/{tail:.*}", proxy)
     app.router.add_route("OPTIONS", "/{tail:.*}", proxy)
 
+    app.router.add_route("POST", "/api/v0/messages", post_message)
     app.router.add_route("POST", "/api/v0/ipfs/pubsub/pub", repost)
     app.router.add_route("POST", "/api/v0/p2p/pubsub/pub", repost)
     return app

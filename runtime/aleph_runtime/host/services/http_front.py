@@ -181,14 +181,23 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
     return result
 
 
+def _log_error_answer(result: dict, call: str) -> None:
+    """Log an error answer as whose it is: the init's own failure or refusal, or the program's."""
+    if "traceback" not in result:
+        return
+    if protocol.is_init_failure(result):
+        logger.error("the init failed on %s (not the program's error):\n%s", call, result["traceback"])
+    else:
+        logger.warning("program error on %s:\n%s", call, result["traceback"])
+
+
 async def _run_request(request: web.Request, path: str) -> web.StreamResponse:
     settings: FrontSettings = request.app[FRONT]
     scope = await build_http_scope(path, request)
     result = await _call_init(request, scope)
     if isinstance(result, web.StreamResponse):
         return result
-    if "traceback" in result:
-        logger.warning("program error:\n%s", result["traceback"])
+    _log_error_answer(result, f"{request.method} {path}")
     try:
         return answer_to_response(result, settings.vm_hash, settings.code_ref, request.method)
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError, ValueError) as error:
@@ -244,7 +253,7 @@ async def post_event(request: web.Request) -> web.StreamResponse:
     if isinstance(result, web.StreamResponse):
         return result
     if "traceback" in result:
-        logger.warning("program error on event:\n%s", result["traceback"])
+        _log_error_answer(result, "the event")
         return traceback_response(result)
     if "body" not in result:
         return _bad_gateway("Invalid response from VM")
