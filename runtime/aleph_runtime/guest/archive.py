@@ -16,8 +16,10 @@ than lexically:
 
 Bombs are bounded by what the machine has: the bytes written (rounded up to the
 filesystem's blocks) stay under its free space less a margin, and the entry count under
-both a limit and its free inodes. A zip's entry count is read from its end record before
-its central directory is parsed. On any failure, what the extraction created is removed.
+both a limit and its free inodes. Declared sizes are checked before anything is written
+(a zip's total, each tar entry's), a zip's entries are counted before zipfile parses its
+central directory, and tar headers that tarfile would read whole are bounded. On any
+failure, what the extraction created is removed.
 """
 
 from __future__ import annotations
