@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -184,6 +185,60 @@ async def test_sign_refuses_a_message_not_addressed_from_the_vm(guest_api_factor
             async with session.post(f"{API_HOST}/sign", data=garbage) as response:
                 assert response.status == 400
                 assert (await response.text()).startswith("Invalid message")
+
+
+def hashed(message: dict, **changes) -> dict:
+    """The message with `changes`, its item_hash recomputed from its item_content."""
+    message = dict(message, **changes)
+    message["item_hash"] = hashlib.sha256(message["item_content"].encode()).hexdigest()
+    return message
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"item_hash": "ab" * 32}, "item_hash is not the sha256 of item_content"),
+        ({"item_hash": None}, "item_hash is not the sha256 of item_content"),
+        ({"item_type": "storage"}, "only inline messages are signed"),
+        ({"item_type": None}, "only inline messages are signed"),
+    ],
+)
+async def test_sign_refuses_a_hash_that_is_not_the_contents(guest_api_factory, change, reason):
+    # The signature covers the item_hash alone: signing any hash next to a checked
+    # content would sign whatever that hash names.
+    server = await guest_api_factory()
+    message = {k: v for k, v in dict(make_message(address=VM_HASH), **change).items() if v is not None}
+    async with remote_account(server) as account:
+        with pytest.raises(aiohttp.ClientResponseError) as raised:
+            await account.sign_message(message)
+        assert raised.value.status == 400
+    async with unix_session(server.socket_path) as session:
+        async with session.post(f"{API_HOST}/sign", json=message) as response:
+            assert response.status == 400
+            assert (await response.text()).startswith(f"Invalid message: {reason}")
+
+
+@pytest.mark.parametrize("where", ["body", "item_content"])
+async def test_deeply_nested_json_is_a_400(guest_api_factory, where):
+    server = await guest_api_factory()
+    nested = "[" * 100_000 + "]" * 100_000
+    if where == "body":
+        body = nested.encode()
+    else:
+        # A well-hashed message whose content is too deep for the parser.
+        body = json.dumps(hashed(make_message(address=VM_HASH), item_content=nested)).encode()
+    async with unix_session(server.socket_path) as session:
+        async with session.post(f"{API_HOST}/sign", data=body) as response:
+            assert response.status == 400
+            assert (await response.text()).startswith("Invalid message")
+        pubsub = json.dumps({"topic": "t", "data": json.dumps({"item_content": nested})}).encode()
+        for data in (nested.encode(), pubsub):
+            async with session.post(f"{API_HOST}/api/v0/p2p/pubsub/pub", data=data) as response:
+                assert response.status == 400
+                assert (await response.text()).startswith("Invalid pubsub message")
+        # The server is still there.
+        async with session.post(f"{API_HOST}/sign", json=make_message(address=VM_HASH)) as response:
+            assert response.status == 200
 
 
 async def test_sign_refuses_another_sender(guest_api_factory):

@@ -146,6 +146,18 @@ async def test_packages_in_archives(init, tmp_path, encoding, pack):
     assert (await init.client.http("GET", "/"))["body"]["body"] == b"from a package"
 
 
+async def test_code_packed_by_the_tar_command_with_dot_entries(init, tmp_path):
+    # `tar -C dir -czf code.tar.gz .`, the most common way to pack a program: `./`, `./main.py`.
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "main.py").write_bytes(program("starlette_app.py"))
+    archive = tmp_path / "code.tar.gz"
+    await (await asyncio.create_subprocess_exec("tar", "-C", str(source), "-czf", str(archive), ".")).wait()
+    await init.configure(program_config(archive.read_bytes(), "main:app", encoding="tar.gz"))
+    answer = await init.client.http("GET", "/")
+    assert answer["headers"]["status"] == 200, answer
+
+
 def hostile_zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

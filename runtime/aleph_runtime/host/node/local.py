@@ -38,6 +38,7 @@ from aleph_runtime.host.program import (
     tar_directory,
     zip_directory,
 )
+from aleph_runtime.protocol import Encoding
 
 REPOSITORY = Path(__file__).resolve().parents[4]
 EXAMPLES = REPOSITORY / "examples"
@@ -178,9 +179,9 @@ class LocalNode:
 
     def _code(self) -> bytes | None:
         program = self.options.program
-        if program.code is not None or program.directory is None or program.encoding == "squashfs":
+        if program.code is not None or program.directory is None or program.encoding is Encoding.SQUASHFS:
             return program.code
-        if program.encoding == "tar":
+        if program.encoding is Encoding.TAR:
             code = tar_directory(program.directory)
         else:
             code = zip_directory(program.directory)
@@ -234,7 +235,7 @@ class LocalNode:
         program = self.options.program
         machine.root.mkdir(parents=True, exist_ok=True)
         volumes: list[dict] = []
-        if program.encoding == "squashfs":
+        if program.encoding is Encoding.SQUASHFS:
             machine.place("/opt/code", program.directory or self._unsquash(program.image))
             volumes.append({"mount": "/opt/code", "device": "vdb", "read_only": True})
         for volume in self.options.volumes:
@@ -291,7 +292,7 @@ class LocalNode:
             drives.append((path, read_only))
             volumes.append({"mount": mount, "device": f"vd{chr(ord('b') + len(volumes))}", "read_only": read_only})
 
-        if program.encoding == "squashfs":
+        if program.encoding is Encoding.SQUASHFS:
             image = program.image
             if image is None:
                 self.progress(f"packing {program.directory} as squashfs")

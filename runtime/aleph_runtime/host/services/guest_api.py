@@ -5,7 +5,9 @@ The init bridges that socket to the host's vsock port 53, i.e. the Unix socket
 aleph-vm's own guest API (protocol document, section 6):
 
 - `GET /properties`, `POST /sign`: the node's signing account (see `signer.py`); a
-  message is signed only when its item_content's `address` is the VM's hash.
+  message is signed only when it is inline, its item_hash is the sha256 of its
+  item_content (what is signed is the hash: it must be the content's) and that
+  content's `address` is the VM's hash.
 - `GET /cache/?pattern=`, `GET|PUT|DELETE /cache/<key>`: a Redis cache, keys stored as
   `<vm_hash>:<key>`, expiring after 7 days; a key must match `^\\w+$`, a pattern
   `^[\\w?*^\\-]+$`, else 400.
@@ -19,13 +21,15 @@ aleph-vm's own guest API (protocol document, section 6):
 Where aleph-vm's guest API would hang or crash (an unreachable API server, a garbled
 message, Redis down), this one answers at once with a one-line reason: 502 when the
 API server cannot be reached (an API server's refusal keeps its status), 400 for a
-request it cannot read, 503 when Redis is down.
+request it cannot read (JSON nested too deeply for the parser included), 503 when Redis
+is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -134,19 +138,39 @@ async def properties(request: web.Request) -> web.StreamResponse:
     return web.json_response(await request.app[SETTINGS].signer.properties())
 
 
-def check_message_address(message: object, vm_hash: str) -> str | None:
+def parse_json(text: str | bytes) -> object:
+    """json.loads, where nesting too deep for the parser is a ValueError (a 400), not a
+    RecursionError that would escape as a 500."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def check_message(message: object, vm_hash: str) -> str | None:
     """Why a message may not be signed for this VM, or None when it may.
 
     As aleph-vm's guest API: the address in the message's item_content must be the
-    VM's hash, so a program can only sign in its own name.
+    VM's hash, so a program can only sign in its own name. The signature covers the
+    item_hash, not the content, so the content checked must be the one hashed: an
+    inline message whose item_hash is the sha256 of its item_content. Otherwise a
+    program would get the node's signature on any hash, a stored file's say.
     """
     if not isinstance(message, dict):
         return "Invalid message: not a JSON object"
+    if message.get("item_type") != "inline":
+        return "Invalid message: only inline messages are signed (item_type must be 'inline')"
     item_content = message.get("item_content")
     if not isinstance(item_content, str):
         return "Invalid message: item_content must be a JSON string"
     try:
-        content = json.loads(item_content)
+        content_hash = hashlib.sha256(item_content.encode()).hexdigest()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+        return "Invalid message: item_content is not valid UTF-8"
+    if message.get("item_hash") != content_hash:
+        return "Invalid message: item_hash is not the sha256 of item_content"
+    try:
+        content = parse_json(item_content)
     except ValueError:
         return "Invalid message: item_content is not JSON"
     if not isinstance(content, dict) or content.get("address") != vm_hash:
@@ -156,10 +180,10 @@ def check_message_address(message: object, vm_hash: str) -> str | None:
 
 async def sign(request: web.Request) -> web.StreamResponse:
     try:
-        message = await request.json()
+        message = parse_json(await request.read())
     except ValueError:
         return _error(400, "Invalid message: the body is not JSON")
-    problem = check_message_address(message, request.app[VM_HASH])
+    problem = check_message(message, request.app[VM_HASH])
     if problem:
         return _error(400, problem)
     for field in ("chain", "type", "item_hash"):
@@ -209,7 +233,7 @@ def _pubsub_message(body: object) -> dict:
     if not isinstance(body, dict) or "data" not in body:
         raise ValueError("the body must be a JSON object with 'topic' and 'data'")
     data = body["data"]
-    message = json.loads(data) if isinstance(data, (str, bytes)) else data
+    message = parse_json(data) if isinstance(data, (str, bytes)) else data
     if not isinstance(message, dict):
         raise ValueError("'data' must be a message object or its JSON")
     return message
@@ -224,11 +248,11 @@ async def repost(request: web.Request) -> web.StreamResponse:
     refuses the new message is answered with its own status and a one-line reason.
     """
     try:
-        message = _pubsub_message(await request.json())
+        message = _pubsub_message(parse_json(await request.read()))
         if message.get("type") not in ("POST", None):
             # The node publishes in its own name: only a post's content carries over.
             return _error(400, f"the node re-publishes only POST messages, not {str(message.get('type'))[:20]}")
-        content = json.loads(message["item_content"])
+        content = parse_json(message["item_content"])
         post_content, post_type = content["content"], content["type"]
     except (ValueError, KeyError, TypeError) as error:
         return _error(400, f"Invalid pubsub message: {type(error).__name__}: {error}")
