@@ -275,6 +275,17 @@ async def test_create_aggregate_store_forget_submit_map_their_arguments(direct, 
         verify(message)
 
 
+async def test_fallback_session_is_one_per_thread_through_the_configured_socket(in_vm):
+    session = asynchronous.get_fallback_session()
+    assert asynchronous.get_fallback_session() is session
+    async with session.get(f"{API_HOST}/cache/") as response:  # the guest API, through its socket
+        assert await response.json() == []
+    await session.close()
+    replacement = asynchronous.get_fallback_session()
+    assert replacement is not session and not replacement.closed
+    await replacement.close()
+
+
 def test_what_has_no_equivalent_names_its_replacement():
     for function in (asynchronous.create_program, asynchronous.ipfs_push, asynchronous.broadcast):
         with pytest.raises(LegacyAPIError, match="use "):

@@ -22,9 +22,11 @@ ALEPH_API_HOST and ALEPH_API_UNIX_SOCKET: the node's guest API inside a program 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Type, Union
@@ -462,12 +464,16 @@ broadcast = _replaced(
 )
 
 
-def get_fallback_session() -> ClientSession:
-    """A new aiohttp session to the legacy default API: through ALEPH_API_UNIX_SOCKET when set.
+#: One session per thread, as aleph-client kept; replaced when closed or its loop is gone.
+_fallback_sessions: Dict[int, ClientSession] = {}
 
-    aleph-client cached one per thread; a session belongs to an event loop, so the
-    caller owns (and closes) this one.
-    """
-    if settings.API_UNIX_SOCKET:
-        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=settings.API_UNIX_SOCKET))
-    return aiohttp.ClientSession()
+
+def get_fallback_session() -> ClientSession:
+    """The thread's aiohttp session to the legacy default API: through ALEPH_API_UNIX_SOCKET when set."""
+    thread = threading.get_native_id()
+    session = _fallback_sessions.get(thread)
+    loop = asyncio.get_running_loop()
+    if session is None or session.closed or getattr(session, "_loop", loop) is not loop:
+        connector = aiohttp.UnixConnector(path=settings.API_UNIX_SOCKET) if settings.API_UNIX_SOCKET else None
+        session = _fallback_sessions[thread] = aiohttp.ClientSession(connector=connector)
+    return session
