@@ -22,8 +22,8 @@ import pytest
 from nsguest import INIT1, REPOSITORY, guest_env, host_file_snapshot, make_ext4, make_squashfs, needs_root
 
 from aleph_runtime.host.program import program_config
-from aleph_runtime.host.machines.sandbox import Sandbox, read_from_image
-from aleph_runtime.host.supervisor import ConfigurationRejected, SupervisorClient
+from aleph_runtime.host.machines.sandbox import Sandbox, SandboxMachine, read_from_image
+from aleph_runtime.host.supervisor import ConfigurationRejected
 
 pytestmark = needs_root
 
@@ -36,9 +36,10 @@ _spec.loader.exec_module(guest_api_stub)
 
 
 class Booted:
-    def __init__(self, box: Sandbox, client: SupervisorClient, console: Path):
-        self.box = box
-        self.client = client
+    def __init__(self, machine: SandboxMachine, console: Path):
+        self.machine = machine
+        self.box = machine.box
+        self.client = machine.client
         self.console = console
 
     async def get(self, path: str, query: str = "") -> dict:
@@ -55,7 +56,7 @@ class Booted:
 
 @pytest.fixture
 async def boot(tmp_path):
-    started: list[tuple[Sandbox, object]] = []
+    started: list[tuple[SandboxMachine, object]] = []
 
     async def start(
         *, devices=None, veth=False, wrapper: str | None = None, api=None, **config_overrides
@@ -69,17 +70,14 @@ async def boot(tmp_path):
             command, env=guest_env(), binds=[REPOSITORY], volumes=devices or {},
             veth=veth, stdout=open(console, "ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-        box.env["ALEPH_VSOCK_UDS"] = box.base
-        client = SupervisorClient(box.base)
-        ready = await client.ready_signal().start()
+        machine = SandboxMachine(box)
         if api is None:
             runner = await guest_api_stub.start(f"{box.base}_53", VM_HASH)
-            started.append((box, runner.cleanup))
+            started.append((machine, runner.cleanup))
         else:
-            started.append((box, await api(f"{box.base}_53")))
-        box.start()
-        booted = Booted(box, client, console)
-        signal_ = await ready.wait(30)
+            started.append((machine, await api(f"{box.base}_53")))
+        booted = Booted(machine, console)
+        signal_ = await machine.start(timeout=30)
         assert signal_["version"] == "2.0.0"
         arguments = {"code": APP, "entrypoint": "main:app", "vm_hash": VM_HASH, **config_overrides}
         config = program_config(**arguments)
@@ -91,8 +89,8 @@ async def boot(tmp_path):
         return booted, answer
 
     yield start
-    for box, cleanup in started:
-        box.stop(timeout=5)
+    for machine, cleanup in started:
+        await machine.kill()
         await cleanup()
 
 
