@@ -46,6 +46,10 @@ MAX_LENGTH_DIGITS = 12
 MAX_LENGTH_LINE = 20
 
 
+#: What msgpack raises on bytes that are not one complete msgpack object.
+UNPACK_ERRORS = (ValueError, msgpack.UnpackException)
+
+
 class ProtocolError(ValueError):
     """The peer sent bytes that are not the protocol."""
 
@@ -235,7 +239,7 @@ async def read_run_request(reader: asyncio.StreamReader, first: bytes, max_bytes
     """
     try:
         return unpack(first)
-    except (ValueError, msgpack.UnpackException):
+    except UNPACK_ERRORS:
         pass  # incomplete (or broken: the unpacker below says which)
     unpacker = new_unpacker(max_buffer_size=max_bytes)
     chunk = first
@@ -247,7 +251,7 @@ async def read_run_request(reader: asyncio.StreamReader, first: bytes, max_bytes
             pass
         except msgpack.BufferFull:
             raise RequestTooLarge("request", max_bytes) from None
-        except (ValueError, msgpack.UnpackException) as error:  # FormatError, StackError...
+        except UNPACK_ERRORS as error:  # FormatError, StackError...
             raise ProtocolError(f"malformed run request: {type(error).__name__}: {error}") from None
         chunk = await reader.read(READ_CHUNK)
         if not chunk:

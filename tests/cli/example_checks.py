@@ -9,7 +9,7 @@ import stat
 import aiohttp
 import redis.asyncio
 
-from .conftest import alive, descendants
+from tests.cli.conftest import alive, descendants
 
 
 def sockets_under(path) -> list[str]:

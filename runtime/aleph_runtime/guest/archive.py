@@ -145,7 +145,7 @@ def extract_tar(data: bytes, dest: str | os.PathLike, max_unpacked: int = DEFAUL
     """Unpack a tar (gzip, bzip2, xz or uncompressed, told from its bytes) into dest."""
     compression = tar_compression(data)
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}")
+        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}")  # noqa: SIM115 - `with archive` below
     except (tarfile.TarError, EOFError, OSError) as error:
         raise ArchiveError(f"not a valid tar archive: {error}") from None
     extraction = _Extraction(dest, max_unpacked)

@@ -201,7 +201,7 @@ async def run_cycle(
             data = await output_data() if output_data else None
             return protocol.event_answer(event.result, output_data=data)
         raise CycleError(f"unsupported scope type {kind!r}: expected 'http' or 'aleph.message'")
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever the program raised becomes its 500
         return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
 
 
@@ -244,7 +244,7 @@ class Lifespan:
         self._task = asyncio.get_running_loop().create_task(self._main(scope))
         try:
             await asyncio.wait_for(self._started.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(f"the application's lifespan startup did not complete within {timeout:g} s") from None
         if self.state is LifespanState.FAILED:
             raise RuntimeError(f"the application's lifespan startup failed: {self.error}")
@@ -298,6 +298,6 @@ class Lifespan:
         self._queue.put_nowait({"type": "lifespan.shutdown"})
         try:
             await asyncio.wait_for(self._shut_down.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.error("The application's lifespan shutdown did not complete within %g s", timeout)
             self._task.cancel()

@@ -124,7 +124,7 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
         raise ConfigError(
             f"the program's module {module_name!r} failed to import: {error}", traceback.format_exc()
         ) from None
-    except BaseException as error:  # the program's own import-time failure, SystemExit included
+    except BaseException as error:  # noqa: BLE001 - the program's own import-time failure, SystemExit included
         raise ConfigError(
             f"the program's module {module_name!r} failed to import: {type(error).__name__}: {error}",
             traceback.format_exc(),

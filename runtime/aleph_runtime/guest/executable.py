@@ -163,7 +163,7 @@ class ExecutableProgram:
             _kill_group(process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("%s did not stop within %.1f s: killing it", self.path, grace)
                 _kill_group(process.pid, signal.SIGKILL)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -185,7 +185,7 @@ class ExecutableProgram:
         if self.data_export is not None:
             try:
                 output_data = await self.data_export.acollect()
-            except Exception:  # noqa: BLE001 - the answer matters more than the export
+            except Exception:
                 logger.exception("collecting /data failed")
         return protocol.run_answer(status, headers, body, output_data=output_data)
 

@@ -24,8 +24,8 @@ import traceback
 from pathlib import Path
 
 from aleph_runtime import __version__, protocol
-from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.code import Paths
+from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.settings import Settings
 
 logger = logging.getLogger("aleph_runtime.init")
@@ -134,12 +134,12 @@ class Init:
         try:
             try:
                 data = protocol.unpack(payload)
-            except Exception as error:
+            except protocol.UNPACK_ERRORS as error:
                 raise ConfigError(f"the configuration is not valid msgpack: {error}") from None
             config = parse_config(data)
             self.config = config
             await self._apply(config)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure is the config's answer; PID 1 goes on
             detail = getattr(error, "detail", "") or traceback.format_exc()
             message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
             logger.error("Configuration failed: %s", message)

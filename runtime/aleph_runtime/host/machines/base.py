@@ -103,7 +103,7 @@ class Machine(abc.ABC):
             )
         try:
             return waiting.result()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             detail = self.failure_detail()
             raise TimeoutError(f"no ready signal within {timeout} s" + (f"\n{detail}" if detail else "")) from None
 
@@ -115,7 +115,7 @@ class Machine(abc.ABC):
         """The exit status if the machine ends within `timeout`, else None."""
         try:
             return await asyncio.wait_for(self.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def stop(self, halt_timeout: float = 5, exit_timeout: float = 10) -> HaltResult | None:

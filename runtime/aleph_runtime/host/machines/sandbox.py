@@ -255,10 +255,8 @@ class Sandbox:
                 if pid is not None and timeout > 0:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGTERM)
-                    try:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
                         self.process.wait(timeout)
-                    except subprocess.TimeoutExpired:
-                        pass
                 if self.process.poll() is None:
                     # --kill-child: PID 1 dies with unshare, and the kernel kills the rest.
                     self.process.kill()

@@ -201,6 +201,7 @@ async def serve(node, verbose: bool) -> int:
     stop_requested = asyncio.Event()
     stopping = False
     signals_seen = 0
+    kills: set[asyncio.Future] = set()  # held until done: the loop keeps only weak references
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -210,7 +211,9 @@ async def serve(node, verbose: bool) -> int:
             stop_requested.set()
         elif stopping and node.machine is not None:
             say("still halting; killing the machine")
-            asyncio.ensure_future(node.machine.kill())
+            kill = asyncio.ensure_future(node.machine.kill())
+            kills.add(kill)
+            kill.add_done_callback(kills.discard)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -295,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception as error:  # a build that failed: its output was shown
+    except Exception as error:  # noqa: BLE001 - a build that failed: its output was shown
         say(f"error while preparing: {type(error).__name__}: {error}")
         return EXIT_FAILED
     try:

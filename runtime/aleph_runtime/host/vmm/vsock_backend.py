@@ -33,7 +33,7 @@ import enum
 import logging
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from aleph_runtime import protocol
 from aleph_runtime.host.vmm.vhost_user import VhostUserServer
@@ -397,7 +397,7 @@ class VsockDevice:
         """The next packet to put in the rx queue: a control tuple, a Stream, or None."""
         control = self.control
         while control:
-            stream, op, flags, ports = control[0]
+            stream, op, _flags, _ports = control[0]
             if stream is None or stream.state is not State.CLOSED or op == Op.RST:
                 return control[0]
             control.popleft()
@@ -408,11 +408,16 @@ class VsockDevice:
                 return stream
             ready.popleft()
             stream.in_ready = False
-            if stream.state is State.ESTABLISHED and stream.pending and stream.peer_credit() == 0:
-                if not stream.credit_requested and not stream.guest_shutdown & SHUTDOWN_RCV:
-                    stream.credit_requested = True
-                    self.send_control(stream, Op.CREDIT_REQUEST)
-                    return self._next_rx_item()
+            if (
+                stream.state is State.ESTABLISHED
+                and stream.pending
+                and stream.peer_credit() == 0
+                and not stream.credit_requested
+                and not stream.guest_shutdown & SHUTDOWN_RCV
+            ):
+                stream.credit_requested = True
+                self.send_control(stream, Op.CREDIT_REQUEST)
+                return self._next_rx_item()
         return None
 
     def process_rx(self) -> None:
@@ -583,9 +588,13 @@ class VsockDevice:
                 # Linux waits for our reset to finish its close().
                 self.send_control(stream, Op.RST)
                 self._close_stream(stream)
-            elif stream.guest_shutdown & SHUTDOWN_SEND and stream.transport is not None:
-                if stream.transport.can_write_eof() and not stream.host_closed:
-                    stream.transport.write_eof()
+            elif (
+                stream.guest_shutdown & SHUTDOWN_SEND
+                and stream.transport is not None
+                and stream.transport.can_write_eof()
+                and not stream.host_closed
+            ):
+                stream.transport.write_eof()
             return
         if op == Op.RST:
             self._close_stream(stream)
