@@ -47,6 +47,8 @@ class Machine(abc.ABC):
         self.client = SupervisorClient(self.uds_path)
         self.ready: dict | None = None
         """The ready signal, once received."""
+        self.process: asyncio.subprocess.Process | None = None
+        """The machine's process, for the machines that are one (all but the sandbox's)."""
 
     # --- what a kind of machine provides ---
 
@@ -54,14 +56,16 @@ class Machine(abc.ABC):
     async def _launch(self) -> None:
         """Start the machine; it must send its ready signal to `<uds>_52`."""
 
-    @abc.abstractmethod
     async def wait(self) -> int | None:
         """Return the machine's exit status once it has ended (None if never launched)."""
+        if self.process is None:
+            return None
+        return await self.process.wait()
 
     @property
-    @abc.abstractmethod
     def running(self) -> bool:
         """Launched and not ended yet."""
+        return self.process is not None and self.process.returncode is None
 
     @abc.abstractmethod
     async def kill(self) -> None:
@@ -159,7 +163,6 @@ class CommandMachine(Machine):
         # which halts the machine through the protocol.
         self.new_session = new_session
         self.preexec_fn = preexec_fn
-        self.process: asyncio.subprocess.Process | None = None
 
     async def _launch(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -171,15 +174,6 @@ class CommandMachine(Machine):
             start_new_session=self.new_session,
             preexec_fn=self.preexec_fn,
         )
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    async def wait(self) -> int | None:
-        if self.process is None:
-            return None
-        return await self.process.wait()
 
     async def kill(self) -> None:
         if self.running:

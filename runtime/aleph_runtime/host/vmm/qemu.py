@@ -145,7 +145,6 @@ class QemuVM(Machine):
         self.vhost_path = self.workdir / "vhost.sock"
         self.console_log = Path(console_to) if console_to else self.workdir / "console.log"
         self.backend = VsockBackend(self.vhost_path, self.uds_path)
-        self.process: asyncio.subprocess.Process | None = None
         self.console: list[ConsoleLine] = []
         self._t0 = 0.0
         self._console_task: asyncio.Task | None = None
@@ -228,15 +227,6 @@ class QemuVM(Machine):
 
     def failure_detail(self) -> str:
         return f"QEMU: {self._stderr.decode(errors='replace').strip()}\n{self.console_tail()}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    async def wait(self) -> int | None:
-        if self.process is None:
-            return None
-        return await self.process.wait()
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0

@@ -36,6 +36,7 @@ import struct
 from collections.abc import Callable
 
 from aleph_runtime import protocol
+from aleph_runtime.host.supervisor import close_unix_server
 from aleph_runtime.host.vmm.vhost_user import VhostUserServer
 from aleph_runtime.host.vmm.virtqueue import Chain, SplitQueue, VirtqueueError
 
@@ -240,12 +241,8 @@ class VsockDevice:
         self._server = await self._loop.create_unix_server(lambda: Stream(self, True), path=self.uds_path)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.uds_path)
+        await close_unix_server(self._server, self.uds_path)
+        self._server = None
         self.reset_streams()
         for task in list(self._tasks):
             task.cancel()
