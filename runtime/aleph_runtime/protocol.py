@@ -1,9 +1,9 @@
 """The host <-> init wire format, as the aleph-vm supervisor speaks it.
 
 Shared by the guest (the init) and the host (our supervisor client, CLI and tests), so
-both sides agree on every byte. See `shared/aleph-vm-protocol.md` for the contract;
-this module only encodes it. It imports nothing but msgpack so the init can load it
-in a few milliseconds.
+both sides agree on every byte. docs/protocol.md describes it section by section,
+naming the aleph-vm code each part follows. It imports nothing but msgpack and the
+standard library's asyncio, which the init loads anyway, so it costs milliseconds.
 """
 
 from __future__ import annotations

@@ -21,10 +21,12 @@ import os
 import signal
 import time
 import traceback
+import typing
 from pathlib import Path
 
 from aleph_runtime import __version__, protocol
-from aleph_runtime.guest.code import Paths
+from aleph_runtime.guest import linux
+from aleph_runtime.guest.code import Paths, executable_path, load_asgi_app, unpack_code
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.settings import Settings
 
@@ -48,19 +50,14 @@ class InitState(enum.Enum):
     """Stopping the program and unmounting; new calls are refused."""
 
 
-class AsgiProgram:
-    def __init__(self, app, lifespan, data_export):
-        self.app = app
-        self.lifespan = lifespan
-        self.data_export = data_export
+class Program(typing.Protocol):
+    """What the init needs of a running program: `asgi.AsgiProgram` or `executable.ExecutableProgram`."""
 
     async def handle(self, scope: dict) -> bytes:
-        from aleph_runtime.guest.asgi import run_cycle
-
-        return await run_cycle(self.app, scope, self.lifespan.app_state, self.data_export.acollect)
+        """One call's packed answer (`protocol.run_answer`, `event_answer` or `error_answer`)."""
 
     async def stop(self, grace: float) -> None:
-        await self.lifespan.shutdown(grace)
+        """Stop within about `grace` seconds; never raise."""
 
 
 class Init:
@@ -71,7 +68,7 @@ class Init:
         self.settings = settings or Settings()
         self.state = InitState.WAITING_CONFIG
         self.config: Config | None = None
-        self.program = None
+        self.program: Program | None = None
         self.failure = ""
         self.mounted_volumes: list = []
         self.bridge = None
@@ -179,8 +176,6 @@ class Init:
 
             setup_ssh(config.authorized_keys, str(self.paths.root))
 
-        from aleph_runtime.guest.code import unpack_code
-
         code_directory = unpack_code(config, self.paths, self.settings.max_unpacked_bytes)
         if config.interface is Interface.ASGI:
             self.program = await self._start_asgi(config, code_directory)
@@ -188,7 +183,7 @@ class Init:
             self.program = await self._start_executable(config)
 
     async def _apply_system(self, config: Config) -> None:
-        from aleph_runtime.guest import linux, network, volumes
+        from aleph_runtime.guest import network, volumes
 
         try:
             linux.sethostname(config.hostname)
@@ -204,15 +199,14 @@ class Init:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.bridge = await start_guest_api_bridge(self.transport.open_host_connection, str(path))
 
-    async def _start_asgi(self, config: Config, code_directory: Path) -> AsgiProgram:
-        from aleph_runtime.guest.asgi import Lifespan
-        from aleph_runtime.guest.code import load_asgi_app
+    async def _start_asgi(self, config: Config, code_directory: Path) -> Program:
+        from aleph_runtime.guest.asgi import AsgiProgram, Lifespan, LifespanFailure
 
         app = load_asgi_app(config, self.paths, code_directory)
         lifespan = Lifespan(app)
         try:
             await lifespan.startup(self.settings.lifespan_startup_timeout)
-        except RuntimeError as error:
+        except LifespanFailure as error:
             raise ConfigError(str(error)) from None
         return AsgiProgram(app, lifespan, self._data_export())
 
@@ -224,7 +218,6 @@ class Init:
         return DataExport(str(self.paths.data))
 
     async def _start_executable(self, config: Config):
-        from aleph_runtime.guest.code import executable_path
         from aleph_runtime.guest.executable import ExecutableProgram
 
         path = executable_path(config, self.paths)
@@ -277,8 +270,6 @@ class Init:
     async def _answer_command(self, writer: asyncio.StreamWriter, first: bytes) -> None:
         command = first[1:].decode("utf-8", "replace")
         logger.info("Debug command: %s", command)
-        from aleph_runtime.guest import linux
-
         process = await asyncio.create_subprocess_shell(
             command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
@@ -349,8 +340,6 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     Peek with WNOWAIT first: a child the event loop's own watcher waits for (a debug
     command, the executable program) must be left for it, or its exit status is lost.
     """
-    from aleph_runtime.guest import linux
-
     while True:
         await asyncio.sleep(interval)
         linux.reap_children()
