@@ -33,7 +33,7 @@ import aiohttp
 from aiohttp import ClientSession
 from aleph.sdk.client import AlephHttpClient, AuthenticatedAlephHttpClient
 from aleph.sdk.query.filters import MessageFilter, PostFilter
-from aleph.sdk.utils import extended_json_encoder
+from aleph.sdk.utils import extended_json_encoder, get_message_type_value
 from aleph_message.models import (
     AggregateMessage,
     AlephMessage,
@@ -183,8 +183,6 @@ async def get_message(
         raise MultipleMessagesError(f"Multiple messages found for the same item_hash `{item_hash}`")
     message = response.messages[0]
     if message_type is not None:
-        from aleph.sdk.utils import get_message_type_value
-
         expected = get_message_type_value(message_type)
         if message.type != expected:
             raise TypeError(

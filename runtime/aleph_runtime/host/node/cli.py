@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 
 # The wire format only (msgpack): the rest is imported when a command runs, so --help stays fast.
+from aleph_runtime import __version__
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
@@ -57,8 +58,6 @@ def say(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from aleph_runtime import __version__
-
     parser = argparse.ArgumentParser(
         prog="aleph-runtime", description="Run aleph.im programs locally, as a compute node runs them."
     )
