@@ -1,48 +1,37 @@
 """`aleph-runtime run` in its default mode: the runtime image booted in QEMU (TCG), the
 example's code as a zip, its persistent volume an ext4 drive in the state directory.
-Needs host/qemu.py, qemu-system-x86_64 and the image and kernel (built through their
-caches, or ALEPH_KERNEL/ALEPH_ROOTFS); the node-like kernel unless ALEPH_VM_KERNEL=debian;
-skipped without them."""
+Needs qemu-system-x86_64 and the image and kernel (the root conftest's `images`: built
+through their caches, or ALEPH_KERNEL/ALEPH_ROOTFS; the node-like kernel unless ALEPH_VM_KERNEL=debian; a failed
+build fails)."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .conftest import EXAMPLES, free_port
-from .example_checks import check_default_example, stop_cleanly
+from tests.cli.conftest import EXAMPLES
+from tests.cli.example_checks import check_default_example, check_legacy_example, stop_cleanly
+from tests.cli.frameworks import FRAMEWORKS, compare, framework_packages, framework_packages_image, uvicorn
+from tests.helpers import free_port
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("aleph_runtime.host.vmm.qemu") is None, reason="host/qemu.py is not in this checkout"
-    ),
 ]
 
 BOOT_TIMEOUT = 600  # TCG on a loaded machine: generous, never asserted
 
 
-@pytest.fixture(scope="module")
-def images():
-    from aleph_runtime.host.vmm.qemu import find_images
-
-    try:
-        found = find_images()
-    except Exception as error:  # a failed build is reported by the image tests
-        pytest.skip(f"runtime image or test kernel unavailable: {error}")
-    if not all(Path(p).exists() for p in found if p is not None):
-        pytest.skip("runtime image or kernel unavailable")
-    return found
-
-
 async def test_default_example_in_a_vm(images, cli_factory, fake_api):
     await check_default_example(cli_factory, "vm", fake_api, free_port(), url_timeout=BOOT_TIMEOUT)
+
+
+async def test_legacy_aleph_client_example_in_a_vm(images, cli_factory, fake_api):
+    """The docs' program, unchanged, in the image: aleph_client comes from the image's compat."""
+    await check_legacy_example(cli_factory, "vm", fake_api, url_timeout=BOOT_TIMEOUT)
 
 
 async def test_executable_and_import_failure_in_a_vm(images, cli_factory, short_dir):
@@ -65,7 +54,7 @@ async def test_executable_and_import_failure_in_a_vm(images, cli_factory, short_
 async def test_squashfs_code_and_volumes_in_a_vm(images, cli_factory, short_dir):
     """A directory sent as squashfs code (the code drive), a directory volume packed on the
     fly at /opt/packages, a persistent volume whose mount point the program gets by --env."""
-    from .test_run_dev import LIBRARY_USER
+    from tests.cli.test_run_dev import LIBRARY_USER
 
     code, lib = short_dir / "code", short_dir / "lib"
     code.mkdir()
@@ -83,3 +72,18 @@ async def test_squashfs_code_and_volumes_in_a_vm(images, cli_factory, short_dir)
             assert await response.text() == "shiny /first"
     await stop_cleanly(cli)
     assert (cli.state_dir / "volumes" / "notes.ext4").stat().st_size == 32 << 20
+
+
+@pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools are not installed")
+async def test_starlette_answers_as_under_uvicorn_in_a_vm(images, cli_factory, short_dir):
+    # The dev-mode matrix (test_frameworks.py) covers every framework; this one checks
+    # the same scope reaches an app in the image's Python, its packages on a squashfs drive.
+    packages = framework_packages()
+    image = framework_packages_image()
+    program = FRAMEWORKS / "starlette"
+    cli = await cli_factory("--port", "0", "--volume", f"/opt/packages={image}", str(program))
+    url = await cli.wait_url(BOOT_TIMEOUT)
+    async with uvicorn("starlette", packages, short_dir / "uvicorn.log") as uvicorn_url:
+        await compare("starlette", url, uvicorn_url)
+    assert "program error" not in cli.output() and "the init failed" not in cli.output()
+    await stop_cleanly(cli)

@@ -30,6 +30,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from aleph_runtime import protocol
+from aleph_runtime.guest import stdio
 
 logger = logging.getLogger("aleph_runtime.transport")
 
@@ -94,6 +95,8 @@ class VsockTransport(Transport):
         loop = asyncio.get_running_loop()
 
         def on_readable() -> None:
+            # A program may have closed 0, 1 or 2: refill them, or accept() hands one out.
+            stdio.reserve()
             # Drain the backlog: one readiness event may stand for several connections.
             while True:
                 try:
@@ -136,7 +139,7 @@ class VsockTransport(Transport):
                     loop.remove_writer(sock.fileno())
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
-                    raise OSError(error, os.strerror(error))
+                    raise OSError(error, os.strerror(error)) from None
         except BaseException:
             sock.close()
             raise
@@ -190,7 +193,6 @@ class UnixTransport(Transport):
             os.unlink(self.base_path)
 
 
-def transport_from_environment(uds_path: str | None = None) -> Transport:
-    """Dev mode when a Unix socket base path is given (flag or ALEPH_VSOCK_UDS), else vsock."""
-    path = uds_path or os.environ.get("ALEPH_VSOCK_UDS")
-    return UnixTransport(path) if path else VsockTransport()
+def transport_for(uds_path: str | None) -> Transport:
+    """Dev mode when a Unix socket base path is given (`Settings.uds`), else vsock."""
+    return UnixTransport(uds_path) if uds_path else VsockTransport()

@@ -23,6 +23,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+# The wire format only (msgpack): the rest is imported when a command runs, so --help stays fast.
+from aleph_runtime import __version__
+from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
 
 EPILOG = """\
@@ -54,8 +58,6 @@ def say(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from aleph_runtime import __version__
-
     parser = argparse.ArgumentParser(
         prog="aleph-runtime", description="Run aleph.im programs locally, as a compute node runs them."
     )
@@ -72,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("path", nargs="?", metavar="PATH", help="the program: a .py file, directory, zip, tar or squashfs")
     run.add_argument("--entrypoint", help="`module:app` for Python ASGI, or the executable's path in the code")
-    run.add_argument("--encoding", choices=("plain", "zip", "tar", "squashfs"), help="how the code is sent")
-    run.add_argument("--interface", choices=("asgi", "executable", "binary"), help="default: from the entrypoint")
+    run.add_argument("--encoding", choices=list(Encoding), help="how the code is sent")
+    run.add_argument("--interface", choices=list(INTERFACE_NAMES), help="default: from the entrypoint")
     run.add_argument("--volume", "-v", action="append", default=[], metavar="SPEC", help="a volume (see below)")
     run.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="a program variable")
     run.add_argument("--memory", type=int, metavar="MiB", help="the VM's memory (default 512; vm mode only)")
@@ -175,7 +177,7 @@ def _options(args: argparse.Namespace):
     if args.vm_hash is not None and not (len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
     port = args.port
-    executable_on_host = args.mode == "dev" and program.interface == "executable"
+    executable_on_host = args.mode == "dev" and program.interface is Interface.EXECUTABLE
     if executable_on_host:
         # The init's executables listen on 127.0.0.1:8080; in dev mode that is this machine's.
         if port == 8080:
@@ -202,6 +204,7 @@ async def serve(node, verbose: bool) -> int:
     stop_requested = asyncio.Event()
     stopping = False
     signals_seen = 0
+    kills: set[asyncio.Future] = set()  # held until done: the loop keeps only weak references
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -211,7 +214,9 @@ async def serve(node, verbose: bool) -> int:
             stop_requested.set()
         elif stopping and node.machine is not None:
             say("still halting; killing the machine")
-            asyncio.ensure_future(node.machine.kill())
+            kill = asyncio.ensure_future(node.machine.kill())
+            kills.add(kill)
+            kill.add_done_callback(kills.discard)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -296,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception as error:  # a build that failed: its output was shown
+    except Exception as error:  # noqa: BLE001 - a build that failed: its output was shown
         say(f"error while preparing: {type(error).__name__}: {error}")
         return EXIT_FAILED
     try:

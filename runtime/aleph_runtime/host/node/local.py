@@ -7,7 +7,7 @@
     await node.wait()         # until the machine dies (or cancel it on Ctrl-C)
     await node.stop()         # halt as the supervisor does; no process or socket left
 
-The machine is anything satisfying `machines.base.Machine`: `DevMachine` (the init as a
+The machine is anything satisfying `machines.base.NodeMachine`: `DevMachine` (the init as a
 local process, no VM) or `QemuMachine` (the runtime image booted in QEMU with our vsock
 backend). Both present Firecracker's hybrid-vsock layout on `uds_path`, so the
 supervisor client and the host services work unchanged. Program inference lives in
@@ -38,6 +38,7 @@ from aleph_runtime.host.program import (
     tar_directory,
     zip_directory,
 )
+from aleph_runtime.protocol import Encoding
 
 REPOSITORY = Path(__file__).resolve().parents[4]
 EXAMPLES = REPOSITORY / "examples"
@@ -180,9 +181,9 @@ class LocalNode:
 
     def _code(self) -> bytes | None:
         program = self.options.program
-        if program.code is not None or program.directory is None or program.encoding == "squashfs":
+        if program.code is not None or program.directory is None or program.encoding is Encoding.SQUASHFS:
             return program.code
-        if program.encoding == "tar":
+        if program.encoding is Encoding.TAR:
             code = tar_directory(program.directory)
         else:
             code = zip_directory(program.directory)
@@ -236,7 +237,7 @@ class LocalNode:
         program = self.options.program
         machine.root.mkdir(parents=True, exist_ok=True)
         volumes: list[dict] = []
-        if program.encoding == "squashfs":
+        if program.encoding is Encoding.SQUASHFS:
             machine.place("/opt/code", program.directory or self._unsquash(program.image))
             volumes.append({"mount": "/opt/code", "device": "vdb", "read_only": True})
         for volume in self.options.volumes:
@@ -295,7 +296,7 @@ class LocalNode:
             drives.append((path, read_only))
             volumes.append({"mount": mount, "device": f"vd{chr(ord('b') + len(volumes))}", "read_only": read_only})
 
-        if program.encoding == "squashfs":
+        if program.encoding is Encoding.SQUASHFS:
             image = program.image
             if image is None:
                 self.progress(f"packing {program.directory} as squashfs")
