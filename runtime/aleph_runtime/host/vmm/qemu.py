@@ -68,8 +68,9 @@ NODE_CMDLINE = NODE_BOOT_ARGS + MICROVM_BOOT_ARGS
 #: line, as Firecracker did before 1.8. With ACPI (QEMU 7.2, TCG) this kernel finds no
 #: HPET or PM timer to calibrate the TSC against and hangs there.
 MICROVM_MACHINE = "microvm,acpi=off,pit=on,pic=on,rtc=off"
-#: `-cpu max` on microvm: RDRAND, which `random.trust_cpu=on` credits, so the entropy
-#: pool is ready at once; under TCG's default CPU it is not, and Python's start waits.
+#: `-cpu max` on microvm: RDRAND, which `random.trust_cpu=on` credits, so the kernel's
+#: random pool is ready at once, as on a node; TCG's default CPU has none, and the pool
+#: waits for timing jitter (ready at 4.9 s of uptime instead of 0 in a boot here).
 MICROVM_CPU = "max"
 #: Debian's kernel with its initramfs (q35): the node's arguments minus what it cannot
 #: take (`pci=off`: q35's devices are PCI; `nomodule`: its initramfs loads the drivers as
