@@ -1,7 +1,8 @@
 """`aleph-runtime run` in its default mode: the runtime image booted in QEMU (TCG), the
 example's code as a zip, its persistent volume an ext4 drive in the state directory.
 Needs qemu-system-x86_64 and the image and kernel (the root conftest's `images`: built
-through their caches, or ALEPH_KERNEL/ALEPH_INITRAMFS/ALEPH_ROOTFS; a failed build fails)."""
+through their caches, or ALEPH_KERNEL/ALEPH_ROOTFS; a failed build fails); the node-like
+kernel unless ALEPH_VM_KERNEL=debian."""
 
 from __future__ import annotations
 

@@ -2,8 +2,11 @@
 
 Every exchange goes through the real path: SupervisorClient → `<uds>` (Firecracker's
 layout) → vhost-user vsock backend → virtqueues → the guest kernel's vsock → the init.
-Needs the test kernel and the runtime image (built through their caches, or given as
-ALEPH_KERNEL, ALEPH_INITRAMFS, ALEPH_ROOTFS); skipped when they cannot be had.
+Boots the node-like kernel as a node does (microvm, virtio-mmio, no initramfs, the node's
+boot arguments); ALEPH_VM_KERNEL=debian runs the suite on Debian's kernel and initramfs
+(q35) instead. Needs the kernel and the runtime image (built through their caches, or
+given as ALEPH_KERNEL and ALEPH_ROOTFS, with ALEPH_INITRAMFS for a kernel that needs
+one); skipped when they cannot be had.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pytest
 
 from aleph_runtime.host.program import program_config, squashfs_directory, tar_directory, zip_directory
 from aleph_runtime.host.supervisor import ConfigurationRejected
-from aleph_runtime.host.vmm.qemu import Drive, Network, QemuVM
+from aleph_runtime.host.vmm.qemu import NODE_BOOT_ARGS, Drive, Network, QemuVM
 
 pytestmark = pytest.mark.e2e
 
@@ -106,6 +109,12 @@ async def test_plain_program_network_and_halt(images, tmp_path):
         # The kernel's own line for the init's reboot(RB_AUTOBOOT); `reboot=k` on the
         # command line it echoes at boot must not count.
         assert "reboot: Restarting system" in vm.console_text(), vm.console_tail()
+        if vm.initramfs is None:
+            # Booted as a node boots: its command line, and no initramfs.
+            console = vm.console_text()
+            command_line = next(line for line in console.splitlines() if "Command line:" in line)
+            assert command_line.split("Command line:", 1)[1].split()[: len(NODE_BOOT_ARGS)] == list(NODE_BOOT_ARGS)
+            assert "initramfs" not in console.lower(), console
 
 
 def ext4_image(path: Path, size_mib: int = 32) -> Path:

@@ -69,11 +69,11 @@ async def boot(tmp_path):
     stack = contextlib.ExitStack()
 
     async def start(
-        *, devices=None, veth=False, wrapper: str | None = None, api=None, **config_overrides
+        *, devices=None, veth=False, wrapper: str | None = None, api=None, init_args=(), **config_overrides
     ) -> tuple[Booted, dict | Exception]:
         console = tmp_path / "console.log"
         console_file = stack.enter_context(console.open("ab"))
-        command = [sys.executable, "-OO", str(INIT1)]
+        command = [sys.executable, "-OO", str(INIT1), *init_args]
         if wrapper:
             command = ["/bin/sh", "-c", wrapper + '\nexec "$@"', "wrapper", *command]
         box = Sandbox(
@@ -151,6 +151,15 @@ async def test_full_system_program_then_halt(boot, volume_images):
     assert read_from_image(ext4, "/value") == b"acknowledged before halt"
     assert "Halted" in vm.log()
     assert host_file_snapshot() == before
+
+
+async def test_kernel_words_in_argv_are_ignored_by_pid1(boot):
+    """A kernel hands PID 1 the boot arguments it did not take (a node's `nomodule`, on a
+    kernel without modules): the init must not exit on them, PID 1 exiting panics the VM."""
+    vm, answer = await boot(init_args=["nomodule", "noapic", "--help", "--uds"])
+    assert answer == {"success": True}, getattr(answer, "traceback", "") + vm.log()
+    assert "Ignoring arguments" in vm.log() and "nomodule" in vm.log()
+    assert (await vm.client.halt()).shut_down
 
 
 async def test_exception_during_halt_still_unmounts(boot, volume_images):

@@ -21,12 +21,27 @@ from aleph_runtime.guest.transport import transport_for
 logger = logging.getLogger("aleph_runtime.init")
 
 
-def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="init1", description="aleph-runtime guest init")
+def _parse_arguments(argv: list[str] | None, pid1: bool) -> tuple[argparse.Namespace, list[str]]:
+    """The options, and (as PID 1) the words ignored.
+
+    As PID 1 the arguments are the kernel's: the boot arguments without `=` it did not
+    take itself, e.g. a node's `nomodule` on a kernel without modules. argparse would
+    exit on them, and PID 1 exiting panics the kernel: so PID 1 ignores them, and keeps
+    its defaults when even the words it knows are malformed.
+    """
+    parser = argparse.ArgumentParser(prog="init1", description="aleph-runtime guest init", add_help=not pid1)
     parser.add_argument("--uds", help="dev mode: serve on this Unix socket instead of vsock (or ALEPH_VSOCK_UDS)")
     parser.add_argument("--vsock", action="store_true", help="use vsock even when not PID 1")
     parser.add_argument("--root", help="dev mode: keep the program's files (/opt, /data, /tmp...) under this directory")
-    return parser.parse_args(argv)
+    if not pid1:
+        return parser.parse_args(argv), []
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser.exit_on_error = False
+    try:
+        arguments, unknown = parser.parse_known_args(words)
+    except (argparse.ArgumentError, SystemExit):
+        return parser.parse_args([]), words
+    return arguments, unknown
 
 
 def _new_event_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -62,12 +77,14 @@ def _read_settings(arguments: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    arguments = _parse_arguments(argv)
+    pid1 = os.getpid() == 1
+    arguments, ignored = _parse_arguments(argv, pid1)
     # Before anything can print: descriptors 0-2 filled, and the init's own one to log through.
     log_fd = stdio.setup()
     settings = _read_settings(arguments)
     setup_logging(settings.debug, log_fd)
-    pid1 = os.getpid() == 1
+    if ignored:
+        logger.info("Ignoring arguments (the kernel's boot arguments it did not take): %s", " ".join(ignored))
 
     if not pid1 and not settings.uds and not settings.force_vsock:
         # An ordinary process talking vsock would reach whatever host this machine runs

@@ -89,6 +89,8 @@ class NodeOptions:
     api_server: str | None = None
     redis_url: str | None = None
     vm_hash: str | None = None
+    kernel: str | None = None
+    """vm mode: "node" (the node-like kernel, default) or "debian"."""
 
 
 class StateLock:
@@ -283,7 +285,9 @@ class LocalNode:
         program = self.options.program
         # The machine first: a missing QEMU or image is reported before anything is packed.
         self.progress("finding the runtime image and kernel (built through their caches when missing)")
-        machine = QemuMachine(self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus)
+        machine = QemuMachine(
+            self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus, kernel=self.options.kernel
+        )
         self.machine = machine
         drives: list[tuple[Path, bool]] = []
         volumes: list[dict] = []
