@@ -342,3 +342,21 @@ MAX_RESPONSE_VARIABLE = "ALEPH_MAX_RESPONSE_BYTES"
 def response_too_large(limit: int) -> str:
     """The one sentence a call gets when the program's response outgrew the cap."""
     return f"the program's response is larger than {limit} bytes (the limit, {MAX_RESPONSE_VARIABLE})"
+
+
+#: Starts the "error" (and the traceback a node shows as the 500's body) of an answer the
+#: init gives for its own failure or refusal, not the program's: a scope it cannot
+#: complete, a malformed or oversized call, a call while it is not serving. The answer
+#: keeps the supervisor's format; the local node reads the mark to log it as the init's.
+INIT_FAILURE = "aleph-runtime init: "
+
+
+def init_error_answer(error: str, traceback: str = "") -> bytes:
+    text = INIT_FAILURE + error
+    return error_answer(text, f"{text}\n{traceback}" if traceback else f"{text}\n")
+
+
+def is_init_failure(answer: object) -> bool:
+    """Whether an unpacked answer is the init's own failure (see `init_error_answer`)."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return isinstance(error, str) and error.startswith(INIT_FAILURE)

@@ -334,6 +334,9 @@ async def read_response(
     if head or status in (204, 304) or 100 <= status < 200:
         return status, kept, b""
     if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        # The body is given de-chunked: a Content-Length sent alongside (RFC 9112 says to
+        # ignore it) would not be its length.
+        kept = [pair for pair in kept if pair[0].lower() != b"content-length"]
         return status, kept, await _read_chunked(reader, max_bytes)
     length = fields.get(b"content-length")
     if length is not None and length.strip().isdigit():

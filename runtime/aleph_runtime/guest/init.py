@@ -113,7 +113,7 @@ class Init:
                 await self._answer_command(reader, writer, first)
         except protocol.ProtocolError as error:
             logger.warning("Refused a request: %s", error)
-            await self._send(writer, protocol.error_answer(f"ProtocolError: {error}", ""))
+            await self._send(writer, protocol.init_error_answer(f"ProtocolError: {error}"))
         except (ConnectionError, asyncio.IncompleteReadError) as error:
             logger.warning("Connection lost: %s", error)
         except Exception:
@@ -180,7 +180,9 @@ class Init:
             "ALEPH_API_UNIX_SOCKET": socket_path,
             "ALEPH_REMOTE_CRYPTO_HOST": "http://localhost",
             "ALEPH_REMOTE_CRYPTO_UNIX_SOCKET": socket_path,
-            "ALEPH_ADDRESS_TO_USE": config.hostname,
+            # The guest API signs only messages whose address is the VM's item hash
+            # (hex), and the SDK writes this variable into every message it posts.
+            "ALEPH_ADDRESS_TO_USE": config.vm_hash,
         }
 
     async def _apply(self, config: Config) -> None:
@@ -276,7 +278,7 @@ class Init:
             request = await protocol.read_run_request(reader, first, self.settings.max_request_bytes)
         except protocol.ProtocolError as error:
             logger.warning("Refused a call: %s", error)
-            await self._send(writer, protocol.error_answer(str(error), ""))
+            await self._send(writer, protocol.init_error_answer(str(error)))
             if isinstance(error, protocol.RequestTooLarge):
                 await self._discard_rest(reader, writer)
             return
@@ -325,12 +327,12 @@ class Init:
     async def run(self, request: object) -> bytes:
         scope = request.get("scope") if isinstance(request, dict) else None
         if not isinstance(scope, dict):
-            return protocol.error_answer("malformed run request: expected a map with a 'scope' map", "")
+            return protocol.init_error_answer("malformed run request: expected a map with a 'scope' map")
         if self.state is not InitState.SERVING:
             if self.state is InitState.FAILED:
                 # The supervisor shows the traceback as the 500's body: the start error's own.
-                return protocol.error_answer(f"the program failed to start: {self.failure}", self.failure_detail)
-            return protocol.error_answer(f"the init is not serving (state {self.state.name})", "")
+                return protocol.init_error_answer(f"the program failed to start: {self.failure}", self.failure_detail)
+            return protocol.init_error_answer(f"the init is not serving (state {self.state.name})")
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Call %s %s", scope.get("method"), scope.get("path"))
         answer = await self.program.handle(scope)

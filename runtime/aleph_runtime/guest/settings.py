@@ -14,7 +14,7 @@ and the init's behaviour cannot change under it while it runs.
 | `ALEPH_MAX_REQUEST_BYTES`        | 256 MiB        | a larger run request or configuration is refused |
 | `ALEPH_MAX_RESPONSE_BYTES`       | 256 MiB        | a larger response body is an error answer; the program's stream is no longer read |
 | `ALEPH_LIFESPAN_STARTUP_TIMEOUT` | 50 s           | how long an ASGI app's lifespan startup may take |
-| `ALEPH_MAX_UNPACKED_BYTES`       | 4 GiB          | the most one archive (code, input data) may unpack to |
+| `ALEPH_MAX_UNPACKED_BYTES`       | 4 GiB          | the most one archive (code, input data) may unpack to, or the free space less 1/16 when smaller |
 """
 
 from __future__ import annotations
