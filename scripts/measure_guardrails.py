@@ -167,12 +167,15 @@ async def main_async(arguments: argparse.Namespace) -> dict:
     repository = Path(arguments.repository).resolve()
     with tempfile.TemporaryDirectory(prefix="ar-measure-", dir="/tmp") as directory:
         workdir = Path(directory)
-        return {
-            "repository": str(repository),
-            "abandoned": await measure_abandoned(repository, arguments.calls, workdir),
-            "endless": await measure_endless(repository, workdir),
-            "extraction": await measure_extraction(repository, arguments.entries, workdir),
-        }
+        parts = arguments.parts.split(",")
+        figures: dict = {"repository": str(repository)}
+        if "abandoned" in parts:
+            figures["abandoned"] = await measure_abandoned(repository, arguments.calls, workdir)
+        if "endless" in parts:
+            figures["endless"] = await measure_endless(repository, workdir)
+        if "extraction" in parts:
+            figures["extraction"] = await measure_extraction(repository, arguments.entries, workdir)
+        return figures
 
 
 def main() -> None:
@@ -180,6 +183,7 @@ def main() -> None:
     parser.add_argument("--repository", default=str(HERE))
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--entries", type=int, default=150_000)
+    parser.add_argument("--parts", default="abandoned,endless,extraction", help="which figures, comma-separated")
     print(json.dumps(asyncio.run(main_async(parser.parse_args())), indent=2))
 
 
