@@ -87,15 +87,21 @@ class Init:
         self.bridge = None
         self.halted = asyncio.Event()
         self._halt_task: asyncio.Task | None = None
+        #: The calls in progress, each with its watch (see _watch_lasting_calls).
+        self._calls: set[_CallWatch] = set()
 
     # --- the connection loop ---
 
     async def serve(self) -> None:
-        await self.transport.start_server(self.handle_connection)
-        logger.info("Listening on %s", self.transport.description)
-        await self.transport.send_ready(protocol.ready_signal(__version__))
-        logger.info("Ready signal sent")
-        await self.halted.wait()
+        watcher = asyncio.get_running_loop().create_task(self._watch_lasting_calls())
+        try:
+            await self.transport.start_server(self.handle_connection)
+            logger.info("Listening on %s", self.transport.description)
+            await self.transport.send_ready(protocol.ready_signal(__version__))
+            logger.info("Ready signal sent")
+            await self.halted.wait()
+        finally:
+            watcher.cancel()
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -290,25 +296,33 @@ class Init:
         the host closes it (its `seconds` passed, its client went away), the work is
         cancelled, which drops a call's body and response buffers and closes an
         executable's connection to the program."""
-        loop = asyncio.get_running_loop()
-        call = loop.create_task(work)
-        host_gone = loop.create_task(_host_gone(reader, writer))
+        handler = asyncio.current_task()
+        watch = _CallWatch(reader, writer, handler)
+        self._calls.add(watch)
         try:
-            await asyncio.wait((call, host_gone), return_when=asyncio.FIRST_COMPLETED)
+            answer = await work
         except asyncio.CancelledError:
-            call.cancel()
-            host_gone.cancel()
-            raise
-        if not call.done() and host_gone.exception() is not None:
-            # The watch itself failed: a bug of ours must not cost the call its answer.
-            logger.error("Watching a call's connection failed", exc_info=host_gone.exception())
-            await asyncio.wait((call,))
-        if call.done():
-            host_gone.cancel()
-            await self._send(writer, call.result())
+            if not watch.host_gone:
+                raise
+            handler.uncancel()
+            logger.info("The host closed a call's connection before the answer: the call is cancelled")
             return
-        call.cancel()
-        logger.info("The host closed a call's connection before the answer: the call is cancelled")
+        finally:
+            self._calls.discard(watch)
+            watch.stop()
+        await self._send(writer, answer)
+
+    async def _watch_lasting_calls(self) -> None:
+        """Start watching each call that has run for WATCH_AFTER to 2 x WATCH_AFTER
+        seconds: most calls answer sooner, and for them the watch costs a set insertion
+        instead of a task or a timer."""
+        while True:
+            await asyncio.sleep(WATCH_AFTER)
+            for watch in list(self._calls):
+                if watch.aged:
+                    watch.start()
+                else:
+                    watch.aged = True
 
     async def _discard_rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Let the host finish writing a refused request, so it reads our answer, not a reset.
@@ -469,6 +483,42 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval)
         linux.reap_children()
+
+
+#: A call is watched for its host's going away once it has run this long (up to twice).
+WATCH_AFTER = 0.25
+
+
+class _CallWatch:
+    """Cancels a call's task when the host has closed the call's connection."""
+
+    __slots__ = ("reader", "writer", "call", "aged", "task", "host_gone")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: asyncio.Task):
+        self.reader = reader
+        self.writer = writer
+        self.call = call
+        self.aged = False
+        self.task: asyncio.Task | None = None
+        self.host_gone = False
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        try:
+            await _host_gone(self.reader, self.writer)
+        except Exception:
+            # A bug of ours must not cost the call its answer.
+            logger.exception("Watching a call's connection failed")
+            return
+        self.host_gone = True
+        self.call.cancel()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 def _kill_group(pid: int) -> None:
