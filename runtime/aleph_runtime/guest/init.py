@@ -297,7 +297,7 @@ class Init:
         cancelled, which drops a call's body and response buffers and closes an
         executable's connection to the program."""
         handler = asyncio.current_task()
-        watch = _CallWatch(reader, writer, handler)
+        watch = _CallWatch(reader, writer, handler, getattr(self.transport, "half_close_passes", True))
         self._calls.add(watch)
         try:
             answer = await work
@@ -492,12 +492,15 @@ WATCH_AFTER = 0.25
 class _CallWatch:
     """Cancels a call's task when the host has closed the call's connection."""
 
-    __slots__ = ("reader", "writer", "call", "aged", "task", "host_gone")
+    __slots__ = ("reader", "writer", "call", "half_close_passes", "aged", "task", "host_gone")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: asyncio.Task):
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: asyncio.Task, half_close_passes: bool
+    ):
         self.reader = reader
         self.writer = writer
         self.call = call
+        self.half_close_passes = half_close_passes
         self.aged = False
         self.task: asyncio.Task | None = None
         self.host_gone = False
@@ -508,7 +511,7 @@ class _CallWatch:
 
     async def _watch(self) -> None:
         try:
-            await _host_gone(self.reader, self.writer)
+            await _host_gone(self.reader, self.writer, self.half_close_passes)
         except Exception:
             # A bug of ours must not cost the call its answer.
             logger.exception("Watching a call's connection failed")
@@ -526,18 +529,21 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, half_close_passes: bool) -> None:
     """Return when the host has closed the connection; bytes it sends meanwhile are dropped.
 
-    The supervisor never half-closes a call, but a client that shuts down only its
-    writing side still reads the answer: EOF alone is not enough, the peer must have
-    hung up (POLLHUP), which a half-closed connection shows only once it is closed.
+    The supervisor never half-closes a call, but where a half-close can arrive (a Unix
+    socket, in dev mode) a client that shuts down only its writing side still reads
+    the answer: there EOF is not enough, the peer must have hung up (POLLHUP), which a
+    half-closed connection shows only once it is closed.
     """
     try:
         while await reader.read(protocol.READ_CHUNK):
             pass
     except OSError:
         return  # reset: gone
+    if not half_close_passes:
+        return
     while not _peer_hung_up(writer):
         await asyncio.sleep(HALF_CLOSED_POLL_INTERVAL)
 
