@@ -40,16 +40,16 @@ class CycleError(RuntimeError):
     """The application broke the ASGI protocol (e.g. a body before the response start)."""
 
 
+class ScopeError(CycleError):
+    """The supervisor's scope cannot be completed (a field of the wrong type): the init's
+    failure, not the program's."""
+
+
 class ResponseTooLarge(CycleError):
     """The application's response outgrew the cap: it is dropped, and its stream no longer read."""
 
     def __init__(self, limit: int):
         super().__init__(protocol.response_too_large(limit))
-
-
-class ScopeError(CycleError):
-    """The supervisor's scope cannot be completed (a field of the wrong type): the init's
-    failure, not the program's."""
 
 
 def _as_bytes(value: object, what: str, error: type[CycleError] = CycleError) -> bytes:
@@ -356,8 +356,15 @@ async def run_cycle(
     except ResponseTooLarge as error:
         logger.warning("Refused a response: %s", error)
         return protocol.error_answer(str(error), "")
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever the program raised becomes its 500
         return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
+
+
+class LifespanFailure(RuntimeError):
+    """The app's lifespan startup failed (`lifespan.startup.failed`) or did not finish in time.
+
+    An app that does not speak lifespan at all is not a failure: see LifespanState.UNSUPPORTED.
+    """
 
 
 class LifespanState(enum.Enum):
@@ -393,16 +400,16 @@ class Lifespan:
         self._task: asyncio.Task | None = None
 
     async def startup(self, timeout: float) -> None:
-        """Run startup; raise RuntimeError with the app's message on `startup.failed`."""
+        """Run startup; LifespanFailure with the app's message on `startup.failed` or a timeout."""
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.app_state}
         self._queue.put_nowait({"type": "lifespan.startup"})
         self._task = asyncio.get_running_loop().create_task(self._main(scope))
         try:
             await asyncio.wait_for(self._started.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise RuntimeError(f"the application's lifespan startup did not complete within {timeout:g} s") from None
+        except TimeoutError:
+            raise LifespanFailure(f"the application's lifespan startup did not complete within {timeout:g} s") from None
         if self.state is LifespanState.FAILED:
-            raise RuntimeError(f"the application's lifespan startup failed: {self.error}")
+            raise LifespanFailure(f"the application's lifespan startup failed: {self.error}")
 
     async def _main(self, scope: dict) -> None:
         try:
@@ -453,6 +460,26 @@ class Lifespan:
         self._queue.put_nowait({"type": "lifespan.shutdown"})
         try:
             await asyncio.wait_for(self._shut_down.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.error("The application's lifespan shutdown did not complete within %g s", timeout)
             self._task.cancel()
+
+
+class AsgiProgram:
+    """An ASGI app started with its lifespan: each call is one cycle (`run_cycle`)."""
+
+    def __init__(
+        self, app: ASGIApp, lifespan: Lifespan, data_export, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    ):
+        self.app = app
+        self.lifespan = lifespan
+        self.data_export = data_export
+        self.max_response_bytes = max_response_bytes
+
+    async def handle(self, scope: dict) -> bytes:
+        return await run_cycle(
+            self.app, scope, self.lifespan.app_state, self.data_export.acollect, self.max_response_bytes
+        )
+
+    async def stop(self, grace: float) -> None:
+        await self.lifespan.shutdown(grace)
