@@ -478,7 +478,7 @@ WATCH_AFTER = 0.25
 class _CallWatch:
     """Cancels a call's task when the host has closed the call's connection."""
 
-    __slots__ = ("reader", "writer", "call", "half_close_passes", "aged", "task", "host_gone")
+    __slots__ = ("aged", "call", "half_close_passes", "host_gone", "reader", "task", "writer")
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: asyncio.Task, half_close_passes: bool
