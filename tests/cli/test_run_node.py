@@ -122,3 +122,70 @@ async def test_dev_mode_has_the_vm_paths_and_touches_no_host_file(cli_factory, s
     assert (Path(f"/proc/{init[0]}/root") / "opt" / "diagnostic_app.py").exists()
     await stop_cleanly(cli)
     assert json.loads((cli.state_dir / "volumes" / "example" / "storage.json").read_text()) == {"counter": 0}
+
+
+async def test_without_namespaces_dev_mode_falls_back_and_says_so(cli_factory, short_dir):
+    """No `unshare` on PATH: today's layout (a private root, --env values naming a mount
+    point rewritten into it), announced; the program still runs and keeps its data."""
+    bin_dir = short_dir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "redis-server").symlink_to(shutil.which("redis-server"))
+    program = short_dir / "notes.py"
+    program.write_text(
+        "import os\nfrom pathlib import Path\n\n"
+        "async def app(scope, receive, send):\n"
+        "    await receive()\n"
+        "    note = Path(os.environ['DATA_DIR']) / 'note.txt'\n"
+        "    note.write_text(scope['path'])\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': os.environ['DATA_DIR'].encode()})\n"
+    )
+    cli = await cli_factory("--mode", "dev", "--port", "0", "--volume", "mount=/var/lib/notes,persistent=notes",
+                            "--env", "DATA_DIR=/var/lib/notes", str(program), env={"PATH": str(bin_dir)})  # fmt: skip
+    url = await cli.wait_url()
+    async with aiohttp.ClientSession() as http:
+        status, data_dir = await get(http, f"{url}written")
+    assert status == 200
+    assert data_dir != "/var/lib/notes" and data_dir.endswith("/root/var/lib/notes")
+    assert "dev mode without private namespaces (`unshare` is not installed)" in cli.output()
+    await stop_cleanly(cli)
+    assert (cli.state_dir / "volumes" / "notes" / "note.txt").read_text() == "/written"
+
+
+@needs_namespaces
+async def test_watch_restarts_the_program_after_an_edit(cli_factory, short_dir):
+    program = short_dir / "app"
+    program.mkdir()
+    main = program / "main.py"
+    source = (
+        "VERSION = {version!r}\n\n"
+        "async def app(scope, receive, send):\n"
+        "    await receive()\n"
+        "    await send({{'type': 'http.response.start', 'status': 200, 'headers': []}})\n"
+        "    await send({{'type': 'http.response.body', 'body': VERSION.encode()}})\n"
+    )
+    main.write_text(source.format(version="first"))
+    cli = await cli_factory("--mode", "dev", "--port", "0", "--watch", str(program))
+    url = await cli.wait_url()
+    await wait_for_text(cli, "watching")
+    async with aiohttp.ClientSession() as http:
+        assert await get(http, url) == (200, "first")
+        # What editors, Python and git leave around is not an edit.
+        (program / "__pycache__").mkdir()
+        (program / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"cache")
+        (program / ".main.py.swp").write_bytes(b"swap")
+        (program / ".git").mkdir()
+        (program / ".git" / "index").write_bytes(b"index")
+        await asyncio.sleep(2)  # several polls and debounce periods
+        assert "starting a new init" not in cli.output()
+        main.write_text(source.format(version="second"))
+        for _ in range(300):
+            status, text = await get(http, url)
+            if text == "second":
+                break
+            await asyncio.sleep(0.1)
+        assert (status, text) == (200, "second"), cli.output()
+    output = cli.output()
+    assert "starting a new init (main.py changed)" in output
+    assert "restarted in" in output
+    await stop_cleanly(cli)
