@@ -14,6 +14,7 @@ import pytest
 
 from .conftest import EXAMPLES, free_port
 from .example_checks import check_default_example, stop_cleanly
+from .frameworks import FRAMEWORKS, compare, framework_packages, framework_packages_image, uvicorn
 
 pytestmark = [
     pytest.mark.e2e,
@@ -82,3 +83,18 @@ async def test_squashfs_code_and_volumes_in_a_vm(images, cli_factory, short_dir)
             assert await response.text() == "shiny /first"
     await stop_cleanly(cli)
     assert (cli.state_dir / "volumes" / "notes.ext4").stat().st_size == 32 << 20
+
+
+@pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools are not installed")
+async def test_starlette_answers_as_under_uvicorn_in_a_vm(images, cli_factory, short_dir):
+    # The dev-mode matrix (test_frameworks.py) covers every framework; this one checks
+    # the same scope reaches an app in the image's Python, its packages on a squashfs drive.
+    packages = framework_packages()
+    image = framework_packages_image()
+    program = FRAMEWORKS / "starlette"
+    cli = await cli_factory("--port", "0", "--volume", f"/opt/packages={image}", str(program))
+    url = await cli.wait_url(BOOT_TIMEOUT)
+    async with uvicorn("starlette", packages, short_dir / "uvicorn.log") as uvicorn_url:
+        await compare("starlette", url, uvicorn_url)
+    assert "program error" not in cli.output() and "the init failed" not in cli.output()
+    await stop_cleanly(cli)

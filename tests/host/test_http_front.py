@@ -4,6 +4,7 @@ scopes built as aleph-vm builds them, answers turned into HTTP as aleph-vm does.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import pytest
@@ -117,6 +118,21 @@ async def test_traceback_is_a_500_with_the_traceback_as_text(front_factory, sess
         assert "ZeroDivisionError: division by zero" in text
     async with session.get(front.url) as response:  # later calls still work
         assert response.status == 200
+
+
+async def test_the_log_tells_the_inits_failure_from_the_programs(front_factory, session, caplog):
+    front = await front_factory()
+    with caplog.at_level(logging.WARNING, logger="aleph_runtime.host.services.http_front"):
+        async with session.get(f"{front.url}initfail") as response:
+            assert response.status == 500  # as a node answers any error answer
+            assert (await response.text()).startswith("aleph-runtime init: the supervisor's scope has a body")
+        init_failure = caplog.text
+        caplog.clear()
+        async with session.get(f"{front.url}raise") as response:
+            assert response.status == 500
+        program_error = caplog.text
+    assert "the init failed on GET /initfail" in init_failure and "program error" not in init_failure
+    assert "program error on GET /raise" in program_error and "ZeroDivisionError" in program_error
 
 
 async def test_empty_answer_is_a_502_and_reported(front_factory, session):

@@ -8,6 +8,7 @@ FAIL_AT_SHUTDOWN=1 in its variables makes its lifespan shutdown raise.
 import json
 import os
 import socket
+from urllib.parse import unquote
 
 
 async def _lifespan(receive, send):
@@ -83,7 +84,7 @@ async def app(scope, receive, send):
         await _lifespan(receive, send)
         return
     await receive()
-    query = scope["query_string"].decode()
+    query = unquote(scope["query_string"].decode())  # percent-encoded, as from any server
     body = json.dumps(await _route(scope["path"], query)).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})

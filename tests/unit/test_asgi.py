@@ -22,7 +22,7 @@ def test_supervisor_scope_is_completed():
     assert scope["http_version"] == "1.1" and scope["scheme"] == "http"
     assert scope["query_string"] == b"a=1&b=2" and scope["raw_path"] == b"/echo"
     assert scope["root_path"] == "" and scope["server"] and scope["client"]
-    assert scope["headers"] == [[b"content-type", b"text/plain"]]
+    assert scope["headers"] == [(b"content-type", b"text/plain")]
 
 
 async def test_body_through_receive_then_disconnect_after_the_response():

@@ -17,9 +17,10 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from aleph_runtime.guest.config import ConfigError
+from aleph_runtime.guest.settings import DEFAULT_MAX_UNPACKED_BYTES
 
-#: Unpacked bytes allowed in one archive; the root filesystem is a tmpfs in RAM.
-DEFAULT_MAX_UNPACKED = int(os.environ.get("ALEPH_MAX_UNPACKED_BYTES", 4 * 2**30))
+#: Unpacked bytes allowed in one archive when the caller gives no limit (see settings.py).
+DEFAULT_MAX_UNPACKED = DEFAULT_MAX_UNPACKED_BYTES
 _COPY_CHUNK = 1 << 20
 
 

@@ -7,11 +7,13 @@ sends back as `{"success": false, "error": ...}`.
 
 from __future__ import annotations
 
-import base64
-import enum
 import ipaddress
 import re
 from dataclasses import dataclass, field
+
+from aleph_runtime.protocol import ENCODING_NAMES, Encoding, Interface, hostname
+
+__all__ = ["Config", "ConfigError", "Encoding", "Interface", "Network", "Volume", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -25,34 +27,6 @@ class ConfigError(ValueError):
         super().__init__(message)
         self.detail = detail
 
-
-class Interface(str, enum.Enum):
-    ASGI = "asgi"
-    EXECUTABLE = "executable"
-
-
-class Encoding(str, enum.Enum):
-    PLAIN = "plain"
-    ZIP = "zip"
-    SQUASHFS = "squashfs"
-    TAR = "tar"
-
-
-#: Names accepted for each encoding. aleph-message knows plain/zip/squashfs; tar is ours.
-_ENCODING_NAMES = {
-    "plain": Encoding.PLAIN,
-    "zip": Encoding.ZIP,
-    "squashfs": Encoding.SQUASHFS,
-    "tar": Encoding.TAR,
-    "tar.gz": Encoding.TAR,
-    "tar.gzip": Encoding.TAR,
-    "tgz": Encoding.TAR,
-    "tar.bz2": Encoding.TAR,
-    "tar.xz": Encoding.TAR,
-}
-
-#: The message's "binary" interface reaches us as "executable"; accept both spellings.
-_INTERFACE_NAMES = {"asgi": Interface.ASGI, "executable": Interface.EXECUTABLE, "binary": Interface.EXECUTABLE}
 
 _DEVICE_NAME = re.compile(r"^[a-z][a-z0-9]{1,15}$")
 _VM_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -93,8 +67,7 @@ class Config:
 
     @property
     def hostname(self) -> str:
-        """base32 of the binary hash, lower case, unpadded: a hex hash is too long for a hostname."""
-        return base64.b32encode(bytes.fromhex(self.vm_hash)).decode().rstrip("=").lower()
+        return hostname(self.vm_hash)
 
 
 def _require(data: dict, key: str, kinds: type | tuple[type, ...], optional: bool = False):
@@ -174,14 +147,14 @@ def parse_config(data: object) -> Config:
         raise ConfigError(f"the field 'vm_hash' must be 64 hexadecimal characters, not {vm_hash[:80]!r}")
 
     raw_interface = _require(data, "interface", str)
-    interface = _INTERFACE_NAMES.get(raw_interface)
+    interface = Interface.named(raw_interface)
     if interface is None:
         raise ConfigError(f"the field 'interface' must be 'asgi' or 'executable', not {raw_interface!r}")
 
     raw_encoding = _require(data, "encoding", str)
-    encoding = _ENCODING_NAMES.get(raw_encoding.lower())
+    encoding = Encoding.named(raw_encoding)
     if encoding is None:
-        names = ", ".join(sorted(_ENCODING_NAMES))
+        names = ", ".join(sorted(ENCODING_NAMES))
         raise ConfigError(f"the field 'encoding' must be one of {names}, not {raw_encoding!r}")
 
     entrypoint = _require(data, "entrypoint", str)

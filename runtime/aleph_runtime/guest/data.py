@@ -20,12 +20,14 @@ import stat
 import threading
 import time
 
+from aleph_runtime.guest.settings import DEFAULT_MAX_UNPACKED_BYTES
+
 logger = logging.getLogger(__name__)
 
 RACY_WINDOW_NS = 50_000_000
 
 
-def unpack_input_data(data: bytes, data_dir: str = "/data") -> None:
+def unpack_input_data(data: bytes, data_dir: str = "/data", max_unpacked: int = DEFAULT_MAX_UNPACKED_BYTES) -> None:
     """Extract the input_data zip into data_dir, refusing anything that would escape it.
 
     Raises ArchiveError (a ConfigError) for a hostile or broken archive.
@@ -33,7 +35,7 @@ def unpack_input_data(data: bytes, data_dir: str = "/data") -> None:
     from aleph_runtime.guest.archive import extract_zip
 
     os.makedirs(data_dir, exist_ok=True)
-    extract_zip(data, data_dir)
+    extract_zip(data, data_dir, max_unpacked)
     logger.info("input data unpacked into %s", data_dir)
 
 

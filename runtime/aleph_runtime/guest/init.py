@@ -26,16 +26,13 @@ from pathlib import Path
 from aleph_runtime import __version__, protocol
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.code import Paths
+from aleph_runtime.guest.settings import Settings
 
 logger = logging.getLogger("aleph_runtime.init")
 
-#: A run request larger than this is answered with an error (the body rides in it).
-MAX_REQUEST_BYTES = int(os.environ.get("ALEPH_MAX_REQUEST_BYTES", 256 * 2**20))
-LIFESPAN_STARTUP_TIMEOUT = float(os.environ.get("ALEPH_LIFESPAN_STARTUP_TIMEOUT", 50))
 #: How long the program gets to stop at halt (lifespan shutdown, or SIGTERM before
 #: SIGKILL): the supervisor gives the whole halt 5 s, and the volumes come after it.
 STOP_GRACE = 2.5
-READ_CHUNK = 1 << 20
 
 
 class InitState(enum.Enum):
@@ -67,10 +64,11 @@ class AsgiProgram:
 
 
 class Init:
-    def __init__(self, transport, paths: Paths, system: bool):
+    def __init__(self, transport, paths: Paths, system: bool, settings: Settings | None = None):
         self.transport = transport
         self.paths = paths
         self.system = system
+        self.settings = settings or Settings()
         self.state = InitState.WAITING_CONFIG
         self.config: Config | None = None
         self.program = None
@@ -91,7 +89,7 @@ class Init:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            first = await reader.read(READ_CHUNK)
+            first = await reader.read(protocol.READ_CHUNK)
             if not first:
                 return
             kind = protocol.classify_request(first[0])
@@ -105,7 +103,7 @@ class Init:
                 await self._answer_command(writer, first)
         except protocol.ProtocolError as error:
             logger.warning("Refused a request: %s", error)
-            await self._send(writer, protocol.error_answer(f"ProtocolError: {error}", ""))
+            await self._send(writer, protocol.init_error_answer(f"ProtocolError: {error}"))
         except (ConnectionError, asyncio.IncompleteReadError) as error:
             logger.warning("Connection lost: %s", error)
         except Exception:
@@ -121,28 +119,12 @@ class Init:
     # --- configuration ---
 
     async def _answer_config(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        newline = first.find(b"\n")
-        buffer = bytearray(first)
-        while newline < 0:
-            if len(buffer) > 20:
-                raise protocol.ProtocolError(f"config length line too long: {bytes(buffer[:20])!r}")
-            more = await reader.read(READ_CHUNK)
-            if not more:
-                raise asyncio.IncompleteReadError(bytes(buffer), None)
-            buffer += more
-            newline = buffer.find(b"\n")
-        length_text = bytes(buffer[:newline])
-        if not length_text.isdigit() or len(length_text) > 12:
-            raise protocol.ProtocolError(f"config length line is not a number: {length_text!r}")
-        length = int(length_text)
-        payload = buffer[newline + 1 :]
-        if length > MAX_REQUEST_BYTES:
-            await self._send(writer, protocol.config_failure(f"the configuration is larger than {MAX_REQUEST_BYTES} bytes"))
+        try:
+            payload = await protocol.read_config(reader, first, self.settings.max_request_bytes)
+        except protocol.RequestTooLarge as error:
+            await self._send(writer, protocol.config_failure(str(error)))
             return
-        if len(payload) < length:
-            payload += await reader.readexactly(length - len(payload))
-        answer = await self.configure(bytes(payload[:length]))
-        await self._send(writer, answer)
+        await self._send(writer, await self.configure(payload))
 
     async def configure(self, payload: bytes) -> bytes:
         if self.state is not InitState.WAITING_CONFIG:
@@ -192,7 +174,7 @@ class Init:
         if config.input_data:
             from aleph_runtime.guest.data import unpack_input_data
 
-            unpack_input_data(config.input_data, str(self.paths.data))
+            unpack_input_data(config.input_data, str(self.paths.data), self.settings.max_unpacked_bytes)
         if self.system and config.authorized_keys:
             from aleph_runtime.guest.ssh import setup_ssh
 
@@ -200,7 +182,7 @@ class Init:
 
         from aleph_runtime.guest.code import unpack_code
 
-        code_directory = unpack_code(config, self.paths)
+        code_directory = unpack_code(config, self.paths, self.settings.max_unpacked_bytes)
         if config.interface is Interface.ASGI:
             self.program = await self._start_asgi(config, code_directory)
         else:
@@ -230,7 +212,7 @@ class Init:
         app = load_asgi_app(config, self.paths, code_directory)
         lifespan = Lifespan(app)
         try:
-            await lifespan.startup(LIFESPAN_STARTUP_TIMEOUT)
+            await lifespan.startup(self.settings.lifespan_startup_timeout)
         except RuntimeError as error:
             raise ConfigError(str(error)) from None
         return AsgiProgram(app, lifespan, self._data_export())
@@ -258,34 +240,11 @@ class Init:
 
     async def _answer_run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
         try:
-            # Most calls arrive in one read: decode them at once, stream only the big ones.
-            request = protocol.unpack(first)
-        except Exception:
-            request = None
-        else:
-            await self._send(writer, await self.run(request))
-            return
-        unpacker = protocol.new_unpacker(max_buffer_size=MAX_REQUEST_BYTES)
-        chunk = first
-        try:
-            while True:
-                unpacker.feed(chunk)
-                for request in unpacker:
-                    break
-                if request is not None:
-                    break
-                chunk = await reader.read(READ_CHUNK)
-                if not chunk:
-                    raise protocol.ProtocolError("the connection closed before a complete run request arrived")
-        except Exception as error:  # msgpack's BufferFull, FormatError, StackError...
-            oversized = type(error).__name__ == "BufferFull"
-            if oversized:
-                message = f"the request is larger than {MAX_REQUEST_BYTES} bytes"
-            else:
-                message = f"malformed run request: {type(error).__name__}: {error}"
-            logger.warning("Refused a call: %s", message)
-            await self._send(writer, protocol.error_answer(message, ""))
-            if oversized:
+            request = await protocol.read_run_request(reader, first, self.settings.max_request_bytes)
+        except protocol.ProtocolError as error:
+            logger.warning("Refused a call: %s", error)
+            await self._send(writer, protocol.init_error_answer(str(error)))
+            if isinstance(error, protocol.RequestTooLarge):
                 await self._discard_rest(reader, writer)
             return
         await self._send(writer, await self.run(request))
@@ -301,17 +260,17 @@ class Init:
                 writer.write_eof()
         with contextlib.suppress(OSError, asyncio.TimeoutError):
             async with asyncio.timeout(60):
-                while await reader.read(READ_CHUNK):
+                while await reader.read(protocol.READ_CHUNK):
                     pass
 
     async def run(self, request: object) -> bytes:
         scope = request.get("scope") if isinstance(request, dict) else None
         if not isinstance(scope, dict):
-            return protocol.error_answer("malformed run request: expected a map with a 'scope' map", "")
+            return protocol.init_error_answer("malformed run request: expected a map with a 'scope' map")
         if self.state is not InitState.SERVING:
             reason = f"the program failed to start: {self.failure}" if self.state is InitState.FAILED else (
                 f"the init is not serving (state {self.state.name})")
-            return protocol.error_answer(reason, "")
+            return protocol.init_error_answer(reason)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Call %s %s", scope.get("method"), scope.get("path"))
         return await self.program.handle(scope)
@@ -337,14 +296,7 @@ class Init:
     # --- halt ---
 
     async def _answer_halt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        received = bytearray(first)
-        while len(received) < len(protocol.HALT) and protocol.HALT.startswith(bytes(received)):
-            more = await reader.read(len(protocol.HALT) - len(received))
-            if not more:
-                break
-            received += more
-        if not bytes(received).startswith(protocol.HALT):
-            raise protocol.ProtocolError(f"unknown request {bytes(received[:16])!r}")
+        await protocol.read_halt(reader, first)
         logger.info("Halt requested by the host")
         await self.halt(writer)
 

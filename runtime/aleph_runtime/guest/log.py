@@ -1,15 +1,14 @@
 """The init's logging: one line per event, prefixed with the uptime, on the console.
 
 The uptime (CLOCK_BOOTTIME) lets a boot be read off the console next to the kernel's
-own timestamps and init0's lines. INFO by default; DEBUG when `ALEPH_LOG_LEVEL=DEBUG`
-or `aleph.debug` is on the kernel command line. DEBUG calls on the hot path are
+own timestamps and init0's lines. INFO by default; DEBUG when the settings ask for it
+(`ALEPH_LOG_LEVEL=DEBUG` or `aleph.debug` on the kernel command line). DEBUG calls on the hot path are
 guarded by `logger.isEnabledFor` so they cost nothing when off.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -24,21 +23,11 @@ class _UptimeFormatter(logging.Formatter):
         return f"[{uptime:10.6f}] init1 {record.levelname}: {message}"
 
 
-def _debug_requested() -> bool:
-    if os.environ.get("ALEPH_LOG_LEVEL", "").upper() == "DEBUG":
-        return True
-    try:
-        with open("/proc/cmdline") as cmdline:
-            return "aleph.debug" in cmdline.read().split()
-    except OSError:
-        return False
-
-
-def setup_logging() -> logging.Logger:
+def setup_logging(debug: bool = False) -> logging.Logger:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_UptimeFormatter())
     logger = logging.getLogger("aleph_runtime")
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if _debug_requested() else logging.INFO)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
     return logger

@@ -190,7 +190,6 @@ class UnixTransport(Transport):
             os.unlink(self.base_path)
 
 
-def transport_from_environment(uds_path: str | None = None) -> Transport:
-    """Dev mode when a Unix socket base path is given (flag or ALEPH_VSOCK_UDS), else vsock."""
-    path = uds_path or os.environ.get("ALEPH_VSOCK_UDS")
-    return UnixTransport(path) if path else VsockTransport()
+def transport_for(uds_path: str | None) -> Transport:
+    """Dev mode when a Unix socket base path is given (`Settings.uds`), else vsock."""
+    return UnixTransport(uds_path) if uds_path else VsockTransport()

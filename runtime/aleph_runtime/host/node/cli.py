@@ -25,6 +25,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+# The wire format only (msgpack): the rest is imported when a command runs, so --help stays fast.
+from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
 
 EPILOG = """\
@@ -82,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("path", nargs="?", metavar="PATH", help="the program: a .py file, directory, zip, tar or squashfs")
     run.add_argument("--entrypoint", help="`module:app` for Python ASGI, or the executable's path in the code")
-    run.add_argument("--encoding", choices=("plain", "zip", "tar", "squashfs"), help="how the code is sent")
-    run.add_argument("--interface", choices=("asgi", "executable", "binary"), help="default: from the entrypoint")
+    run.add_argument("--encoding", choices=list(Encoding), help="how the code is sent")
+    run.add_argument("--interface", choices=list(INTERFACE_NAMES), help="default: from the entrypoint")
     run.add_argument("--volume", "-v", action="append", default=[], metavar="SPEC", help="a volume (see below)")
     run.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="a program variable")
     run.add_argument("--memory", type=int, metavar="MiB", help="the VM's memory (default 512; vm mode only)")
@@ -252,7 +255,7 @@ def _options(args: argparse.Namespace):
     if args.vm_hash is not None and not (len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
     port = args.port
-    executable_on_host = args.mode == "dev" and program.interface == "executable"
+    executable_on_host = args.mode == "dev" and program.interface is Interface.EXECUTABLE
     if executable_on_host:
         # The init's executables listen on 127.0.0.1:8080; in dev mode that is this machine's.
         if port == 8080:

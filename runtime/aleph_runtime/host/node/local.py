@@ -39,6 +39,7 @@ from aleph_runtime.host.program import (
     tar_directory,
     zip_directory,
 )
+from aleph_runtime.protocol import Encoding
 
 REPOSITORY = Path(__file__).resolve().parents[4]
 EXAMPLES = REPOSITORY / "examples"
@@ -210,9 +211,9 @@ class LocalNode:
 
     def _code(self) -> bytes | None:
         program = self.options.program
-        if program.code is not None or program.directory is None or program.encoding == "squashfs":
+        if program.code is not None or program.directory is None or program.encoding is Encoding.SQUASHFS:
             return program.code
-        if program.encoding == "tar":
+        if program.encoding is Encoding.TAR:
             code = tar_directory(program.directory)
         else:
             code = zip_directory(program.directory)
@@ -270,7 +271,7 @@ class LocalNode:
         program = self.options.program
         machine.root.mkdir(parents=True, exist_ok=True)
         volumes: list[dict] = []
-        if program.encoding == "squashfs":
+        if program.encoding is Encoding.SQUASHFS:
             machine.place("/opt/code", program.directory or self._unsquash(program.image), read_only=True)
             volumes.append({"mount": "/opt/code", "device": "vdb", "read_only": True})
         for volume in self.options.volumes:
@@ -329,7 +330,7 @@ class LocalNode:
             drives.append((path, read_only))
             volumes.append({"mount": mount, "device": f"vd{chr(ord('b') + len(volumes))}", "read_only": read_only})
 
-        if program.encoding == "squashfs":
+        if program.encoding is Encoding.SQUASHFS:
             image = program.image
             if image is None:
                 self.progress(f"packing {program.directory} as squashfs")
@@ -355,9 +356,9 @@ class LocalNode:
         program = self.options.program
         if program.directory is None and program.code is not None:
             program.code = program.source.read_bytes()  # a .py file, a zip or tar archive
-        elif program.encoding == "squashfs" and self.options.mode == "vm" and program.directory is not None:
+        elif program.encoding is Encoding.SQUASHFS and self.options.mode == "vm" and program.directory is not None:
             squashfs_directory(program.directory, self.run_dir / "code.squashfs")
-        elif program.encoding == "squashfs" and program.image is not None:
+        elif program.encoding is Encoding.SQUASHFS and program.image is not None:
             raise NodeError("--watch cannot follow a squashfs image: restart the command after rebuilding it")
         last = self._last_machine
         rewrite = last.guest_path if isinstance(last, DevMachine) else None

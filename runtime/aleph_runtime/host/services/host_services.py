@@ -97,7 +97,6 @@ class HostServices:
 
     async def start_front(
         self,
-        becomes_ready: Callable[[], Awaitable[None]] | None = None,
         on_empty_answer: Callable[[], Awaitable[None]] | None = None,
         access_log: Callable[[str], None] | None = None,
     ) -> str:
@@ -107,7 +106,6 @@ class HostServices:
             self.vm_hash,
             self.seconds,
             code_ref=self.code_ref,
-            becomes_ready=becomes_ready,
             on_empty_answer=on_empty_answer,
             client_max_size=self.client_max_size,
             node_error_pages=self.node_error_pages,

@@ -4,8 +4,7 @@ Each request becomes the supervisor's scope, goes to the init through
 `SupervisorClient.run_raw`, and the init's answer becomes the HTTP response, with the
 rules of aleph-vm's `orchestrator/run.py`:
 
-- scope: `{"type": "http", "path", "method", "query_string" (str), "headers"
-  (lower-case names, raw bytes), "body"}` (protocol document, section 3);
+- scope: `protocol.http_scope` (aleph-vm's `build_asgi_scope`);
 - an answer with a "traceback": 500, the traceback as the plain-text body;
 - an empty answer: 502 "No response from VM";
 - no answer within the program's `resources.seconds`: 504;
@@ -28,7 +27,6 @@ header names the node's software.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import re
@@ -39,6 +37,7 @@ import msgpack
 from aiohttp import web
 from multidict import CIMultiDict
 
+from aleph_runtime import __version__, protocol
 from aleph_runtime.host.supervisor import SupervisorClient
 
 logger = logging.getLogger(__name__)
@@ -53,24 +52,13 @@ FRONT = web.AppKey("front_settings", object)
 
 
 def b32_hostname(vm_hash: str) -> str:
-    """The label a node serves a program under: base32 of the binary hash, lower case, no padding."""
-    return base64.b32encode(bytes.fromhex(vm_hash)).decode().strip("=").lower()
+    """The label a node serves a program under (the VM's hostname)."""
+    return protocol.hostname(vm_hash)
 
 
 async def build_http_scope(path: str, request: web.Request) -> dict:
     """The scope exactly as aleph-vm's `build_asgi_scope` makes it."""
-    return {
-        "type": "http",
-        "path": path,
-        "method": request.method,
-        "query_string": request.query_string,
-        "headers": tuple((name.lower(), value) for name, value in request.raw_headers),
-        "body": await request.read(),
-    }
-
-
-def build_event_scope(event: object) -> dict:
-    return {"type": "aleph.message", "body": event}
+    return protocol.http_scope(request.method, path, request.query_string, request.raw_headers, await request.read())
 
 
 def traceback_response(result: dict) -> web.Response:
@@ -109,13 +97,11 @@ class FrontSettings:
         vm_hash: str,
         seconds: float,
         code_ref: str | None,
-        becomes_ready: Callable[[], Awaitable[None]] | None,
         on_empty_answer: Callable[[], Awaitable[None]] | None,
     ):
         self.vm_hash = vm_hash
         self.seconds = seconds
         self.code_ref = code_ref
-        self.becomes_ready = becomes_ready
         self.on_empty_answer = on_empty_answer
 
 
@@ -128,8 +114,6 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
     settings: FrontSettings = request.app[FRONT]
     client = request.app[CLIENT]
     try:
-        if settings.becomes_ready is not None:
-            await asyncio.wait_for(settings.becomes_ready(), timeout=settings.seconds)
         raw = await client.run_raw(scope, timeout=settings.seconds)
     except asyncio.TimeoutError:
         logger.warning("the program did not respond within `resources.seconds` (%g s)", settings.seconds)
@@ -146,7 +130,7 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
             return _bad_gateway("No response from VM", "VM did not respond and was shut down")
         return _bad_gateway("No response from VM", "VM did not respond")
     try:
-        result = msgpack.unpackb(raw, raw=False)
+        result = protocol.unpack(raw)
     except (ValueError, msgpack.UnpackException) as error:
         logger.error("invalid answer from the init: %s", error)
         return _bad_gateway("Invalid response from VM")
@@ -155,14 +139,23 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
     return result
 
 
+def _log_error_answer(result: dict, call: str) -> None:
+    """Log an error answer as whose it is: the init's own failure or refusal, or the program's."""
+    if "traceback" not in result:
+        return
+    if protocol.is_init_failure(result):
+        logger.error("the init failed on %s (not the program's error):\n%s", call, result["traceback"])
+    else:
+        logger.warning("program error on %s:\n%s", call, result["traceback"])
+
+
 async def _run_request(request: web.Request, path: str) -> web.StreamResponse:
     settings: FrontSettings = request.app[FRONT]
     scope = await build_http_scope(path, request)
     result = await _call_init(request, scope)
     if isinstance(result, web.StreamResponse):
         return result
-    if "traceback" in result:
-        logger.warning("program error:\n%s", result["traceback"])
+    _log_error_answer(result, f"{request.method} {path}")
     try:
         return answer_to_response(result, settings.vm_hash, settings.code_ref)
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError, ValueError) as error:
@@ -208,11 +201,11 @@ async def post_event(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="The event must be a JSON object (an aleph message)\n") from None
     if not isinstance(event, dict):
         raise web.HTTPBadRequest(text="The event must be a JSON object (an aleph message)\n")
-    result = await _call_init(request, build_event_scope(event))
+    result = await _call_init(request, protocol.event_scope(event))
     if isinstance(result, web.StreamResponse):
         return result
     if "traceback" in result:
-        logger.warning("program error on event:\n%s", result["traceback"])
+        _log_error_answer(result, "the event")
         return traceback_response(result)
     if "body" not in result:
         return _bad_gateway("Invalid response from VM")
@@ -268,8 +261,6 @@ def access_log_middleware(write: Callable[[str], None]):
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     # A node overwrites the Server header with its own version.
-    from aleph_runtime import __version__
-
     response.headers["Server"] = f"aleph-runtime/{__version__}"
 
 
@@ -279,7 +270,6 @@ def create_front_app(
     seconds: float,
     *,
     code_ref: str | None = None,
-    becomes_ready: Callable[[], Awaitable[None]] | None = None,
     on_empty_answer: Callable[[], Awaitable[None]] | None = None,
     client_max_size: int = DEFAULT_CLIENT_MAX_SIZE,
     node_error_pages: bool = True,
@@ -288,7 +278,6 @@ def create_front_app(
     """The front's aiohttp app for one program.
 
     - `seconds`: the program's `resources.seconds`, the bound of each call (504 after it);
-    - `becomes_ready`: awaited before each call (e.g. until the VM has booted), within `seconds`;
     - `on_empty_answer`: awaited when the init answers nothing (a node stops the VM then);
     - `client_max_size`: the largest request body (413 above it); a node keeps aiohttp's 1 MiB;
     - `node_error_pages`: rewrite 404s (the program's too) and HTTP errors into
@@ -301,7 +290,7 @@ def create_front_app(
     app = web.Application(client_max_size=client_max_size, middlewares=middlewares)
     app.on_response_prepare.append(_server_header)
     app[CLIENT] = client
-    app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, becomes_ready, on_empty_answer)
+    app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, on_empty_answer)
     app.router.add_post("/control/event", post_event)
     app.router.add_route("*", "/vm/{ref}{suffix:.*}", run_from_path)
     app.router.add_route("*", "/{suffix:.*}", run_from_root)
