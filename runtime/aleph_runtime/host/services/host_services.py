@@ -99,6 +99,7 @@ class HostServices:
         self,
         on_empty_answer: Callable[[], Awaitable[None]] | None = None,
         access_log: Callable[[str], None] | None = None,
+        becomes_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> str:
         """The HTTP front on host:port; its URL."""
         app = create_front_app(
@@ -107,6 +108,7 @@ class HostServices:
             self.seconds,
             code_ref=self.code_ref,
             on_empty_answer=on_empty_answer,
+            becomes_ready=becomes_ready,
             client_max_size=self.client_max_size,
             node_error_pages=self.node_error_pages,
             access_log=access_log,

@@ -98,11 +98,13 @@ class FrontSettings:
         seconds: float,
         code_ref: str | None,
         on_empty_answer: Callable[[], Awaitable[None]] | None,
+        becomes_ready: Callable[[], Awaitable[None]] | None = None,
     ):
         self.vm_hash = vm_hash
         self.seconds = seconds
         self.code_ref = code_ref
         self.on_empty_answer = on_empty_answer
+        self.becomes_ready = becomes_ready
 
 
 def _bad_gateway(reason: str, text: str | None = None) -> web.Response:
@@ -114,6 +116,9 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
     settings: FrontSettings = request.app[FRONT]
     client = request.app[CLIENT]
     try:
+        if settings.becomes_ready is not None:
+            # A machine being (re)started: its boot is not the call's time, and is bounded itself.
+            await settings.becomes_ready()
         raw = await client.run_raw(scope, timeout=settings.seconds)
     except asyncio.TimeoutError:
         logger.warning("the program did not respond within `resources.seconds` (%g s)", settings.seconds)
@@ -271,6 +276,7 @@ def create_front_app(
     *,
     code_ref: str | None = None,
     on_empty_answer: Callable[[], Awaitable[None]] | None = None,
+    becomes_ready: Callable[[], Awaitable[None]] | None = None,
     client_max_size: int = DEFAULT_CLIENT_MAX_SIZE,
     node_error_pages: bool = True,
     access_log: Callable[[str], None] | None = None,
@@ -279,6 +285,8 @@ def create_front_app(
 
     - `seconds`: the program's `resources.seconds`, the bound of each call (504 after it);
     - `on_empty_answer`: awaited when the init answers nothing (a node stops the VM then);
+    - `becomes_ready`: awaited before each call (a crashed machine is replaced then); it may
+      raise ConnectionRefusedError (a 502) and must bound its own wait;
     - `client_max_size`: the largest request body (413 above it); a node keeps aiohttp's 1 MiB;
     - `node_error_pages`: rewrite 404s (the program's too) and HTTP errors into
       `{"error": ...}` JSON as a node's supervisor does; False passes the program's own through;
@@ -290,7 +298,7 @@ def create_front_app(
     app = web.Application(client_max_size=client_max_size, middlewares=middlewares)
     app.on_response_prepare.append(_server_header)
     app[CLIENT] = client
-    app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, on_empty_answer)
+    app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, on_empty_answer, becomes_ready)
     app.router.add_post("/control/event", post_event)
     app.router.add_route("*", "/vm/{ref}{suffix:.*}", run_from_path)
     app.router.add_route("*", "/{suffix:.*}", run_from_root)
