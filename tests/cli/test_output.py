@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
 ]
 
-TALKER = b'''
+TALKER = b"""
 import sys
 
 async def app(scope, receive, send):
@@ -35,7 +35,7 @@ async def app(scope, receive, send):
     print("program complains on stderr", file=sys.stderr, flush=True)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"x" * 1500})
-'''
+"""
 ACCESS_LINE = re.compile(r"^GET /hello\?a=1 200 \d+\.\d ms 1\.5 kB$", re.MULTILINE)
 
 
@@ -140,7 +140,9 @@ async def test_event_subcommand_round_trip(cli_factory, short_dir, fake_api):
     path.write_text(json.dumps(message))
     status, out, err = await run_event("--url", url, str(path))
     assert status == 0 and json.loads(out)["item_hash"] == "ab" * 32, err
-    status, out, err = await run_event("--url", url, "-", stdin=json.dumps({**message, "item_hash": "cd" * 32}).encode())
+    status, out, err = await run_event(
+        "--url", url, "-", stdin=json.dumps({**message, "item_hash": "cd" * 32}).encode()
+    )
     assert status == 0 and json.loads(out)["item_hash"] == "cd" * 32, err
     await wait_for_text(cli, "POST /control/event 200")
     await stop_cleanly(cli)

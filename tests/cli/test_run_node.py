@@ -83,7 +83,9 @@ async def test_a_program_that_cannot_start_again_stops_the_command_after_3_tries
     output = cli.output()
     assert "crash: the init exited (status 3)" in output
     tries = [line for line in output.splitlines() if line.startswith("aleph-runtime: start ")]
-    assert [line.split(" failed: ")[0] for line in tries] == [f"aleph-runtime: start {n}/3" for n in (1, 2, 3)]
+    assert [line.split(" failed: ")[0] for line in tries] == [
+        f"aleph-runtime: start {n}/3" for n in (1, 2, 3)
+    ]
     assert all(line.endswith("RuntimeError: the volume says this program is broken") for line in tries), tries
     assert "giving up" in output
     assert output.count("Traceback") == 1  # the start error's traceback, once
@@ -115,7 +117,11 @@ async def test_dev_mode_has_the_vm_paths_and_touches_no_host_file(cli_factory, s
     assert not Path("/var/lib/example").exists() and not Path("/tmp/socat-socket").exists()
     assert set(os.listdir("/opt")) == opt_before and not Path("/opt/diagnostic_app.py").exists()
     # The program's view: read-only packages, its module in /opt (as a VM has it).
-    init = [pid for pid in descendants(cli.process.pid) if b"init1.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    init = [
+        pid
+        for pid in descendants(cli.process.pid)
+        if b"init1.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
     mounts = Path(f"/proc/{init[0]}/mounts").read_text().splitlines()
     packages = [line for line in mounts if line.split()[1] == "/opt/packages"]
     assert packages and "ro" in packages[0].split()[3].split(","), mounts

@@ -55,10 +55,12 @@ async def app(scope, receive, send):
     elif path == "/socat":
         body = await guest_api_properties()
     elif path.startswith("/env/"):
-        body = json.dumps(os.environ.get(path[len("/env/"):])).encode()
+        body = json.dumps(os.environ.get(path[len("/env/") :])).encode()
     elif path == "/pid":
         body = str(os.getpid()).encode()
     else:
         status, body = 404, b"not here"
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
     await send({"type": "http.response.body", "body": body})

@@ -480,8 +480,9 @@ class LocalNode:
                 return  # already handled (the front and the watcher both notice)
             if status is None:
                 # A program that exited (sys.exit, os._exit) takes the init with it: its status says so.
+                # A VM first syncs its disks and powers off: longer than an init's exit.
                 with contextlib.suppress(asyncio.TimeoutError):
-                    status = await asyncio.wait_for(machine.wait(), 2)
+                    status = await asyncio.wait_for(machine.wait(), 10 if isinstance(machine, QemuMachine) else 2)
             what = "the VM powered off" if isinstance(machine, QemuMachine) else "the init exited"
             reason = f"{what} (status {status})" if status is not None else why
             last = self._last_words()

@@ -14,7 +14,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 IGNORED_DIRECTORIES = frozenset(
-    {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".venv", ".idea", ".vscode"}
+    {
+        "__pycache__",
+        ".git",
+        ".hg",
+        ".svn",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".venv",
+        ".idea",
+        ".vscode",
+    }
 )
 IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", ".swo", ".swx", ".swpx", "~", ".tmp", ".kate-swp")
 #: Above this many files, the rest is not watched (a program is not a home directory).
@@ -62,7 +73,9 @@ def snapshot(path: Path, limit: int = MAX_FILES) -> Snapshot:
 
 
 def describe_changes(before: Snapshot, after: Snapshot) -> list[str]:
-    changes = [f"{name} changed" for name in sorted(after.keys() & before.keys()) if after[name] != before[name]]
+    changes = [
+        f"{name} changed" for name in sorted(after.keys() & before.keys()) if after[name] != before[name]
+    ]
     changes += [f"{name} added" for name in sorted(after.keys() - before.keys())]
     changes += [f"{name} removed" for name in sorted(before.keys() - after.keys())]
     return changes
