@@ -370,7 +370,7 @@ class LocalNode:
         old = self._last_machine
         if isinstance(old, DevMachine):
             return old.renew()
-        machine = QemuMachine(self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus)
+        machine = QemuMachine(self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus, old.images)
         machine.vm.drives = list(self._drives)
         return machine
 
