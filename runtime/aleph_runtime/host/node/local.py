@@ -400,7 +400,8 @@ class LocalNode:
     async def _boot(self, machine: DevMachine | QemuMachine, first: bool = False) -> None:
         """Start `machine`, configure the program; it becomes the node's machine, watched."""
         loop = asyncio.get_running_loop()
-        self.machine = self._last_machine = machine
+        # The node's machine once configured: calls meanwhile wait in ensure_running.
+        self._last_machine = machine
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         began = loop.time()
         try:
@@ -414,6 +415,7 @@ class LocalNode:
             with contextlib.suppress(Exception):
                 await machine.kill()
             raise
+        self.machine = machine
         took = loop.time() - ready_at
         self.starts += 1
         self.boot_times = self._measure(machine, ready_at - began, took)
@@ -513,20 +515,22 @@ class LocalNode:
     async def restart(self, reason: str) -> bool:
         """Stop the machine (halt), start a new one: `--watch` after an edit."""
         if self._restarting is not None and not self._restarting.done():
-            await asyncio.shield(self._restarting)
-        async with self._lifecycle:
-            machine, self.machine = self.machine, None
-            if machine is not None:
-                with contextlib.suppress(Exception):
-                    await machine.stop()
-        self._restarting = asyncio.create_task(self._restart(reason))
+            await asyncio.shield(self._restarting)  # then again: it may have packed the old code
+        # No await between the check and the task: a request arriving meanwhile waits for it.
+        self._restarting = asyncio.create_task(self._restart(reason, replace=True))
         return await asyncio.shield(self._restarting)
 
-    async def _restart(self, reason: str = "after the crash") -> bool:
+    async def _restart(self, reason: str = "after the crash", replace: bool = False) -> bool:
         """Up to MAX_FAILED_STARTS tries, backing off; True when the program runs again."""
         from aleph_runtime.host.supervisor import ConfigurationRejected
 
         loop = asyncio.get_running_loop()
+        if replace:
+            async with self._lifecycle:
+                machine, self.machine = self.machine, None
+                if machine is not None:
+                    with contextlib.suppress(Exception):
+                        await machine.stop()
         last_error: BaseException | None = None
         for attempt in range(MAX_FAILED_STARTS):
             if attempt:
@@ -537,6 +541,8 @@ class LocalNode:
             began = loop.time()
             try:
                 async with self._lifecycle:
+                    if self.machine is not None:
+                        return True  # another start got there first: never two machines
                     if self.services is not None and self.options.mode == "vm":
                         await self.services.restart_guest_api()  # the old VM's cleanup removed its socket
                     await self._boot(self._fresh_machine())
