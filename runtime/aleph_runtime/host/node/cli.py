@@ -138,7 +138,12 @@ class OutputFilter:
 
     def __init__(self, vm: bool):
         # A VM's console starts with firmware and kernel lines: nothing before the init's first.
+        self.vm = vm
         self.booting = vm
+
+    def new_boot(self) -> None:
+        """A machine starts (again): its firmware and kernel lines are hidden too."""
+        self.booting = self.vm
 
     def __call__(self, line: str) -> str | None:
         from aleph_runtime.host.node.local import is_boot_noise
@@ -314,7 +319,15 @@ async def serve(node, verbose: bool, watch: bool = False) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    tail = LogTail(node.log_path, line_filter=None if verbose else OutputFilter(node.options.mode == "vm")).start()
+    output_filter = None if verbose else OutputFilter(node.options.mode == "vm")
+    tail = LogTail(node.log_path, line_filter=output_filter).start()
+    if output_filter is not None:
+
+        def on_boot() -> None:
+            tail.flush()  # the last machine's last words, still shown
+            output_filter.new_boot()
+
+        node.on_boot = on_boot
     if node.access_log is not None:
         write_access_line = node.access_log
 

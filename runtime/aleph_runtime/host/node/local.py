@@ -170,6 +170,8 @@ class LocalNode:
         self.starts = 0
         #: `--watch`: after failed starts, wait for the next edit instead of giving up.
         self.wait_for_edits = False
+        #: Called as each machine starts to boot (the output filter hides each boot's console).
+        self.on_boot: Callable[[], None] | None = None
 
     # --- preparation (synchronous: packing, images) ---
 
@@ -403,6 +405,8 @@ class LocalNode:
         # The node's machine once configured: calls meanwhile wait in ensure_running.
         self._last_machine = machine
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        if self.on_boot is not None:
+            self.on_boot()
         began = loop.time()
         try:
             ready = await machine.start()
