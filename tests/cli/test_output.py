@@ -36,7 +36,7 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"x" * 1500})
 """
-ACCESS_LINE = re.compile(r"^GET /hello\?a=1 200 \d+\.\d ms 1\.5 kB$", re.MULTILINE)
+ACCESS_LINE = re.compile(r"^GET /hello\?a=1 200 \d+\.\d ms 1\.5 kB(  \(first call\))?$", re.MULTILINE)
 
 
 async def wait_for_text(cli, text: str, timeout: float = 10) -> None:
@@ -61,6 +61,8 @@ async def test_default_output(cli_factory, short_dir):
     await stop_cleanly(cli)
     output = cli.output()
     assert ACCESS_LINE.search(output), output
+    assert ACCESS_LINE.search(output).group(1) == "  (first call)"  # the startup report's last part
+    assert output.count("(first call)") == 1
     assert "program says hello on stdout /hello" in output
     assert "program complains on stderr" in output
     assert output.count("ValueError: raised on purpose") == 1, output  # the traceback, once

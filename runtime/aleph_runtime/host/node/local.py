@@ -172,6 +172,7 @@ class LocalNode:
         self.wait_for_edits = False
         #: Called as each machine starts to boot (the output filter hides each boot's console).
         self.on_boot: Callable[[], None] | None = None
+        self._first_call_pending = False
 
     # --- preparation (synchronous: packing, images) ---
 
@@ -395,8 +396,9 @@ class LocalNode:
         self.progress("booting the VM (QEMU)" if self.options.mode == "vm" else "starting the init (dev mode)")
         await self._boot(self.machine, first=True)
         self.url = await self.services.start_front(
-            becomes_ready=self.ensure_running, on_empty_answer=self.on_empty_answer, access_log=self.access_log
-        )
+            becomes_ready=self.ensure_running, on_empty_answer=self.on_empty_answer,
+            access_log=self._access_line if self.access_log is not None else None,
+        )  # fmt: skip
         return self.url
 
     async def _boot(self, machine: DevMachine | QemuMachine, first: bool = False) -> None:
@@ -420,6 +422,7 @@ class LocalNode:
                 await machine.kill()
             raise
         self.machine = machine
+        self._first_call_pending = True
         took = loop.time() - ready_at
         self.starts += 1
         self.boot_times = self._measure(machine, ready_at - began, took)
@@ -427,6 +430,13 @@ class LocalNode:
             self.progress(f"the program took {took:.0f} s to start: a node allows {CONFIGURE_TIMEOUT} s "
                           "(with KVM, much faster than emulation)")  # fmt: skip
         self._watcher = asyncio.create_task(self._watch(machine))
+
+    def _access_line(self, line: str) -> None:
+        # The first call after a start completes the startup report: a program's lazy work shows there.
+        if self._first_call_pending:
+            self._first_call_pending = False
+            line += "  (first call)"
+        self.access_log(line)
 
     @staticmethod
     def _measure(machine: DevMachine | QemuMachine, ready: float, configured: float) -> dict[str, float]:
