@@ -330,7 +330,9 @@ def event_answer(body: object, output: str = "", output_data: bytes | None = Non
 
 
 def error_answer(error: str, traceback: str, output: str = "") -> bytes:
-    return pack({"error": error, "traceback": traceback, "output": output})
+    """A failed call. The supervisor answers 500 with `traceback` as the body: with none,
+    the error itself is the body, never an empty page."""
+    return pack({"error": error, "traceback": traceback or error, "output": output})
 
 
 #: Starts the "error" (and the traceback a node shows as the 500's body) of an answer the
@@ -349,3 +351,12 @@ def is_init_failure(answer: object) -> bool:
     """Whether an unpacked answer is the init's own failure (see `init_error_answer`)."""
     error = answer.get("error") if isinstance(answer, dict) else None
     return isinstance(error, str) and error.startswith(INIT_FAILURE)
+
+
+#: The variable that sets the largest response the init passes on.
+MAX_RESPONSE_VARIABLE = "ALEPH_MAX_RESPONSE_BYTES"
+
+
+def response_too_large(limit: int) -> str:
+    """The one sentence a call gets when the program's response outgrew the cap."""
+    return f"the program's response is larger than {limit} bytes (the limit, {MAX_RESPONSE_VARIABLE})"

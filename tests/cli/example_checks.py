@@ -9,7 +9,7 @@ import stat
 import aiohttp
 import redis.asyncio
 
-from .conftest import alive, descendants
+from .conftest import EXAMPLES, alive, descendants
 
 
 def sockets_under(path) -> list[str]:
@@ -76,6 +76,16 @@ async def check_default_example(cli_factory, mode: str, fake_api, port: int, url
         verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
         assert (cli.state_dir / "signing.key").stat().st_size == 32
 
+        # Posting through the node (the SDK's create_post with the RemoteAccount): in the
+        # VM's name, re-published to the API server with the node's key.
+        async with http.get(f"{url}post?text=posted") as response:
+            assert response.status == 200, await response.text()
+            post = await response.json()
+        assert post["address"] == vm_hash and post["status"] == "pending"
+        [body] = await fake_api.wait_posted(1)
+        assert json.loads(body["message"]["item_content"])["content"] == {"text": "posted"}
+        assert body["message"]["sender"] == signed["sender"]
+
         # An exception in the app: a 500 whose body is the traceback; the program keeps serving.
         async with http.get(f"{url}raise") as response:
             assert response.status == 500
@@ -116,3 +126,49 @@ async def check_default_example(cli_factory, mode: str, fake_api, port: int, url
     await stop_cleanly(cli)
 
 
+
+
+async def check_legacy_example(cli_factory, mode: str, fake_api, url_timeout: float = 120) -> None:
+    """examples/legacy_aleph_client, the docs' snippets unchanged: it reads the docs' message
+    through the node, posts through the node (signed by the host, re-published with the
+    node's key) and uses the cache."""
+    from aleph.sdk.chains.common import get_verification_buffer
+    from aleph.sdk.chains.ethereum import verify_signature
+    from tests.fake_aleph_api import DOCS_MESSAGE_CONTENT, DOCS_MESSAGE_HASH
+
+    cli = await cli_factory("--mode", mode, "--port", "0", "--api-server", fake_api.url,
+                            str(EXAMPLES / "legacy_aleph_client"))  # fmt: skip
+    url = await cli.wait_url(url_timeout)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            assert response.status == 200, await response.text()
+            vm_hash = response.headers["Aleph-Program-ItemHash"]
+
+        async with http.get(f"{url}messages") as response:
+            assert response.status == 200, await response.text()
+            [message] = (await response.json())["Messages"]["messages"]
+        assert message["item_hash"] == DOCS_MESSAGE_HASH
+        assert message["content"]["content"] == DOCS_MESSAGE_CONTENT
+        verify_signature(message["signature"], message["sender"], get_verification_buffer(message))
+
+        async with http.get(f"{url}post_a_message") as response:
+            assert response.status == 200, await response.text()
+            signed = (await response.json())["response"]
+        # The program's own message: in its name (the VM's hash), signed by the host.
+        assert signed["content"]["address"] == vm_hash and signed["channel"] == "TEST"
+        verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
+        # ...re-published by the node with its key, as the API server received it.
+        [body] = await fake_api.wait_posted(1)
+        posted = body["message"]
+        assert json.loads(posted["item_content"])["content"]["answer"] == 42
+        assert posted["sender"] == signed["sender"] and posted["channel"] == "TEST"
+        verify_signature(posted["signature"], posted["sender"], get_verification_buffer(posted))
+
+        async with http.get(f"{url}cache") as response:
+            assert await response.json() == {"value": "value", "after_delete": None}
+
+        message = {"item_hash": "cd" * 32, "type": "POST", "content": {"hello": "event"}}
+        async with http.post(f"{url}control/event", json=message) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"result": "Good"}
+    await stop_cleanly(cli)

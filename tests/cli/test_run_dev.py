@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from .conftest import EXAMPLES, alive, descendants, free_port
-from .example_checks import check_default_example, sockets_under, stop_cleanly
+from .example_checks import check_default_example, check_legacy_example, sockets_under, stop_cleanly
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
@@ -22,6 +22,10 @@ pytestmark = [
 
 async def test_default_example_in_dev_mode(cli_factory, fake_api):
     await check_default_example(cli_factory, "dev", fake_api, free_port())
+
+
+async def test_legacy_aleph_client_example_in_dev_mode(cli_factory, fake_api):
+    await check_legacy_example(cli_factory, "dev", fake_api)
 
 
 async def test_sigterm_also_halts(cli_factory):

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from .conftest import EXAMPLES, REPOSITORY, free_port
-from .example_checks import check_default_example, stop_cleanly
+from .example_checks import check_default_example, check_legacy_example, stop_cleanly
 from .frameworks import FRAMEWORKS, compare, framework_packages, framework_packages_image, uvicorn
 
 pytestmark = [
@@ -43,6 +43,11 @@ def images():
 
 async def test_default_example_in_a_vm(images, cli_factory, fake_api):
     await check_default_example(cli_factory, "vm", fake_api, free_port(), url_timeout=BOOT_TIMEOUT)
+
+
+async def test_legacy_aleph_client_example_in_a_vm(images, cli_factory, fake_api):
+    """The docs' program, unchanged, in the image: aleph_client comes from the image's compat."""
+    await check_legacy_example(cli_factory, "vm", fake_api, url_timeout=BOOT_TIMEOUT)
 
 
 async def test_executable_and_import_failure_in_a_vm(images, cli_factory, short_dir):

@@ -66,6 +66,17 @@ def test_imports_under_image_python_without_compiling(mounted_rootfs: Path):
     ][:20]
 
 
+def test_legacy_aleph_client_imports_under_image_python(mounted_rootfs: Path):
+    # runtime/compat, where the init appends it to a program's sys.path (last).
+    compat = mounted_rootfs / "opt/aleph/runtime/compat/aleph_client"
+    assert (compat / "asynchronous.py").read_bytes() == (REPO / "runtime/compat/aleph_client/asynchronous.py").read_bytes()
+    mods = ("aleph_client.asynchronous, aleph_client.chains.remote, aleph_client.chains.ethereum, "
+            "aleph_client.vm.cache, aleph_client.vm.app, aleph_client.conf, aleph_client.types")
+    env = {"PYTHONPATH": "/opt/aleph/runtime:/opt/aleph/libs:/opt/aleph/runtime/compat"}
+    result = chroot(mounted_rootfs, "python3", "-OO", "-c", f"import {mods}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_every_py_has_bytecode(mounted_rootfs: Path):
     missing = []
     for top in PYTHON_DIRS:

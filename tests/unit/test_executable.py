@@ -92,6 +92,10 @@ async def test_response_framings(program):
     status, headers, body = await prog.request(scope(path="/chunked"))
     assert (status, body) == (200, b"hello chunked world")
     assert b"transfer-encoding" not in [name.lower() for name, _ in headers]
+    # A Content-Length sent with chunked is not the de-chunked body's: it is not passed on.
+    status, headers, body = await prog.request(scope(path="/chunked-with-length"))
+    assert (status, body) == (200, b"hello chunked world")
+    assert [name.lower() for name, _ in headers] == [b"server", b"date", b"content-type"]
     status, headers, body = await prog.request(scope(path="/close"))
     assert (status, body) == (201, b"until EOF" * 1000)
     status, headers, body = await prog.request(scope(path="/big"))

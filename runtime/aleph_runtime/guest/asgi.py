@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aleph_runtime import protocol
+from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 
 logger = logging.getLogger("aleph_runtime.asgi")
 
@@ -42,6 +43,13 @@ class CycleError(RuntimeError):
 class ScopeError(CycleError):
     """The supervisor's scope cannot be completed (a field of the wrong type): the init's
     failure, not the program's."""
+
+
+class ResponseTooLarge(CycleError):
+    """The application's response outgrew the cap: it is dropped, and its stream no longer read."""
+
+    def __init__(self, limit: int):
+        super().__init__(protocol.response_too_large(limit))
 
 
 def _as_bytes(value: object, what: str, error: type[CycleError] = CycleError) -> bytes:
@@ -199,13 +207,16 @@ class HTTPCycleState(enum.Enum):
 class HTTPCycle:
     """One HTTP call: the request body in, the whole response (every chunk) out."""
 
-    def __init__(self, scope: dict, body: bytes):
+    def __init__(self, scope: dict, body: bytes, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         self.scope = scope
         self.body = body
         self.state = HTTPCycleState.REQUEST
         self.status = 500
         self.headers: list = []
         self.chunks: list[bytes] = []
+        self.size = 0
+        self.max_bytes = max_bytes
+        self.too_large = False
         self._body_sent = False
         self._complete = asyncio.Event()
 
@@ -230,14 +241,28 @@ class HTTPCycle:
         elif self.state is HTTPCycleState.RESPONSE and kind == "http.response.body":
             chunk = message.get("body", b"")
             if chunk:
+                self.size += len(chunk)
+                if self.size > self.max_bytes:
+                    self._overflow()
                 self.chunks.append(bytes(chunk))
             if not message.get("more_body", False):
                 self.state = HTTPCycleState.COMPLETE
                 self._complete.set()
+        elif self.too_large:
+            raise ResponseTooLarge(self.max_bytes)
         elif self.state is HTTPCycleState.COMPLETE and kind == "http.response.body":
             raise CycleError("the application sent a body after its response was complete")
         else:
             raise CycleError(f"the application sent {kind!r} while the response was in state {self.state.name}")
+
+    def _overflow(self) -> None:
+        """Drop what was kept, and tell the app its client is gone (receive() answers
+        `http.disconnect`, which ends a streaming response), then raise into its send()."""
+        self.too_large = True
+        self.chunks.clear()
+        self.state = HTTPCycleState.COMPLETE
+        self._complete.set()
+        raise ResponseTooLarge(self.max_bytes)
 
     async def run(self, app: ASGIApp) -> None:
         # An exception is the call's answer even after a complete response: Starlette
@@ -247,6 +272,8 @@ class HTTPCycle:
             await _call(app, self.scope, self.receive, self.send)
         finally:
             self._complete.set()
+        if self.too_large:
+            raise ResponseTooLarge(self.max_bytes)  # even when the app swallowed it
         if self.state is not HTTPCycleState.COMPLETE:
             raise CycleError(f"the application returned without completing its response (state {self.state.name})")
 
@@ -295,10 +322,12 @@ async def run_cycle(
     raw_scope: dict,
     state: dict | None = None,
     output_data: Callable[[], Awaitable[bytes | None]] | None = None,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> bytes:
     """Run one supervisor call through the app; the packed answer, errors included.
 
-    `output_data` is awaited after a successful call for the zip of /data, if any.
+    `output_data` is awaited after a successful call for the zip of /data, if any. A
+    response body larger than `max_response_bytes` is an error answer naming the cap.
     """
     kind = raw_scope.get("type")
     try:
@@ -314,14 +343,19 @@ async def run_cycle(
         return protocol.init_error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
     try:
         if kind == "http":
-            cycle = HTTPCycle(scope, body)
+            cycle = HTTPCycle(scope, body, max_response_bytes)
             await cycle.run(app)
             data = await output_data() if output_data else None
-            return protocol.run_answer(cycle.status, cycle.headers, b"".join(cycle.chunks), output_data=data)
+            body = b"".join(cycle.chunks)
+            cycle.chunks.clear()  # at most two copies of a large body at once: joined and packed
+            return protocol.run_answer(cycle.status, cycle.headers, body, output_data=data)
         event = EventCycle(dict(raw_scope, asgi=ASGI_VERSION))
         await event.run(app)
         data = await output_data() if output_data else None
         return protocol.event_answer(event.result, output_data=data)
+    except ResponseTooLarge as error:
+        logger.warning("Refused a response: %s", error)
+        return protocol.error_answer(str(error), "")
     except Exception as error:
         return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
 

@@ -3,7 +3,8 @@
 Where code goes follows today's runtime, since programs may read their own files by
 absolute path: an ASGI program's zip or tar is unpacked into /opt (on sys.path); an
 executable's into /opt/code; a squashfs drive is mounted at /opt/code by the volume
-code. /opt/packages comes first on sys.path.
+code. /opt/packages comes first on sys.path, the legacy `aleph_client` modules
+(runtime/compat, next to aleph_runtime) last, so a program shipping its own wins.
 
 Plain code runs as a real module: written to `<module>.py` and imported, so it is in
 sys.modules, its top-level helpers are visible from the entrypoint, and tracebacks
@@ -30,10 +31,13 @@ from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface
 
 logger = logging.getLogger("aleph_runtime.code")
 
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _ATTRIBUTE = _MODULE
 #: A plain ASGI program whose entrypoint names only an attribute is imported as this module.
 PLAIN_MODULE = "main"
+#: The legacy aleph_client API over aleph-sdk-python: runtime/compat in a checkout and
+#: /opt/aleph/runtime/compat in the image, beside the aleph_runtime package either way.
+COMPAT_DIRECTORY = Path(__file__).resolve().parents[2] / "compat"
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,9 @@ def unpack_code(config: Config, paths: Paths, max_unpacked: int = DEFAULT_MAX_UN
         module_path.parent.mkdir(parents=True, exist_ok=True)
         module_path.write_bytes(config.code)
     else:
-        executable_path(config, paths).write_bytes(config.code)
+        path = executable_path(config, paths)
+        path.parent.mkdir(parents=True, exist_ok=True)  # an entrypoint such as bin/server
+        path.write_bytes(config.code)
     return directory
 
 
@@ -171,6 +177,8 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
             sys.path.remove(str(directory))
     # Packages the program ships take precedence over everything, its code next.
     sys.path[0:0] = [str(paths.packages), str(code_directory)]
+    if COMPAT_DIRECTORY.is_dir() and str(COMPAT_DIRECTORY) not in sys.path:
+        sys.path.append(str(COMPAT_DIRECTORY))
     importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)

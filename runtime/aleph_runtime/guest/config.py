@@ -28,9 +28,12 @@ class ConfigError(ValueError):
         self.detail = detail
 
 
-_DEVICE_NAME = re.compile(r"^[a-z][a-z0-9]{1,15}$")
-_VM_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Matched from the start with \Z at the end: `$` would also accept a trailing newline.
+_DEVICE_NAME = re.compile(r"[a-z][a-z0-9]{1,15}\Z")
+_VM_HASH = re.compile(r"[0-9a-fA-F]{64}\Z")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: resolv.conf uses three; a few more are kept for whoever reads the file differently.
+MAX_DNS_SERVERS = 16
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,12 @@ def _parse_network(data: dict) -> Network:
         except ValueError:
             raise ConfigError(f"the field 'ipv6_gateway' must be an IPv6 address, not {raw!r}") from None
     servers = _require(data, "dns_servers", list, optional=True) or []
+    if len(servers) > MAX_DNS_SERVERS:
+        raise ConfigError(f"the field 'dns_servers' has {len(servers)} entries; at most {MAX_DNS_SERVERS} are accepted")
     for index, server in enumerate(servers):
         try:
+            if not isinstance(server, str):
+                raise TypeError  # ip_address() takes an int too, which no resolv.conf can hold
             ipaddress.ip_address(server)
         except (TypeError, ValueError):
             raise ConfigError(f"the field 'dns_servers[{index}]' must be an IP address, not {server!r}") from None

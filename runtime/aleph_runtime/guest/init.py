@@ -18,18 +18,24 @@ import contextlib
 import enum
 import logging
 import os
+import select
 import signal
+import threading
 import time
 import traceback
 from pathlib import Path
 
 from aleph_runtime import __version__, protocol
+from aleph_runtime.guest import stdio
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.code import Paths
-from aleph_runtime.guest.settings import Settings
+from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES, Settings
 
 logger = logging.getLogger("aleph_runtime.init")
 
+#: The packed answer may exceed the body's cap by its headers and /data's zip; beyond
+#: this slack it is refused too (an event's answer, which has no body cap, included).
+ANSWER_SLACK_BYTES = 16 * 2**20
 #: How long the program gets to stop at halt (lifespan shutdown, or SIGTERM before
 #: SIGKILL): the supervisor gives the whole halt 5 s, and the volumes come after it.
 STOP_GRACE = 2.5
@@ -49,15 +55,18 @@ class InitState(enum.Enum):
 
 
 class AsgiProgram:
-    def __init__(self, app, lifespan, data_export):
+    def __init__(self, app, lifespan, data_export, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         self.app = app
         self.lifespan = lifespan
         self.data_export = data_export
+        self.max_response_bytes = max_response_bytes
 
     async def handle(self, scope: dict) -> bytes:
         from aleph_runtime.guest.asgi import run_cycle
 
-        return await run_cycle(self.app, scope, self.lifespan.app_state, self.data_export.acollect)
+        return await run_cycle(
+            self.app, scope, self.lifespan.app_state, self.data_export.acollect, max_response_bytes=self.max_response_bytes
+        )
 
     async def stop(self, grace: float) -> None:
         await self.lifespan.shutdown(grace)
@@ -73,6 +82,7 @@ class Init:
         self.config: Config | None = None
         self.program = None
         self.failure = ""
+        self.failure_detail = ""
         self.mounted_volumes: list = []
         self.bridge = None
         self.halted = asyncio.Event()
@@ -100,7 +110,7 @@ class Init:
             elif kind is protocol.RequestKind.HALT:
                 await self._answer_halt(reader, writer, first)
             else:
-                await self._answer_command(writer, first)
+                await self._answer_command(reader, writer, first)
         except protocol.ProtocolError as error:
             logger.warning("Refused a request: %s", error)
             await self._send(writer, protocol.init_error_answer(f"ProtocolError: {error}"))
@@ -110,6 +120,9 @@ class Init:
             logger.exception("Unexpected error while handling a connection")
         finally:
             writer.close()
+            # The program may have closed 0, 1 or 2 during the call: refill them before
+            # anything of ours (the next accepted connection) can land there.
+            stdio.reserve()
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         with contextlib.suppress(ConnectionError):
@@ -123,6 +136,11 @@ class Init:
             payload = await protocol.read_config(reader, first, self.settings.max_request_bytes)
         except protocol.RequestTooLarge as error:
             await self._send(writer, protocol.config_failure(str(error)))
+            return
+        except asyncio.IncompleteReadError as error:
+            # A peer that half-closed still reads: tell it, and wait for a whole one.
+            await self._send(writer, protocol.config_failure(
+                f"the connection ended after {len(error.partial)} bytes of the configuration"))
             return
         await self._send(writer, await self.configure(payload))
 
@@ -144,7 +162,9 @@ class Init:
             message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
             logger.error("Configuration failed: %s", message)
             self.failure = message
-            self.state = InitState.FAILED
+            self.failure_detail = detail
+            if self.state is not InitState.HALTING:
+                self.state = InitState.FAILED
             return protocol.config_failure(message, detail)
         self.state = InitState.SERVING
         logger.info("Program started (%s, %s) in %.0f ms", config.interface.value, config.encoding.value,
@@ -160,7 +180,9 @@ class Init:
             "ALEPH_API_UNIX_SOCKET": socket_path,
             "ALEPH_REMOTE_CRYPTO_HOST": "http://localhost",
             "ALEPH_REMOTE_CRYPTO_UNIX_SOCKET": socket_path,
-            "ALEPH_ADDRESS_TO_USE": config.hostname,
+            # The guest API signs only messages whose address is the VM's item hash
+            # (hex), and the SDK writes this variable into every message it posts.
+            "ALEPH_ADDRESS_TO_USE": config.vm_hash,
         }
 
     async def _apply(self, config: Config) -> None:
@@ -171,22 +193,35 @@ class Init:
             # With root "/" (dev mode in private namespaces) the host has put them in place.
             logger.warning("Dev mode: volumes are not mounted; their content is expected under %s", self.paths.root)
         await self._start_guest_api_bridge()
+        # Unpacking and key setup can take minutes (150,000 entries, host keys): they run
+        # off the loop, which keeps answering, `halt` above all.
         if config.input_data:
             from aleph_runtime.guest.data import unpack_input_data
 
-            unpack_input_data(config.input_data, str(self.paths.data), self.settings.max_unpacked_bytes)
+            await _off_loop(unpack_input_data, config.input_data, str(self.paths.data), self.settings.max_unpacked_bytes)
+            self._stop_if_halting()
         if self.system and config.authorized_keys:
             from aleph_runtime.guest.ssh import setup_ssh
 
-            setup_ssh(config.authorized_keys, str(self.paths.root))
+            await _off_loop(setup_ssh, config.authorized_keys, str(self.paths.root))
+            self._stop_if_halting()
 
         from aleph_runtime.guest.code import unpack_code
 
-        code_directory = unpack_code(config, self.paths, self.settings.max_unpacked_bytes)
+        code_directory = await _off_loop(unpack_code, config, self.paths, self.settings.max_unpacked_bytes)
+        self._stop_if_halting()
         if config.interface is Interface.ASGI:
             self.program = await self._start_asgi(config, code_directory)
         else:
             self.program = await self._start_executable(config)
+        if self.state is InitState.HALTING:
+            # The halt found no program to stop: stop it here, bounded as at halt.
+            await self.program.stop(STOP_GRACE)
+            self._stop_if_halting()
+
+    def _stop_if_halting(self) -> None:
+        if self.state is InitState.HALTING:
+            raise ConfigError("the init was halted while the configuration was applied")
 
     async def _apply_system(self, config: Config) -> None:
         from aleph_runtime.guest import linux, network, volumes
@@ -215,7 +250,7 @@ class Init:
             await lifespan.startup(self.settings.lifespan_startup_timeout)
         except RuntimeError as error:
             raise ConfigError(str(error)) from None
-        return AsgiProgram(app, lifespan, self._data_export())
+        return AsgiProgram(app, lifespan, self._data_export(), self.settings.max_response_bytes)
 
     def _data_export(self):
         """/data is exported after every call whenever it is not empty, as today, even when
@@ -233,6 +268,7 @@ class Init:
             raise ConfigError(f"the entrypoint {config.entrypoint!r} is not a file of the code")
         program = ExecutableProgram(str(path), env=dict(os.environ), cwd=str(self.paths.code))
         program.data_export = self._data_export()
+        program.max_response_bytes = self.settings.max_response_bytes
         await program.start()
         return program
 
@@ -247,7 +283,33 @@ class Init:
             if isinstance(error, protocol.RequestTooLarge):
                 await self._discard_rest(reader, writer)
             return
-        await self._send(writer, await self.run(request))
+        del first  # only the decoded request is needed from here on
+        await self._answer_watched(reader, writer, self.run(request))
+
+    async def _answer_watched(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, work) -> None:
+        """Send what the coroutine `work` returns, watching the connection meanwhile: when
+        the host closes it (its `seconds` passed, its client went away), the work is
+        cancelled, which drops a call's body and response buffers and closes an
+        executable's connection to the program."""
+        loop = asyncio.get_running_loop()
+        call = loop.create_task(work)
+        host_gone = loop.create_task(_host_gone(reader, writer))
+        try:
+            await asyncio.wait((call, host_gone), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            call.cancel()
+            host_gone.cancel()
+            raise
+        if not call.done() and host_gone.exception() is not None:
+            # The watch itself failed: a bug of ours must not cost the call its answer.
+            logger.error("Watching a call's connection failed", exc_info=host_gone.exception())
+            await asyncio.wait((call,))
+        if call.done():
+            host_gone.cancel()
+            await self._send(writer, call.result())
+            return
+        call.cancel()
+        logger.info("The host closed a call's connection before the answer: the call is cancelled")
 
     async def _discard_rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Let the host finish writing a refused request, so it reads our answer, not a reset.
@@ -268,30 +330,53 @@ class Init:
         if not isinstance(scope, dict):
             return protocol.init_error_answer("malformed run request: expected a map with a 'scope' map")
         if self.state is not InitState.SERVING:
-            reason = f"the program failed to start: {self.failure}" if self.state is InitState.FAILED else (
-                f"the init is not serving (state {self.state.name})")
-            return protocol.init_error_answer(reason)
+            if self.state is InitState.FAILED:
+                # The program's own failure: the supervisor shows the traceback as the 500's
+                # body, so the start error's own traceback.
+                return protocol.error_answer(f"the program failed to start: {self.failure}", self.failure_detail)
+            return protocol.init_error_answer(f"the init is not serving (state {self.state.name})")
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Call %s %s", scope.get("method"), scope.get("path"))
-        return await self.program.handle(scope)
+        answer = await self.program.handle(scope)
+        if len(answer) > self.settings.max_response_bytes + ANSWER_SLACK_BYTES:
+            logger.warning("Refused an answer of %d bytes", len(answer))
+            return protocol.error_answer(protocol.response_too_large(self.settings.max_response_bytes), "")
+        return answer
 
-    async def _answer_command(self, writer: asyncio.StreamWriter, first: bytes) -> None:
-        command = first[1:].decode("utf-8", "replace")
+    async def _answer_command(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+        await self._answer_watched(reader, writer, self._command_output(first[1:].decode("utf-8", "replace")))
+
+    async def _command_output(self, command: str) -> bytes:
+        """A debug command's combined output, bounded like a response; killed (with its
+        process group) when it outgrows it, or when the host gives up on it."""
         logger.info("Debug command: %s", command)
         from aleph_runtime.guest import linux
 
         process = await asyncio.create_subprocess_shell(
-            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
+            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         linux.MANAGED_CHILDREN.add(process.pid)  # its status is the loop's watcher's, not the reaper's
+        limit = self.settings.max_response_bytes
+        output = bytearray()
         try:
-            output, _ = await process.communicate()
+            while chunk := await process.stdout.read(protocol.READ_CHUNK):
+                output += chunk
+                if len(output) > limit:
+                    del output[limit:]
+                    output += f"\n[output cut: {protocol.response_too_large(limit)}]\n".encode()
+                    _kill_group(process.pid)
+                    break
+            await process.wait()
+        except asyncio.CancelledError:
+            _kill_group(process.pid)
+            raise
         finally:
             linux.MANAGED_CHILDREN.discard(process.pid)
         if process.returncode:
             # Today's runtime prefixes a failing command's output with the error.
-            output = f"Command '{command}' returned non-zero exit status {process.returncode}.\n".encode() + output
-        await self._send(writer, output)
+            output[0:0] = f"Command '{command}' returned non-zero exit status {process.returncode}.\n".encode()
+        return bytes(output)
 
     # --- halt ---
 
@@ -338,6 +423,37 @@ class Init:
         self.halted.set()
 
 
+async def _off_loop(function, *arguments):
+    """`function(*arguments)` in a daemon thread; the loop goes on meanwhile.
+
+    Not the loop's executor: its threads are joined at exit, so a halt during a long
+    extraction would wait for it; a daemon thread ends with the init.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, error) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = function(*arguments), None
+        except BaseException as exception:  # noqa: BLE001 - handed to the awaiting task
+            # SystemExit and the like would end the init: the step failed, nothing more.
+            result, error = None, exception if isinstance(exception, Exception) else RuntimeError(
+                f"{type(exception).__name__}: {exception}")
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=f"init-{getattr(function, '__name__', 'step')}", daemon=True).start()
+    return await future
+
+
 def install_signal_handlers(init: Init) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -355,3 +471,40 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval)
         linux.reap_children()
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Return when the host has closed the connection; bytes it sends meanwhile are dropped.
+
+    The supervisor never half-closes a call, but a client that shuts down only its
+    writing side still reads the answer: EOF alone is not enough, the peer must have
+    hung up (POLLHUP), which a half-closed connection shows only once it is closed.
+    """
+    try:
+        while await reader.read(protocol.READ_CHUNK):
+            pass
+    except OSError:
+        return  # reset: gone
+    while not _peer_hung_up(writer):
+        await asyncio.sleep(HALF_CLOSED_POLL_INTERVAL)
+
+
+#: How often a half-closed call's connection is checked for the host's full close.
+HALF_CLOSED_POLL_INTERVAL = 1.0
+
+
+def _peer_hung_up(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    if sock is None or writer.is_closing():
+        return True
+    poller = select.poll()
+    try:
+        poller.register(sock.fileno(), select.POLLIN)
+    except (OSError, ValueError):
+        return True  # no descriptor left: closed
+    return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _fd, events in poller.poll(0))

@@ -110,6 +110,15 @@ def sync() -> None:
     libc().sync()
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> None:
+    """Adopt our descendants' orphans, as PID 1 does: a dev-mode init must reap the
+    zombies its program leaves (a shell script's daemonised server, say)."""
+    _check(libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
 #: Children whose exit status someone else waits for (asyncio's child watcher, for the
 #: executable program): PID 1's zombie reaper must leave them alone, or their status is
 #: lost (asyncio then reports 255 and warns).

@@ -23,8 +23,13 @@ class _UptimeFormatter(logging.Formatter):
         return f"[{uptime:10.6f}] init1 {record.levelname}: {message}"
 
 
-def setup_logging(debug: bool = False) -> logging.Logger:
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(debug: bool = False, fd: int | None = None) -> logging.Logger:
+    """Log to `fd` (the init's own duplicate of stderr, see stdio.py), else to sys.stderr."""
+    stream = sys.stderr
+    if fd is not None:
+        # Line-buffered, and never closing the descriptor: it is the init's for good.
+        stream = open(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(_UptimeFormatter())
     logger = logging.getLogger("aleph_runtime")
     logger.handlers[:] = [handler]

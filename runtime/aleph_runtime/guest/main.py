@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from aleph_runtime.guest import linux
+from aleph_runtime.guest import linux, stdio
 from aleph_runtime.guest.code import Paths
 from aleph_runtime.guest.init import Init, install_signal_handlers, reap_orphans_forever
 from aleph_runtime.guest.log import setup_logging
@@ -63,8 +63,10 @@ def _read_settings(arguments: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = _parse_arguments(argv)
+    # Before anything can print: descriptors 0-2 filled, and the init's own one to log through.
+    log_fd = stdio.setup()
     settings = _read_settings(arguments)
-    setup_logging(settings.debug)
+    setup_logging(settings.debug, log_fd)
     pid1 = os.getpid() == 1
 
     if not pid1 and not settings.uds and not settings.force_vsock:
@@ -79,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     if root is None:
         root = "/" if pid1 else tempfile.mkdtemp(prefix="aleph-init-")
     init = Init(transport, Paths(Path(root)), system=pid1, settings=settings)
+    if not pid1:
+        try:
+            linux.set_child_subreaper()
+        except OSError as error:
+            logger.warning("Could not become the program's subreaper: %s", error)
     logger.info("aleph-runtime init starting (PID %d, %s, root %s)", os.getpid(), transport.description, root)
 
     loop = _new_event_loop(settings.event_loop)
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("Event loop: %s", type(loop).__module__.split(".")[0])
     status = 0
     try:
-        loop.run_until_complete(_serve(init, reap=pid1))
+        loop.run_until_complete(_serve(init, reap=True))
     except BaseException:
         # Nothing may kill PID 1 silently: log, then go down cleanly below; a crash
         # must not look like a clean stop to whoever started us (dev mode, tests).

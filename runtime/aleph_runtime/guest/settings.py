@@ -12,8 +12,9 @@ and the init's behaviour cannot change under it while it runs.
 | `ALEPH_EVENT_LOOP`               | `uvloop`       | `asyncio` forces the standard library's loop |
 | `ALEPH_LOG_LEVEL`                | `INFO`         | `DEBUG` (or `aleph.debug` on the kernel command line) logs every call |
 | `ALEPH_MAX_REQUEST_BYTES`        | 256 MiB        | a larger run request or configuration is refused |
+| `ALEPH_MAX_RESPONSE_BYTES`       | 256 MiB        | a larger response body is an error answer; the program's stream is no longer read |
 | `ALEPH_LIFESPAN_STARTUP_TIMEOUT` | 50 s           | how long an ASGI app's lifespan startup may take |
-| `ALEPH_MAX_UNPACKED_BYTES`       | 4 GiB          | the most one archive (code, input data) may unpack to |
+| `ALEPH_MAX_UNPACKED_BYTES`       | 4 GiB          | the most one archive (code, input data) may unpack to, or the free space less 1/16 when smaller |
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 
 #: The supervisor sends calls of any size; this bounds what PID 1 buffers for one.
 DEFAULT_MAX_REQUEST_BYTES = 256 * 2**20
+#: The same bound on what a program answers: an endless stream must not grow PID 1.
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
 #: The supervisor waits 60 s for the config's answer; the import comes before the startup.
 DEFAULT_LIFESPAN_STARTUP_TIMEOUT = 50.0
 #: The root filesystem is a tmpfs in RAM: one archive may not fill it.
@@ -45,6 +48,7 @@ class Settings:
     event_loop: str = "uvloop"
     debug: bool = False
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     lifespan_startup_timeout: float = DEFAULT_LIFESPAN_STARTUP_TIMEOUT
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
 
@@ -66,6 +70,7 @@ class Settings:
             event_loop=environ.get("ALEPH_EVENT_LOOP", "uvloop"),
             debug=environ.get("ALEPH_LOG_LEVEL", "").upper() == "DEBUG" or "aleph.debug" in kernel_cmdline.split(),
             max_request_bytes=_number(environ, "ALEPH_MAX_REQUEST_BYTES", int, DEFAULT_MAX_REQUEST_BYTES),
+            max_response_bytes=_number(environ, "ALEPH_MAX_RESPONSE_BYTES", int, DEFAULT_MAX_RESPONSE_BYTES),
             lifespan_startup_timeout=_number(
                 environ, "ALEPH_LIFESPAN_STARTUP_TIMEOUT", float, DEFAULT_LIFESPAN_STARTUP_TIMEOUT
             ),

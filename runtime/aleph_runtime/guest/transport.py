@@ -30,6 +30,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from aleph_runtime import protocol
+from aleph_runtime.guest import stdio
 
 logger = logging.getLogger("aleph_runtime.transport")
 
@@ -94,6 +95,8 @@ class VsockTransport(Transport):
         loop = asyncio.get_running_loop()
 
         def on_readable() -> None:
+            # A program may have closed 0, 1 or 2: refill them, or accept() hands one out.
+            stdio.reserve()
             # Drain the backlog: one readiness event may stand for several connections.
             while True:
                 try:

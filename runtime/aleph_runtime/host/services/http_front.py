@@ -8,9 +8,17 @@ rules of aleph-vm's `orchestrator/run.py`:
 - an answer with a "traceback": 500, the traceback as the plain-text body;
 - an empty answer: 502 "No response from VM";
 - no answer within the program's `resources.seconds`: 504;
-- header names and values decoded as UTF-8, names lower-cased; Content-Encoding,
-  Transfer-Encoding and Vary dropped; Content-Length set when absent;
-  `Aleph-Program-ItemHash` (and `Aleph-Program-Code-Ref` when known) added.
+- header names and values decoded as UTF-8, names lower-cased; Content-Encoding and
+  Vary dropped; `Aleph-Program-ItemHash` (and `Aleph-Program-Code-Ref` when known) added.
+
+Unlike the supervisor, the front frames every response itself, since a program's
+framing headers describe its own connection, not the client's, and a wrong one lets a
+body be read as the next response of a pipelining client: Content-Length is always the
+body's length (the program's is dropped, except on a HEAD where it describes the body
+not sent), Transfer-Encoding and the other hop-by-hop headers never pass. An answer the
+front cannot send as HTTP (a header name that is not a token, CR, LF or NUL in a value,
+a status outside 200-599) is a 502 "Invalid response from VM", as the supervisor
+answers an unreadable one, with the reason logged.
 
 Routes, as a node serves them:
 - `* /vm/<vm_hash>/<path>`: the program, at `/<path>` (another hash: 404);
@@ -44,7 +52,21 @@ logger = logging.getLogger(__name__)
 
 #: aiohttp's default, which a node's supervisor keeps: larger bodies answer 413 there.
 DEFAULT_CLIENT_MAX_SIZE = 1024**2
-DROPPED_HEADERS = ("Content-Encoding", "Transfer-Encoding", "Vary")
+DROPPED_HEADERS = ("Content-Encoding", "Vary")
+#: Framing and hop-by-hop headers (RFC 9110 7.6.1): they describe the program's connection.
+HOP_BY_HOP_HEADERS = (
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Upgrade",
+)
+#: RFC 9110 5.6.2: what a header name may hold.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSENDABLE_IN_VALUE = re.compile(r"[\r\n\x00]")
 ITEM_HASH_RE = re.compile(r"[0-9a-f]{64}|Qm[1-9A-HJ-NP-Za-km-z]{44}|bafy[0-9a-z]{50,}")
 
 CLIENT = web.AppKey("supervisor_client", SupervisorClient)
@@ -70,25 +92,46 @@ def traceback_response(result: dict) -> web.Response:
     )
 
 
-def answer_to_response(result: dict, vm_hash: str, code_ref: str | None = None) -> web.Response:
-    """An init's unpacked HTTP answer as the supervisor turns it into a response.
+def answer_to_response(
+    result: dict, vm_hash: str, code_ref: str | None = None, method: str = "GET"
+) -> web.Response:
+    """An init's unpacked HTTP answer as the supervisor turns it into a response,
+    framed by the front (see the module's documentation).
 
-    Raises KeyError, TypeError, AttributeError or UnicodeDecodeError on an answer that
-    is not the protocol's (the caller answers 502).
+    Raises KeyError, TypeError, AttributeError, UnicodeDecodeError or ValueError (with
+    the reason) on an answer that is not the protocol's or cannot be sent as HTTP (the
+    caller answers 502).
     """
     if "traceback" in result:
         return traceback_response(result)
     body = result["body"]["body"]
-    headers = CIMultiDict([(key.decode().lower(), value.decode()) for key, value in result["headers"]["headers"]])
-    if "content-length" not in headers:
-        headers["content-length"] = str(len(body))
-    for header in DROPPED_HEADERS:
-        if header in headers:
-            del headers[header]
+    if isinstance(body, str):
+        body = body.encode()
+    if not isinstance(body, bytes):
+        raise TypeError(f"the body is a {type(body).__name__}, not bytes")
+    status = result["headers"]["status"]
+    if type(status) is not int or not 200 <= status <= 599:
+        # 1xx is interim in HTTP/1.1: the client would read the body as the next response.
+        raise ValueError(f"status {status!r} is not a final HTTP status (200-599)")
+    headers = CIMultiDict()
+    for raw_name, raw_value in result["headers"]["headers"]:
+        name, value = raw_name.decode().lower(), raw_value.decode()
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"header name {name[:100]!r} is not an HTTP token")
+        if _UNSENDABLE_IN_VALUE.search(value):
+            raise ValueError(f"header {name!r} has CR, LF or NUL in its value {value[:100]!r}")
+        headers.add(name, value)
+    lengths = headers.getall("content-length", [])
+    for header in DROPPED_HEADERS + HOP_BY_HOP_HEADERS:
+        headers.popall(header, None)
+    if method == "HEAD" and len(lengths) == 1 and lengths[0].isdigit() and lengths[0].isascii() and not body:
+        # No body follows a HEAD: the program's length is the GET's, and frames nothing.
+        headers["content-length"] = lengths[0]
     headers["Aleph-Program-ItemHash"] = vm_hash
     if code_ref:
         headers["Aleph-Program-Code-Ref"] = code_ref
-    return web.Response(status=result["headers"]["status"], body=body, headers=headers)
+    # aiohttp sets Content-Length from the body it is given.
+    return web.Response(status=status, body=body, headers=headers)
 
 
 class FrontSettings:
@@ -162,7 +205,7 @@ async def _run_request(request: web.Request, path: str) -> web.StreamResponse:
         return result
     _log_error_answer(result, f"{request.method} {path}")
     try:
-        return answer_to_response(result, settings.vm_hash, settings.code_ref)
+        return answer_to_response(result, settings.vm_hash, settings.code_ref, request.method)
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError, ValueError) as error:
         logger.error("invalid answer from the init: %s: %s", type(error).__name__, error)
         return _bad_gateway("Invalid response from VM")
@@ -202,11 +245,17 @@ async def post_event(request: web.Request) -> web.StreamResponse:
     """An aleph message posted as JSON, delivered as an `aleph.message` scope."""
     try:
         event = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
         raise web.HTTPBadRequest(text="The event must be a JSON object (an aleph message)\n") from None
     if not isinstance(event, dict):
         raise web.HTTPBadRequest(text="The event must be a JSON object (an aleph message)\n")
-    result = await _call_init(request, protocol.event_scope(event))
+    scope = protocol.event_scope(event)
+    try:
+        protocol.run_request(scope)
+    except (ValueError, OverflowError, TypeError) as error:
+        # JSON that msgpack cannot carry: an integer past 64 bits, nesting past its limit.
+        raise web.HTTPBadRequest(text=f"The event cannot be sent to the program: {error}\n") from None
+    result = await _call_init(request, scope)
     if isinstance(result, web.StreamResponse):
         return result
     if "traceback" in result:
