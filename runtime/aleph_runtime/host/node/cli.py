@@ -4,11 +4,15 @@
     aleph-runtime run ./my_app                 # a directory (main.py with `app`, or run.sh)
     aleph-runtime run app.py --mode dev        # the init as a local process, no VM
     aleph-runtime run ./my_app --volume /opt/lib=./lib --volume mount=/data,persistent=db
+    aleph-runtime run ./my_app --mode dev --watch --env-file .env   # restart on edits
+    aleph-runtime event --content '{"hello": "world"}'            # an aleph message to the program
 
 Progress goes to stderr, the URL to stdout. Exit status: 0 after a clean stop
-(Ctrl-C / SIGTERM), 1 when the node could not run (boot failure, a machine that died),
-2 for a usage error (bad PATH, option or volume), 3 when the program itself failed to
-start (its import or lifespan startup raised: the init's error and traceback are shown).
+(Ctrl-C / SIGTERM), 1 when the node could not run (boot failure, a machine that could
+not be started again), 2 for a usage error (bad PATH, option or volume), 3 when the
+program itself failed to start (its import or lifespan startup raised, at the first
+start or at 3 restarts in a row: the init's error and traceback are shown). A crashed
+program is replaced at the next request, as a node does.
 Runnable as `python -m aleph_runtime.host.node.cli`.
 """
 
