@@ -122,7 +122,7 @@ set -eu
 M=$1; shift
 mount -t tmpfs -o mode=0755 aleph-dev "$M"
 mkdir "$M/upper" "$M/work" "$M/root"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$M/upper,workdir=$M/work" "$M/root"
+mount -t overlay overlay -o "${ALEPH_DEV_OVERLAY_OPTIONS:-}lowerdir=/,upperdir=$M/upper,workdir=$M/work" "$M/root"
 R=$M/root
 mount --rbind /proc "$R/proc"
 mount --rbind /sys "$R/sys"
@@ -143,14 +143,16 @@ _PROBE_SCRIPT = r"""
 set -eu
 mount -t tmpfs probe "$1"
 mkdir "$1/u" "$1/w" "$1/r"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$1/u,workdir=$1/w" "$1/r"
+mount -t overlay overlay -o "${ALEPH_DEV_OVERLAY_OPTIONS:-}lowerdir=/,upperdir=$1/u,workdir=$1/w" "$1/r"
 """
 
 
 def _unshare_command() -> list[str]:
     command = ["unshare", "--mount", "--propagation", "private"]
     if os.geteuid() != 0:
-        command[1:1] = ["--user", "--map-root-user"]
+        # Unprivileged overlays keep their metadata in user.* xattrs (kernels >= 5.11); a
+        # kernel that locks /'s submounts refuses them still, and dev mode falls back.
+        command = ["env", "ALEPH_DEV_OVERLAY_OPTIONS=userxattr,", "unshare", "--user", "--map-root-user", *command[1:]]
     return command
 
 
@@ -171,8 +173,8 @@ def namespaces_unavailable(scratch: Path) -> str | None:
         with contextlib.suppress(OSError):
             probe.rmdir()
     if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        return lines[-1] if lines else f"unshare exited with status {result.returncode}"
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        return lines[0] if lines else f"unshare exited with status {result.returncode}"
     return None
 
 
