@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -87,14 +88,14 @@ def boot_timeline(lines) -> dict:
         entry["lines"] += 1
     phases = {}
     order = [s for s in ("kernel", "initramfs", "init0", "init1") if s in sources]
-    for a, b in zip(order, order[1:]):
+    for a, b in itertools.pairwise(order):
         phases[f"{a}_to_{b}"] = round(sources[b]["first"] - sources[a]["first"], 3)
     return {"sources": sources, "phases": phases}
 
 
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def run(args) -> dict:

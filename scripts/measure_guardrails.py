@@ -63,7 +63,7 @@ def rss_mib(pid: int) -> float:
 async def answered(init: DevInit, path: str = "/", timeout: float = 10) -> bool:
     try:
         answer = await init.client.http("GET", path, timeout=timeout)
-    except (asyncio.TimeoutError, OSError, Exception):  # noqa: BLE001 - any failure is "no"
+    except (TimeoutError, OSError, Exception):  # noqa: BLE001 - any failure is "no"
         return False
     return "headers" in answer
 
@@ -92,7 +92,7 @@ async def abandon_batch(init: DevInit, count: int, body: bytes) -> None:
 
 
 async def measure_abandoned(repository: Path, calls: int, workdir: Path) -> dict:
-    init = DevInit(workdir / "abandoned", stderr=open(workdir / "abandoned.log", "wb"), **limited(repository))
+    init = DevInit(workdir / "abandoned", stderr=open(workdir / "abandoned.log", "wb"), **limited(repository))  # noqa: SIM115 - the init holds it
     await init.start()
     try:
         await init.configure(program_config(APP, "main:app"))
@@ -113,7 +113,7 @@ async def measure_abandoned(repository: Path, calls: int, workdir: Path) -> dict
 
 
 async def measure_endless(repository: Path, workdir: Path) -> dict:
-    init = DevInit(workdir / "endless", stderr=open(workdir / "endless.log", "wb"), **limited(repository))
+    init = DevInit(workdir / "endless", stderr=open(workdir / "endless.log", "wb"), **limited(repository))  # noqa: SIM115 - the init holds it
     await init.start()
     try:
         await init.configure(program_config(APP, "main:app"))
@@ -144,7 +144,7 @@ async def measure_extraction(repository: Path, entries: int, workdir: Path) -> d
         for index in range(entries):
             archive.writestr(f"d{index // 1000}/f{index}", b"")
     code = buffer.getvalue()
-    init = DevInit(workdir / "extraction", stderr=open(workdir / "extraction.log", "wb"), **limited(repository))
+    init = DevInit(workdir / "extraction", stderr=open(workdir / "extraction.log", "wb"), **limited(repository))  # noqa: SIM115 - the init holds it
     await init.start()
     try:
         configure = asyncio.ensure_future(init.configure(program_config(code, "main:app", encoding="zip"), timeout=600))

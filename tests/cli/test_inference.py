@@ -13,8 +13,7 @@ import pytest
 from aleph_runtime.host.errors import NodeError
 from aleph_runtime.host.node.inference import entrypoint_from_listing, infer_program
 from aleph_runtime.host.node.volumes import parse_env, parse_size_mib, parse_volume
-
-from .conftest import EXAMPLES
+from tests.cli.conftest import EXAMPLES
 
 
 def test_examples():

@@ -18,12 +18,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from nsguest import needs_root as _needs_root
 
 from aleph_runtime import protocol
 from aleph_runtime.host.machines.dev import DevInit
 from aleph_runtime.host.program import program_config
 from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
+from tests.integration.nsguest import needs_root as _needs_root
 
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 APP = (PROGRAMS / "guardrails_app.py").read_bytes()
@@ -47,7 +47,7 @@ PRIVATE_NETWORK = {
 async def init(tmp_path, request):
     instance = DevInit(
         tmp_path / "vm", env={"ALEPH_EVENT_LOOP": request.param, "ALEPH_MAX_RESPONSE_BYTES": str(CAP)},
-        stderr=open(tmp_path / "init.log", "wb"),
+        stderr=open(tmp_path / "init.log", "wb"),  # noqa: SIM115 - the init holds it
     )  # fmt: skip
     await instance.start()
     yield instance

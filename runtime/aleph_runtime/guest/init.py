@@ -23,13 +23,14 @@ import signal
 import threading
 import time
 import traceback
+import typing
 from pathlib import Path
 
 from aleph_runtime import __version__, protocol
-from aleph_runtime.guest import stdio
+from aleph_runtime.guest import linux, stdio
+from aleph_runtime.guest.code import Paths, executable_path, load_asgi_app, unpack_code
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
-from aleph_runtime.guest.code import Paths
-from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES, Settings
+from aleph_runtime.guest.settings import Settings
 
 logger = logging.getLogger("aleph_runtime.init")
 
@@ -54,22 +55,14 @@ class InitState(enum.Enum):
     """Stopping the program and unmounting; new calls are refused."""
 
 
-class AsgiProgram:
-    def __init__(self, app, lifespan, data_export, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
-        self.app = app
-        self.lifespan = lifespan
-        self.data_export = data_export
-        self.max_response_bytes = max_response_bytes
+class Program(typing.Protocol):
+    """What the init needs of a running program: `asgi.AsgiProgram` or `executable.ExecutableProgram`."""
 
     async def handle(self, scope: dict) -> bytes:
-        from aleph_runtime.guest.asgi import run_cycle
-
-        return await run_cycle(
-            self.app, scope, self.lifespan.app_state, self.data_export.acollect, max_response_bytes=self.max_response_bytes
-        )
+        """One call's packed answer (`protocol.run_answer`, `event_answer` or `error_answer`)."""
 
     async def stop(self, grace: float) -> None:
-        await self.lifespan.shutdown(grace)
+        """Stop within about `grace` seconds; never raise."""
 
 
 class Init:
@@ -80,7 +73,7 @@ class Init:
         self.settings = settings or Settings()
         self.state = InitState.WAITING_CONFIG
         self.config: Config | None = None
-        self.program = None
+        self.program: Program | None = None
         self.failure = ""
         self.failure_detail = ""
         self.mounted_volumes: list = []
@@ -152,12 +145,12 @@ class Init:
         try:
             try:
                 data = protocol.unpack(payload)
-            except Exception as error:
+            except protocol.UNPACK_ERRORS as error:
                 raise ConfigError(f"the configuration is not valid msgpack: {error}") from None
             config = parse_config(data)
             self.config = config
             await self._apply(config)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure is the config's answer; PID 1 goes on
             detail = getattr(error, "detail", "") or traceback.format_exc()
             message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
             logger.error("Configuration failed: %s", message)
@@ -206,8 +199,6 @@ class Init:
             await _off_loop(setup_ssh, config.authorized_keys, str(self.paths.root))
             self._stop_if_halting()
 
-        from aleph_runtime.guest.code import unpack_code
-
         code_directory = await _off_loop(unpack_code, config, self.paths, self.settings.max_unpacked_bytes)
         self._stop_if_halting()
         if config.interface is Interface.ASGI:
@@ -224,7 +215,7 @@ class Init:
             raise ConfigError("the init was halted while the configuration was applied")
 
     async def _apply_system(self, config: Config) -> None:
-        from aleph_runtime.guest import linux, network, volumes
+        from aleph_runtime.guest import network, volumes
 
         try:
             linux.sethostname(config.hostname)
@@ -240,15 +231,14 @@ class Init:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.bridge = await start_guest_api_bridge(self.transport.open_host_connection, str(path))
 
-    async def _start_asgi(self, config: Config, code_directory: Path) -> AsgiProgram:
-        from aleph_runtime.guest.asgi import Lifespan
-        from aleph_runtime.guest.code import load_asgi_app
+    async def _start_asgi(self, config: Config, code_directory: Path) -> Program:
+        from aleph_runtime.guest.asgi import AsgiProgram, Lifespan, LifespanFailure
 
         app = load_asgi_app(config, self.paths, code_directory)
         lifespan = Lifespan(app)
         try:
             await lifespan.startup(self.settings.lifespan_startup_timeout)
-        except RuntimeError as error:
+        except LifespanFailure as error:
             raise ConfigError(str(error)) from None
         return AsgiProgram(app, lifespan, self._data_export(), self.settings.max_response_bytes)
 
@@ -260,7 +250,6 @@ class Init:
         return DataExport(str(self.paths.data))
 
     async def _start_executable(self, config: Config):
-        from aleph_runtime.guest.code import executable_path
         from aleph_runtime.guest.executable import ExecutableProgram
 
         path = executable_path(config, self.paths)
@@ -350,8 +339,6 @@ class Init:
         """A debug command's combined output, bounded like a response; killed (with its
         process group) when it outgrows it, or when the host gives up on it."""
         logger.info("Debug command: %s", command)
-        from aleph_runtime.guest import linux
-
         process = await asyncio.create_subprocess_shell(
             command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -466,8 +453,6 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     Peek with WNOWAIT first: a child the event loop's own watcher waits for (a debug
     command, the executable program) must be left for it, or its exit status is lost.
     """
-    from aleph_runtime.guest import linux
-
     while True:
         await asyncio.sleep(interval)
         linux.reap_children()

@@ -128,7 +128,8 @@ MANAGED_CHILDREN: set[int] = set()
 def reap_children() -> list[tuple[int, int]]:
     """Reap every exited child except those in MANAGED_CHILDREN; [(pid, wait status)].
 
-    Call it on SIGCHLD in PID 1. It peeks with waitid(WNOWAIT) before reaping, so a
+    PID 1 calls it every second (`init.reap_orphans_forever`): a SIGCHLD handler would
+    compete with asyncio's own child watcher for the same signal. It peeks with waitid(WNOWAIT) before reaping, so a
     managed child's status stays for its owner. When a managed zombie is first in line,
     the other zombies are found through /proc (their parent is us, their state Z).
     """

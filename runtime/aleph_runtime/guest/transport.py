@@ -139,7 +139,7 @@ class VsockTransport(Transport):
                     loop.remove_writer(sock.fileno())
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
-                    raise OSError(error, os.strerror(error))
+                    raise OSError(error, os.strerror(error)) from None
         except BaseException:
             sock.close()
             raise

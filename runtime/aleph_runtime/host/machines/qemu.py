@@ -57,7 +57,4 @@ class QemuMachine:
         await self.vm.kill()
 
     async def stop(self) -> None:
-        if self.vm.process is not None and self.vm.process.returncode is None:
-            await self.vm.stop()
-        else:
-            await self.vm.kill()
+        await self.vm.stop()

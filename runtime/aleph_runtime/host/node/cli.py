@@ -30,6 +30,7 @@ import textwrap
 from pathlib import Path
 
 # The wire format only (msgpack): the rest is imported when a command runs, so --help stays fast.
+from aleph_runtime import __version__
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
@@ -71,8 +72,6 @@ def say_access(line: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from aleph_runtime import __version__
-
     parser = argparse.ArgumentParser(
         prog="aleph-runtime", description="Run aleph.im programs locally, as a compute node runs them."
     )
@@ -309,6 +308,7 @@ async def serve(node, verbose: bool, watch: bool = False) -> int:
     stop_requested = asyncio.Event()
     stopping = False
     signals_seen = 0
+    kills: set[asyncio.Future] = set()  # held until done: the loop keeps only weak references
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -318,7 +318,9 @@ async def serve(node, verbose: bool, watch: bool = False) -> int:
             stop_requested.set()
         elif stopping and node.machine is not None:
             say("still halting; killing the machine")
-            asyncio.ensure_future(node.machine.kill())
+            kill = asyncio.ensure_future(node.machine.kill())
+            kills.add(kill)
+            kill.add_done_callback(kills.discard)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -442,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception as error:  # a build that failed: its output was shown
+    except Exception as error:  # noqa: BLE001 - a build that failed: its output was shown
         say(f"error while preparing: {type(error).__name__}: {error}")
         return EXIT_FAILED
     try:

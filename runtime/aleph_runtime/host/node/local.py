@@ -7,7 +7,7 @@
     await node.wait()         # until the machine dies (or cancel it on Ctrl-C)
     await node.stop()         # halt as the supervisor does; no process or socket left
 
-The machine is anything satisfying `machines.base.Machine`: `DevMachine` (the init as a
+The machine is anything satisfying `machines.base.NodeMachine`: `DevMachine` (the init as a
 local process, no VM) or `QemuMachine` (the runtime image booted in QEMU with our vsock
 backend). Both present Firecracker's hybrid-vsock layout on `uds_path`, so the
 supervisor client and the host services work unchanged. Program inference lives in

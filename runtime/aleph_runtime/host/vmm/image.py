@@ -75,7 +75,7 @@ def _run(script: str, args: list[str], progress: TextIO | None, env: dict[str, s
     assert proc.stderr is not None and proc.stdout is not None
     tail: list[str] = []
     for line in proc.stderr:
-        tail = (tail + [line])[-40:]
+        tail = [*tail, line][-40:]
         stream.write(line)
         stream.flush()
     out = proc.stdout.read()

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aleph_runtime.host.children import die_with_parent
-from aleph_runtime.host.supervisor import HaltResult, SupervisorClient
+from aleph_runtime.host.machines.base import Machine
+from aleph_runtime.host.supervisor import HaltResult
 from aleph_runtime.host.vmm.vsock_backend import VsockBackend
 
 log = logging.getLogger(__name__)
@@ -101,16 +102,8 @@ class ConsoleLine:
     text: str
 
 
-@dataclass
-class BootTimes:
-    qemu_started: float = 0.0
-    ready: float | None = None
-    """Seconds from QEMU's start to the ready signal."""
-    exited: float | None = None
-
-
-class QemuVM:
-    """One runtime VM in QEMU, its vsock backend and its console."""
+class QemuVM(Machine):
+    """One runtime VM in QEMU, its vsock backend and its console: a `Machine`."""
 
     def __init__(
         self,
@@ -148,15 +141,11 @@ class QemuVM:
         # Unix socket paths are limited to 107 bytes: keep the directory short.
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aleph-vm-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.uds_path = self.workdir / "v.sock"
+        super().__init__(self.workdir / "v.sock")
         self.vhost_path = self.workdir / "vhost.sock"
         self.console_log = Path(console_to) if console_to else self.workdir / "console.log"
         self.backend = VsockBackend(self.vhost_path, self.uds_path)
-        self.client = SupervisorClient(self.uds_path)
-        self.process: asyncio.subprocess.Process | None = None
         self.console: list[ConsoleLine] = []
-        self.times = BootTimes()
-        self.ready: dict | None = None
         self._t0 = 0.0
         self._console_task: asyncio.Task | None = None
         self._stderr_task: asyncio.Task | None = None
@@ -215,48 +204,29 @@ class QemuVM:
     # --- lifecycle ---
 
     async def start(self, timeout: float = 120) -> dict:
-        """Start the backend and QEMU; return the init's ready signal."""
+        """Boot; return the init's ready signal (`Machine.start`, with a VM's patience)."""
+        return await super().start(timeout)
+
+    async def _launch(self) -> None:
         await self.backend.start()
-        ready = await self.client.ready_signal().start()
         self._t0 = time.monotonic()
-        self.times.qemu_started = time.time()
         cmd = self.command()
         log.debug("starting %s", " ".join(cmd))
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                *cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                # Its own session: a terminal's Ctrl-C reaches us, and we halt it properly;
-                # but if we die without doing so, the kernel takes QEMU down with us.
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGKILL),
-            )
-            self._console_task = asyncio.create_task(self._read_console())
-            self._stderr_task = asyncio.create_task(self._read_stderr())
-            exited = asyncio.create_task(self.process.wait())
-            waiting = asyncio.create_task(ready.wait(timeout))
-            done, _ = await asyncio.wait({exited, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            if waiting not in done:
-                waiting.cancel()
-                with contextlib.suppress(BaseException):
-                    await waiting
-                raise RuntimeError(
-                    f"QEMU exited ({self.process.returncode}) before the ready signal: "
-                    f"{self._stderr.decode(errors='replace').strip()}\n{self.console_tail()}"
-                )
-            exited.cancel()
-            try:
-                self.ready = waiting.result()
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"no ready signal within {timeout}s\n{self.console_tail()}") from None
-            self.times.ready = time.monotonic() - self._t0
-            return self.ready
-        except BaseException:
-            await ready.close()
-            await self.kill()
-            raise
+        self.process = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C reaches us, and we halt it properly;
+            # but if we die without doing so, the kernel takes QEMU down with us.
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+        self._console_task = asyncio.create_task(self._read_console())
+        self._stderr_task = asyncio.create_task(self._read_stderr())
+
+    def failure_detail(self) -> str:
+        return f"QEMU: {self._stderr.decode(errors='replace').strip()}\n{self.console_tail()}"
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -284,26 +254,9 @@ class QemuVM:
     def console_tail(self, lines: int = 30) -> str:
         return "console:\n" + "\n".join(line.text for line in self.console[-lines:])
 
-    async def wait_exit(self, timeout: float) -> int | None:
-        if self.process is None:
-            return None
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
-            return None
-        return self.process.returncode
-
     async def stop(self, halt_timeout: float = 5, exit_timeout: float = 30) -> HaltResult | None:
         """Halt as the supervisor does; QEMU must then exit by itself, or it is killed."""
-        result = None
-        if self.process is not None and self.process.returncode is None:
-            result = await self.client.halt(timeout=halt_timeout)
-            if await self.wait_exit(exit_timeout) is None:
-                log.warning("QEMU did not exit %ss after halt: killing it", exit_timeout)
-                await self.kill()
-        self.times.exited = self.elapsed() if self._t0 else None
-        await self._cleanup()
-        return result
+        return await super().stop(halt_timeout, exit_timeout)
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -329,13 +282,6 @@ class QemuVM:
             keep = os.environ.get("ALEPH_KEEP_VM_DIR")
             if not keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-
-    async def __aenter__(self) -> QemuVM:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self.stop()
 
 
 def find_images() -> tuple[Path, Path, Path]:
