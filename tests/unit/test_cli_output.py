@@ -21,7 +21,7 @@ VM_CONSOLE = [
     "[    3.100000] virtio_net virtio1 eth0: renamed",
     "[    4.000000] init1 WARNING: the program does not accept connections on port 8080 yet",
     "[    5.000000] init1 ERROR: Unhandled error in the event loop: Task exception was never retrieved"
-    " | Traceback (most recent call last): |   File \"/opt/main.py\", line 9, in app |     sys.exit(1) | SystemExit: 1",
+    ' | Traceback (most recent call last): |   File "/opt/main.py", line 9, in app |     sys.exit(1) | SystemExit: 1',
     "[    5.100000] init1 ERROR: Configuration failed: the program's module 'main' failed to import",
     "1.23 is a number a program may print",
 ]
@@ -53,7 +53,7 @@ def test_each_boot_is_hidden_and_dev_mode_has_none():
 def test_env_file_errors(tmp_path):
     path = tmp_path / "bad.env"
     path.write_text('GOOD=1\nQUOTED="never closed\n')
-    with pytest.raises(NodeError, match="line 2: the quote \" is not closed"):
+    with pytest.raises(NodeError, match='line 2: the quote " is not closed'):
         parse_env_file(path)
     path.write_text("KEY='value' trailing\n")
     with pytest.raises(NodeError, match="unexpected 'trailing'"):

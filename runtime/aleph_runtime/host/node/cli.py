@@ -503,14 +503,16 @@ async def post_event(url: str, message: dict, timeout: float) -> int:
 
     target = url.rstrip("/") + "/control/event"
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
-            async with http.post(target, json=message) as response:
-                body = await response.content.read(16 << 20)
-                status = response.status
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.post(target, json=message) as response,
+        ):
+            body = await response.content.read(16 << 20)
+            status = response.status
     except (aiohttp.ClientError, OSError) as error:
         say(f"cannot reach {target}: {error} (is `aleph-runtime run` running there?)")
         return EXIT_FAILED
-    except asyncio.TimeoutError:
+    except TimeoutError:
         say(f"no answer from {target} within {timeout:g} s")
         return EXIT_FAILED
     text = body.decode(errors="replace")
