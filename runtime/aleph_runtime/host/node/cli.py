@@ -281,7 +281,7 @@ def _options(args: argparse.Namespace):
     )  # fmt: skip
 
 
-async def _watch_program(node) -> None:
+async def _watch_program(node, initial) -> None:
     """`--watch`: re-pack and restart the program after each burst of edits."""
     from aleph_runtime.host.errors import NodeError
     from aleph_runtime.host.node.watch import watch
@@ -295,11 +295,12 @@ async def _watch_program(node) -> None:
             return
         await node.restart(shown)  # says how long it took
 
-    await watch(node.options.program.source, restart)
+    await watch(node.options.program.source, restart, initial=initial)
 
 
-async def serve(node, verbose: bool, watch: bool = False) -> int:
-    """Start the node, print its URL, run until Ctrl-C/SIGTERM or until the machine dies; stop it."""
+async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
+    """Start the node, print its URL, run until Ctrl-C/SIGTERM or until the node gives up; stop it.
+    `watch_from`: with --watch, the program's files as they were before it was packed."""
     from aleph_runtime.host.node.local import MAX_FAILED_STARTS
     from aleph_runtime.host.services.redis_server import RedisServerError
     from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
@@ -382,9 +383,9 @@ async def serve(node, verbose: bool, watch: bool = False) -> int:
         say(f"events: POST an aleph message as JSON to {url}control/event (or `aleph-runtime event`)")
 
         watching = None
-        if watch:
+        if watch_from is not None:
             node.wait_for_edits = True
-            watching = asyncio.create_task(_watch_program(node))
+            watching = asyncio.create_task(_watch_program(node, watch_from))
             say(f"watching {node.options.program.source} for changes")
         gave_up = asyncio.create_task(node.wait())
         interrupted = asyncio.create_task(stop_requested.wait())
@@ -426,6 +427,7 @@ async def serve(node, verbose: bool, watch: bool = False) -> int:
 def run(args: argparse.Namespace) -> int:
     from aleph_runtime.host.errors import NodeError, SetupError
     from aleph_runtime.host.node.local import LocalNode, check_port_free
+    from aleph_runtime.host.node.watch import snapshot
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="aleph-runtime: %(name)s: %(message)s"
@@ -435,6 +437,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"program {options.program.describe()} ({options.program.why})")
         check_port_free(options.host, options.port)
         node = LocalNode(options, progress=say, access_log=None if args.quiet else say_access)
+        # Before packing: an edit made while the machine starts is not missed.
+        watch_from = snapshot(options.program.source) if args.watch else None
         node.prepare()
     except SetupError as error:
         say(f"error: {error}")
@@ -448,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"error while preparing: {type(error).__name__}: {error}")
         return EXIT_FAILED
     try:
-        return asyncio.run(serve(node, args.verbose, args.watch))
+        return asyncio.run(serve(node, args.verbose, watch_from))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place
         node.cleanup()
         return EXIT_OK

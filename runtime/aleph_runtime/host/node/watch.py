@@ -86,10 +86,12 @@ async def watch(
     on_change: Callable[[list[str]], Awaitable[None]],
     interval: float = 0.25,
     quiet_for: float = 0.3,
+    initial: Snapshot | None = None,
 ) -> None:
     """Call `on_change(changes)` after each burst of edits under `path`, until cancelled.
-    Edits made while `on_change` runs are seen afterwards, not lost."""
-    current = await asyncio.to_thread(snapshot, path)
+    Edits made while `on_change` runs are seen afterwards, not lost; so are those made
+    since `initial` was taken (before the code was packed, say)."""
+    current = initial if initial is not None else await asyncio.to_thread(snapshot, path)
     while True:
         await asyncio.sleep(interval)
         latest = await asyncio.to_thread(snapshot, path)
