@@ -35,9 +35,9 @@ def short_dir():
 
 @pytest.fixture(scope="session")
 def images() -> tuple[Path, Path | None, Path]:
-    """(kernel, initramfs or None, rootfs): ALEPH_KERNEL/ALEPH_ROOTFS (with ALEPH_INITRAMFS
-    for a kernel that needs one), or built through the caches: the node-like kernel unless
-    ALEPH_VM_KERNEL=debian (tens of minutes when cold). A build that fails fails the test."""
+    """(kernel, initramfs or None, rootfs): ALEPH_KERNEL/ALEPH_ROOTFS (and ALEPH_INITRAMFS
+    for a kernel that needs one), or built through the caches (minutes when cold): the
+    node-like kernel unless ALEPH_VM_KERNEL=debian. A build that fails fails the test."""
     from aleph_runtime.host.machines.sandbox import require_root
     from aleph_runtime.host.vmm.qemu import find_images
 

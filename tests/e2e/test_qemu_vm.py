@@ -238,6 +238,34 @@ async def test_persistent_volume_survives_halt_and_boot(images, tmp_path):
         await halt_and_exit(vm)
 
 
+async def test_calls_the_host_gave_up_on_are_cancelled_over_vsock(images, tmp_path):
+    """The host closes its end (its `seconds` passed): through the vsock device, the init
+    sees the connection end and cancels the call (issue 9, item 1)."""
+
+    async def stats(vm) -> dict:
+        return json.loads((await vm.client.http("GET", "/stats", timeout=60))["body"]["body"])
+
+    async def until(vm, wanted: dict) -> dict:
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            counts = await stats(vm)
+            if all(counts[key] == value for key, value in wanted.items()):
+                return counts
+            assert asyncio.get_running_loop().time() < deadline, counts
+            await asyncio.sleep(0.2)
+
+    config = program_config((PROGRAMS / "guardrails_app.py").read_bytes(), "main:app")
+    async with boot(images, tmp_path, network=None) as vm:
+        await vm.client.configure(config)
+        calls = [asyncio.ensure_future(vm.client.http("GET", "/hang", timeout=300)) for _ in range(3)]
+        await until(vm, {"hanging": 3})
+        for call in calls:
+            call.cancel()  # the client closes its Unix connection, as the supervisor does
+        await asyncio.gather(*calls, return_exceptions=True)
+        assert await until(vm, {"hanging": 0, "cancelled": 3})
+        await halt_and_exit(vm)
+
+
 async def test_executable_program(images, tmp_path):
     code = tmp_path / "exe"
     code.mkdir()

@@ -80,15 +80,21 @@ class Init:
         self.bridge = None
         self.halted = asyncio.Event()
         self._halt_task: asyncio.Task | None = None
+        #: The calls in progress, each with its watch (see _watch_lasting_calls).
+        self._calls: set[_CallWatch] = set()
 
     # --- the connection loop ---
 
     async def serve(self) -> None:
-        await self.transport.start_server(self.handle_connection)
-        logger.info("Listening on %s", self.transport.description)
-        await self.transport.send_ready(protocol.ready_signal(__version__))
-        logger.info("Ready signal sent")
-        await self.halted.wait()
+        watcher = asyncio.get_running_loop().create_task(self._watch_lasting_calls())
+        try:
+            await self.transport.start_server(self.handle_connection)
+            logger.info("Listening on %s", self.transport.description)
+            await self.transport.send_ready(protocol.ready_signal(__version__))
+            logger.info("Ready signal sent")
+            await self.halted.wait()
+        finally:
+            watcher.cancel()
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -182,7 +188,8 @@ class Init:
         os.environ.update(self._environment(config))
         if self.system:
             await self._apply_system(config)
-        elif config.volumes:
+        elif config.volumes and self.paths.root != Path("/"):
+            # With root "/" (dev mode in private namespaces) the host has put them in place.
             logger.warning("Dev mode: volumes are not mounted; their content is expected under %s", self.paths.root)
         await self._start_guest_api_bridge()
         # Unpacking and key setup can take minutes (150,000 entries, host keys): they run
@@ -279,25 +286,33 @@ class Init:
         the host closes it (its `seconds` passed, its client went away), the work is
         cancelled, which drops a call's body and response buffers and closes an
         executable's connection to the program."""
-        loop = asyncio.get_running_loop()
-        call = loop.create_task(work)
-        host_gone = loop.create_task(_host_gone(reader, writer))
+        handler = asyncio.current_task()
+        watch = _CallWatch(reader, writer, handler, getattr(self.transport, "half_close_passes", True))
+        self._calls.add(watch)
         try:
-            await asyncio.wait((call, host_gone), return_when=asyncio.FIRST_COMPLETED)
+            answer = await work
         except asyncio.CancelledError:
-            call.cancel()
-            host_gone.cancel()
-            raise
-        if not call.done() and host_gone.exception() is not None:
-            # The watch itself failed: a bug of ours must not cost the call its answer.
-            logger.error("Watching a call's connection failed", exc_info=host_gone.exception())
-            await asyncio.wait((call,))
-        if call.done():
-            host_gone.cancel()
-            await self._send(writer, call.result())
+            if not watch.host_gone:
+                raise
+            handler.uncancel()
+            logger.info("The host closed a call's connection before the answer: the call is cancelled")
             return
-        call.cancel()
-        logger.info("The host closed a call's connection before the answer: the call is cancelled")
+        finally:
+            self._calls.discard(watch)
+            watch.stop()
+        await self._send(writer, answer)
+
+    async def _watch_lasting_calls(self) -> None:
+        """Start watching each call that has run for WATCH_AFTER to 2 x WATCH_AFTER
+        seconds: most calls answer sooner, and for them the watch costs a set insertion
+        instead of a task or a timer."""
+        while True:
+            await asyncio.sleep(WATCH_AFTER)
+            for watch in list(self._calls):
+                if watch.aged:
+                    watch.start()
+                else:
+                    watch.aged = True
 
     async def _discard_rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Let the host finish writing a refused request, so it reads our answer, not a reset.
@@ -457,23 +472,65 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
         linux.reap_children()
 
 
+#: A call is watched for its host's going away once it has run this long (up to twice).
+WATCH_AFTER = 0.25
+
+
+class _CallWatch:
+    """Cancels a call's task when the host has closed the call's connection."""
+
+    __slots__ = ("aged", "call", "half_close_passes", "host_gone", "reader", "task", "writer")
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: asyncio.Task, half_close_passes: bool
+    ):
+        self.reader = reader
+        self.writer = writer
+        self.call = call
+        self.half_close_passes = half_close_passes
+        self.aged = False
+        self.task: asyncio.Task | None = None
+        self.host_gone = False
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        try:
+            await _host_gone(self.reader, self.writer, self.half_close_passes)
+        except Exception:
+            # A bug of ours must not cost the call its answer.
+            logger.exception("Watching a call's connection failed")
+            return
+        self.host_gone = True
+        self.call.cancel()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
 
-async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, half_close_passes: bool) -> None:
     """Return when the host has closed the connection; bytes it sends meanwhile are dropped.
 
-    The supervisor never half-closes a call, but a client that shuts down only its
-    writing side still reads the answer: EOF alone is not enough, the peer must have
-    hung up (POLLHUP), which a half-closed connection shows only once it is closed.
+    The supervisor never half-closes a call, but where a half-close can arrive (a Unix
+    socket, in dev mode) a client that shuts down only its writing side still reads
+    the answer: there EOF is not enough, the peer must have hung up (POLLHUP), which a
+    half-closed connection shows only once it is closed.
     """
     try:
         while await reader.read(protocol.READ_CHUNK):
             pass
     except OSError:
         return  # reset: gone
+    if not half_close_passes:
+        return
     while not _peer_hung_up(writer):
         await asyncio.sleep(HALF_CLOSED_POLL_INTERVAL)
 
