@@ -40,18 +40,15 @@ sys.path.insert(0, str(REPOSITORY / "runtime"))
 from aleph_runtime.host.program import program_config  # noqa: E402
 from aleph_runtime.host.vmm.qemu import Network, QemuVM, find_images  # noqa: E402
 
-APP = b"""
+# The hello example's lifespan, with requests answered by the benchmark's own handler.
+APP = (REPOSITORY / "examples" / "hello" / "main.py").read_bytes() + b"""
 import hashlib
 
+hello = app
+
 async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    if scope["type"] != "http":
+        return await hello(scope, receive, send)
     body = b""
     while True:
         message = await receive()
