@@ -235,12 +235,19 @@ async def test_host_to_guest_respects_guest_credit(device):
     writer.close()
 
 
-async def test_credit_exhaustion_sends_a_credit_request(device):
-    guest = FakeGuest(device)
+async def exhaust_credit(device, guest: FakeGuest, size: int):
+    """(writer, request) of a host stream that wrote `size` bytes to a guest giving it 4096
+    bytes of credit, once the device has asked the guest for more."""
     _reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
-    writer.write(b"x" * 10000)
+    writer.write(b"x" * size)
     await writer.drain()
     await guest.wait_for(lambda p: p.op == Op.CREDIT_REQUEST)
+    return writer, req
+
+
+async def test_credit_exhaustion_sends_a_credit_request(device):
+    guest = FakeGuest(device)
+    writer, req = await exhaust_credit(device, guest, 10000)
     rw = [p for p in guest.collect() if p.op == Op.RW]
     assert sum(len(p.payload) for p in rw) == 4096
     guest.send(Op.CREDIT_UPDATE, 1234, req.src_port, buf_alloc=4096, fwd_cnt=4096)
@@ -334,10 +341,7 @@ async def test_driver_reset_drops_every_stream(device):
 
 async def test_no_credit_request_storm_while_the_guest_does_not_read(device):
     guest = FakeGuest(device)
-    _reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
-    writer.write(b"y" * 20000)
-    await writer.drain()
-    await guest.wait_for(lambda p: p.op == Op.CREDIT_REQUEST)
+    writer, req = await exhaust_credit(device, guest, 20000)
     # The guest answers, but its reader has not consumed anything: same credit.
     for _ in range(3):
         guest.send(Op.CREDIT_UPDATE, 1234, req.src_port, buf_alloc=4096, fwd_cnt=0)
