@@ -172,7 +172,8 @@ async def test_squashfs_code_and_an_immutable_library_volume(images, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     # The hello app with its helper replaced by one answering from the library volume.
-    (code / "main.py").write_text("import shiny\n" + HELLO.decode() + "\ndef greeting(path):\n    return shiny.VALUE\n")
+    from_library = "\ndef greeting(path):\n    return shiny.VALUE\n"
+    (code / "main.py").write_text("import shiny\n" + HELLO.decode() + from_library)
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "shiny.py").write_text("VALUE = 'from the library volume'\n")
