@@ -126,17 +126,21 @@ def test_bad_queue_sizes():
         SplitQueue(ram.memory, 3, GPA_BASE, GPA_BASE + 4096, GPA_BASE + 8192)
 
 
+def notifies_after_using_next(dev: SplitQueue) -> bool:
+    """Whether the driver must be notified once the next chain is used (nothing written)."""
+    dev.push(dev.pop().head, 0)
+    return dev.needs_notification()
+
+
 def test_notifications_without_event_idx_follow_the_flag():
     ram = FakeRAM()
     drv = DriverQueue(ram, 4)
     dev = drv.device_queue()
     drv.add([b"x"], [])
-    dev.push(dev.pop().head, 0)
-    assert dev.needs_notification()
+    assert notifies_after_using_next(dev)
     ram.view(drv.avail, 2)[:] = b"\x01\x00"  # VIRTQ_AVAIL_F_NO_INTERRUPT
     drv.add([b"y"], [])
-    dev.push(dev.pop().head, 0)
-    assert not dev.needs_notification()
+    assert not notifies_after_using_next(dev)
 
 
 def test_event_idx_interrupts_only_when_used_event_is_crossed():
@@ -146,17 +150,12 @@ def test_event_idx_interrupts_only_when_used_event_is_crossed():
     for _ in range(6):
         drv.add([b"x"], [])
     drv.set_used_event(65534)  # interrupt me after the first used entry
-    dev.push(dev.pop().head, 0)
-    assert dev.needs_notification()  # the first interrupt is always sent
+    assert notifies_after_using_next(dev)  # the first interrupt is always sent
     drv.set_used_event(1)  # across the wrap: after used index 1 has been written
-    dev.push(dev.pop().head, 0)  # used idx 0
-    assert not dev.needs_notification()
-    dev.push(dev.pop().head, 0)  # used idx 1
-    assert not dev.needs_notification()
-    dev.push(dev.pop().head, 0)  # used idx 2: crossed used_event 1
-    assert dev.needs_notification()
-    dev.push(dev.pop().head, 0)
-    assert not dev.needs_notification()
+    assert not notifies_after_using_next(dev)  # used idx 0
+    assert not notifies_after_using_next(dev)  # used idx 1
+    assert notifies_after_using_next(dev)  # used idx 2: crossed used_event 1
+    assert not notifies_after_using_next(dev)
 
 
 def test_enable_kicks_publishes_avail_event_and_reports_a_race():
