@@ -64,7 +64,7 @@ async def _index(http, url: str) -> str:
     return vm_hash
 
 
-async def _lifespan(http, url: str, vm_hash: str) -> None:
+async def check_lifespan(http, url: str, vm_hash: str) -> None:
     """One startup, shared by requests, reached through /vm/<hash>/ too."""
     async with http.get(f"{url}vm/{vm_hash}/lifespan") as response:
         first = await response.json()
@@ -73,15 +73,15 @@ async def _lifespan(http, url: str, vm_hash: str) -> None:
     assert first["events"] == ["startup"]
 
 
-async def _cache(http, url: str, cli, vm_hash: str) -> None:
-    """The node's cache: a real Redis under the state directory, keys under the VM's hash."""
+async def check_cache(http, url: str, redis_url: str, vm_hash: str) -> None:
+    """The node's cache: a real Redis (at `redis_url`), keys under the VM's hash."""
     async with http.get(f"{url}cache/set/colour/blue") as response:
         assert await response.json() is True
     async with http.get(f"{url}cache/get/colour") as response:
         assert await response.json() == {"key": "colour", "value": "blue"}
     async with http.get(f"{url}cache/keys") as response:
         assert await response.json() == ["colour"]
-    client = redis.asyncio.from_url(f"unix://{cli.state_dir}/redis/redis.sock")
+    client = redis.asyncio.from_url(redis_url)
     try:
         assert await client.get(f"{vm_hash}:colour") == b"blue"
     finally:
@@ -115,7 +115,7 @@ async def _posting(http, url: str, fake_api, vm_hash: str) -> None:
         assert body["message"]["sender"] == (await response.json())["sender"]
 
 
-async def _errors(http, url: str) -> None:
+async def check_errors(http, url: str) -> None:
     """An exception in the app: a 500 whose body is the traceback; the program keeps serving."""
     async with http.get(f"{url}raise") as response:
         assert response.status == 500
@@ -125,7 +125,7 @@ async def _errors(http, url: str) -> None:
         assert await response.text() == "plain text\n"
 
 
-async def _event(http, url: str) -> None:
+async def check_event(http, url: str) -> None:
     """An event, posted as JSON, reaches the program's handler."""
     message = {"item_hash": "ab" * 32, "type": "POST", "content": {"hello": "event"}}
     async with http.post(f"{url}control/event", json=message) as response:
@@ -133,7 +133,7 @@ async def _event(http, url: str) -> None:
         assert await response.json() == {"handled": True, "item_hash": "ab" * 32, "type": "POST"}
 
 
-async def _counter(http, url: str, expected: list[int]) -> None:
+async def check_counter(http, url: str, expected: list[int]) -> None:
     """The persistent volume's counter."""
     for value in expected:
         async with http.get(f"{url}counter") as response:
@@ -162,13 +162,14 @@ async def check_default_example(cli_factory, mode: str, fake_api, port: int, url
     assert url == f"http://127.0.0.1:{port}/"
     async with aiohttp.ClientSession() as http:
         vm_hash = await _index(http, url)  # the others need the hash
-        await checks.run("lifespan", _lifespan, http, url, vm_hash)
-        await checks.run("cache", _cache, http, url, cli, vm_hash)
+        await checks.run("lifespan", check_lifespan, http, url, vm_hash)
+        # Redis under the state directory.
+        await checks.run("cache", check_cache, http, url, f"unix://{cli.state_dir}/redis/redis.sock", vm_hash)
         sender = await checks.run("signing", _signing, http, url, cli, vm_hash)
         await checks.run("posting through the node", _posting, http, url, fake_api, vm_hash)
-        await checks.run("errors", _errors, http, url)
-        await checks.run("event", _event, http, url)
-        await checks.run("counter", _counter, http, url, [1, 2])
+        await checks.run("errors", check_errors, http, url)
+        await checks.run("event", check_event, http, url)
+        await checks.run("counter", check_counter, http, url, [1, 2])
     await stop_cleanly(cli)
     if mode == "dev":
         assert (cli.state_dir / "volumes" / "example" / "counter.txt").read_text() == "2"
@@ -179,7 +180,7 @@ async def check_default_example(cli_factory, mode: str, fake_api, port: int, url
     cli = await cli_factory("--mode", mode, "--port", str(port), "--api-server", fake_api.url)
     url = await cli.wait_url(url_timeout)
     async with aiohttp.ClientSession() as http:
-        await checks.run("counter after a restart", _counter, http, url, [3])
+        await checks.run("counter after a restart", check_counter, http, url, [3])
         await checks.run("state after a restart", _after_restart, http, url, sender)
     await stop_cleanly(cli)
     checks.assert_all_passed(cli.output())

@@ -32,23 +32,9 @@ PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 NET = Network(ip="172.16.7.2", route="172.16.7.1", ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1")
 NET_CONFIG = {"ip": "172.16.7.2", "route": "172.16.7.1", "ipv6": "fc00:1:2:3::2/64", "ipv6_gateway": "fc00:1:2:3::1"}
 
-PLAIN_WITH_HELPER = b"""
-def helper():
-    return b"helped"
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    await receive()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": helper()})
-"""
+# The hello example: plain code whose entrypoint calls a top-level helper (greeting).
+HELLO = (Path(__file__).resolve().parents[2] / "examples" / "hello" / "main.py").read_bytes()
+HELLO_ANSWER = b"Hello from aleph-runtime! You asked for /\n"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -95,9 +81,9 @@ def json_body(answer: dict) -> object:
 async def test_plain_program_network_and_halt(images, tmp_path):
     async with boot(images, tmp_path) as vm:
         assert vm.ready["version"] == "2.0.0"
-        await vm.client.configure(program_config(PLAIN_WITH_HELPER, "main:app", interface="asgi", **NET_CONFIG))
+        await vm.client.configure(program_config(HELLO, "main:app", interface="asgi", **NET_CONFIG))
         answer = await vm.client.http("GET", "/")
-        assert answer["headers"]["status"] == 200 and answer["body"]["body"] == b"helped"
+        assert answer["headers"]["status"] == 200 and answer["body"]["body"] == HELLO_ANSWER
         # The network configuration seen from inside.
         addrs = json.loads(await vm.client.command("ip -j addr show eth0"))
         seen = {(a["family"], a["local"], a["prefixlen"]) for a in addrs[0]["addr_info"]}
@@ -174,21 +160,23 @@ async def test_tar_gz_package(images, tmp_path):
     package = tmp_path / "pkg"
     (package / "webapp").mkdir(parents=True)
     (package / "webapp" / "__init__.py").write_text("")
-    (package / "webapp" / "server.py").write_text(PLAIN_WITH_HELPER.decode())
+    (package / "webapp" / "server.py").write_text(HELLO.decode())
     config = program_config(tar_directory(package, "gz"), "webapp.server:app", encoding="tar.gz")
     async with boot(images, tmp_path) as vm:
         await vm.client.configure(config)
-        assert (await vm.client.http("GET", "/"))["body"]["body"] == b"helped"
+        assert (await vm.client.http("GET", "/"))["body"]["body"] == HELLO_ANSWER
         await halt_and_exit(vm)
 
 
 async def test_squashfs_code_and_an_immutable_library_volume(images, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
-    (code / "main.py").write_text("import shiny\n" + PLAIN_WITH_HELPER.decode().replace("\"body\": helper()", "\"body\": shiny.VALUE"))
+    # The hello app with its helper replaced by one answering from the library volume.
+    from_library = "\ndef greeting(path):\n    return shiny.VALUE\n"
+    (code / "main.py").write_text("import shiny\n" + HELLO.decode() + from_library)
     lib = tmp_path / "lib"
     lib.mkdir()
-    (lib / "shiny.py").write_text("VALUE = b'from the library volume'\n")
+    (lib / "shiny.py").write_text("VALUE = 'from the library volume'\n")
     code_image = squashfs_directory(code, tmp_path / "code.squashfs")
     lib_image = squashfs_directory(lib, tmp_path / "lib.squashfs")
     config = program_config(
@@ -200,7 +188,7 @@ async def test_squashfs_code_and_an_immutable_library_volume(images, tmp_path):
     )  # fmt: skip
     async with boot(images, tmp_path, drives=[Drive(code_image), Drive(lib_image)]) as vm:
         await vm.client.configure(config)
-        assert (await vm.client.http("GET", "/"))["body"]["body"] == b"from the library volume"
+        assert (await vm.client.http("GET", "/"))["body"]["body"] == b"from the library volume\n"
         await halt_and_exit(vm)
 
 
@@ -328,7 +316,7 @@ async def test_guest_to_host_streams_and_a_64_mib_download(images, tmp_path):
 
         server = await asyncio.start_unix_server(guest_api, path=f"{vm.uds_path}_53")
         try:
-            await vm.client.configure(program_config(PLAIN_WITH_HELPER, "main:app", interface="asgi"))
+            await vm.client.configure(program_config(HELLO, "main:app", interface="asgi"))
             script = GUEST_CLIENTS.replace("'", "'\"'\"'")
             out = await vm.client.command(f"python3 -c '{script}'", timeout=300)
             assert out.strip() == b"16 of 16", out

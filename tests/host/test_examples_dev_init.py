@@ -8,11 +8,11 @@ import shutil
 
 import aiohttp
 import pytest
-import redis.asyncio
 from aleph.sdk.chains.common import get_verification_buffer
 from aleph.sdk.chains.ethereum import verify_signature
 
 from aleph_runtime.host.program import program_config, zip_directory
+from tests.cli.example_checks import check_cache, check_counter, check_errors, check_event, check_lifespan
 from tests.host.conftest import VM_HASH
 from tests.host.devnode import EXAMPLES, DevNode
 
@@ -52,23 +52,9 @@ async def test_fastapi_example(node_factory, short_dir, redis_server, signer):
             assert index["vm_hash"] == VM_HASH
             assert response.headers["Aleph-Program-ItemHash"] == VM_HASH
 
-        # Lifespan: started once, shared by requests; shutdown has not run.
-        async with http.get(f"{node.url}vm/{VM_HASH}/lifespan") as response:
-            first = await response.json()
-        async with http.get(f"{node.url}lifespan") as response:
-            second = await response.json()
-        assert first == second and first["events"] == ["startup"]
-
+        await check_lifespan(http, node.url, VM_HASH)
         # The node's cache, through VmCache in the program.
-        async with http.get(f"{node.url}cache/set/colour/blue") as response:
-            assert await response.json() is True
-        async with http.get(f"{node.url}cache/get/colour") as response:
-            assert await response.json() == {"key": "colour", "value": "blue"}
-        async with http.get(f"{node.url}cache/keys") as response:
-            assert await response.json() == ["colour"]
-        client = redis.asyncio.from_url(redis_server.url)
-        assert await client.get(f"{VM_HASH}:colour") == b"blue"
-        await client.aclose()
+        await check_cache(http, node.url, redis_server.url, VM_HASH)
         async with http.get(f"{node.url}cache/remove/colour") as response:
             assert await response.json() == 1
 
@@ -83,20 +69,12 @@ async def test_fastapi_example(node_factory, short_dir, redis_server, signer):
         async with http.get(f"{node.url}text") as response:
             assert await response.text() == "plain text\n"
 
-        # An event.
-        message = {"item_hash": "ab" * 32, "type": "POST", "content": {"hello": "event"}}
-        async with http.post(f"{node.url}control/event", json=message) as response:
-            assert response.status == 200, await response.text()
-            assert await response.json() == {"handled": True, "item_hash": "ab" * 32, "type": "POST"}
-
-        for expected in (1, 2):
-            async with http.get(f"{node.url}counter") as response:
-                assert await response.json() == {"counter": expected}
+        await check_event(http, node.url)
+        await check_counter(http, node.url, [1, 2])
 
     # A restart: the volume's counter goes on, and the lifespan shutdown ran at halt.
     async with node_factory(fastapi_config(volume)) as node, aiohttp.ClientSession() as http:
-        async with http.get(f"{node.url}counter") as response:
-            assert await response.json() == {"counter": 3}
+        await check_counter(http, node.url, [3])
         async with http.get(f"{node.url}lifespan") as response:
             assert (await response.json())["events"] == ["startup", "shutdown", "startup"]
 
@@ -105,12 +83,7 @@ async def test_fastapi_exception_is_a_500_with_the_traceback(node_factory, short
     """As on a node today: Starlette answers its own 500 then re-raises; the init reports the
     exception, and the supervisor's 500 carries the traceback."""
     async with node_factory(fastapi_config(short_dir / "volume")) as node, aiohttp.ClientSession() as http:
-        async with http.get(f"{node.url}raise") as response:
-            assert response.status == 500
-            text = await response.text()
-            assert "Traceback" in text and "This error is on purpose" in text
-        async with http.get(f"{node.url}text") as response:  # the program keeps serving
-            assert await response.text() == "plain text\n"
+        await check_errors(http, node.url)
 
 
 async def test_hello_example_plain(node_factory):

@@ -24,6 +24,7 @@ import pytest
 from aleph_runtime.host.machines.sandbox import Sandbox, SandboxMachine, read_from_image
 from aleph_runtime.host.program import program_config
 from aleph_runtime.host.supervisor import ConfigurationRejected
+from tests.helpers import zip_bytes
 from tests.integration.nsguest import (
     INIT1,
     REPOSITORY,
@@ -231,17 +232,9 @@ async def test_sdk_through_the_bridge_against_the_real_guest_api(boot, tmp_path)
     assert result.shut_down
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
-
-
 async def test_hostile_input_data_is_refused(boot):
     before = host_file_snapshot()
-    vm, answer = await boot(input_data=_zip({"fine.txt": b"ok", "../../etc/evil": b"pwned"}))
+    vm, answer = await boot(input_data=zip_bytes({"fine.txt": b"ok", "../../etc/evil": b"pwned"}))
     assert isinstance(answer, ConfigurationRejected), answer
     assert vm.box.run(["test", "-e", "/etc/evil"], check=False).returncode != 0
     assert not os.path.exists("/etc/evil")
@@ -249,7 +242,7 @@ async def test_hostile_input_data_is_refused(boot):
 
 
 async def test_input_data_in_and_output_data_out(boot):
-    vm, answer = await boot(input_data=_zip({"in.txt": b"from the input"}))
+    vm, answer = await boot(input_data=zip_bytes({"in.txt": b"from the input"}))
     assert answer == {"success": True}, getattr(answer, "traceback", "")
     call = await vm.client.http("GET", "/data-write", "from the program")
     assert json.loads(call["body"]["body"]) == {"in": "from the input"}
@@ -266,7 +259,7 @@ python3 "$(dirname "$0")/server.py" 8080
 
 
 async def test_executable_program_crash_restart_and_halt(boot):
-    code = _zip({"run.sh": EXECUTABLE, "server.py": (PROGRAMS / "http_echo_server.py").read_bytes()})
+    code = zip_bytes({"run.sh": EXECUTABLE, "server.py": (PROGRAMS / "http_echo_server.py").read_bytes()})
     vm, answer = await boot(code=code, encoding="zip", entrypoint="run.sh", interface="executable")
     assert answer == {"success": True}, getattr(answer, "traceback", "") + vm.log()
     first = await vm.client.http("POST", "/echo", "a=1", [(b"x-test", b"yes")], b"body!")
@@ -328,7 +321,7 @@ async def test_halt_fits_the_supervisors_budget_with_a_stubborn_executable(boot,
     """The supervisor gives halt 5 s in all, then kills the VMM: an executable that
     ignores SIGTERM must be killed early enough for the volumes to be unmounted."""
     squash, ext4 = volume_images
-    code = _zip({"run.sh": STUBBORN, "server.py": (PROGRAMS / "http_echo_server.py").read_bytes()})
+    code = zip_bytes({"run.sh": STUBBORN, "server.py": (PROGRAMS / "http_echo_server.py").read_bytes()})
     vm, answer = await boot(
         code=code, encoding="zip", entrypoint="run.sh", interface="executable",
         devices={"vdc": squash, "vdd": ext4}, volumes=VOLUMES,

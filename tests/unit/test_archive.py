@@ -475,6 +475,14 @@ def extract_on_tmpfs(archive: Path, size: str, inodes: int = 100_000) -> dict:
     return json.loads(result.stdout)
 
 
+def refused_on_tmpfs(archive: Path, size: str, message: str, inodes: int = 100_000) -> dict:
+    """extract_on_tmpfs's outcome, which must be a refusal saying `message` that left nothing."""
+    outcome = extract_on_tmpfs(archive, size, inodes)
+    assert message in outcome["error"]
+    assert outcome["left"] == []
+    return outcome
+
+
 @pytest.mark.root
 def test_zip_bomb_is_bounded_by_the_free_space(tmp_path):
     archive = tmp_path / "bomb.zip"
@@ -482,23 +490,17 @@ def test_zip_bomb_is_bounded_by_the_free_space(tmp_path):
         out.writestr("main.py", "app = 1\n")
         out.writestr("zeros", b"\0" * (64 << 20))
     assert archive.stat().st_size < 1 << 20
-    outcome = extract_on_tmpfs(archive, "16m")
-    assert "the target filesystem's free space less a margin" in outcome["error"]
-    assert outcome["left"] == []
+    refused_on_tmpfs(archive, "16m", "the target filesystem's free space less a margin")
 
 
 @pytest.mark.root
 def test_tar_bomb_is_bounded_by_the_free_space_and_cleaned_up(tmp_path):
     archive = tmp_path / "bomb.tar.bz2"
-    with tarfile.open(archive, "w:bz2") as out:
-        for name, size in (("main.py", 8), ("zeros", 64 << 20)):
-            info = tarfile.TarInfo(name)
-            info.size = size
-            out.addfile(info, io.BytesIO(b"\0" * size))
+    members = [(tar_info("main.py"), b"\0" * 8), (tar_info("zeros"), b"\0" * (64 << 20))]
+    archive.write_bytes(make_tar(members, "bz2"))
     assert archive.stat().st_size < 64 << 10
-    outcome = extract_on_tmpfs(archive, "16m")
-    assert "free space less a margin (stopped at entry 'zeros', 67108864 bytes)" in outcome["error"]
-    assert outcome["left"] == []
+    stopped = "free space less a margin (stopped at entry 'zeros', 67108864 bytes)"
+    outcome = refused_on_tmpfs(archive, "16m", stopped)
     assert outcome["free"] > 15 << 20  # not a byte of it was written
 
 
@@ -506,34 +508,21 @@ def test_tar_bomb_is_bounded_by_the_free_space_and_cleaned_up(tmp_path):
 def test_many_small_files_are_counted_by_the_blocks_they_take(tmp_path):
     # 2,000 one-byte files: 2 KB of content, 8 MB of tmpfs pages.
     archive = tmp_path / "small.tar"
-    with tarfile.open(archive, "w") as out:
-        for i in range(2000):
-            info = tarfile.TarInfo(f"f{i}")
-            info.size = 1
-            out.addfile(info, io.BytesIO(b"x"))
-    outcome = extract_on_tmpfs(archive, "4m")
-    assert "free space less a margin" in outcome["error"]
-    assert outcome["left"] == []
+    archive.write_bytes(make_tar([(tar_info(f"f{i}"), b"x") for i in range(2000)]))
+    refused_on_tmpfs(archive, "4m", "free space less a margin")
 
 
 @pytest.mark.root
 def test_entries_are_bounded_by_the_free_inodes(tmp_path):
     archive = tmp_path / "many.tar"
-    with tarfile.open(archive, "w") as out:
-        for i in range(600):
-            out.addfile(tarfile.TarInfo(f"d{i}"), io.BytesIO(b""))
-    outcome = extract_on_tmpfs(archive, "64m", inodes=500)
-    assert "entries, the target filesystem's free inodes" in outcome["error"]
-    assert outcome["left"] == []
+    archive.write_bytes(make_tar([(tar_info(f"d{i}"), b"") for i in range(600)]))
+    refused_on_tmpfs(archive, "64m", "entries, the target filesystem's free inodes", inodes=500)
 
 
 @pytest.mark.root
 def test_an_archive_that_fits_is_extracted_on_a_small_tmpfs(tmp_path):
     archive = tmp_path / "fits.tar.gz"
-    with tarfile.open(archive, "w:gz") as out:
-        info = tarfile.TarInfo("data.bin")
-        info.size = 4 << 20
-        out.addfile(info, io.BytesIO(b"\1" * info.size))
+    archive.write_bytes(make_tar([(tar_info("data.bin"), b"\1" * (4 << 20))], "gz"))
     outcome = extract_on_tmpfs(archive, "16m")
     assert outcome["error"] is None and outcome["left"] == ["data.bin"]
 

@@ -12,14 +12,7 @@ import pytest
 from aleph_runtime.guest import data as data_module
 from aleph_runtime.guest.config import ConfigError
 from aleph_runtime.guest.data import DataExport, unpack_input_data
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
+from tests.helpers import zip_bytes
 
 
 def _names(blob: bytes) -> dict[str, bytes]:
@@ -29,7 +22,7 @@ def _names(blob: bytes) -> dict[str, bytes]:
 
 def test_unpack_input_data_creates_the_directory(tmp_path):
     target = tmp_path / "data"
-    unpack_input_data(_zip({"a.txt": b"A", "sub/b.txt": b"B"}), str(target))
+    unpack_input_data(zip_bytes({"a.txt": b"A", "sub/b.txt": b"B"}), str(target))
     assert (target / "a.txt").read_bytes() == b"A"
     assert (target / "sub" / "b.txt").read_bytes() == b"B"
 
@@ -37,7 +30,7 @@ def test_unpack_input_data_creates_the_directory(tmp_path):
 def test_unpack_hostile_zip_is_a_config_error_and_writes_nothing_outside(tmp_path):
     target = tmp_path / "data"
     with pytest.raises(ConfigError):
-        unpack_input_data(_zip({"../escaped.txt": b"x"}), str(target))
+        unpack_input_data(zip_bytes({"../escaped.txt": b"x"}), str(target))
     assert not (tmp_path / "escaped.txt").exists()
 
 

@@ -82,46 +82,41 @@ def test_ring_indices_wrap_around(start):
     assert drv.used_idx() == (start + 30) & 0xFFFF
 
 
-def test_a_driver_running_too_far_ahead_is_refused():
-    ram = FakeRAM()
-    drv = DriverQueue(ram, 4)
-    dev = drv.device_queue()
+def _too_far_ahead(drv: DriverQueue) -> None:
     drv.avail_idx = 9  # claims 9 chains in a ring of 4
     drv.add([b"x"], [])
-    with pytest.raises(VirtqueueError):
-        dev.pop()
 
 
-def test_a_descriptor_loop_does_not_hang():
-    ram = FakeRAM()
-    drv = DriverQueue(ram, 4)
-    dev = drv.device_queue()
-    head = drv.add([b"a", b"b"], [])
-    idxs, _ = drv.inflight[head]
-    # Point the second descriptor back at the first.
-    drv._write_desc(idxs[1], GPA_BASE, 1, 1, idxs[0])
-    with pytest.raises(VirtqueueError):
-        dev.pop()
+def _descriptor_loop(drv: DriverQueue) -> None:
+    idxs, _ = drv.inflight[drv.add([b"a", b"b"], [])]
+    drv._write_desc(idxs[1], GPA_BASE, 1, 1, idxs[0])  # the second points back at the first
 
 
-def test_out_of_memory_descriptor_is_refused():
-    ram = FakeRAM()
-    drv = DriverQueue(ram, 4)
-    dev = drv.device_queue()
+def _descriptor_out_of_memory(drv: DriverQueue) -> None:
     head = drv.add([b"a"], [])
     drv._write_desc(head, 0xDEAD_0000_0000, 16, 0, 0)
-    with pytest.raises(GuestMemoryError):
-        dev.pop()
 
 
-def test_readable_after_writable_is_refused():
-    ram = FakeRAM()
-    drv = DriverQueue(ram, 4)
-    dev = drv.device_queue()
-    head = drv.add([b"a", b"b"], [])
-    idxs, bufs = drv.inflight[head]
+def _readable_after_writable(drv: DriverQueue) -> None:
+    idxs, bufs = drv.inflight[drv.add([b"a", b"b"], [])]
     drv._write_desc(idxs[0], bufs[0][0], 1, 2 | 1, idxs[1])  # WRITE|NEXT, then a readable one
-    with pytest.raises(VirtqueueError):
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "error"),
+    [
+        (_too_far_ahead, VirtqueueError),
+        (_descriptor_loop, VirtqueueError),  # and does not hang
+        (_descriptor_out_of_memory, GuestMemoryError),
+        (_readable_after_writable, VirtqueueError),
+    ],
+    ids=lambda value: getattr(value, "__name__", "").strip("_"),
+)
+def test_a_corrupt_ring_is_refused(corrupt, error):
+    drv = DriverQueue(FakeRAM(), 4)
+    dev = drv.device_queue()
+    corrupt(drv)
+    with pytest.raises(error):
         dev.pop()
 
 
@@ -131,17 +126,21 @@ def test_bad_queue_sizes():
         SplitQueue(ram.memory, 3, GPA_BASE, GPA_BASE + 4096, GPA_BASE + 8192)
 
 
+def notifies_after_using_next(dev: SplitQueue) -> bool:
+    """Whether the driver must be notified once the next chain is used (nothing written)."""
+    dev.push(dev.pop().head, 0)
+    return dev.needs_notification()
+
+
 def test_notifications_without_event_idx_follow_the_flag():
     ram = FakeRAM()
     drv = DriverQueue(ram, 4)
     dev = drv.device_queue()
     drv.add([b"x"], [])
-    dev.push(dev.pop().head, 0)
-    assert dev.needs_notification()
+    assert notifies_after_using_next(dev)
     ram.view(drv.avail, 2)[:] = b"\x01\x00"  # VIRTQ_AVAIL_F_NO_INTERRUPT
     drv.add([b"y"], [])
-    dev.push(dev.pop().head, 0)
-    assert not dev.needs_notification()
+    assert not notifies_after_using_next(dev)
 
 
 def test_event_idx_interrupts_only_when_used_event_is_crossed():
@@ -151,17 +150,12 @@ def test_event_idx_interrupts_only_when_used_event_is_crossed():
     for _ in range(6):
         drv.add([b"x"], [])
     drv.set_used_event(65534)  # interrupt me after the first used entry
-    dev.push(dev.pop().head, 0)
-    assert dev.needs_notification()  # the first interrupt is always sent
+    assert notifies_after_using_next(dev)  # the first interrupt is always sent
     drv.set_used_event(1)  # across the wrap: after used index 1 has been written
-    dev.push(dev.pop().head, 0)  # used idx 0
-    assert not dev.needs_notification()
-    dev.push(dev.pop().head, 0)  # used idx 1
-    assert not dev.needs_notification()
-    dev.push(dev.pop().head, 0)  # used idx 2: crossed used_event 1
-    assert dev.needs_notification()
-    dev.push(dev.pop().head, 0)
-    assert not dev.needs_notification()
+    assert not notifies_after_using_next(dev)  # used idx 0
+    assert not notifies_after_using_next(dev)  # used idx 1
+    assert notifies_after_using_next(dev)  # used idx 2: crossed used_event 1
+    assert not notifies_after_using_next(dev)
 
 
 def test_enable_kicks_publishes_avail_event_and_reports_a_race():

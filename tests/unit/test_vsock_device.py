@@ -235,12 +235,19 @@ async def test_host_to_guest_respects_guest_credit(device):
     writer.close()
 
 
-async def test_credit_exhaustion_sends_a_credit_request(device):
-    guest = FakeGuest(device)
+async def exhaust_credit(device, guest: FakeGuest, size: int):
+    """(writer, request) of a host stream that wrote `size` bytes to a guest giving it 4096
+    bytes of credit, once the device has asked the guest for more."""
     _reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
-    writer.write(b"x" * 10000)
+    writer.write(b"x" * size)
     await writer.drain()
     await guest.wait_for(lambda p: p.op == Op.CREDIT_REQUEST)
+    return writer, req
+
+
+async def test_credit_exhaustion_sends_a_credit_request(device):
+    guest = FakeGuest(device)
+    writer, req = await exhaust_credit(device, guest, 10000)
     rw = [p for p in guest.collect() if p.op == Op.RW]
     assert sum(len(p.payload) for p in rw) == 4096
     guest.send(Op.CREDIT_UPDATE, 1234, req.src_port, buf_alloc=4096, fwd_cnt=4096)
@@ -334,10 +341,7 @@ async def test_driver_reset_drops_every_stream(device):
 
 async def test_no_credit_request_storm_while_the_guest_does_not_read(device):
     guest = FakeGuest(device)
-    _reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
-    writer.write(b"y" * 20000)
-    await writer.drain()
-    await guest.wait_for(lambda p: p.op == Op.CREDIT_REQUEST)
+    writer, req = await exhaust_credit(device, guest, 20000)
     # The guest answers, but its reader has not consumed anything: same credit.
     for _ in range(3):
         guest.send(Op.CREDIT_UPDATE, 1234, req.src_port, buf_alloc=4096, fwd_cnt=0)
@@ -349,40 +353,12 @@ async def test_no_credit_request_storm_while_the_guest_does_not_read(device):
     writer.close()
 
 
-async def test_a_guest_with_a_smaller_window_than_announced_is_never_left_without_credit(device):
-    """Linux may cap what it sends below our buf_alloc: updates must follow the drained
-    bytes, not only a big threshold, or the guest waits forever (seen with a 6.1 guest)."""
+async def send_through_a_window(device, blob: bytes, window: int, chunk: int, read_size: int, pause: float):
+    """The guest sends `blob` on a host stream keeping at most `window` bytes unacknowledged
+    (`chunk` at a time), while a host reader takes `read_size` with a `pause` between reads:
+    every byte must arrive, or the test names where it got stuck."""
     guest = FakeGuest(device)
     reader, writer, req = await established_host_stream(device, guest)
-    window = vb.BUF_ALLOC // 2 + 4096  # between the update threshold and what we announce
-    blob = os.urandom(4 << 20)
-    sent = 0
-    peer_fwd = 0
-    read = bytearray()
-    while len(read) < len(blob):
-        for p in guest.collect():
-            peer_fwd = p.fwd_cnt
-        guest.packets.clear()
-        while sent < len(blob) and sent - peer_fwd < window:
-            n = min(window - (sent - peer_fwd), 32 * 1024, len(blob) - sent)
-            guest.send(Op.RW, 1234, req.src_port, blob[sent : sent + n])
-            sent += n
-        try:
-            # A host reader that takes a while between reads, so the socket buffers.
-            read += await asyncio.wait_for(reader.read(48 * 1024), 2)
-            await asyncio.sleep(0.001)
-        except TimeoutError:
-            raise AssertionError(f"stuck: read {len(read)}, sent {sent}, last fwd_cnt {peer_fwd}") from None
-    assert bytes(read) == blob
-    writer.close()
-
-
-async def test_a_guest_waiting_below_the_update_threshold_still_hears_from_us(device):
-    """Even a window smaller than the update threshold drains: an idle stream reports anyway."""
-    guest = FakeGuest(device)
-    reader, writer, req = await established_host_stream(device, guest)
-    window = 16 * 1024
-    blob = os.urandom(256 * 1024)
     sent = peer_fwd = 0
     read = bytearray()
     while len(read) < len(blob):
@@ -390,13 +366,28 @@ async def test_a_guest_waiting_below_the_update_threshold_still_hears_from_us(de
             peer_fwd = p.fwd_cnt
         guest.packets.clear()
         while sent < len(blob) and sent - peer_fwd < window:
-            n = min(window - (sent - peer_fwd), len(blob) - sent)
+            n = min(window - (sent - peer_fwd), chunk, len(blob) - sent)
             guest.send(Op.RW, 1234, req.src_port, blob[sent : sent + n])
             sent += n
         try:
-            read += await asyncio.wait_for(reader.read(65536), 2)
+            read += await asyncio.wait_for(reader.read(read_size), 2)
         except TimeoutError:
             raise AssertionError(f"stuck: read {len(read)}, sent {sent}, last fwd_cnt {peer_fwd}") from None
-        await asyncio.sleep(0.06)  # let the idle report go out
+        await asyncio.sleep(pause)
     assert bytes(read) == blob
     writer.close()
+
+
+async def test_a_guest_with_a_smaller_window_than_announced_is_never_left_without_credit(device):
+    """Linux may cap what it sends below our buf_alloc: updates must follow the drained
+    bytes, not only a big threshold, or the guest waits forever (seen with a 6.1 guest)."""
+    window = vb.BUF_ALLOC // 2 + 4096  # between the update threshold and what we announce
+    # A host reader that takes a while between reads, so the socket buffers.
+    await send_through_a_window(device, os.urandom(4 << 20), window, 32 * 1024, 48 * 1024, pause=0.001)
+
+
+async def test_a_guest_waiting_below_the_update_threshold_still_hears_from_us(device):
+    """Even a window smaller than the update threshold drains: an idle stream reports anyway."""
+    window = 16 * 1024
+    # Long pauses between reads let the idle report go out.
+    await send_through_a_window(device, os.urandom(256 * 1024), window, window, 65536, pause=0.06)

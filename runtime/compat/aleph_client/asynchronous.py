@@ -105,10 +105,12 @@ def _storage_engine(value: str | StorageEnum | None) -> StorageEnum:
         raise ValueError(f"Unknown storage engine: {value!r} (expected 'storage' or 'ipfs')") from None
 
 
+def _one_message_type(value: str | MessageType) -> MessageType:
+    return MessageType(getattr(value, "value", value))
+
+
 def _message_type(value: str | MessageType | None) -> list[MessageType] | None:
-    if value is None:
-        return None
-    return [MessageType(getattr(value, "value", value))]
+    return None if value is None else [_one_message_type(value)]
 
 
 def _date(value: datetime | float | int | None) -> datetime | float | None:
@@ -118,6 +120,45 @@ def _date(value: datetime | float | int | None) -> datetime | float | None:
 
 def _address(address: str | None, account: Account) -> str:
     return address or settings.ADDRESS_TO_USE or account.get_address()
+
+
+#: The filter fields the legacy reading functions take under the SDK filters' own names.
+_FILTER_FIELDS = (
+    "content_types",
+    "content_keys",
+    "refs",
+    "addresses",
+    "tags",
+    "hashes",
+    "channels",
+    "chains",
+)
+
+
+def _filter_fields(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A legacy reading call's filter arguments (its `locals()`) as an SDK filter's keywords."""
+    fields = {name: arguments[name] for name in _FILTER_FIELDS if name in arguments}
+    fields.update(start_date=_date(arguments["start_date"]), end_date=_date(arguments["end_date"]))
+    return fields
+
+
+async def _post(method: str, arguments: dict[str, Any]) -> Any:
+    """The SDK's posting `method` called with a legacy posting call's arguments (its `locals()`).
+
+    The legacy defaults are filled in (channel, address, storage engine); the result is the
+    signed message alone, as aleph-client 0.5 returned it, not the SDK's (message, status...).
+    """
+    arguments = dict(arguments)
+    account = arguments.pop("account")
+    session, api_server = arguments.pop("session"), arguments.pop("api_server")
+    arguments["channel"] = arguments["channel"] or settings.DEFAULT_CHANNEL
+    if "address" in arguments:
+        arguments["address"] = _address(arguments["address"], account)
+    if "storage_engine" in arguments:
+        arguments["storage_engine"] = _storage_engine(arguments["storage_engine"])
+    async with _client(api_server, session, account) as client:
+        result = await getattr(client, method)(**arguments)
+    return result[0]
 
 
 # --- reading ---
@@ -146,16 +187,7 @@ async def get_messages(
     """Messages matching every given filter: `.messages`, `.pagination_total`... (or `["messages"]`)."""
     message_filter = MessageFilter(
         message_types=list(message_types) if message_types is not None else _message_type(message_type),
-        content_types=content_types,
-        content_keys=content_keys,
-        refs=refs,
-        addresses=addresses,
-        tags=tags,
-        hashes=hashes,
-        channels=channels,
-        chains=chains,
-        start_date=_date(start_date),
-        end_date=_date(end_date),
+        **_filter_fields(locals()),
     )
     async with _client(api_server, session) as client:
         response = await client.get_messages(
@@ -209,17 +241,7 @@ async def get_posts(
     api_server: str | None = None,
 ) -> PostsResponse:
     """The latest version of each matching post: `.posts` (or `["posts"]`, the API's JSON)."""
-    post_filter = PostFilter(
-        types=types,
-        refs=refs,
-        addresses=addresses,
-        tags=tags,
-        hashes=hashes,
-        channels=channels,
-        chains=chains,
-        start_date=_date(start_date),
-        end_date=_date(end_date),
-    )
+    post_filter = PostFilter(types=types, **_filter_fields(locals()))
     async with _client(api_server, session) as client:
         response = await client.get_posts(page_size=pagination, page=page, post_filter=post_filter)
     return PostsResponse.from_sdk(response)
@@ -277,18 +299,7 @@ async def watch_messages(
     api_server: str | None = None,
 ) -> AsyncIterator[AlephMessage]:
     """Current and future matching messages, over the API's websocket."""
-    message_filter = MessageFilter(
-        message_types=_message_type(message_type),
-        content_types=content_types,
-        refs=refs,
-        addresses=addresses,
-        tags=tags,
-        hashes=hashes,
-        channels=channels,
-        chains=chains,
-        start_date=_date(start_date),
-        end_date=_date(end_date),
-    )
+    message_filter = MessageFilter(message_types=_message_type(message_type), **_filter_fields(locals()))
     async with _client(api_server, session) as client:
         async for message in client.watch_messages(message_filter=message_filter):
             yield message
@@ -311,18 +322,7 @@ async def create_post(
     sync: bool = False,
 ) -> PostMessage:
     """Post `post_content` as `post_type`; the signed message (its `item_hash`, `content`...)."""
-    async with _client(api_server, session, account) as client:
-        message, _status = await client.create_post(  # type: ignore[attr-defined]
-            post_content=post_content,
-            post_type=post_type,
-            ref=ref,
-            address=_address(address, account),
-            channel=channel or settings.DEFAULT_CHANNEL,
-            inline=inline,
-            storage_engine=_storage_engine(storage_engine),
-            sync=sync,
-        )
-    return message
+    return await _post("create_post", locals())
 
 
 async def create_aggregate(
@@ -337,16 +337,7 @@ async def create_aggregate(
     sync: bool = False,
 ) -> AggregateMessage:
     """Set `content` under `key` in the address's aggregates; the signed message."""
-    async with _client(api_server, session, account) as client:
-        message, _status = await client.create_aggregate(  # type: ignore[attr-defined]
-            key=key,
-            content=content,
-            address=_address(address, account),
-            channel=channel or settings.DEFAULT_CHANNEL,
-            inline=inline,
-            sync=sync,
-        )
-    return message
+    return await _post("create_aggregate", locals())
 
 
 async def create_store(
@@ -364,19 +355,7 @@ async def create_store(
     sync: bool = False,
 ) -> StoreMessage:
     """Store a file (its content, or the hash of one already stored); the signed message."""
-    async with _client(api_server, session, account) as client:
-        message, _status = await client.create_store(  # type: ignore[attr-defined]
-            address=_address(address, account),
-            file_content=file_content,
-            file_hash=file_hash,
-            guess_mime_type=guess_mime_type,
-            ref=ref,
-            storage_engine=_storage_engine(storage_engine),
-            extra_fields=extra_fields,
-            channel=channel or settings.DEFAULT_CHANNEL,
-            sync=sync,
-        )
-    return message
+    return await _post("create_store", locals())
 
 
 async def forget(
@@ -391,16 +370,7 @@ async def forget(
     sync: bool = False,
 ) -> ForgetMessage:
     """Ask the network to forget the messages with these hashes; the signed FORGET message."""
-    async with _client(api_server, session, account) as client:
-        message, _status = await client.forget(  # type: ignore[attr-defined]
-            hashes=hashes,
-            reason=reason,
-            storage_engine=_storage_engine(storage_engine),
-            channel=channel or settings.DEFAULT_CHANNEL,
-            address=_address(address, account),
-            sync=sync,
-        )
-    return message
+    return await _post("forget", locals())
 
 
 async def submit(
@@ -415,16 +385,9 @@ async def submit(
     sync: bool = False,
 ) -> AlephMessage:
     """Sign and broadcast a message of any type with this content; the signed message."""
-    async with _client(api_server, session, account) as client:
-        message, _status, _response = await client.submit(  # type: ignore[attr-defined]
-            content=content,
-            message_type=MessageType(getattr(message_type, "value", message_type)),
-            channel=channel or settings.DEFAULT_CHANNEL,
-            storage_engine=_storage_engine(storage_engine),
-            allow_inlining=inline,
-            sync=sync,
-        )
-    return message
+    arguments = dict(locals(), message_type=_one_message_type(message_type), allow_inlining=inline)
+    del arguments["inline"]
+    return await _post("submit", arguments)
 
 
 # --- what has no equivalent ---

@@ -340,13 +340,13 @@ def create_guest_api_app(settings: GuestAPISettings) -> web.Application:
     app.router.add_route("PUT", "/cache/{key:.*}", put_in_cache)
     app.router.add_route("DELETE", "/cache/{key:.*}", delete_from_cache)
 
-    app.router.add_route("GET", "/{tail:.*}", proxy)
-    app.router.add_route("HEAD", "/{tail:.*}", proxy)
-    app.router.add_route("OPTIONS", "/{tail:.*}", proxy)
+    # Reading anything else is proxied to the aleph API; posting only where handled here.
+    for method in ("GET", "HEAD", "OPTIONS"):
+        app.router.add_route(method, "/{tail:.*}", proxy)
 
     app.router.add_route("POST", "/api/v0/messages", post_message)
-    app.router.add_route("POST", "/api/v0/ipfs/pubsub/pub", repost)
-    app.router.add_route("POST", "/api/v0/p2p/pubsub/pub", repost)
+    for pubsub in ("ipfs", "p2p"):
+        app.router.add_route("POST", f"/api/v0/{pubsub}/pubsub/pub", repost)
     return app
 
 
