@@ -8,6 +8,8 @@ spawns: today's init runs `hostname`, `ip`, `mount`, `unzip`), the program sent 
 (main.py, `main:app`, what both inits take alike). An init that speaks AF_VSOCK runs
 through scripts/bench_vsock_shim.py (vsock mapped onto the same Unix sockets). `--runs N`
 rounds, the order alternating, each figure the median; `ratios` is ours / theirs.
+`--against` may be repeated (today's init, and another checkout's init/init1.py for a
+before/after): the others are `theirs`, `theirs2`..., each with its own ratios.
 
 Figures, for each server:
 - `ready_cpu_ms`: CPU time of the server process from its start until the config is answered;
@@ -330,8 +332,8 @@ class SandboxedInit:
                 self.cgroup.remove()
 
 
-async def bench_against(other: Path, requests: int, concurrency: int, python: str, pycache: Path, runs: int) -> dict:
-    """Ours against `other` (an init1.py speaking AF_VSOCK), each as PID 1 of a sandbox."""
+async def bench_against(others: list[Path], requests: int, concurrency: int, python: str, pycache: Path, runs: int) -> dict:
+    """Ours against `others` (init1.py files, vsock or dev mode), each as PID 1 of a sandbox."""
     from aleph_runtime.host.machines.sandbox import require_root
 
     reason = require_root()
@@ -344,25 +346,26 @@ async def bench_against(other: Path, requests: int, concurrency: int, python: st
             raise SystemExit("examples/hello/main.py changed: update TRIVIAL_APP_ONE_LIFESPAN_MESSAGE")
         (app / "main.py").write_bytes(TRIVIAL_APP_ONE_LIFESPAN_MESSAGE)
         config = program_config(zip_directory(app), "main:app", encoding="zip", vm_hash="ab" * 32)
-        other_copy = Path(workdir) / "theirs" / "init1.py"
-        other_copy.parent.mkdir()
-        other_copy.write_bytes(other.read_bytes())
+        others = [other.resolve() for other in others]
+        names = ["ours"] + [f"theirs{i + 1 if i else ''}" for i in range(len(others))]
+        paths = dict(zip(names[1:], others))
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LANG": "C.UTF-8",
             "PYTHONPYCACHEPREFIX": str(pycache),
         }
-        binds = [REPOSITORY, Path(workdir), pycache]  # the sandbox's own writes vanish with it
+        # The other init's directory and its parent (where a checkout's runtime/ is); the
+        # sandbox's own writes vanish with it.
+        binds = [REPOSITORY, Path(workdir), pycache, *{other.parent.parent for other in others}]
         pycache.mkdir(parents=True, exist_ok=True)
 
         def server(name: str) -> SandboxedInit:
-            if name == "theirs":
-                arguments = ["-OO", str(HERE / "bench_vsock_shim.py"), str(other_copy)]
+            if name in paths:
+                arguments = ["-OO", str(HERE / "bench_vsock_shim.py"), str(paths[name])]
             else:
                 arguments = ["-OO", str(INIT1)]
             return SandboxedInit(name, python, arguments, env, binds, Path(workdir) / f"{name}.log")
 
-        names = ["ours", "theirs"]
         for name in names:  # warm-up: bytecode into the cache, files into the page cache
             await _measure_stopping(server(name), 10, 2, config)
         rounds: dict[str, list[dict]] = {name: [] for name in names}
@@ -373,12 +376,13 @@ async def bench_against(other: Path, requests: int, concurrency: int, python: st
         name: {key: round(statistics.median(r[key] for r in rounds[name]), 1) for key in rounds[name][0]}
         for name in names
     }
-    results["ratios"] = {
-        key: round(results["ours"][key] / results["theirs"][key], 2) for key in results["ours"] if results["theirs"][key]
-    }
+    for name in names[1:]:
+        results["ratios" + name[len("theirs"):]] = {
+            key: round(results["ours"][key] / results[name][key], 2) for key in results["ours"] if results[name][key]
+        }
     results["runs"] = rounds
     results["settings"] = {"requests": requests, "concurrency": concurrency, "python": python, "runs": runs,
-                           "against": str(other), "harness": "PID 1 of a sandbox, CPU from a cgroup"}  # fmt: skip
+                           "against": {name: str(path) for name, path in paths.items()}, "harness": "PID 1 of a sandbox, CPU from a cgroup"}  # fmt: skip
     return results
 
 
@@ -394,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--python", default=sys.executable, help="the Python that runs the init")
-    parser.add_argument("--against", type=Path, metavar="INIT1_PY",
+    parser.add_argument("--against", type=Path, metavar="INIT1_PY", action="append",
                         help="compare with this init (e.g. aleph-vm's runtimes/aleph-debian-12-python/init1.py), as root")
     parser.add_argument("--runs", type=int, default=3, help="with --against: rounds, alternating (median)")
     arguments = parser.parse_args(argv)

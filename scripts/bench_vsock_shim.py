@@ -43,12 +43,13 @@ def _read_connect_line(conn: socket.socket) -> None:
 
 class VsockOverUnix(_Socket):
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):  # noqa: A002 - socket.socket's names
-        if family == socket.AF_VSOCK:
+        self.mapped = family == socket.AF_VSOCK
+        if self.mapped:
             family, proto = socket.AF_UNIX, 0
         super().__init__(family, type, proto, fileno)
 
     def bind(self, address):
-        if isinstance(address, tuple):
+        if self.mapped:
             address = _BASE
             try:
                 os.unlink(address)
@@ -57,12 +58,14 @@ class VsockOverUnix(_Socket):
         return super().bind(address)
 
     def connect(self, address):
-        if isinstance(address, tuple):
+        if self.mapped:
             address = f"{_BASE}_{address[1]}"
         return super().connect(address)
 
     def accept(self):
         conn, address = super().accept()
+        if not self.mapped:
+            return conn, address
         try:
             _read_connect_line(conn)
         except OSError:

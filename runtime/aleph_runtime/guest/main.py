@@ -1,13 +1,17 @@
-"""The init's entry point: choose the transport and the loop, serve, then halt the machine."""
+"""The init's entry point: choose the transport and the loop, serve, then halt the machine.
+
+Everything imported here runs before the ready signal, at every boot: the command line
+is read by hand (argparse and what it pulls in cost milliseconds under emulation), and
+whatever only one path needs is imported on that path.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from aleph_runtime.guest import linux, stdio
@@ -21,12 +25,55 @@ from aleph_runtime.guest.transport import transport_for
 logger = logging.getLogger("aleph_runtime.init")
 
 
-def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="init1", description="aleph-runtime guest init")
-    parser.add_argument("--uds", help="dev mode: serve on this Unix socket instead of vsock (or ALEPH_VSOCK_UDS)")
-    parser.add_argument("--vsock", action="store_true", help="use vsock even when not PID 1")
-    parser.add_argument("--root", help="dev mode: keep the program's files (/opt, /data, /tmp...) under this directory")
-    return parser.parse_args(argv)
+USAGE = """usage: init1 [-h] [--uds PATH] [--vsock] [--root DIR]
+
+aleph-runtime guest init
+
+options:
+  -h, --help   show this help message and exit
+  --uds PATH   dev mode: serve on this Unix socket instead of vsock (or ALEPH_VSOCK_UDS)
+  --vsock      use vsock even when not PID 1
+  --root DIR   dev mode: keep the program's files (/opt, /data, /tmp...) under this directory
+"""
+
+
+@dataclass
+class Arguments:
+    uds: str | None = None
+    vsock: bool = False
+    root: str | None = None
+
+
+def _parse_arguments(argv: list[str] | None) -> Arguments:
+    """`--uds PATH`, `--uds=PATH`, `--vsock`, `--root DIR`; anything else: usage, exit 2.
+
+    The kernel hands its command-line words that it does not know to init as arguments
+    (init0 passes them on): as PID 1 those are ignored, since exiting would panic the kernel.
+    """
+    arguments = Arguments()
+    words = list(sys.argv[1:] if argv is None else argv)
+    while words:
+        word = words.pop(0)
+        name, equals, value = word.partition("=")
+        if word in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            sys.exit(0)
+        elif name in ("--uds", "--root"):
+            if not equals:
+                if not words:
+                    _usage_error(f"argument {name}: expected one argument")
+                value = words.pop(0)
+            setattr(arguments, name[2:], value)
+        elif word == "--vsock":
+            arguments.vsock = True
+        elif os.getpid() != 1:
+            _usage_error(f"unrecognized arguments: {word}")
+    return arguments
+
+
+def _usage_error(message: str) -> None:
+    sys.stderr.write(USAGE.split("\n\n", 1)[0] + f"\ninit1: error: {message}\n")
+    sys.exit(2)
 
 
 def _new_event_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -52,7 +99,7 @@ async def _serve(init: Init, reap: bool) -> None:
         init.transport.close()
 
 
-def _read_settings(arguments: argparse.Namespace) -> Settings:
+def _read_settings(arguments: Arguments) -> Settings:
     try:
         return settings_from_process(uds=arguments.uds, root=arguments.root, force_vsock=arguments.vsock)
     except SettingsError as error:
@@ -79,7 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     # configures it; as an ordinary process it keeps to a private directory.
     root = settings.root
     if root is None:
-        root = "/" if pid1 else tempfile.mkdtemp(prefix="aleph-init-")
+        if pid1:
+            root = "/"
+        else:
+            import tempfile
+
+            root = tempfile.mkdtemp(prefix="aleph-init-")
     init = Init(transport, Paths(Path(root)), system=pid1, settings=settings)
     if not pid1:
         try:
