@@ -66,7 +66,7 @@ TRIVIAL_APP_ONE_LIFESPAN_MESSAGE = TRIVIAL_APP.replace(
 )
 
 #: The bare server: accepts, answers CONNECT, reads one msgpack object, sends a canned answer.
-BASELINE_SERVER = r'''
+BASELINE_SERVER = r"""
 import asyncio, os, sys
 import msgpack
 try:
@@ -101,17 +101,15 @@ async def main():
     await asyncio.Event().wait()
 
 (uvloop.run if uvloop else asyncio.run)(main())
-'''
+"""
 
 
 def cpu_ns(pid: int) -> int:
     """On-CPU time of every thread of a process, in ns (schedstat: finer than utime/stime ticks)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
     return total
 
 
@@ -186,8 +184,12 @@ async def bench_dev(requests: int, concurrency: int, python: str, pycache: Path)
 
         def servers(name: str):
             return (
-                DevInit(Path(workdir) / f"init-{name}", python=python, env=env, stderr=asyncio.subprocess.DEVNULL),
-                DevInit(Path(workdir) / f"baseline-{name}", python=python, env=env, init_path=baseline_script),
+                DevInit(
+                    Path(workdir) / f"init-{name}", python=python, env=env, stderr=asyncio.subprocess.DEVNULL
+                ),
+                DevInit(
+                    Path(workdir) / f"baseline-{name}", python=python, env=env, init_path=baseline_script
+                ),
             )
 
         for server in servers("warm-up"):
@@ -214,8 +216,14 @@ class Cgroup:
         if (v1 / "cpuacct.usage").is_file():
             self.path, self.v2 = v1 / name, False
         else:
-            v2 = next((p for p in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
-                       if (p / "cgroup.procs").is_file() and (p / "cgroup.controllers").is_file()), None)
+            v2 = next(
+                (
+                    p
+                    for p in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
+                    if (p / "cgroup.procs").is_file() and (p / "cgroup.controllers").is_file()
+                ),
+                None,
+            )
             if v2 is None:
                 raise SystemExit("--against needs cgroups (v1 cpuacct or v2) to count the inits' CPU")
             self.path, self.v2 = v2 / name, True
@@ -250,8 +258,9 @@ class SandboxedInit:
     counts the init and whatever it spawns, not the sandbox's own setup.
     """
 
-    def __init__(self, name: str, python: str, arguments: list[str], env: dict[str, str], binds: list[Path],
-                 log: Path):
+    def __init__(
+        self, name: str, python: str, arguments: list[str], env: dict[str, str], binds: list[Path], log: Path
+    ):
         self.name = name
         self.log = log
         self.python = python
@@ -282,9 +291,14 @@ class SandboxedInit:
         try:
             await self._open_gate(gate, timeout)
             return await ready.wait(timeout)
+        except (OSError, RuntimeError, TimeoutError) as error:
+            await self.stop()
+            raise RuntimeError(
+                f"{self.name}: no ready signal ({error}); its output: {self.log.read_text()[-3000:]}"
+            ) from None
         except BaseException:
             await self.stop()
-            raise RuntimeError(f"{self.name}: no ready signal; its output: {self.log.read_text()[-3000:]}") from None
+            raise
 
     async def _open_gate(self, gate: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -315,7 +329,7 @@ class SandboxedInit:
     async def configure(self, config: dict) -> dict:
         try:
             return await self.client.configure(config)
-        except Exception as error:
+        except (OSError, RuntimeError, TimeoutError) as error:  # the init's error, or none in time
             raise RuntimeError(f"{self.name}: configuration failed ({error!r}); its output: "
                                f"{self.log.read_text()[-3000:]}") from None  # fmt: skip
 
@@ -332,7 +346,9 @@ class SandboxedInit:
                 self.cgroup.remove()
 
 
-async def bench_against(others: list[Path], requests: int, concurrency: int, python: str, pycache: Path, runs: int) -> dict:
+async def bench_against(
+    others: list[Path], requests: int, concurrency: int, python: str, pycache: Path, runs: int
+) -> dict:
     """Ours against `others` (init1.py files, vsock or dev mode), each as PID 1 of a sandbox."""
     from aleph_runtime.host.machines.sandbox import require_root
 
@@ -348,7 +364,7 @@ async def bench_against(others: list[Path], requests: int, concurrency: int, pyt
         config = program_config(zip_directory(app), "main:app", encoding="zip", vm_hash="ab" * 32)
         others = [other.resolve() for other in others]
         names = ["ours"] + [f"theirs{i + 1 if i else ''}" for i in range(len(others))]
-        paths = dict(zip(names[1:], others))
+        paths = dict(zip(names[1:], others, strict=True))
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LANG": "C.UTF-8",
@@ -377,8 +393,10 @@ async def bench_against(others: list[Path], requests: int, concurrency: int, pyt
         for name in names
     }
     for name in names[1:]:
-        results["ratios" + name[len("theirs"):]] = {
-            key: round(results["ours"][key] / results[name][key], 2) for key in results["ours"] if results[name][key]
+        results["ratios" + name[len("theirs") :]] = {
+            key: round(results["ours"][key] / results[name][key], 2)
+            for key in results["ours"]
+            if results[name][key]
         }
     results["runs"] = rounds
     results["settings"] = {"requests": requests, "concurrency": concurrency, "python": python, "runs": runs,
@@ -394,12 +412,19 @@ async def _measure_stopping(server: SandboxedInit, requests: int, concurrency: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Benchmark the init in dev mode against a bare asyncio server.")
+    parser = argparse.ArgumentParser(
+        description="Benchmark the init in dev mode against a bare asyncio server."
+    )
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--python", default=sys.executable, help="the Python that runs the init")
-    parser.add_argument("--against", type=Path, metavar="INIT1_PY", action="append",
-                        help="compare with this init (e.g. aleph-vm's runtimes/aleph-debian-12-python/init1.py), as root")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="INIT1_PY",
+        action="append",
+        help="compare with this init (e.g. aleph-vm's runtimes/aleph-debian-12-python/init1.py), as root",
+    )
     parser.add_argument("--runs", type=int, default=3, help="with --against: rounds, alternating (median)")
     arguments = parser.parse_args(argv)
     try:

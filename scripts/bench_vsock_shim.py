@@ -14,6 +14,7 @@ The handshake costs a few system calls per connection, which today's init pays h
 and not in a VM: the comparison is, if anything, tilted in its favour.
 """
 
+import contextlib
 import os
 import runpy
 import socket
@@ -42,7 +43,7 @@ def _read_connect_line(conn: socket.socket) -> None:
 
 
 class VsockOverUnix(_Socket):
-    def __init__(self, family=-1, type=-1, proto=-1, fileno=None):  # noqa: A002 - socket.socket's names
+    def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
         self.mapped = family == socket.AF_VSOCK
         if self.mapped:
             family, proto = socket.AF_UNIX, 0
@@ -51,10 +52,8 @@ class VsockOverUnix(_Socket):
     def bind(self, address):
         if self.mapped:
             address = _BASE
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)
-            except FileNotFoundError:
-                pass
         return super().bind(address)
 
     def connect(self, address):

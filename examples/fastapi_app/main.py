@@ -24,10 +24,9 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from aleph.sdk.vm.app import AlephApp
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
-
-from aleph.sdk.vm.app import AlephApp
 
 #: Where the program's persistent volume is mounted (the message's `volumes[].mount`).
 VOLUME = Path(os.environ.get("EXAMPLE_VOLUME", "/var/lib/example"))

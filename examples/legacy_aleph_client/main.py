@@ -10,12 +10,11 @@ modules over aleph-sdk-python (see README, "Writing a program").
 
 from datetime import datetime
 
-from fastapi import FastAPI
-
 from aleph_client.asynchronous import create_post, get_messages
 from aleph_client.chains.remote import RemoteAccount
 from aleph_client.vm.app import AlephApp
 from aleph_client.vm.cache import VmCache
+from fastapi import FastAPI
 
 http_app = FastAPI()
 app = AlephApp(http_app=http_app)

@@ -1,9 +1,9 @@
 """The host <-> init wire format, as the aleph-vm supervisor speaks it.
 
 Shared by the guest (the init) and the host (our supervisor client, CLI and tests), so
-both sides agree on every byte. See `shared/aleph-vm-protocol.md` for the contract;
-this module only encodes it. It imports nothing but msgpack so the init can load it
-in a few milliseconds.
+both sides agree on every byte. docs/protocol.md describes it section by section,
+naming the aleph-vm code each part follows. It imports nothing but msgpack and the
+standard library's asyncio, which the init loads anyway, so it costs milliseconds.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ READ_CHUNK = 1 << 20
 MAX_LENGTH_DIGITS = 12
 #: How many bytes may come before the length line's newline before it is refused.
 MAX_LENGTH_LINE = 20
+
+
+#: What msgpack raises on bytes that are not one complete msgpack object.
+UNPACK_ERRORS = (ValueError, msgpack.UnpackException)
 
 
 class ProtocolError(ValueError):
@@ -235,7 +239,7 @@ async def read_run_request(reader: asyncio.StreamReader, first: bytes, max_bytes
     """
     try:
         return unpack(first)
-    except (ValueError, msgpack.UnpackException):
+    except UNPACK_ERRORS:
         pass  # incomplete (or broken: the unpacker below says which)
     unpacker = new_unpacker(max_buffer_size=max_bytes)
     chunk = first
@@ -247,7 +251,7 @@ async def read_run_request(reader: asyncio.StreamReader, first: bytes, max_bytes
             pass
         except msgpack.BufferFull:
             raise RequestTooLarge("request", max_bytes) from None
-        except (ValueError, msgpack.UnpackException) as error:  # FormatError, StackError...
+        except UNPACK_ERRORS as error:  # FormatError, StackError...
             raise ProtocolError(f"malformed run request: {type(error).__name__}: {error}") from None
         chunk = await reader.read(READ_CHUNK)
         if not chunk:

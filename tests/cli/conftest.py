@@ -9,22 +9,14 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import pytest
-from tests.fake_aleph_api import fake_api  # noqa: F401  (a fixture, shared)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 EXAMPLES = REPOSITORY / "examples"
 URL_LINE = re.compile(rb"Program running at (http://127\.0\.0\.1:\d+/)")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def descendants(pid: int) -> set[int]:

@@ -23,8 +23,8 @@ import pytest
 from yarl import URL
 
 from aleph_runtime.host.vmm.image import cache_dir
-
-from .conftest import REPOSITORY, free_port
+from tests.cli.conftest import REPOSITORY
+from tests.helpers import free_port
 
 FRAMEWORKS = REPOSITORY / "tests" / "frameworks"
 REQUIREMENTS = FRAMEWORKS / "requirements.txt"
@@ -152,7 +152,7 @@ async def uvicorn(framework: str, packages: Path, log: Path):
             process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 process.kill()
                 await process.wait()
 

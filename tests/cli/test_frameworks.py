@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from .frameworks import APPS, FRAMEWORKS, compare, framework_packages, uvicorn
+from tests.cli.frameworks import APPS, FRAMEWORKS, compare, framework_packages, uvicorn
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),

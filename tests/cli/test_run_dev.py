@@ -7,12 +7,14 @@ import os
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .conftest import EXAMPLES, alive, descendants, free_port
-from .example_checks import check_default_example, check_legacy_example, sockets_under, stop_cleanly
+from tests.cli.conftest import EXAMPLES, alive, descendants
+from tests.cli.example_checks import check_default_example, check_legacy_example, sockets_under, stop_cleanly
+from tests.helpers import free_port
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
@@ -42,10 +44,9 @@ async def test_executable_directory(cli_factory):
     cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "executable"))
     url = await cli.wait_url()
     assert "executable run.sh" in cli.output()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}some/where") as response:
-            assert response.status == 200, await response.text()
-            assert await response.text() == "Hello from an executable program! path=/some/where\n"
+    async with aiohttp.ClientSession() as http, http.get(f"{url}some/where") as response:
+        assert response.status == 200, await response.text()
+        assert await response.text() == "Hello from an executable program! path=/some/where\n"
     await stop_cleanly(cli)
 
 
@@ -128,15 +129,13 @@ async def test_squashfs_code_and_volumes(cli_factory, short_dir):
     cli = await cli_factory(*args)
     url = await cli.wait_url()
     assert "squashfs" in cli.output()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}first") as response:
-            assert await response.text() == "shiny none"
+    async with aiohttp.ClientSession() as http, http.get(f"{url}first") as response:
+        assert await response.text() == "shiny none"
     await stop_cleanly(cli)
     cli = await cli_factory(*args)
     url = await cli.wait_url()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}second") as response:
-            assert await response.text() == "shiny /first"
+    async with aiohttp.ClientSession() as http, http.get(f"{url}second") as response:
+        assert await response.text() == "shiny /first"
     await stop_cleanly(cli)
     assert (cli.state_dir / "volumes" / "notes" / "note.txt").read_text() == "/second"
 
@@ -185,7 +184,7 @@ async def test_a_dying_init_ends_the_run(cli_factory):
     cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "hello" / "main.py"))
     await cli.wait_url()
     children = descendants(cli.process.pid)
-    init = [pid for pid in children if b"init1.py" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    init = [pid for pid in children if b"init1.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(init) == 1
     os.kill(init[0], signal.SIGKILL)
     assert await cli.wait() == 1

@@ -1,44 +1,28 @@
 """`aleph-runtime run` in its default mode: the runtime image booted in QEMU (TCG), the
 example's code as a zip, its persistent volume an ext4 drive in the state directory.
-Needs host/qemu.py, qemu-system-x86_64 and the image and kernel (built through their
-caches, or ALEPH_KERNEL/ALEPH_INITRAMFS/ALEPH_ROOTFS); skipped without them."""
+Needs qemu-system-x86_64 and the image and kernel (the root conftest's `images`: built
+through their caches, or ALEPH_KERNEL/ALEPH_ROOTFS; a failed build fails); the node-like
+kernel unless ALEPH_VM_KERNEL=debian."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .conftest import EXAMPLES, free_port
-from .example_checks import check_default_example, check_legacy_example, stop_cleanly
-from .frameworks import FRAMEWORKS, compare, framework_packages, framework_packages_image, uvicorn
+from tests.cli.conftest import EXAMPLES
+from tests.cli.example_checks import check_default_example, check_legacy_example, stop_cleanly
+from tests.cli.frameworks import FRAMEWORKS, compare, framework_packages, framework_packages_image, uvicorn
+from tests.helpers import free_port
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("aleph_runtime.host.vmm.qemu") is None, reason="host/qemu.py is not in this checkout"
-    ),
 ]
 
 BOOT_TIMEOUT = 600  # TCG on a loaded machine: generous, never asserted
-
-
-@pytest.fixture(scope="module")
-def images():
-    from aleph_runtime.host.vmm.qemu import find_images
-
-    try:
-        found = find_images()
-    except Exception as error:  # a failed build is reported by the image tests
-        pytest.skip(f"runtime image or test kernel unavailable: {error}")
-    if found is None or not all(Path(p).exists() for p in found):
-        pytest.skip("runtime image or test kernel unavailable")
-    return found
 
 
 async def test_default_example_in_a_vm(images, cli_factory, fake_api):
@@ -70,7 +54,7 @@ async def test_executable_and_import_failure_in_a_vm(images, cli_factory, short_
 async def test_squashfs_code_and_volumes_in_a_vm(images, cli_factory, short_dir):
     """A directory sent as squashfs code (the code drive), a directory volume packed on the
     fly at /opt/packages, a persistent volume whose mount point the program gets by --env."""
-    from .test_run_dev import LIBRARY_USER
+    from tests.cli.test_run_dev import LIBRARY_USER
 
     code, lib = short_dir / "code", short_dir / "lib"
     code.mkdir()

@@ -15,15 +15,13 @@ import textwrap
 import aiohttp
 import pytest
 import redis.asyncio
-
 from aleph.sdk.chains.common import get_verification_buffer
 from aleph.sdk.chains.ethereum import verify_signature
 from aleph.sdk.chains.remote import RemoteAccount
 from aleph.sdk.vm.cache import VmCache
 
 from aleph_runtime.host.services.guest_api import CACHE_EXPIRES_AFTER
-
-from .conftest import VM_HASH, make_message
+from tests.host.conftest import VM_HASH, make_message
 
 # What the init sets in a program's environment: the SDK talks HTTP to "localhost"
 # through the Unix socket.
@@ -120,19 +118,23 @@ async def test_cache_is_namespaced_and_expires_after_seven_days(guest_api_factor
 )
 async def test_cache_rejects_bad_keys_and_patterns(guest_api_factory, method, path):
     server = await guest_api_factory()
-    async with unix_session(server.socket_path) as session:
-        async with session.request(method, f"{API_HOST}{path}", data=b"v") as response:
-            assert response.status == 400
-            assert (await response.text()).startswith("Invalid")
+    async with (
+        unix_session(server.socket_path) as session,
+        session.request(method, f"{API_HOST}{path}", data=b"v") as response,
+    ):
+        assert response.status == 400
+        assert (await response.text()).startswith("Invalid")
 
 
 async def test_cache_answers_503_when_redis_is_gone(guest_api_factory, redis_server):
     server = await guest_api_factory()
     await redis_server.stop()
-    async with unix_session(server.socket_path) as session:
-        async with session.get(f"{API_HOST}/cache/key") as response:
-            assert response.status == 503
-            assert "cache unavailable" in await response.text()
+    async with (
+        unix_session(server.socket_path) as session,
+        session.get(f"{API_HOST}/cache/key") as response,
+    ):
+        assert response.status == 503
+        assert "cache unavailable" in await response.text()
 
 
 # --- signing ---
@@ -212,10 +214,12 @@ async def test_sign_refuses_a_hash_that_is_not_the_contents(guest_api_factory, c
         with pytest.raises(aiohttp.ClientResponseError) as raised:
             await account.sign_message(message)
         assert raised.value.status == 400
-    async with unix_session(server.socket_path) as session:
-        async with session.post(f"{API_HOST}/sign", json=message) as response:
-            assert response.status == 400
-            assert (await response.text()).startswith(f"Invalid message: {reason}")
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/sign", json=message) as response,
+    ):
+        assert response.status == 400
+        assert (await response.text()).startswith(f"Invalid message: {reason}")
 
 
 @pytest.mark.parametrize("where", ["body", "item_content"])
@@ -245,10 +249,12 @@ async def test_sign_refuses_another_sender(guest_api_factory):
     server = await guest_api_factory()
     message = make_message(address=VM_HASH)
     message["sender"] = "0x" + "11" * 20
-    async with unix_session(server.socket_path) as session:
-        async with session.post(f"{API_HOST}/sign", json=message) as response:
-            assert response.status == 400
-            assert "Cannot sign" in await response.text()
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/sign", json=message) as response,
+    ):
+        assert response.status == 400
+        assert "Cannot sign" in await response.text()
 
 
 # --- the aleph API proxy ---
@@ -273,11 +279,13 @@ async def test_proxy_forwards_to_the_api_server(guest_api_factory, fake_api):
 async def test_proxy_answers_502_when_the_api_server_is_unreachable(guest_api_factory, short_dir):
     # Nothing listens on this port: the connection is refused.
     server = await guest_api_factory(api_server="http://127.0.0.1:9")
-    async with unix_session(server.socket_path) as session:
-        async with session.get(f"{API_HOST}/api/v0/info/public.json") as response:
-            assert response.status == 502
-            text = await response.text()
-            assert text.count("\n") == 1 and "unreachable" in text and "127.0.0.1:9" in text
+    async with (
+        unix_session(server.socket_path) as session,
+        session.get(f"{API_HOST}/api/v0/info/public.json") as response,
+    ):
+        assert response.status == 502
+        text = await response.text()
+        assert text.count("\n") == 1 and "unreachable" in text and "127.0.0.1:9" in text
 
 
 async def test_proxy_answers_502_when_the_api_server_never_answers(guest_api_factory):
@@ -291,11 +299,13 @@ async def test_proxy_answers_502_when_the_api_server_never_answers(guest_api_fac
     port = silent_server.sockets[0].getsockname()[1]
     try:
         server = await guest_api_factory(api_server=f"http://127.0.0.1:{port}", proxy_timeout=1)
-        async with unix_session(server.socket_path) as session:
-            async with session.get(f"{API_HOST}/api/v0/info/public.json") as response:
-                assert response.status == 502
-                text = await response.text()
-                assert text.count("\n") == 1 and "did not answer" in text
+        async with (
+            unix_session(server.socket_path) as session,
+            session.get(f"{API_HOST}/api/v0/info/public.json") as response,
+        ):
+            assert response.status == 502
+            text = await response.text()
+            assert text.count("\n") == 1 and "did not answer" in text
     finally:
         silent_server.close()
         await silent_server.wait_closed()
@@ -323,10 +333,12 @@ async def test_pubsub_pub_is_republished_signed_by_the_node(guest_api_factory, f
 async def test_pubsub_pub_answers_502_when_the_api_server_is_unreachable(guest_api_factory):
     server = await guest_api_factory(api_server="http://127.0.0.1:9")
     payload = {"topic": "ALEPH-TEST", "data": json.dumps(make_message(address=VM_HASH))}
-    async with unix_session(server.socket_path) as session:
-        async with session.post(f"{API_HOST}/api/v0/p2p/pubsub/pub", json=payload) as response:
-            assert response.status == 502
-            assert (await response.text()).count("\n") == 1
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/api/v0/p2p/pubsub/pub", json=payload) as response,
+    ):
+        assert response.status == 502
+        assert (await response.text()).count("\n") == 1
 
 
 # --- as a program configures the SDK: through the init's environment variables ---
@@ -380,11 +392,13 @@ async def test_sdk_configured_by_the_init_environment(guest_api_factory):
 
 async def test_post_message_is_refused_in_json_as_on_a_node(guest_api_factory, fake_api):
     server = await guest_api_factory(api_server=fake_api.url)
-    async with unix_session(server.socket_path) as session:
-        async with session.post(f"{API_HOST}/api/v0/messages", json={"sync": False, "message": {}}) as response:
-            assert response.status == 405
-            assert "pubsub" in (await response.json())["error"]
-            assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/api/v0/messages", json={"sync": False, "message": {}}) as response,
+    ):
+        assert response.status == 405
+        assert "pubsub" in (await response.json())["error"]
+        assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
     assert fake_api.posted == [] and fake_api.requests == []
 
 
@@ -408,10 +422,12 @@ async def test_pubsub_answers_the_api_servers_refusal_with_its_status(guest_api_
     server = await guest_api_factory(api_server=fake_api.url)
     fake_api.refuse_with = (422, "invalid signature\nsee the logs")
     payload = {"topic": "ALEPH-TEST", "data": json.dumps(make_message(address=VM_HASH))}
-    async with unix_session(server.socket_path) as session:
-        async with session.post(f"{API_HOST}/api/v0/ipfs/pubsub/pub", json=payload) as response:
-            assert response.status == 422
-            text = await response.text()
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/api/v0/ipfs/pubsub/pub", json=payload) as response,
+    ):
+        assert response.status == 422
+        text = await response.text()
     assert text.count("\n") == 1 and "refused the message" in text and "invalid signature" in text
 
 
@@ -423,13 +439,12 @@ async def test_sdk_create_post_through_a_remote_account_reaches_the_api(guest_ap
     from aleph_message.status import MessageStatus
 
     server = await guest_api_factory(api_server=fake_api.url)
-    async with remote_account(server) as account:
-        async with AuthenticatedAlephHttpClient(
-            account=account, api_server=API_HOST, api_unix_socket=str(server.socket_path)
-        ) as client:
-            message, status = await client.create_post(
-                post_content={"answer": 42}, post_type="test", address=VM_HASH, channel="TEST"
-            )
+    async with remote_account(server) as account, AuthenticatedAlephHttpClient(
+        account=account, api_server=API_HOST, api_unix_socket=str(server.socket_path)
+    ) as client:
+        message, status = await client.create_post(
+            post_content={"answer": 42}, post_type="test", address=VM_HASH, channel="TEST"
+        )
     assert isinstance(message, PostMessage) and status is MessageStatus.PENDING
     assert message.content.address == VM_HASH and message.sender == await signer.address()
     verify_signature(message.signature, message.sender, get_verification_buffer(message.model_dump()))

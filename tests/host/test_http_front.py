@@ -12,9 +12,8 @@ import pytest
 from aleph_runtime import protocol
 from aleph_runtime.host.services.http_front import HTTPFront, b32_hostname, create_front_app
 from aleph_runtime.host.supervisor import SupervisorClient
-
-from .conftest import VM_HASH
-from .fake_init import FakeInit
+from tests.host.conftest import VM_HASH
+from tests.host.fake_init import FakeInit
 
 
 @pytest.fixture

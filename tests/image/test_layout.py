@@ -37,8 +37,7 @@ def test_sbin_init_is_init0(mounted_rootfs: Path):
 def test_init1_and_guest_runtime_installed(mounted_rootfs: Path):
     opt = mounted_rootfs / "opt/aleph"
     assert (opt / "init/init0.fstab").read_bytes() == (REPO / "init/init0.fstab").read_bytes()
-    if (REPO / "init/init1.py").exists():
-        assert (opt / "init/init1.py").read_bytes() == (REPO / "init/init1.py").read_bytes()
+    assert (opt / "init/init1.py").read_bytes() == (REPO / "init/init1.py").read_bytes()
     pkg = opt / "runtime/aleph_runtime"
     assert (pkg / "protocol.py").read_bytes() == (REPO / "runtime/aleph_runtime/protocol.py").read_bytes()
     assert (pkg / "guest/__init__.py").exists()

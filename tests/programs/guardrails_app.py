@@ -21,7 +21,9 @@ async def app(scope, receive, send):
     if path == "/hang":
         stats["hanging"] += 1
         try:
-            await asyncio.Event().wait()
+            # A sleep the loop holds on to, as a real wait (a database, a socket) is: an
+            # Event nobody references would let the garbage collector end the task.
+            await asyncio.sleep(86400)
         except asyncio.CancelledError:
             stats["cancelled"] += 1
             raise

@@ -6,7 +6,14 @@ import contextlib
 import pytest
 
 from aleph_runtime import protocol
-from aleph_runtime.guest.asgi import HTTPCycle, Lifespan, LifespanState, http_scope, run_cycle
+from aleph_runtime.guest.asgi import (
+    HTTPCycle,
+    Lifespan,
+    LifespanFailure,
+    LifespanState,
+    http_scope,
+    run_cycle,
+)
 
 
 def supervisor_scope(**overrides):
@@ -159,7 +166,7 @@ async def test_startup_failed_carries_the_apps_message():
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
 
-    with pytest.raises(RuntimeError, match="database unreachable"):
+    with pytest.raises(LifespanFailure, match="database unreachable"):
         await Lifespan(app).startup(timeout=5)
 
 

@@ -11,28 +11,32 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import pytest
 import redis.asyncio
-
 from aleph.sdk.chains.common import get_verification_buffer
 from aleph.sdk.chains.ethereum import ETHAccount, verify_signature
 
 from aleph_runtime.guest.code import COMPAT_DIRECTORY
-from tests.fake_aleph_api import DOCS_MESSAGE_CONTENT, DOCS_MESSAGE_HASH, STORED_FILE, STORED_FILE_HASH
-from tests.fake_aleph_api import fake_api  # noqa: F401  (a fixture, shared)
+from tests.fake_aleph_api import (
+    DOCS_MESSAGE_CONTENT,
+    DOCS_MESSAGE_HASH,
+    STORED_FILE,
+    STORED_FILE_HASH,
+    fake_api,  # noqa: F401  (a fixture, shared)
+)
 from tests.host.conftest import VM_HASH, guest_api_factory, redis_server, signer, signer_dir  # noqa: F401
 
 # As the init does for a program: the compat modules last on the path.
 if str(COMPAT_DIRECTORY) not in sys.path:
     sys.path.append(str(COMPAT_DIRECTORY))
 
-from aleph_client import asynchronous  # noqa: E402
-from aleph_client.conf import Settings, settings  # noqa: E402
-from aleph_client.exceptions import LegacyAPIError, MessageNotFoundError  # noqa: E402
+from aleph_client import asynchronous
+from aleph_client.conf import Settings, settings
+from aleph_client.exceptions import LegacyAPIError, MessageNotFoundError
 
 API_HOST = "http://localhost"
 # A program's own key, for posting straight to the API server (no node in between).
@@ -60,7 +64,7 @@ async def in_vm(guest_api_factory, fake_api, monkeypatch):  # noqa: F811
 
 
 def last_query(api) -> tuple[str, dict[str, str]]:
-    method, url = api.requests[-1]
+    _method, url = api.requests[-1]
     parts = urlsplit(url)
     return parts.path, dict(parse_qsl(parts.query))
 
@@ -133,7 +137,7 @@ def test_settings_are_read_from_the_init_environment(monkeypatch):
 
 
 async def test_get_messages_maps_every_legacy_argument(direct):
-    start = datetime(2024, 1, 2, tzinfo=timezone.utc)
+    start = datetime(2024, 1, 2, tzinfo=UTC)
     await asynchronous.get_messages(
         pagination=5, page=2, message_type="POST", content_types=["a", "b"], content_keys=["k"], refs=["r"],
         addresses=["0xA"], tags=["t"], hashes=["h1", "h2"], channels=["TEST"], chains=["ETH"],
@@ -306,7 +310,7 @@ async def test_docs_snippets_through_the_guest_api(in_vm, fake_api, signer, redi
     # The docs' literal socket path stands for the configured guest API socket.
     account = await RemoteAccount.from_crypto_host(host="http://localhost", unix_socket="/tmp/socat-socket")
     content = {
-        "date": datetime.now(timezone.utc).isoformat(),
+        "date": datetime.now(UTC).isoformat(),
         "test": True,
         "answer": 42,
         "something": "interesting",
@@ -354,9 +358,9 @@ async def test_only_posts_are_republished_and_the_sdk_says_why(in_vm, fake_api):
 
 
 async def test_aleph_app_passes_the_lifespan_to_its_http_app_and_answers_events():
+    from aleph_client.vm.app import AlephApp
     from fastapi import FastAPI
 
-    from aleph_client.vm.app import AlephApp
     from aleph_runtime import protocol
     from aleph_runtime.guest.asgi import Lifespan, LifespanState, run_cycle
 

@@ -383,10 +383,13 @@ def zip_entry_count(data: bytes, limit: int) -> int | None:
     directory_end = end
     # As zipfile: a zip64 end record sits right before its locator, right before the end record.
     record_at = end - _EOCD64_LOCATOR.size - _EOCD64.size
-    if record_at >= 0 and data[end - _EOCD64_LOCATOR.size : end - 16] == b"PK\x06\x07":
-        if data[record_at : record_at + 4] == b"PK\x06\x06":
-            fields = _EOCD64.unpack_from(data, record_at)
-            count, directory_size, directory_end = max(count, fields[7]), fields[8], record_at
+    if (
+        record_at >= 0
+        and data[end - _EOCD64_LOCATOR.size : end - 16] == b"PK\x06\x07"
+        and data[record_at : record_at + 4] == b"PK\x06\x06"
+    ):
+        fields = _EOCD64.unpack_from(data, record_at)
+        count, directory_size, directory_end = max(count, fields[7]), fields[8], record_at
     position, walked = max(0, directory_end - directory_size), 0
     while walked <= limit and position + _CENTRAL_HEADER.size <= directory_end:
         signature, name, extra, comment = _CENTRAL_HEADER.unpack_from(data, position)
@@ -494,7 +497,7 @@ def extract_tar(
     """Unpack a tar (gzip, bzip2, xz or uncompressed, told from its bytes) into dest."""
     compression = tar_compression(data)
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}", tarinfo=_BoundedTarInfo)
+        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}", tarinfo=_BoundedTarInfo)  # noqa: SIM115 - `with archive` below
     except _READ_ERRORS as error:
         raise ArchiveError(f"not a valid tar archive: {error}") from None
     with archive, _Extraction(dest, max_unpacked, max_entries) as extraction:

@@ -356,8 +356,15 @@ async def run_cycle(
     except ResponseTooLarge as error:
         logger.warning("Refused a response: %s", error)
         return protocol.error_answer(str(error), "")
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever the program raised becomes its 500
         return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
+
+
+class LifespanFailure(RuntimeError):
+    """The app's lifespan startup failed (`lifespan.startup.failed`) or did not finish in time.
+
+    An app that does not speak lifespan at all is not a failure: see LifespanState.UNSUPPORTED.
+    """
 
 
 class LifespanState(enum.Enum):
@@ -393,16 +400,16 @@ class Lifespan:
         self._task: asyncio.Task | None = None
 
     async def startup(self, timeout: float) -> None:
-        """Run startup; raise RuntimeError with the app's message on `startup.failed`."""
+        """Run startup; LifespanFailure with the app's message on `startup.failed` or a timeout."""
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.app_state}
         self._queue.put_nowait({"type": "lifespan.startup"})
         self._task = asyncio.get_running_loop().create_task(self._main(scope))
         try:
             await asyncio.wait_for(self._started.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise RuntimeError(f"the application's lifespan startup did not complete within {timeout:g} s") from None
+        except TimeoutError:
+            raise LifespanFailure(f"the application's lifespan startup did not complete within {timeout:g} s") from None
         if self.state is LifespanState.FAILED:
-            raise RuntimeError(f"the application's lifespan startup failed: {self.error}")
+            raise LifespanFailure(f"the application's lifespan startup failed: {self.error}")
 
     async def _main(self, scope: dict) -> None:
         try:
@@ -453,6 +460,26 @@ class Lifespan:
         self._queue.put_nowait({"type": "lifespan.shutdown"})
         try:
             await asyncio.wait_for(self._shut_down.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.error("The application's lifespan shutdown did not complete within %g s", timeout)
             self._task.cancel()
+
+
+class AsgiProgram:
+    """An ASGI app started with its lifespan: each call is one cycle (`run_cycle`)."""
+
+    def __init__(
+        self, app: ASGIApp, lifespan: Lifespan, data_export, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    ):
+        self.app = app
+        self.lifespan = lifespan
+        self.data_export = data_export
+        self.max_response_bytes = max_response_bytes
+
+    async def handle(self, scope: dict) -> bytes:
+        return await run_cycle(
+            self.app, scope, self.lifespan.app_state, self.data_export.acollect, self.max_response_bytes
+        )
+
+    async def stop(self, grace: float) -> None:
+        await self.lifespan.shutdown(grace)

@@ -123,15 +123,19 @@ MAX_LISTED = 8
 
 def _newer_python_hint(error: BaseException) -> str:
     """A hint when an import failure smells of a package written for a newer Python."""
-    version = "%d.%d.%d" % sys.version_info[:3]
+    version = ".".join(map(str, sys.version_info[:3]))
     hint = f" (the runtime runs Python {version}; this package may need a newer Python)"
     if isinstance(error, SyntaxError):
         return hint  # new syntax (PEP 695 generics, ...) is the usual cause in a package
-    if isinstance(error, ImportError) and not isinstance(error, ModuleNotFoundError):
-        # "cannot import name 'markcoroutinefunction' from 'inspect'": a name the
-        # standard library of a later Python has.
-        if error.name and error.name.split(".")[0] in sys.stdlib_module_names:
-            return hint
+    # "cannot import name 'markcoroutinefunction' from 'inspect'": a name the standard
+    # library of a later Python has.
+    if (
+        isinstance(error, ImportError)
+        and not isinstance(error, ModuleNotFoundError)
+        and error.name
+        and error.name.split(".")[0] in sys.stdlib_module_names
+    ):
+        return hint
     return ""
 
 
@@ -187,7 +191,7 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
         raise ConfigError(
             f"the program's module {module_name!r} failed to import: {error}", traceback.format_exc()
         ) from None
-    except BaseException as error:  # the program's own import-time failure, SystemExit included
+    except BaseException as error:  # noqa: BLE001 - the program's own import-time failure, SystemExit included
         raise ConfigError(
             f"the program's module {module_name!r} failed to import: {type(error).__name__}: {error}"
             + _newer_python_hint(error),

@@ -108,29 +108,23 @@ def _parse_volume(index: int, raw: object) -> Volume:
     return Volume(mount=mount.rstrip("/") or "/", device=device, read_only=read_only)
 
 
+def _address(data: dict, key: str, parse, what: str):
+    """The optional address field `key` parsed by `parse`; None when absent or empty."""
+    raw = _require(data, key, str, optional=True)
+    if not raw:
+        return None
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ConfigError(f"the field '{key}' must be {what}, not {raw!r}") from None
+
+
 def _parse_network(data: dict) -> Network:
-    ipv4 = ipv4_gateway = ipv6 = ipv6_gateway = None
-    if raw := _require(data, "ip", str, optional=True):
-        try:
-            # The supervisor strips the mask; the init has always assumed /24.
-            ipv4 = ipaddress.IPv4Interface(raw if "/" in raw else f"{raw}/24")
-        except ValueError:
-            raise ConfigError(f"the field 'ip' must be an IPv4 address, not {raw!r}") from None
-    if raw := _require(data, "route", str, optional=True):
-        try:
-            ipv4_gateway = ipaddress.IPv4Address(raw)
-        except ValueError:
-            raise ConfigError(f"the field 'route' must be an IPv4 address, not {raw!r}") from None
-    if raw := _require(data, "ipv6", str, optional=True):
-        try:
-            ipv6 = ipaddress.IPv6Interface(raw)
-        except ValueError:
-            raise ConfigError(f"the field 'ipv6' must be an IPv6 address with its prefix, not {raw!r}") from None
-    if raw := _require(data, "ipv6_gateway", str, optional=True):
-        try:
-            ipv6_gateway = ipaddress.IPv6Address(raw)
-        except ValueError:
-            raise ConfigError(f"the field 'ipv6_gateway' must be an IPv6 address, not {raw!r}") from None
+    # The supervisor strips the IPv4 mask; the init has always assumed /24.
+    ipv4 = _address(data, "ip", lambda raw: ipaddress.IPv4Interface(raw if "/" in raw else f"{raw}/24"), "an IPv4 address")
+    ipv4_gateway = _address(data, "route", ipaddress.IPv4Address, "an IPv4 address")
+    ipv6 = _address(data, "ipv6", ipaddress.IPv6Interface, "an IPv6 address with its prefix")
+    ipv6_gateway = _address(data, "ipv6_gateway", ipaddress.IPv6Address, "an IPv6 address")
     servers = _require(data, "dns_servers", list, optional=True) or []
     if len(servers) > MAX_DNS_SERVERS:
         raise ConfigError(f"the field 'dns_servers' has {len(servers)} entries; at most {MAX_DNS_SERVERS} are accepted")

@@ -13,6 +13,7 @@ clean" rule).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -63,8 +64,6 @@ class DataExport:
         if self.is_empty():
             self._marker = self._zip = None
             return None
-        import asyncio
-
         return await asyncio.get_running_loop().run_in_executor(None, self.collect)
 
     def collect(self) -> bytes | None:

@@ -25,8 +25,8 @@ import traceback
 from urllib.parse import quote
 
 from aleph_runtime import protocol
-from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 from aleph_runtime.guest.config import ConfigError
+from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class ExecutableProgram:
             _kill_group(process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("%s did not stop within %.1f s: killing it", self.path, grace)
                 _kill_group(process.pid, signal.SIGKILL)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -206,7 +206,7 @@ class ExecutableProgram:
         if self.data_export is not None:
             try:
                 output_data = await self.data_export.acollect()
-            except Exception:  # noqa: BLE001 - the answer matters more than the export
+            except Exception:
                 logger.exception("collecting /data failed")
         return protocol.run_answer(status, headers, body, output_data=output_data)
 

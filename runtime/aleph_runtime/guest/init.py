@@ -23,13 +23,14 @@ import signal
 import threading
 import time
 import traceback
+import typing
 from pathlib import Path
 
 from aleph_runtime import __version__, protocol
-from aleph_runtime.guest import stdio
+from aleph_runtime.guest import linux, stdio
+from aleph_runtime.guest.code import Paths, executable_path, load_asgi_app, unpack_code
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
-from aleph_runtime.guest.code import Paths
-from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES, Settings
+from aleph_runtime.guest.settings import Settings
 
 logger = logging.getLogger("aleph_runtime.init")
 
@@ -54,22 +55,14 @@ class InitState(enum.Enum):
     """Stopping the program and unmounting; new calls are refused."""
 
 
-class AsgiProgram:
-    def __init__(self, app, lifespan, data_export, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
-        self.app = app
-        self.lifespan = lifespan
-        self.data_export = data_export
-        self.max_response_bytes = max_response_bytes
+class Program(typing.Protocol):
+    """What the init needs of a running program: `asgi.AsgiProgram` or `executable.ExecutableProgram`."""
 
     async def handle(self, scope: dict) -> bytes:
-        from aleph_runtime.guest.asgi import run_cycle
-
-        return await run_cycle(
-            self.app, scope, self.lifespan.app_state, self.data_export.acollect, max_response_bytes=self.max_response_bytes
-        )
+        """One call's packed answer (`protocol.run_answer`, `event_answer` or `error_answer`)."""
 
     async def stop(self, grace: float) -> None:
-        await self.lifespan.shutdown(grace)
+        """Stop within about `grace` seconds; never raise."""
 
 
 class Init:
@@ -80,22 +73,28 @@ class Init:
         self.settings = settings or Settings()
         self.state = InitState.WAITING_CONFIG
         self.config: Config | None = None
-        self.program = None
+        self.program: Program | None = None
         self.failure = ""
         self.failure_detail = ""
         self.mounted_volumes: list = []
         self.bridge = None
         self.halted = asyncio.Event()
         self._halt_task: asyncio.Task | None = None
+        #: The calls in progress, each with its watch (see _watch_lasting_calls).
+        self._calls: set[_CallWatch] = set()
 
     # --- the connection loop ---
 
     async def serve(self) -> None:
-        await self.transport.start_server(self.handle_connection)
-        logger.info("Listening on %s", self.transport.description)
-        await self.transport.send_ready(protocol.ready_signal(__version__))
-        logger.info("Ready signal sent")
-        await self.halted.wait()
+        watcher = asyncio.get_running_loop().create_task(self._watch_lasting_calls())
+        try:
+            await self.transport.start_server(self.handle_connection)
+            logger.info("Listening on %s", self.transport.description)
+            await self.transport.send_ready(protocol.ready_signal(__version__))
+            logger.info("Ready signal sent")
+            await self.halted.wait()
+        finally:
+            watcher.cancel()
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -152,12 +151,12 @@ class Init:
         try:
             try:
                 data = protocol.unpack(payload)
-            except Exception as error:
+            except protocol.UNPACK_ERRORS as error:
                 raise ConfigError(f"the configuration is not valid msgpack: {error}") from None
             config = parse_config(data)
             self.config = config
             await self._apply(config)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure is the config's answer; PID 1 goes on
             detail = getattr(error, "detail", "") or traceback.format_exc()
             message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
             logger.error("Configuration failed: %s", message)
@@ -205,8 +204,6 @@ class Init:
             await _off_loop(setup_ssh, config.authorized_keys, str(self.paths.root))
             self._stop_if_halting()
 
-        from aleph_runtime.guest.code import unpack_code
-
         code_directory = await _off_loop(unpack_code, config, self.paths, self.settings.max_unpacked_bytes)
         self._stop_if_halting()
         if config.interface is Interface.ASGI:
@@ -223,7 +220,7 @@ class Init:
             raise ConfigError("the init was halted while the configuration was applied")
 
     async def _apply_system(self, config: Config) -> None:
-        from aleph_runtime.guest import linux, network, volumes
+        from aleph_runtime.guest import network, volumes
 
         try:
             linux.sethostname(config.hostname)
@@ -239,15 +236,14 @@ class Init:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.bridge = await start_guest_api_bridge(self.transport.open_host_connection, str(path))
 
-    async def _start_asgi(self, config: Config, code_directory: Path) -> AsgiProgram:
-        from aleph_runtime.guest.asgi import Lifespan
-        from aleph_runtime.guest.code import load_asgi_app
+    async def _start_asgi(self, config: Config, code_directory: Path) -> Program:
+        from aleph_runtime.guest.asgi import AsgiProgram, Lifespan, LifespanFailure
 
         app = load_asgi_app(config, self.paths, code_directory)
         lifespan = Lifespan(app)
         try:
             await lifespan.startup(self.settings.lifespan_startup_timeout)
-        except RuntimeError as error:
+        except LifespanFailure as error:
             raise ConfigError(str(error)) from None
         return AsgiProgram(app, lifespan, self._data_export(), self.settings.max_response_bytes)
 
@@ -259,7 +255,6 @@ class Init:
         return DataExport(str(self.paths.data))
 
     async def _start_executable(self, config: Config):
-        from aleph_runtime.guest.code import executable_path
         from aleph_runtime.guest.executable import ExecutableProgram
 
         path = executable_path(config, self.paths)
@@ -290,25 +285,33 @@ class Init:
         the host closes it (its `seconds` passed, its client went away), the work is
         cancelled, which drops a call's body and response buffers and closes an
         executable's connection to the program."""
-        loop = asyncio.get_running_loop()
-        call = loop.create_task(work)
-        host_gone = loop.create_task(_host_gone(reader, writer))
+        handler = asyncio.current_task()
+        watch = _CallWatch(reader, writer, handler, getattr(self.transport, "half_close_passes", True))
+        self._calls.add(watch)
         try:
-            await asyncio.wait((call, host_gone), return_when=asyncio.FIRST_COMPLETED)
+            answer = await work
         except asyncio.CancelledError:
-            call.cancel()
-            host_gone.cancel()
-            raise
-        if not call.done() and host_gone.exception() is not None:
-            # The watch itself failed: a bug of ours must not cost the call its answer.
-            logger.error("Watching a call's connection failed", exc_info=host_gone.exception())
-            await asyncio.wait((call,))
-        if call.done():
-            host_gone.cancel()
-            await self._send(writer, call.result())
+            if not watch.host_gone:
+                raise
+            handler.uncancel()
+            logger.info("The host closed a call's connection before the answer: the call is cancelled")
             return
-        call.cancel()
-        logger.info("The host closed a call's connection before the answer: the call is cancelled")
+        finally:
+            self._calls.discard(watch)
+            watch.stop()
+        await self._send(writer, answer)
+
+    async def _watch_lasting_calls(self) -> None:
+        """Start watching each call that has run for WATCH_AFTER to 2 x WATCH_AFTER
+        seconds: most calls answer sooner, and for them the watch costs a set insertion
+        instead of a task or a timer."""
+        while True:
+            await asyncio.sleep(WATCH_AFTER)
+            for watch in list(self._calls):
+                if watch.aged:
+                    watch.start()
+                else:
+                    watch.aged = True
 
     async def _discard_rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Let the host finish writing a refused request, so it reads our answer, not a reset.
@@ -349,8 +352,6 @@ class Init:
         """A debug command's combined output, bounded like a response; killed (with its
         process group) when it outgrows it, or when the host gives up on it."""
         logger.info("Debug command: %s", command)
-        from aleph_runtime.guest import linux
-
         process = await asyncio.create_subprocess_shell(
             command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -465,11 +466,48 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     Peek with WNOWAIT first: a child the event loop's own watcher waits for (a debug
     command, the executable program) must be left for it, or its exit status is lost.
     """
-    from aleph_runtime.guest import linux
-
     while True:
         await asyncio.sleep(interval)
         linux.reap_children()
+
+
+#: A call is watched for its host's going away once it has run this long (up to twice).
+WATCH_AFTER = 0.25
+
+
+class _CallWatch:
+    """Cancels a call's task when the host has closed the call's connection."""
+
+    __slots__ = ("aged", "call", "half_close_passes", "host_gone", "reader", "task", "writer")
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: asyncio.Task, half_close_passes: bool
+    ):
+        self.reader = reader
+        self.writer = writer
+        self.call = call
+        self.half_close_passes = half_close_passes
+        self.aged = False
+        self.task: asyncio.Task | None = None
+        self.host_gone = False
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        try:
+            await _host_gone(self.reader, self.writer, self.half_close_passes)
+        except Exception:
+            # A bug of ours must not cost the call its answer.
+            logger.exception("Watching a call's connection failed")
+            return
+        self.host_gone = True
+        self.call.cancel()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 def _kill_group(pid: int) -> None:
@@ -477,18 +515,21 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, half_close_passes: bool) -> None:
     """Return when the host has closed the connection; bytes it sends meanwhile are dropped.
 
-    The supervisor never half-closes a call, but a client that shuts down only its
-    writing side still reads the answer: EOF alone is not enough, the peer must have
-    hung up (POLLHUP), which a half-closed connection shows only once it is closed.
+    The supervisor never half-closes a call, but where a half-close can arrive (a Unix
+    socket, in dev mode) a client that shuts down only its writing side still reads
+    the answer: there EOF is not enough, the peer must have hung up (POLLHUP), which a
+    half-closed connection shows only once it is closed.
     """
     try:
         while await reader.read(protocol.READ_CHUNK):
             pass
     except OSError:
         return  # reset: gone
+    if not half_close_passes:
+        return
     while not _peer_hung_up(writer):
         await asyncio.sleep(HALF_CLOSED_POLL_INTERVAL)
 

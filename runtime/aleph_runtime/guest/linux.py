@@ -59,7 +59,13 @@ def libc() -> ctypes.CDLL:
 
         # The interpreter is linked against libc: its own symbols are libc's.
         lib = ctypes.CDLL(None, use_errno=True)
-        lib.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
+        lib.mount.argtypes = (
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_void_p,
+        )
         lib.mount.restype = ctypes.c_int
         lib.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
         lib.umount2.restype = ctypes.c_int
@@ -138,7 +144,8 @@ MANAGED_CHILDREN: set[int] = set()
 def reap_children() -> list[tuple[int, int]]:
     """Reap every exited child except those in MANAGED_CHILDREN; [(pid, wait status)].
 
-    Call it on SIGCHLD in PID 1. It peeks with waitid(WNOWAIT) before reaping, so a
+    PID 1 calls it every second (`init.reap_orphans_forever`): a SIGCHLD handler would
+    compete with asyncio's own child watcher for the same signal. It peeks with waitid(WNOWAIT) before reaping, so a
     managed child's status stays for its owner. When a managed zombie is first in line,
     the other zombies are found through /proc (their parent is us, their state Z).
     """

@@ -44,36 +44,47 @@ class Arguments:
     root: str | None = None
 
 
-def _parse_arguments(argv: list[str] | None) -> Arguments:
-    """`--uds PATH`, `--uds=PATH`, `--vsock`, `--root DIR`; anything else: usage, exit 2.
+class _BadCommandLine(Exception):
+    pass
 
-    The kernel hands its command-line words that it does not know to init as arguments
-    (init0 passes them on): as PID 1 those are ignored, since exiting would panic the kernel.
+
+def _parse_arguments(argv: list[str] | None, pid1: bool) -> tuple[Arguments, list[str]]:
+    """The options (`--uds PATH`, `--uds=PATH`, `--vsock`, `--root DIR`), and (as PID 1) the
+    words ignored. Read by hand: argparse costs milliseconds at every boot.
+
+    As PID 1 the arguments are the kernel's: the boot arguments without `=` it did not
+    take itself, e.g. a node's `nomodule` on a kernel without modules. PID 1 exiting
+    panics the kernel: so PID 1 ignores them (and `--help`), and keeps its defaults when
+    even the words it knows are malformed. Otherwise: usage and exit 2.
     """
-    arguments = Arguments()
     words = list(sys.argv[1:] if argv is None else argv)
-    while words:
-        word = words.pop(0)
-        name, equals, value = word.partition("=")
-        if word in ("-h", "--help"):
-            sys.stdout.write(USAGE)
-            sys.exit(0)
-        elif name in ("--uds", "--root"):
-            if not equals:
-                if not words:
-                    _usage_error(f"argument {name}: expected one argument")
-                value = words.pop(0)
-            setattr(arguments, name[2:], value)
-        elif word == "--vsock":
-            arguments.vsock = True
-        elif os.getpid() != 1:
-            _usage_error(f"unrecognized arguments: {word}")
-    return arguments
-
-
-def _usage_error(message: str) -> None:
-    sys.stderr.write(USAGE.split("\n\n", 1)[0] + f"\ninit1: error: {message}\n")
-    sys.exit(2)
+    arguments, ignored = Arguments(), []
+    remaining = list(words)
+    try:
+        while remaining:
+            word = remaining.pop(0)
+            name, equals, value = word.partition("=")
+            if word in ("-h", "--help") and not pid1:
+                sys.stdout.write(USAGE)
+                sys.exit(0)
+            elif name in ("--uds", "--root"):
+                if not equals:
+                    if not remaining:
+                        raise _BadCommandLine(f"argument {name}: expected one argument")
+                    value = remaining.pop(0)
+                setattr(arguments, name[2:], value)
+            elif word == "--vsock":
+                arguments.vsock = True
+            elif pid1:
+                ignored.append(word)
+            else:
+                raise _BadCommandLine(f"unrecognized arguments: {word}")
+    except _BadCommandLine as error:
+        if pid1:
+            return Arguments(), words
+        sys.stderr.write(USAGE.split("\n\n", 1)[0] + f"\ninit1: error: {error}\n")
+        sys.exit(2)
+    return arguments, ignored
 
 
 def _new_event_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -109,12 +120,14 @@ def _read_settings(arguments: Arguments) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    arguments = _parse_arguments(argv)
+    pid1 = os.getpid() == 1
+    arguments, ignored = _parse_arguments(argv, pid1)
     # Before anything can print: descriptors 0-2 filled, and the init's own one to log through.
     log_fd = stdio.setup()
     settings = _read_settings(arguments)
     setup_logging(settings.debug, log_fd)
-    pid1 = os.getpid() == 1
+    if ignored:
+        logger.info("Ignoring arguments (the kernel's boot arguments it did not take): %s", " ".join(ignored))
 
     if not pid1 and not settings.uds and not settings.force_vsock:
         # An ordinary process talking vsock would reach whatever host this machine runs

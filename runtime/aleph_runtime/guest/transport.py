@@ -54,6 +54,9 @@ class Transport:
     """What the init needs from its link to the host."""
 
     description = "transport"
+    #: Whether a host that shuts down only its writing side reaches the init as such (and
+    #: still reads): then EOF alone does not mean the host gave up on a call.
+    half_close_passes = True
 
     async def start_server(self, handler: Handler) -> None:
         raise NotImplementedError
@@ -80,6 +83,10 @@ class Transport:
 
 
 class VsockTransport(Transport):
+    # Firecracker turns any EOF of the host's stream into a full shutdown of the guest's
+    # (SHUTDOWN with RCV|SEND): on vsock, EOF means the host is gone.
+    half_close_passes = False
+
     def __init__(self, port: int = protocol.INIT_PORT):
         self.port = port
         self.description = f"vsock port {port}"
@@ -139,7 +146,7 @@ class VsockTransport(Transport):
                     loop.remove_writer(sock.fileno())
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
-                    raise OSError(error, os.strerror(error))
+                    raise OSError(error, os.strerror(error)) from None
         except BaseException:
             sock.close()
             raise

@@ -29,13 +29,13 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any
 
 import aiohttp
 from aiohttp import ClientSession
 from aleph.sdk.client import AlephHttpClient, AuthenticatedAlephHttpClient
 from aleph.sdk.query.filters import MessageFilter, PostFilter
-from aleph.sdk.utils import extended_json_encoder
+from aleph.sdk.utils import extended_json_encoder, get_message_type_value
 from aleph_message.models import (
     AggregateMessage,
     AlephMessage,
@@ -69,17 +69,17 @@ __all__ = (
     "watch_messages",
 )
 
-Date = Union[datetime, float, int, None]
+Date = datetime | float | int | None
 
 
 @contextlib.asynccontextmanager
 async def _client(
-    api_server: Optional[str], session: Optional[ClientSession], account: Optional[Account] = None
+    api_server: str | None, session: ClientSession | None, account: Account | None = None
 ) -> AsyncIterator[AlephHttpClient]:
     """The SDK client for one legacy call; through `session`'s connector when one is given."""
     api_server = api_server or settings.API_HOST
     # With a session of the caller's, its connector decides how to connect (e.g. a Unix socket).
-    options: Dict[str, Any] = dict(
+    options: dict[str, Any] = dict(
         api_server=api_server, api_unix_socket=settings.API_UNIX_SOCKET, allow_unix_sockets=session is None
     )
     client = (
@@ -96,7 +96,7 @@ async def _client(
         yield client
 
 
-def _storage_engine(value: Union[str, StorageEnum, None]) -> StorageEnum:
+def _storage_engine(value: str | StorageEnum | None) -> StorageEnum:
     if value is None:
         return StorageEnum.storage
     try:
@@ -105,18 +105,18 @@ def _storage_engine(value: Union[str, StorageEnum, None]) -> StorageEnum:
         raise ValueError(f"Unknown storage engine: {value!r} (expected 'storage' or 'ipfs')") from None
 
 
-def _message_type(value: Union[str, MessageType, None]) -> Optional[List[MessageType]]:
+def _message_type(value: str | MessageType | None) -> list[MessageType] | None:
     if value is None:
         return None
     return [MessageType(getattr(value, "value", value))]
 
 
-def _date(value: Union[datetime, float, int, None]) -> Union[datetime, float, None]:
+def _date(value: datetime | float | int | None) -> datetime | float | None:
     # aleph-client passed an int timestamp through; the SDK takes only float or datetime.
     return float(value) if isinstance(value, int) else value
 
 
-def _address(address: Optional[str], account: Account) -> str:
+def _address(address: str | None, account: Account) -> str:
     return address or settings.ADDRESS_TO_USE or account.get_address()
 
 
@@ -126,22 +126,22 @@ def _address(address: Optional[str], account: Account) -> str:
 async def get_messages(
     pagination: int = 200,
     page: int = 1,
-    message_type: Union[MessageType, str, None] = None,
-    content_types: Optional[Iterable[str]] = None,
-    content_keys: Optional[Iterable[str]] = None,
-    refs: Optional[Iterable[str]] = None,
-    addresses: Optional[Iterable[str]] = None,
-    tags: Optional[Iterable[str]] = None,
-    hashes: Optional[Iterable[str]] = None,
-    channels: Optional[Iterable[str]] = None,
-    chains: Optional[Iterable[str]] = None,
+    message_type: MessageType | str | None = None,
+    content_types: Iterable[str] | None = None,
+    content_keys: Iterable[str] | None = None,
+    refs: Iterable[str] | None = None,
+    addresses: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    hashes: Iterable[str] | None = None,
+    channels: Iterable[str] | None = None,
+    chains: Iterable[str] | None = None,
     start_date: Date = None,
     end_date: Date = None,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
     ignore_invalid_messages: bool = True,
     invalid_messages_log_level: int = logging.NOTSET,
-    message_types: Optional[Iterable[MessageType]] = None,
+    message_types: Iterable[MessageType] | None = None,
 ) -> MessagesResponse:
     """Messages matching every given filter: `.messages`, `.pagination_total`... (or `["messages"]`)."""
     message_filter = MessageFilter(
@@ -170,10 +170,10 @@ async def get_messages(
 
 async def get_message(
     item_hash: str,
-    message_type: Optional[Type[GenericMessage]] = None,
-    channel: Optional[str] = None,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
+    message_type: type[GenericMessage] | None = None,
+    channel: str | None = None,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
 ) -> GenericMessage:
     """The one message with this item hash; MessageNotFoundError when there is none."""
     response = await get_messages(
@@ -185,8 +185,6 @@ async def get_message(
         raise MultipleMessagesError(f"Multiple messages found for the same item_hash `{item_hash}`")
     message = response.messages[0]
     if message_type is not None:
-        from aleph.sdk.utils import get_message_type_value
-
         expected = get_message_type_value(message_type)
         if message.type != expected:
             raise TypeError(
@@ -198,17 +196,17 @@ async def get_message(
 async def get_posts(
     pagination: int = 200,
     page: int = 1,
-    types: Optional[Iterable[str]] = None,
-    refs: Optional[Iterable[str]] = None,
-    addresses: Optional[Iterable[str]] = None,
-    tags: Optional[Iterable[str]] = None,
-    hashes: Optional[Iterable[str]] = None,
-    channels: Optional[Iterable[str]] = None,
-    chains: Optional[Iterable[str]] = None,
+    types: Iterable[str] | None = None,
+    refs: Iterable[str] | None = None,
+    addresses: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    hashes: Iterable[str] | None = None,
+    channels: Iterable[str] | None = None,
+    chains: Iterable[str] | None = None,
     start_date: Date = None,
     end_date: Date = None,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
 ) -> PostsResponse:
     """The latest version of each matching post: `.posts` (or `["posts"]`, the API's JSON)."""
     post_filter = PostFilter(
@@ -230,10 +228,10 @@ async def get_posts(
 async def fetch_aggregate(
     address: str,
     key: str,
-    limit: Optional[int] = 100,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
-) -> Dict[str, Any]:
+    limit: int | None = 100,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
+) -> dict[str, Any]:
     """One aggregate's content. (`limit` is accepted and ignored: it never limited one key.)"""
     async with _client(api_server, session) as client:
         return await client.fetch_aggregate(address=address, key=key)
@@ -241,40 +239,42 @@ async def fetch_aggregate(
 
 async def fetch_aggregates(
     address: str,
-    keys: Optional[Iterable[str]] = None,
-    limit: Optional[int] = 100,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
-) -> Dict[str, Dict]:
+    keys: Iterable[str] | None = None,
+    limit: int | None = 100,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
+) -> dict[str, dict]:
     """Several aggregates of one address, by key (all of them when `keys` is None)."""
     async with _client(api_server, session) as client:
         return await client.fetch_aggregates(address=address, keys=keys)
 
 
 async def download_file(
-    file_hash: str, session: Optional[ClientSession] = None, api_server: Optional[str] = None
+    file_hash: str, session: ClientSession | None = None, api_server: str | None = None
 ) -> bytes:
     """A stored file's bytes, from the API's storage engine; an HTTP error raises."""
-    async with _client(api_server, session) as client:
-        # Not the SDK's download_file: it returns b"" on a server error instead of raising.
-        async with client.http_session.get(f"/api/v0/storage/raw/{file_hash}") as response:
-            response.raise_for_status()
-            return await response.read()
+    # Not the SDK's download_file: it returns b"" on a server error instead of raising.
+    async with (
+        _client(api_server, session) as client,
+        client.http_session.get(f"/api/v0/storage/raw/{file_hash}") as response,
+    ):
+        response.raise_for_status()
+        return await response.read()
 
 
 async def watch_messages(
-    message_type: Union[MessageType, str, None] = None,
-    content_types: Optional[Iterable[str]] = None,
-    refs: Optional[Iterable[str]] = None,
-    addresses: Optional[Iterable[str]] = None,
-    tags: Optional[Iterable[str]] = None,
-    hashes: Optional[Iterable[str]] = None,
-    channels: Optional[Iterable[str]] = None,
-    chains: Optional[Iterable[str]] = None,
+    message_type: MessageType | str | None = None,
+    content_types: Iterable[str] | None = None,
+    refs: Iterable[str] | None = None,
+    addresses: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    hashes: Iterable[str] | None = None,
+    channels: Iterable[str] | None = None,
+    chains: Iterable[str] | None = None,
     start_date: Date = None,
     end_date: Date = None,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
 ) -> AsyncIterator[AlephMessage]:
     """Current and future matching messages, over the API's websocket."""
     message_filter = MessageFilter(
@@ -301,13 +301,13 @@ async def create_post(
     account: Account,
     post_content,
     post_type: str,
-    ref: Optional[str] = None,
-    address: Optional[str] = None,
-    channel: Optional[str] = None,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
+    ref: str | None = None,
+    address: str | None = None,
+    channel: str | None = None,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
     inline: bool = True,
-    storage_engine: Union[str, StorageEnum] = StorageEnum.storage,
+    storage_engine: str | StorageEnum = StorageEnum.storage,
     sync: bool = False,
 ) -> PostMessage:
     """Post `post_content` as `post_type`; the signed message (its `item_hash`, `content`...)."""
@@ -328,11 +328,11 @@ async def create_post(
 async def create_aggregate(
     account: Account,
     key: str,
-    content: Dict[str, Any],
-    address: Optional[str] = None,
-    channel: Optional[str] = None,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
+    content: dict[str, Any],
+    address: str | None = None,
+    channel: str | None = None,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
     inline: bool = True,
     sync: bool = False,
 ) -> AggregateMessage:
@@ -351,16 +351,16 @@ async def create_aggregate(
 
 async def create_store(
     account: Account,
-    address: Optional[str] = None,
-    file_content: Optional[bytes] = None,
-    file_hash: Optional[str] = None,
+    address: str | None = None,
+    file_content: bytes | None = None,
+    file_hash: str | None = None,
     guess_mime_type: bool = False,
-    ref: Optional[str] = None,
-    storage_engine: Union[str, StorageEnum] = StorageEnum.storage,
-    extra_fields: Optional[dict] = None,
-    channel: Optional[str] = None,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
+    ref: str | None = None,
+    storage_engine: str | StorageEnum = StorageEnum.storage,
+    extra_fields: dict | None = None,
+    channel: str | None = None,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
     sync: bool = False,
 ) -> StoreMessage:
     """Store a file (its content, or the hash of one already stored); the signed message."""
@@ -381,13 +381,13 @@ async def create_store(
 
 async def forget(
     account: Account,
-    hashes: List[str],
-    reason: Optional[str],
-    storage_engine: Union[str, StorageEnum] = StorageEnum.storage,
-    channel: Optional[str] = None,
-    address: Optional[str] = None,
-    session: Optional[ClientSession] = None,
-    api_server: Optional[str] = None,
+    hashes: list[str],
+    reason: str | None,
+    storage_engine: str | StorageEnum = StorageEnum.storage,
+    channel: str | None = None,
+    address: str | None = None,
+    session: ClientSession | None = None,
+    api_server: str | None = None,
     sync: bool = False,
 ) -> ForgetMessage:
     """Ask the network to forget the messages with these hashes; the signed FORGET message."""
@@ -405,12 +405,12 @@ async def forget(
 
 async def submit(
     account: Account,
-    content: Dict[str, Any],
-    message_type: Union[MessageType, str],
-    channel: Optional[str] = None,
-    api_server: Optional[str] = None,
-    storage_engine: Union[str, StorageEnum] = StorageEnum.storage,
-    session: Optional[ClientSession] = None,
+    content: dict[str, Any],
+    message_type: MessageType | str,
+    channel: str | None = None,
+    api_server: str | None = None,
+    storage_engine: str | StorageEnum = StorageEnum.storage,
+    session: ClientSession | None = None,
     inline: bool = True,
     sync: bool = False,
 ) -> AlephMessage:
@@ -465,7 +465,7 @@ broadcast = _replaced(
 
 
 #: One session per thread, as aleph-client kept; replaced when closed or its loop is gone.
-_fallback_sessions: Dict[int, ClientSession] = {}
+_fallback_sessions: dict[int, ClientSession] = {}
 
 
 def get_fallback_session() -> ClientSession:

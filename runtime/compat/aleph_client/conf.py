@@ -9,7 +9,6 @@ guest API socket, as aleph-client did on the official runtime.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,12 +18,12 @@ class Settings(BaseSettings):
     PRIVATE_KEY_FILE: Path = Field(
         default=Path("device.key"), description="Path to the private key used to sign messages"
     )
-    PRIVATE_KEY_STRING: Optional[str] = None
+    PRIVATE_KEY_STRING: str | None = None
     API_HOST: str = "https://api2.aleph.im"
-    API_UNIX_SOCKET: Optional[str] = None
-    REMOTE_CRYPTO_HOST: Optional[str] = None
-    REMOTE_CRYPTO_UNIX_SOCKET: Optional[str] = None
-    ADDRESS_TO_USE: Optional[str] = None
+    API_UNIX_SOCKET: str | None = None
+    REMOTE_CRYPTO_HOST: str | None = None
+    REMOTE_CRYPTO_UNIX_SOCKET: str | None = None
+    ADDRESS_TO_USE: str | None = None
 
     DEFAULT_CHANNEL: str = "TEST"
     DEFAULT_RUNTIME_ID: str = "bd79839bf96e595a06da5ac0b6ba51dea6f7e2591bb913deccded04d831d29f4"

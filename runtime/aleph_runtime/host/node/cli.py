@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 
 # The wire format only (msgpack): the rest is imported when a command runs, so --help stays fast.
+from aleph_runtime import __version__
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
@@ -57,8 +58,6 @@ def say(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from aleph_runtime import __version__
-
     parser = argparse.ArgumentParser(
         prog="aleph-runtime", description="Run aleph.im programs locally, as a compute node runs them."
     )
@@ -84,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seconds", type=float, default=30, help="each call's time limit (resources.seconds; 30)")
     run.add_argument("--mode", choices=("vm", "dev"), default="vm",
                      help="vm: the runtime image in QEMU (default); dev: the init as a local process, no VM")
+    run.add_argument("--kernel", choices=("node", "debian"), help="vm mode: node (default), the kernel built as a "
+                     "node's (microvm, virtio-mmio, no initramfs); debian, Debian's kernel and initramfs on q35")
     run.add_argument("--host", default="127.0.0.1", help="the HTTP front's address (127.0.0.1)")
     run.add_argument("--port", "-p", type=int, help="the HTTP front's port (8080, or 8081 for an executable in dev "
                      "mode, which itself listens on 8080; 0 for any free one)")
@@ -171,6 +172,8 @@ def _options(args: argparse.Namespace):
         program = infer_program(args.path, args.entrypoint, args.encoding, args.interface)
     if args.mode == "dev" and (args.memory is not None or args.vcpus is not None):
         say("--memory and --vcpus apply to a VM: dev mode runs the init as a local process, without limits")
+    if args.mode == "dev" and args.kernel is not None:
+        say("--kernel applies to a VM: dev mode runs the init as a local process")
     if args.vm_hash is not None and not (len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
     port = args.port
@@ -188,7 +191,7 @@ def _options(args: argparse.Namespace):
         program=program, volumes=volumes, env=env, mode=args.mode,
         memory_mb=args.memory or 512, vcpus=args.vcpus or 1, seconds=args.seconds,
         host=args.host, port=8080 if port is None else port, state_dir=args.state_dir or default_state_dir(),
-        api_server=args.api_server, redis_url=args.redis_url, vm_hash=args.vm_hash,
+        api_server=args.api_server, redis_url=args.redis_url, vm_hash=args.vm_hash, kernel=args.kernel,
     )  # fmt: skip
 
 
@@ -201,6 +204,7 @@ async def serve(node, verbose: bool) -> int:
     stop_requested = asyncio.Event()
     stopping = False
     signals_seen = 0
+    kills: set[asyncio.Future] = set()  # held until done: the loop keeps only weak references
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -210,7 +214,9 @@ async def serve(node, verbose: bool) -> int:
             stop_requested.set()
         elif stopping and node.machine is not None:
             say("still halting; killing the machine")
-            asyncio.ensure_future(node.machine.kill())
+            kill = asyncio.ensure_future(node.machine.kill())
+            kills.add(kill)
+            kill.add_done_callback(kills.discard)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -295,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception as error:  # a build that failed: its output was shown
+    except Exception as error:  # noqa: BLE001 - a build that failed: its output was shown
         say(f"error while preparing: {type(error).__name__}: {error}")
         return EXIT_FAILED
     try:

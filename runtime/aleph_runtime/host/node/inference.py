@@ -159,7 +159,7 @@ def infer_program(
         if not entrypoint:
             entrypoint, reason = entrypoint_from_listing(files)
             why.append(reason)
-    elif zipfile.is_zipfile(source) and not source.suffix == ".py":
+    elif zipfile.is_zipfile(source) and source.suffix != ".py":
         program.encoding = encoding or Encoding.ZIP
         program.code = source.read_bytes()
         why.append("a zip archive")

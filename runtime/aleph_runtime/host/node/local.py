@@ -7,7 +7,7 @@
     await node.wait()         # until the machine dies (or cancel it on Ctrl-C)
     await node.stop()         # halt as the supervisor does; no process or socket left
 
-The machine is anything satisfying `machines.base.Machine`: `DevMachine` (the init as a
+The machine is anything satisfying `machines.base.NodeMachine`: `DevMachine` (the init as a
 local process, no VM) or `QemuMachine` (the runtime image booted in QEMU with our vsock
 backend). Both present Firecracker's hybrid-vsock layout on `uds_path`, so the
 supervisor client and the host services work unchanged. Program inference lives in
@@ -89,6 +89,8 @@ class NodeOptions:
     api_server: str | None = None
     redis_url: str | None = None
     vm_hash: str | None = None
+    kernel: str | None = None
+    """vm mode: "node" (the node-like kernel, default) or "debian"."""
 
 
 class StateLock:
@@ -283,7 +285,9 @@ class LocalNode:
         program = self.options.program
         # The machine first: a missing QEMU or image is reported before anything is packed.
         self.progress("finding the runtime image and kernel (built through their caches when missing)")
-        machine = QemuMachine(self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus)
+        machine = QemuMachine(
+            self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus, kernel=self.options.kernel
+        )
         self.machine = machine
         drives: list[tuple[Path, bool]] = []
         volumes: list[dict] = []

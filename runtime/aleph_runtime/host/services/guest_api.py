@@ -2,7 +2,7 @@
 
 The init bridges that socket to the host's vsock port 53, i.e. the Unix socket
 `<uds>_53` on the host, where this aiohttp app listens. The routes and their rules are
-aleph-vm's own guest API (protocol document, section 6):
+aleph-vm's own guest API (docs/protocol.md, section 8):
 
 - `GET /properties`, `POST /sign`: the node's signing account (see `signer.py`); a
   message is signed only when it is inline, its item_hash is the sha256 of its

@@ -34,13 +34,11 @@ header names the node's software.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 
-import msgpack
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -157,7 +155,7 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
     client = request.app[CLIENT]
     try:
         raw = await client.run_raw(scope, timeout=settings.seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         logger.warning("the program did not respond within `resources.seconds` (%g s)", settings.seconds)
         return web.json_response({"error": "Program did not respond within `resource.seconds`"}, status=504)
     except (ConnectionRefusedError, FileNotFoundError) as error:
@@ -173,7 +171,7 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
         return _bad_gateway("No response from VM", "VM did not respond")
     try:
         result = protocol.unpack(raw)
-    except (ValueError, msgpack.UnpackException) as error:
+    except protocol.UNPACK_ERRORS as error:
         logger.error("invalid answer from the init: %s", error)
         return _bad_gateway("Invalid response from VM")
     if not isinstance(result, dict):

@@ -8,7 +8,6 @@ config directory. The legacy default is kept, so a program finds the key it made
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from aleph.sdk.chains.ethereum import ETHAccount, verify_signature
 from aleph.sdk.chains.ethereum import get_fallback_account as _sdk_get_fallback_account
@@ -18,7 +17,7 @@ from ..conf import settings
 __all__ = ("ETHAccount", "get_fallback_account", "verify_signature")
 
 
-def get_fallback_account(path: Optional[Path] = None, chain=None) -> ETHAccount:
+def get_fallback_account(path: Path | None = None, chain=None) -> ETHAccount:
     """An ETHAccount whose key is read from (or created in) `path`, by default settings.PRIVATE_KEY_FILE."""
     if settings.PRIVATE_KEY_STRING and path is None:
         return ETHAccount(

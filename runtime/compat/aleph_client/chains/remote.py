@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Optional
 
 from aiohttp import ClientSession
 from aleph.sdk.chains.remote import AccountProperties
@@ -28,9 +27,9 @@ class RemoteAccount(_SDKRemoteAccount):
     @classmethod
     async def from_crypto_host(
         cls,
-        host: Optional[str] = None,
-        unix_socket: Optional[str] = None,
-        session: Optional[ClientSession] = None,
+        host: str | None = None,
+        unix_socket: str | None = None,
+        session: ClientSession | None = None,
     ) -> RemoteAccount:
         # The legacy defaults, read when called: the SDK's are frozen at its import.
         configured = settings.REMOTE_CRYPTO_UNIX_SOCKET

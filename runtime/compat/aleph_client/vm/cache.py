@@ -6,7 +6,7 @@ show), possibly before any event loop runs: the HTTP session is made on first us
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Union
+from typing import Any
 
 from aiohttp import ClientSession
 from aleph.sdk.vm.cache import VmCache as _SDKVmCache
@@ -21,14 +21,14 @@ class VmCache:
 
     def __init__(
         self,
-        session: Optional[ClientSession] = None,
-        connector_url: Optional[str] = None,
-        unix_socket: Optional[str] = None,
+        session: ClientSession | None = None,
+        connector_url: str | None = None,
+        unix_socket: str | None = None,
     ):
         self._session = session
         self._connector_url = connector_url
         self._unix_socket = unix_socket
-        self._cache: Optional[_SDKVmCache] = None
+        self._cache: _SDKVmCache | None = None
 
     def _sdk(self) -> _SDKVmCache:
         if self._cache is None:
@@ -43,14 +43,14 @@ class VmCache:
     def session(self) -> ClientSession:
         return self._sdk().session
 
-    async def get(self, key: str) -> Optional[bytes]:
+    async def get(self, key: str) -> bytes | None:
         return await self._sdk().get(key)
 
-    async def set(self, key: str, value: Union[str, bytes]) -> Any:
+    async def set(self, key: str, value: str | bytes) -> Any:
         return await self._sdk().set(key, value)
 
     async def delete(self, key: str) -> Any:
         return await self._sdk().delete(key)
 
-    async def keys(self, pattern: str = "*") -> List[str]:
+    async def keys(self, pattern: str = "*") -> list[str]:
         return await self._sdk().keys(pattern)
