@@ -1,7 +1,10 @@
 """Benchmark the init in dev mode against a bare asyncio server, in one run, as JSON.
 
 `--against PATH` (root): compare with another init, today's aleph-vm init1.py (from
-aleph-vm's runtimes/aleph-debian-12-python/; not part of this repository), driven the
+aleph-vm's runtimes/aleph-debian-12-python/; not part of this repository: e.g.
+`git clone --depth 1 https://github.com/aleph-im/aleph-vm` and pass
+aleph-vm/runtimes/aleph-debian-12-python/init1.py; it needs aiohttp and msgpack, which
+the venv has), driven the
 same way: each init runs as PID 1 of a fresh sandbox (private namespaces, as in a VM),
 its CPU counted by a cgroup it joins at its exec (the interpreter, and every child it
 spawns: today's init runs `hostname`, `ip`, `mount`, `unzip`), the program sent as a zip
