@@ -11,7 +11,7 @@ import shutil
 import aiohttp
 import pytest
 
-from tests.cli.conftest import EXAMPLES
+from tests.cli.conftest import EXAMPLES, REPOSITORY
 from tests.cli.example_checks import check_default_example, check_legacy_example, stop_cleanly
 from tests.cli.frameworks import FRAMEWORKS, compare, framework_packages, framework_packages_image, uvicorn
 from tests.helpers import free_port
@@ -86,4 +86,50 @@ async def test_starlette_answers_as_under_uvicorn_in_a_vm(images, cli_factory, s
     async with uvicorn("starlette", packages, short_dir / "uvicorn.log") as uvicorn_url:
         await compare("starlette", url, uvicorn_url)
     assert "program error" not in cli.output() and "the init failed" not in cli.output()
+    await stop_cleanly(cli)
+
+
+async def test_crash_restart_and_watch_in_a_vm(images, cli_factory, short_dir):
+    """aleph-vm's diagnostic behaviours in a VM: /crash (sys.exit(1)) answers 502, the next
+    request boots a new VM whose program finds the counter where the first left it; then
+    --watch boots another after an edit. The terminal shows the program, not the kernel."""
+    import asyncio
+    import re
+
+    program = short_dir / "diagnostic.py"
+    source = (REPOSITORY / "tests" / "programs" / "diagnostic_app.py").read_text()
+    program.write_text(source)
+    cli = await cli_factory("--port", "0", "--watch", "--volume", "mount=/var/lib/example,persistent=example,size=32M",
+                            str(program))  # fmt: skip
+    url = await cli.wait_url(BOOT_TIMEOUT)
+    timeout = aiohttp.ClientTimeout(total=BOOT_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with http.get(f"{url}state/increment") as response:
+            assert await response.text() == '{"counter": 0}'
+        async with http.get(f"{url}socat") as response:
+            assert response.status == 200, await response.text()
+        async with http.get(f"{url}crash") as response:
+            assert response.status == 502
+            assert await response.text() == "VM did not respond and was shut down\n"
+        async with http.get(f"{url}state/increment") as response:
+            assert (response.status, await response.text()) == (200, '{"counter": 1}'), cli.output()
+        program.write_text(source.replace('body = str(os.getpid()).encode()', 'body = b"edited"'))
+        for _ in range(BOOT_TIMEOUT):
+            if cli.output().count("restarted in") == 2:
+                break
+            await asyncio.sleep(1)
+        async with http.get(f"{url}pid") as response:
+            assert await response.text() == "edited", cli.output()
+        async with http.get(f"{url}state/increment") as response:
+            assert await response.text() == '{"counter": 2}'
+    output = cli.output()
+    assert "crash: the VM powered off" in output
+    assert "starting a new VM (diagnostic.py changed)" in output
+    assert re.search(r"started in [\d.]+ s: kernel [\d.]+ s, init0 [\d.]+ s, init1 ready [\d.]+ s, "
+                     r"config answered [\d.]+ s", output), output  # fmt: skip
+    assert re.search(r"^GET /state/increment 200 [\d.]+ ms 14 B$", output, re.MULTILINE)
+    # No kernel console, no boot script, no init progress on the terminal (they are in vm.log).
+    assert not re.search(r"^\[\s*\d+\.\d+\]", output, re.MULTILINE), output
+    assert " init0: " not in output and "Ready signal sent" not in output
+    assert "Linux version" in (cli.state_dir / "logs" / "vm.log").read_text(errors="replace")
     await stop_cleanly(cli)

@@ -188,7 +188,8 @@ class Init:
         os.environ.update(self._environment(config))
         if self.system:
             await self._apply_system(config)
-        elif config.volumes:
+        elif config.volumes and self.paths.root != Path("/"):
+            # With root "/" (dev mode in private namespaces) the host has put them in place.
             logger.warning("Dev mode: volumes are not mounted; their content is expected under %s", self.paths.root)
         await self._start_guest_api_bridge()
         # Unpacking and key setup can take minutes (150,000 entries, host keys): they run

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -138,11 +139,13 @@ class FrontSettings:
         seconds: float,
         code_ref: str | None,
         on_empty_answer: Callable[[], Awaitable[None]] | None,
+        becomes_ready: Callable[[], Awaitable[None]] | None = None,
     ):
         self.vm_hash = vm_hash
         self.seconds = seconds
         self.code_ref = code_ref
         self.on_empty_answer = on_empty_answer
+        self.becomes_ready = becomes_ready
 
 
 def _bad_gateway(reason: str, text: str | None = None) -> web.Response:
@@ -154,6 +157,9 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
     settings: FrontSettings = request.app[FRONT]
     client = request.app[CLIENT]
     try:
+        if settings.becomes_ready is not None:
+            # A machine being (re)started: its boot is not the call's time, and is bounded itself.
+            await settings.becomes_ready()
         raw = await client.run_raw(scope, timeout=settings.seconds)
     except TimeoutError:
         logger.warning("the program did not respond within `resources.seconds` (%g s)", settings.seconds)
@@ -273,6 +279,38 @@ async def node_error_middleware(request: web.Request, handler) -> web.StreamResp
     return response
 
 
+def _size(length: int | None) -> str:
+    if length is None:
+        return "-"
+    if length < 1000:
+        return f"{length} B"
+    if length < 1000**2:
+        return f"{length / 1000:.1f} kB"
+    return f"{length / 1000**2:.1f} MB"
+
+
+def access_log_middleware(write: Callable[[str], None]):
+    """One line per request, as uvicorn prints it: `GET /path 200 12.3 ms 1.2 kB`."""
+
+    @web.middleware
+    async def access_log(request: web.Request, handler) -> web.StreamResponse:
+        started = time.monotonic()
+        status, length = 500, None
+        try:
+            response = await handler(request)
+            status = response.status
+            length = response.body_length if response.prepared else response.content_length
+            return response
+        except web.HTTPException as error:
+            status, length = error.status, len(error.text or "")
+            raise
+        finally:
+            took = (time.monotonic() - started) * 1000
+            write(f"{request.method} {request.path_qs} {status} {took:.1f} ms {_size(length)}")
+
+    return access_log
+
+
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     # A node overwrites the Server header with its own version.
     response.headers["Server"] = f"aleph-runtime/{__version__}"
@@ -285,23 +323,29 @@ def create_front_app(
     *,
     code_ref: str | None = None,
     on_empty_answer: Callable[[], Awaitable[None]] | None = None,
+    becomes_ready: Callable[[], Awaitable[None]] | None = None,
     client_max_size: int = DEFAULT_CLIENT_MAX_SIZE,
     node_error_pages: bool = True,
+    access_log: Callable[[str], None] | None = None,
 ) -> web.Application:
     """The front's aiohttp app for one program.
 
     - `seconds`: the program's `resources.seconds`, the bound of each call (504 after it);
     - `on_empty_answer`: awaited when the init answers nothing (a node stops the VM then);
+    - `becomes_ready`: awaited before each call (a crashed machine is replaced then); it may
+      raise ConnectionRefusedError (a 502) and must bound its own wait;
     - `client_max_size`: the largest request body (413 above it); a node keeps aiohttp's 1 MiB;
     - `node_error_pages`: rewrite 404s (the program's too) and HTTP errors into
-      `{"error": ...}` JSON as a node's supervisor does; False passes the program's own through.
+      `{"error": ...}` JSON as a node's supervisor does; False passes the program's own through;
+    - `access_log`: called with one line per request (method, path, status, time, size).
     """
-    app = web.Application(
-        client_max_size=client_max_size, middlewares=[node_error_middleware] if node_error_pages else []
-    )
+    middlewares = [access_log_middleware(access_log)] if access_log is not None else []
+    if node_error_pages:
+        middlewares.append(node_error_middleware)
+    app = web.Application(client_max_size=client_max_size, middlewares=middlewares)
     app.on_response_prepare.append(_server_header)
     app[CLIENT] = client
-    app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, on_empty_answer)
+    app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, on_empty_answer, becomes_ready)
     app.router.add_post("/control/event", post_event)
     app.router.add_route("*", "/vm/{ref}{suffix:.*}", run_from_path)
     app.router.add_route("*", "/{suffix:.*}", run_from_root)
