@@ -18,7 +18,6 @@ import importlib
 import inspect
 import logging
 import os
-import platform
 import re
 import sys
 import traceback
@@ -124,7 +123,7 @@ MAX_LISTED = 8
 
 def _newer_python_hint(error: BaseException) -> str:
     """A hint when an import failure smells of a package written for a newer Python."""
-    version = platform.python_version()
+    version = ".".join(map(str, sys.version_info[:3]))
     hint = f" (the runtime runs Python {version}; this package may need a newer Python)"
     if isinstance(error, SyntaxError):
         return hint  # new syntax (PEP 695 generics, ...) is the usual cause in a package

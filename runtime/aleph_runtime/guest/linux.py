@@ -1,14 +1,19 @@
 """Thin ctypes wrappers around the libc calls PID 1 needs: mount, umount, reboot,
 sethostname, sync. Each raises OSError with the call's errno on failure.
 
-Only ctypes is imported, and libc is loaded on first use, so importing this module
-costs next to nothing.
+ctypes is imported and libc loaded on first use, so importing this module costs next
+to nothing: the init's start (no volumes) never needs either (sethostname is the socket
+module's).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
+import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 # mount(2) flags (linux/mount.h)
 MS_RDONLY = 0x1
@@ -50,16 +55,22 @@ _libc: ctypes.CDLL | None = None
 def libc() -> ctypes.CDLL:
     global _libc
     if _libc is None:
+        import ctypes
+
         # The interpreter is linked against libc: its own symbols are libc's.
         lib = ctypes.CDLL(None, use_errno=True)
-        lib.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
+        lib.mount.argtypes = (
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_void_p,
+        )
         lib.mount.restype = ctypes.c_int
         lib.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
         lib.umount2.restype = ctypes.c_int
         lib.reboot.argtypes = (ctypes.c_int,)
         lib.reboot.restype = ctypes.c_int
-        lib.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
-        lib.sethostname.restype = ctypes.c_int
         lib.sync.argtypes = ()
         lib.sync.restype = None
         _libc = lib
@@ -68,6 +79,8 @@ def libc() -> ctypes.CDLL:
 
 def _check(result: int, what: str, *paths: object) -> None:
     if result != 0:
+        import ctypes
+
         errno = ctypes.get_errno()
         raise OSError(errno, f"{what}: {os.strerror(errno)}", *[os.fsdecode(p) for p in paths[:1]])
 
@@ -97,13 +110,16 @@ def umount(target: str | bytes | os.PathLike, flags: int = 0) -> None:
 def reboot(cmd: int) -> None:
     """reboot(2), e.g. reboot(RB_AUTOBOOT). Returns only on failure (raises OSError)."""
     # ctypes wants a signed int: the magic numbers above 2**31 are negative in C.
-    signed = ctypes.c_int(cmd & 0xFFFFFFFF).value
+    signed = cmd & 0xFFFFFFFF
+    signed = signed - (1 << 32) if signed >= 1 << 31 else signed
     _check(libc().reboot(signed), "reboot")
 
 
 def sethostname(name: str | bytes) -> None:
-    raw = name.encode() if isinstance(name, str) else name
-    _check(libc().sethostname(raw, len(raw)), "sethostname")
+    try:
+        socket.sethostname(name)
+    except OSError as error:
+        raise OSError(error.errno, f"sethostname: {os.strerror(error.errno)}") from None
 
 
 def sync() -> None:

@@ -1,13 +1,16 @@
-"""The init's entry point: choose the transport and the loop, serve, then halt the machine."""
+"""The init's entry point: choose the transport and the loop, serve, then halt the machine.
+
+Everything imported here runs before the ready signal, at every boot: the command line
+is read by hand (argparse and what it pulls in cost milliseconds under emulation), and
+whatever only one path needs is imported on that path.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from aleph_runtime.guest import linux, stdio
@@ -21,27 +24,71 @@ from aleph_runtime.guest.transport import transport_for
 logger = logging.getLogger("aleph_runtime.init")
 
 
-def _parse_arguments(argv: list[str] | None, pid1: bool) -> tuple[argparse.Namespace, list[str]]:
-    """The options, and (as PID 1) the words ignored.
+USAGE = """usage: init1 [-h] [--uds PATH] [--vsock] [--root DIR]
+
+aleph-runtime guest init
+
+options:
+  -h, --help   show this help message and exit
+  --uds PATH   dev mode: serve on this Unix socket instead of vsock (or ALEPH_VSOCK_UDS)
+  --vsock      use vsock even when not PID 1
+  --root DIR   dev mode: keep the program's files (/opt, /data, /tmp...) under this directory
+"""
+
+
+class Arguments:
+    """The parsed command line. Not a dataclass: @dataclass compiles the methods it
+    generates when the module is imported, tens of milliseconds per class under emulation."""
+
+    __slots__ = ("root", "uds", "vsock")
+
+    def __init__(self) -> None:
+        self.uds: str | None = None
+        self.vsock = False
+        self.root: str | None = None
+
+
+class _BadCommandLine(Exception):
+    pass
+
+
+def _parse_arguments(argv: list[str] | None, pid1: bool) -> tuple[Arguments, list[str]]:
+    """The options (`--uds PATH`, `--uds=PATH`, `--vsock`, `--root DIR`), and (as PID 1) the
+    words ignored. Read by hand: argparse costs milliseconds at every boot.
 
     As PID 1 the arguments are the kernel's: the boot arguments without `=` it did not
-    take itself, e.g. a node's `nomodule` on a kernel without modules. argparse would
-    exit on them, and PID 1 exiting panics the kernel: so PID 1 ignores them, and keeps
-    its defaults when even the words it knows are malformed.
+    take itself, e.g. a node's `nomodule` on a kernel without modules. PID 1 exiting
+    panics the kernel: so PID 1 ignores them (and `--help`), and keeps its defaults when
+    even the words it knows are malformed. Otherwise: usage and exit 2.
     """
-    parser = argparse.ArgumentParser(prog="init1", description="aleph-runtime guest init", add_help=not pid1)
-    parser.add_argument("--uds", help="dev mode: serve on this Unix socket instead of vsock (or ALEPH_VSOCK_UDS)")
-    parser.add_argument("--vsock", action="store_true", help="use vsock even when not PID 1")
-    parser.add_argument("--root", help="dev mode: keep the program's files (/opt, /data, /tmp...) under this directory")
-    if not pid1:
-        return parser.parse_args(argv), []
     words = list(sys.argv[1:] if argv is None else argv)
-    parser.exit_on_error = False
+    arguments, ignored = Arguments(), []
+    remaining = list(words)
     try:
-        arguments, unknown = parser.parse_known_args(words)
-    except (argparse.ArgumentError, SystemExit):
-        return parser.parse_args([]), words
-    return arguments, unknown
+        while remaining:
+            word = remaining.pop(0)
+            name, equals, value = word.partition("=")
+            if word in ("-h", "--help") and not pid1:
+                sys.stdout.write(USAGE)
+                sys.exit(0)
+            elif name in ("--uds", "--root"):
+                if not equals:
+                    if not remaining:
+                        raise _BadCommandLine(f"argument {name}: expected one argument")
+                    value = remaining.pop(0)
+                setattr(arguments, name[2:], value)
+            elif word == "--vsock":
+                arguments.vsock = True
+            elif pid1:
+                ignored.append(word)
+            else:
+                raise _BadCommandLine(f"unrecognized arguments: {word}")
+    except _BadCommandLine as error:
+        if pid1:
+            return Arguments(), words
+        sys.stderr.write(USAGE.split("\n\n", 1)[0] + f"\ninit1: error: {error}\n")
+        sys.exit(2)
+    return arguments, ignored
 
 
 def _new_event_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -67,7 +114,7 @@ async def _serve(init: Init, reap: bool) -> None:
         init.transport.close()
 
 
-def _read_settings(arguments: argparse.Namespace) -> Settings:
+def _read_settings(arguments: Arguments) -> Settings:
     try:
         return settings_from_process(uds=arguments.uds, root=arguments.root, force_vsock=arguments.vsock)
     except SettingsError as error:
@@ -96,7 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     # configures it; as an ordinary process it keeps to a private directory.
     root = settings.root
     if root is None:
-        root = "/" if pid1 else tempfile.mkdtemp(prefix="aleph-init-")
+        if pid1:
+            root = "/"
+        else:
+            import tempfile
+
+            root = tempfile.mkdtemp(prefix="aleph-init-")
     init = Init(transport, Paths(Path(root)), system=pid1, settings=settings)
     if not pid1:
         try:
