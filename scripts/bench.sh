@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 mode=${1:-dev}
 [ $# -gt 0 ] && shift
 case "$mode" in
-  dev) exec "$VENV/bin/python" -m aleph_runtime.host.bench "$@" ;;
+  dev) exec "$VENV/bin/python" scripts/bench_dev.py "$@" ;;
   vm) exec "$VENV/bin/python" scripts/bench_vm.py "$@" ;;
   *) echo "usage: scripts/bench.sh [dev|vm] [options]" >&2; exit 2 ;;
 esac

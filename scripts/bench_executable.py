@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -36,7 +36,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "runtime"))
 
 from aleph_runtime.host.program import program_config  # noqa: E402
-from aleph_runtime.host.qemu import Network, QemuVM, find_images  # noqa: E402
+from aleph_runtime.host.vmm.qemu import Network, QemuVM, find_images  # noqa: E402
 
 APP = b"""
 import hashlib

@@ -1,4 +1,4 @@
-"""`aleph-runtime run` as a subprocess (`python -m aleph_runtime.host.cli`), with its
+"""`aleph-runtime run` as a subprocess (`python -m aleph_runtime.host.node.cli`), with its
 state directory in a short temporary directory, a free loopback port, and a local
 server speaking the aleph API's JSON in place of the network."""
 
@@ -72,7 +72,7 @@ class CLI:
         env = {**os.environ, "PYTHONPATH": str(REPOSITORY / "runtime"), "PYTHONUNBUFFERED": "1"}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aleph_runtime.host.cli", "run", *self.args,
+            sys.executable, "-m", "aleph_runtime.host.node.cli", "run", *self.args,
             "--state-dir", str(self.state_dir),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=self._log, env=env,
             start_new_session=self.new_session,

@@ -10,14 +10,9 @@ import zipfile
 
 import pytest
 
-from aleph_runtime.host.node import (
-    NodeError,
-    entrypoint_from_listing,
-    infer_program,
-    parse_env,
-    parse_size_mib,
-    parse_volume,
-)
+from aleph_runtime.host.errors import NodeError
+from aleph_runtime.host.node.inference import entrypoint_from_listing, infer_program
+from aleph_runtime.host.node.volumes import parse_env, parse_size_mib, parse_volume
 
 from .conftest import EXAMPLES
 

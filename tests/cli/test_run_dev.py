@@ -157,7 +157,7 @@ async def app(scope, receive, send):
 async def test_api_proxy_external_redis_and_verbose(cli_factory, fake_api, short_dir):
     """--api-server reaches the program through the guest API; --redis-url replaces the
     private Redis; --verbose streams the init's log."""
-    from aleph_runtime.host.redis_server import RedisServer
+    from aleph_runtime.host.services.redis_server import RedisServer
 
     program = short_dir / "proxy_user.py"
     program.write_bytes(PROXY_USER)

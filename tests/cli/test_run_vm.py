@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
     pytest.mark.skipif(
-        importlib.util.find_spec("aleph_runtime.host.qemu") is None, reason="host/qemu.py is not in this checkout"
+        importlib.util.find_spec("aleph_runtime.host.vmm.qemu") is None, reason="host/qemu.py is not in this checkout"
     ),
 ]
 
@@ -29,7 +29,7 @@ BOOT_TIMEOUT = 600  # TCG on a loaded machine: generous, never asserted
 
 @pytest.fixture(scope="module")
 def images():
-    from aleph_runtime.host.qemu import find_images
+    from aleph_runtime.host.vmm.qemu import find_images
 
     try:
         found = find_images()

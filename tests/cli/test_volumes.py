@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from aleph_runtime.host.node import LocalNode, NodeOptions, infer_program, parse_volume
+from aleph_runtime.host.node.inference import infer_program
+from aleph_runtime.host.node.local import LocalNode, NodeOptions
+from aleph_runtime.host.node.volumes import parse_volume
 
 from .conftest import EXAMPLES
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from aleph_runtime.host.program import program_config, squashfs_directory, tar_directory, zip_directory
-from aleph_runtime.host.qemu import Drive, Network, QemuVM, find_images
+from aleph_runtime.host.vmm.qemu import Drive, Network, QemuVM, find_images
 from aleph_runtime.host.supervisor import ConfigurationRejected
 
 pytestmark = pytest.mark.e2e

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aleph_runtime.host.dev_init import INIT1, DevInit
-from aleph_runtime.host.guest_api import GuestAPIServer, GuestAPISettings, guest_api_socket_path
-from aleph_runtime.host.http_front import HTTPFront, create_front_app
-from aleph_runtime.host.signer import LocalSigner
+from aleph_runtime.host.machines.dev import INIT1, DevInit
+from aleph_runtime.host.services.guest_api import GuestAPIServer, GuestAPISettings, guest_api_socket_path
+from aleph_runtime.host.services.http_front import HTTPFront, create_front_app
+from aleph_runtime.host.services.signer import LocalSigner
 
 REPO = Path(__file__).resolve().parents[2]
 INIT = INIT1

@@ -20,7 +20,7 @@ from aleph.sdk.chains.ethereum import verify_signature
 from aleph.sdk.chains.remote import RemoteAccount
 from aleph.sdk.vm.cache import VmCache
 
-from aleph_runtime.host.guest_api import CACHE_EXPIRES_AFTER
+from aleph_runtime.host.services.guest_api import CACHE_EXPIRES_AFTER
 
 from .conftest import VM_HASH, make_message
 
@@ -158,7 +158,7 @@ async def test_properties_and_signature_verify_with_the_sdk(guest_api_factory, s
 
 
 async def test_signing_key_persists_in_the_state_directory(signer_dir, signer):
-    from aleph_runtime.host.signer import LocalSigner
+    from aleph_runtime.host.services.signer import LocalSigner
 
     address = await signer.address()
     assert (signer_dir / "signing.key").stat().st_mode & 0o777 == 0o600

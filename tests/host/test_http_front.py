@@ -8,7 +8,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from aleph_runtime.host.http_front import HTTPFront, b32_hostname, create_front_app
+from aleph_runtime.host.services.http_front import HTTPFront, b32_hostname, create_front_app
 from aleph_runtime.host.supervisor import SupervisorClient
 
 from .conftest import VM_HASH

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import redis.asyncio
 
-from aleph_runtime.host.redis_server import RedisServer
+from aleph_runtime.host.services.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 

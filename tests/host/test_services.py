@@ -10,9 +10,9 @@ import shutil
 import aiohttp
 import pytest
 
-from aleph_runtime.host.dev_init import DevInit
+from aleph_runtime.host.machines.dev import DevInit
 from aleph_runtime.host.program import program_config, zip_directory
-from aleph_runtime.host.services import HostServices
+from aleph_runtime.host.services.host_services import HostServices
 
 from .conftest import VM_HASH
 from .devnode import EXAMPLES

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aleph_runtime.host import image
+from aleph_runtime.host.vmm import image
 
 pytestmark = [pytest.mark.image, pytest.mark.root]
 

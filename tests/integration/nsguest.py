@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aleph_runtime.host.sandbox import Sandbox, require_root
+from aleph_runtime.host.machines.sandbox import Sandbox, require_root
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 INIT1 = REPOSITORY / "init" / "init1.py"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aleph_runtime import protocol
-from aleph_runtime.host.dev_init import DevInit
+from aleph_runtime.host.machines.dev import DevInit
 from aleph_runtime.host.program import program_config, tar_directory, zip_directory
 from aleph_runtime.host.supervisor import ConfigurationRejected
 
@@ -290,7 +290,7 @@ async def app(scope, receive, send):
 async def test_an_ordinary_process_refuses_vsock_without_being_asked(tmp_path):
     import sys
 
-    from aleph_runtime.host.dev_init import INIT1
+    from aleph_runtime.host.machines.dev import INIT1
 
     env = {key: value for key, value in os.environ.items() if key != "ALEPH_VSOCK_UDS"}
     process = await asyncio.create_subprocess_exec(

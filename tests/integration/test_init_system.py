@@ -22,7 +22,7 @@ import pytest
 from nsguest import INIT1, REPOSITORY, guest_env, host_file_snapshot, make_ext4, make_squashfs, needs_root
 
 from aleph_runtime.host.program import program_config
-from aleph_runtime.host.sandbox import Sandbox, read_from_image
+from aleph_runtime.host.machines.sandbox import Sandbox, read_from_image
 from aleph_runtime.host.supervisor import ConfigurationRejected, SupervisorClient
 
 pytestmark = needs_root
@@ -183,9 +183,9 @@ async def test_sdk_through_the_bridge_against_the_real_guest_api(boot, tmp_path)
     """VmCache and RemoteAccount in the program, the host's own guest API (Redis, signer) behind."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
-    from aleph_runtime.host.guest_api import GuestAPIServer, GuestAPISettings
-    from aleph_runtime.host.redis_server import RedisServer
-    from aleph_runtime.host.signer import LocalSigner
+    from aleph_runtime.host.services.guest_api import GuestAPIServer, GuestAPISettings
+    from aleph_runtime.host.services.redis_server import RedisServer
+    from aleph_runtime.host.services.signer import LocalSigner
 
     state = Path(tempfile.mkdtemp(prefix="ar-", dir="/var/tmp"))
     redis = await RedisServer(state / "redis", persistent=False).start()

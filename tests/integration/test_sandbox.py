@@ -8,7 +8,7 @@ import time
 
 from nsguest import host_file_snapshot, make_ext4, needs_root
 
-from aleph_runtime.host.sandbox import Sandbox
+from aleph_runtime.host.machines.sandbox import Sandbox
 
 pytestmark = needs_root
 

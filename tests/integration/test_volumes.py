@@ -7,7 +7,7 @@ import json
 import pytest
 from nsguest import host_file_snapshot, make_ext4, make_squashfs, needs_root, run_python
 
-from aleph_runtime.host.sandbox import read_from_image
+from aleph_runtime.host.machines.sandbox import read_from_image
 
 pytestmark = needs_root
 

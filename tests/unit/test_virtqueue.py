@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aleph_runtime.host.virtqueue import GuestMemory, GuestMemoryError, SplitQueue, VirtqueueError
+from aleph_runtime.host.vmm.virtqueue import GuestMemory, GuestMemoryError, SplitQueue, VirtqueueError
 from virtqueue_driver import GPA_BASE, UVA_BASE, DriverQueue, FakeRAM
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from aleph_runtime.host import vsock_backend as vb
-from aleph_runtime.host.vsock_backend import HEADER, Op, VsockDevice
+from aleph_runtime.host.vmm import vsock_backend as vb
+from aleph_runtime.host.vmm.vsock_backend import HEADER, Op, VsockDevice
 from virtqueue_driver import DriverQueue, FakeRAM
 
 GUEST_BUF = 4096

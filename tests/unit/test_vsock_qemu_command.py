@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aleph_runtime.host.qemu import Drive, Network, QemuVM
+from aleph_runtime.host.vmm.qemu import Drive, Network, QemuVM
 
 
 def vm(tmp_path, **kwargs) -> QemuVM:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from aleph_runtime.host.virtqueue import (
+from aleph_runtime.host.vmm.virtqueue import (
     VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,

@@ -319,7 +319,7 @@ def read_from_image(image: str | os.PathLike, path: str, fstype: str | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m aleph_runtime.host.sandbox [--veth] [--volume vdc=IMAGE[:ro]] [--bind PATH] -- COMMAND...`
+    """`python -m aleph_runtime.host.machines.sandbox [--veth] [--volume vdc=IMAGE[:ro]] [--bind PATH] -- COMMAND...`
 
     Runs COMMAND as PID 1 of a sandbox until it exits (or Ctrl-C), then cleans up.
     The dev-mode vsock base path is printed and exported to COMMAND as ALEPH_VSOCK_UDS.

@@ -25,7 +25,7 @@ import socket
 import struct
 from typing import Callable, Protocol
 
-from aleph_runtime.host.virtqueue import (
+from aleph_runtime.host.vmm.virtqueue import (
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
     GuestMemory,

@@ -9,7 +9,7 @@ Progress goes to stderr, the URL to stdout. Exit status: 0 after a clean stop
 (Ctrl-C / SIGTERM), 1 when the node could not run (boot failure, a machine that died),
 2 for a usage error (bad PATH, option or volume), 3 when the program itself failed to
 start (its import or lifespan startup raised: the init's error and traceback are shown).
-Runnable as `python -m aleph_runtime.host.cli`.
+Runnable as `python -m aleph_runtime.host.node.cli`.
 """
 
 from __future__ import annotations
@@ -142,18 +142,17 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 
 def _options(args: argparse.Namespace):
-    from aleph_runtime.host.node import (
+    from aleph_runtime.host.errors import NodeError
+    from aleph_runtime.host.node.inference import infer_program
+    from aleph_runtime.host.node.local import (
         DEFAULT_EXAMPLE,
-        check_port_free,
         DEFAULT_EXAMPLE_ENV,
         DEFAULT_EXAMPLE_VOLUME,
-        NodeError,
         NodeOptions,
+        check_port_free,
         default_state_dir,
-        infer_program,
-        parse_env,
-        parse_volume,
     )
+    from aleph_runtime.host.node.volumes import parse_env, parse_volume
 
     volumes = [parse_volume(text) for text in args.volume]
     env = parse_env(args.env)
@@ -192,7 +191,7 @@ def _options(args: argparse.Namespace):
 
 async def serve(node, verbose: bool) -> int:
     """Start the node, print its URL, run until Ctrl-C/SIGTERM or until the machine dies; stop it."""
-    from aleph_runtime.host.redis_server import RedisServerError
+    from aleph_runtime.host.services.redis_server import RedisServerError
     from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
 
     loop = asyncio.get_running_loop()
@@ -273,7 +272,8 @@ async def serve(node, verbose: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aleph_runtime.host.node import LocalNode, NodeError, SetupError, check_port_free
+    from aleph_runtime.host.errors import NodeError, SetupError
+    from aleph_runtime.host.node.local import LocalNode, check_port_free
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="aleph-runtime: %(name)s: %(message)s"

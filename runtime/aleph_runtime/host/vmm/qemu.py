@@ -39,7 +39,7 @@ from pathlib import Path
 
 from aleph_runtime.host.children import die_with_parent
 from aleph_runtime.host.supervisor import HaltResult, SupervisorClient
-from aleph_runtime.host.vsock_backend import VsockBackend
+from aleph_runtime.host.vmm.vsock_backend import VsockBackend
 
 log = logging.getLogger(__name__)
 
@@ -338,27 +338,13 @@ class QemuVM:
         await self.stop()
 
 
-def find_images() -> tuple[Path, Path, Path] | None:
-    """(kernel, initramfs, rootfs) from ALEPH_KERNEL/ALEPH_INITRAMFS/ALEPH_ROOTFS, or from
-    the image module's caches when it is there; None when they are not available."""
+def find_images() -> tuple[Path, Path, Path]:
+    """(kernel, initramfs, rootfs) from ALEPH_KERNEL/ALEPH_INITRAMFS/ALEPH_ROOTFS when all
+    three are set, else built or found through the image caches (host/vmm/image.py)."""
     env = [os.environ.get(k) for k in ("ALEPH_KERNEL", "ALEPH_INITRAMFS", "ALEPH_ROOTFS")]
     if all(env):
         return Path(env[0]), Path(env[1]), Path(env[2])
-    try:
-        from aleph_runtime.host import image  # built by the rootfs side
-    except ImportError:
-        return None
+    from aleph_runtime.host.vmm import image  # imported here: it is only needed to build
+
     kernel = image.ensure_kernel()
-    rootfs = image.ensure_rootfs()
-    kernel_path, initramfs_path = _kernel_paths(kernel)
-    return kernel_path, initramfs_path, Path(getattr(rootfs, "path", rootfs))
-
-
-def _kernel_paths(kernel) -> tuple[Path, Path]:
-    if isinstance(kernel, (tuple, list)):
-        return Path(kernel[0]), Path(kernel[1])
-    for a, b in (("vmlinuz", "initramfs"), ("kernel", "initramfs")):
-        if hasattr(kernel, a) and hasattr(kernel, b):
-            return Path(getattr(kernel, a)), Path(getattr(kernel, b))
-    directory = Path(kernel)
-    return directory / "vmlinuz", directory / "initramfs.cpio.gz"
+    return kernel.vmlinuz, kernel.initramfs, image.ensure_rootfs()

@@ -20,7 +20,7 @@ actually left this process into the host socket, so a slow host reader stalls th
 guest's writer instead of growing our memory; and host data is read only while the
 guest has room for it.
 
-Run it alone with `python -m aleph_runtime.host.vsock_backend --socket S --uds U`.
+Run it alone with `python -m aleph_runtime.host.vmm.vsock_backend --socket S --uds U`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import struct
 from typing import Callable
 
 from aleph_runtime import protocol
-from aleph_runtime.host.vhost_user import VhostUserServer
-from aleph_runtime.host.virtqueue import Chain, SplitQueue, VirtqueueError
+from aleph_runtime.host.vmm.vhost_user import VhostUserServer
+from aleph_runtime.host.vmm.virtqueue import Chain, SplitQueue, VirtqueueError
 
 log = logging.getLogger(__name__)
 

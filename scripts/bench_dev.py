@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from aleph_runtime import protocol
-from aleph_runtime.host.dev_init import DevInit
+from aleph_runtime.host.machines.dev import DevInit
 from aleph_runtime.host.program import program_config
 
 #: The trivial program measured: the bundled hello example (plain code, with a lifespan).
-TRIVIAL_APP = (Path(__file__).resolve().parents[3] / "examples" / "hello" / "main.py").read_bytes()
+TRIVIAL_APP = (Path(__file__).resolve().parents[1] / "examples" / "hello" / "main.py").read_bytes()
 
 #: The bare server: accepts, answers CONNECT, reads one msgpack object, sends a canned answer.
 BASELINE_SERVER = r'''

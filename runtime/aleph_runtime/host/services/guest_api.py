@@ -35,7 +35,7 @@ from aiohttp import web
 from yarl import URL
 
 from aleph_runtime import protocol
-from aleph_runtime.host.signer import LocalSigner
+from aleph_runtime.host.services.signer import LocalSigner
 
 logger = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aleph_runtime.host.guest_api import (
+from aleph_runtime.host.services.guest_api import (
     DEFAULT_API_SERVER,
     GuestAPIServer,
     GuestAPISettings,
     guest_api_socket_path,
 )
-from aleph_runtime.host.http_front import DEFAULT_CLIENT_MAX_SIZE, HTTPFront, create_front_app
-from aleph_runtime.host.redis_server import RedisServer
-from aleph_runtime.host.signer import LocalSigner
+from aleph_runtime.host.services.http_front import DEFAULT_CLIENT_MAX_SIZE, HTTPFront, create_front_app
+from aleph_runtime.host.services.redis_server import RedisServer
+from aleph_runtime.host.services.signer import LocalSigner
 from aleph_runtime.host.supervisor import SupervisorClient
 
 logger = logging.getLogger(__name__)

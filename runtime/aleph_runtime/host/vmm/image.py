@@ -7,7 +7,7 @@ the cache (`$ALEPH_RUNTIME_CACHE`, default /var/cache/aleph-runtime), and otherw
 builds it, printing its progress on stderr. Shared by the tests, the QEMU launcher and
 the CLI.
 
-    from aleph_runtime.host import image
+    from aleph_runtime.host.vmm import image
     kernel = image.ensure_kernel()            # KernelFiles(vmlinuz, initramfs, directory)
     rootfs = image.ensure_rootfs()            # Path to rootfs.squashfs (lean, gzip)
     manifest = image.read_manifest(rootfs)    # dict: sha256, size, packages, ...
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-REPO_DIR = Path(__file__).resolve().parents[3]
+REPO_DIR = Path(__file__).resolve().parents[4]
 BUILD_DIR = REPO_DIR / "rootfs-build"
 
 PROFILES = ("lean", "full")
@@ -164,7 +164,7 @@ def read_manifest(rootfs: str | os.PathLike) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m aleph_runtime.host.image kernel|rootfs [profile] [compression]`: build
+    """`python -m aleph_runtime.host.vmm.image kernel|rootfs [profile] [compression]`: build
     (or find in the cache) and print the paths."""
     argv = list(sys.argv[1:] if argv is None else argv)
     what = argv.pop(0) if argv else "rootfs"
