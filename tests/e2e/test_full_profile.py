@@ -100,7 +100,7 @@ def busybox_image_tar(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def full_images():
-    from aleph_runtime.host import image
+    from aleph_runtime.host.vmm import image
 
     if os.geteuid() != 0:
         pytest.skip("needs root: building the image (debootstrap, chroot)")

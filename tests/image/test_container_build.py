@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from aleph_runtime.host import image
+from aleph_runtime.host.vmm import image
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "aleph-runtime-build:test"
