@@ -19,11 +19,14 @@ CONFIGURE_TIMEOUT_EMULATED = 300
 class QemuMachine:
     """The runtime image in QEMU (host/vmm/qemu.py), drives in the order the config names them."""
 
-    def __init__(self, run_dir: Path, log_path: Path, drives: list, memory_mb: int, vcpus: int):
+    def __init__(
+        self, run_dir: Path, log_path: Path, drives: list, memory_mb: int, vcpus: int,
+        profile: str | None = None, compression: str | None = None,
+    ):  # fmt: skip
         if shutil.which("qemu-system-x86_64") is None:
             raise SetupError("qemu-system-x86_64 is not installed (Debian's qemu-system-x86; scripts/setup.sh)")
         try:
-            images = find_images()
+            images = find_images(profile, compression)
         except Exception as error:  # noqa: BLE001 - a build failure, reported as such
             raise SetupError(f"could not build or find the runtime image and test kernel: {error}") from None
         kernel, initramfs, rootfs = images

@@ -88,6 +88,9 @@ class NodeOptions:
     api_server: str | None = None
     redis_url: str | None = None
     vm_hash: str | None = None
+    #: The runtime image's profile and compression (None: lean and gzip, or ALEPH_ROOTFS).
+    profile: str | None = None
+    compression: str | None = None
 
 
 class StateLock:
@@ -281,8 +284,14 @@ class LocalNode:
         assert self.run_dir is not None
         program = self.options.program
         # The machine first: a missing QEMU or image is reported before anything is packed.
-        self.progress("finding the runtime image and kernel (built through their caches when missing)")
-        machine = QemuMachine(self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus)
+        image = f"the {self.options.profile or 'lean'} runtime image ({self.options.compression or 'gzip'})"
+        if self.options.profile is None and self.options.compression is None and os.environ.get("ALEPH_ROOTFS"):
+            image = "the runtime image (ALEPH_ROOTFS)"
+        self.progress(f"finding {image} and the kernel (built through their caches when missing)")
+        machine = QemuMachine(
+            self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus,
+            profile=self.options.profile, compression=self.options.compression,
+        )  # fmt: skip
         self.machine = machine
         drives: list[tuple[Path, bool]] = []
         volumes: list[dict] = []

@@ -338,13 +338,15 @@ class QemuVM:
         await self.stop()
 
 
-def find_images() -> tuple[Path, Path, Path]:
+def find_images(profile: str | None = None, compression: str | None = None) -> tuple[Path, Path, Path]:
     """(kernel, initramfs, rootfs) from ALEPH_KERNEL/ALEPH_INITRAMFS/ALEPH_ROOTFS when all
-    three are set, else built or found through the image caches (host/vmm/image.py)."""
+    three are set and no image is asked for, else built or found through the image caches
+    (host/vmm/image.py): the `profile` image (lean by default) packed with `compression`
+    (gzip by default), its build's progress on stderr."""
     env = [os.environ.get(k) for k in ("ALEPH_KERNEL", "ALEPH_INITRAMFS", "ALEPH_ROOTFS")]
-    if all(env):
+    if all(env) and profile is None and compression is None:
         return Path(env[0]), Path(env[1]), Path(env[2])
     from aleph_runtime.host.vmm import image  # imported here: it is only needed to build
 
     kernel = image.ensure_kernel()
-    return kernel.vmlinuz, kernel.initramfs, image.ensure_rootfs()
+    return kernel.vmlinuz, kernel.initramfs, image.ensure_rootfs(profile or "lean", compression or "gzip")
