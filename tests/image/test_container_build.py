@@ -84,7 +84,7 @@ def test_dockerfile_build_makes_the_host_build_bytes(tmp_path):
         run([str(src / "rootfs-build" / "container-base.sh")], log, env=env)
         started = time.monotonic()
         run(["podman", "build", "-f", "Dockerfile.build", "-t", TAG, "."], log, cwd=src, env=env)
-        run(["podman", "run", "--rm", "--privileged", "-v", f"{src}:/src", TAG], log, cwd=src, env=env)
+        run(["podman", "run", "--rm", "--privileged", "-v", f"{src}:/src", *pip_options(), TAG], log, cwd=src, env=env)
         minutes = (time.monotonic() - started) / 60
 
         built_manifest = json.loads((src / "build" / "manifest.json").read_text())
@@ -108,6 +108,20 @@ def test_dockerfile_build_makes_the_host_build_bytes(tmp_path):
         # The container's cache and output are root's, and large: do not leave them in /tmp.
         shutil.rmtree(src, ignore_errors=True)
         shutil.rmtree(tmp_path / "host-cache", ignore_errors=True)
+
+
+def pip_options() -> list[str]:
+    """The host's way to PyPI, for pip in the container (README: Dockerfile.build): its CA
+    bundle (a TLS-intercepting proxy's CA is in the host's, not in the container's) and
+    its index settings."""
+    options = []
+    ca = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
+    if ca.is_file():
+        options += ["-v", f"{ca}:/etc/host-ca.crt:ro", "-e", "PIP_CERT=/etc/host-ca.crt"]
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT"):
+        if os.environ.get(name):
+            options += ["-e", f"{name}={os.environ[name]}"]
+    return options
 
 
 def version_differences(host: dict, built: dict) -> dict[str, tuple]:
