@@ -101,7 +101,7 @@ def node_program(directory: Path) -> Path:
     return directory
 
 
-async def test_executable_that_cannot_start_answers_502_and_the_terminal_says_why(images, cli_factory, short_dir):
+async def test_executable_that_cannot_start_answers_502_and_says_why(images, cli_factory, short_dir):
     """On the lean image `node` does not exist: every request gets the init's 502 at once
     (not a 10 s wait and a 503 loading page), and the terminal shows it once."""
     cli = await cli_factory("--port", "0", str(node_program(short_dir / "node_app")))

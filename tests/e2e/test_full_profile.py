@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 # An ASGI program whose one route runs the shell script it is sent and answers its
 # status and output: each check below is one request.
-SHELL_APP = b'''
+SHELL_APP = b"""
 import asyncio, json, os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,7 +56,7 @@ async def app(scope, receive, send):
     body = json.dumps({"status": process.returncode, "output": output.decode(errors="replace")}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 HELLO_C = b"""#include <stdio.h>
 #include <zlib.h>
@@ -137,7 +137,9 @@ async def test_node_npm_gcc_pip_and_docker_in_the_full_image(full_images, tmp_pa
 
         # C with a header and library of python3-dev's dependencies (zlib), the way a
         # native wheel's build links.
-        status, output = await run(vm, "gcc -O2 -o /tmp/hello hello.c -lz && /tmp/hello && gcc --version | head -1")
+        status, output = await run(
+            vm, "gcc -O2 -o /tmp/hello hello.c -lz && /tmp/hello && gcc --version | head -1"
+        )
         assert status == 0 and output.startswith("compiled 42"), output
 
         status, output = await run(

@@ -62,7 +62,9 @@ def images():
 
 
 @contextlib.asynccontextmanager
-async def boot(images, tmp_path: Path, drives=(), network: Network | None = NET, name: str = "vm", **vm_options):
+async def boot(
+    images, tmp_path: Path, drives=(), network: Network | None = NET, name: str = "vm", **vm_options
+):
     kernel, initramfs, rootfs = images
     workdir = Path(f"/tmp/aleph-e2e-{os.getpid()}-{name}")
     shutil.rmtree(workdir, ignore_errors=True)

@@ -84,7 +84,12 @@ def test_dockerfile_build_makes_the_host_build_bytes(tmp_path):
         run([str(src / "rootfs-build" / "container-base.sh")], log, env=env)
         started = time.monotonic()
         run(["podman", "build", "-f", "Dockerfile.build", "-t", TAG, "."], log, cwd=src, env=env)
-        run(["podman", "run", "--rm", "--privileged", "-v", f"{src}:/src", *pip_options(), TAG], log, cwd=src, env=env)
+        run(
+            ["podman", "run", "--rm", "--privileged", "-v", f"{src}:/src", *pip_options(), TAG],
+            log,
+            cwd=src,
+            env=env,
+        )
         minutes = (time.monotonic() - started) / 60
 
         built_manifest = json.loads((src / "build" / "manifest.json").read_text())
@@ -102,7 +107,9 @@ def test_dockerfile_build_makes_the_host_build_bytes(tmp_path):
         assert (src / "build" / "kernel" / "vmlinuz").is_file()
 
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(f"commit {commit}, sha256 {built_sha}, {minutes:.1f} min, {time.strftime('%Y-%m-%d %H:%M')}\n")
+        stamp.write_text(
+            f"commit {commit}, sha256 {built_sha}, {minutes:.1f} min, {time.strftime('%Y-%m-%d %H:%M')}\n"
+        )
     finally:
         subprocess.run(["podman", "rmi", "-f", TAG], capture_output=True, env=env)
         # The container's cache and output are root's, and large: do not leave them in /tmp.

@@ -11,7 +11,9 @@ BUILD = Path(__file__).resolve().parents[2] / "rootfs-build"
 
 
 def listed(path: Path) -> list[str]:
-    return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
+    return [
+        line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()
+    ]
 
 
 def table_rows(heading: str) -> list[list[str]]:
@@ -27,7 +29,9 @@ def table_rows(heading: str) -> list[list[str]]:
 
 
 def test_debian_tables_match_the_package_lists():
-    assert [row[0] for row in table_rows("Debian packages: lean (and full)")] == listed(BUILD / "packages-lean.txt")
+    assert [row[0] for row in table_rows("Debian packages: lean (and full)")] == listed(
+        BUILD / "packages-lean.txt"
+    )
     assert [row[0] for row in table_rows("Debian packages: full only")] == listed(BUILD / "packages-full.txt")
 
 
@@ -36,5 +40,8 @@ def test_python_table_matches_the_pins():
     rows = table_rows("Python distributions in /opt/aleph/libs (both profiles)")
     assert [[name, version] for name, version, *_ in rows] == pins
     top_level = {line.split("==")[0].lower() for line in listed(BUILD / "requirements.in")}
-    bold = {name.lower() for name in re.findall(r"^\| \*\*([^*]+)\*\* \|", BUILD.joinpath("PACKAGES.md").read_text(), re.M)}
+    bold = {
+        name.lower()
+        for name in re.findall(r"^\| \*\*([^*]+)\*\* \|", BUILD.joinpath("PACKAGES.md").read_text(), re.M)
+    }
     assert bold == top_level

@@ -100,7 +100,7 @@ class _OutputCopier:
                 view = memoryview(chunk)
                 with contextlib.suppress(OSError):
                     while view:
-                        view = view[os.write(1, view):]
+                        view = view[os.write(1, view) :]
         finally:
             with contextlib.suppress(OSError):
                 os.close(self.read_fd)
@@ -189,8 +189,13 @@ class ExecutableProgram:
 
     async def _exec(self, command: list[str], output_fd: int) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            *command, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL, stdout=output_fd,
-            stderr=output_fd, start_new_session=True
+            *command,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output_fd,
+            stderr=output_fd,
+            start_new_session=True,
         )
 
     async def _supervise(self) -> None:
@@ -312,7 +317,7 @@ class ExecutableProgram:
 
     def _failed_start_answer(self) -> tuple[int, list[list[bytes]], bytes]:
         status, last_lines = self.failed_start or (0, "")
-        text = f"502: the program exited with {_describe(status)} before serving (it is restarted with backoff)"
+        text = f"502: the program exited with {_describe(status)} before serving (restarted with backoff)"
         text += f"; its last output:\n{last_lines}\n" if last_lines else "; it printed nothing\n"
         return 502, [[b"content-type", b"text/plain; charset=utf-8"]], text.encode()
 

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
                           "official image); built through the cache on first use (vm mode only)")
     run.add_argument("--compression", choices=("gzip", "zstd"),
-                     help="the runtime image's squashfs compression (gzip, as nodes' kernels read; vm mode only)")
+                     help="the runtime image's squashfs compression (gzip: what nodes' kernels read; vm only)")
     run.add_argument("--seconds", type=float, default=30, help="each call's time limit (resources.seconds; 30)")
     run.add_argument("--mode", choices=("vm", "dev"), default="vm",
                      help="vm: the runtime image in QEMU (default); dev: the init as a local process, no VM")

@@ -285,7 +285,8 @@ class LocalNode:
         program = self.options.program
         # The machine first: a missing QEMU or image is reported before anything is packed.
         image = f"the {self.options.profile or 'lean'} runtime image ({self.options.compression or 'gzip'})"
-        if self.options.profile is None and self.options.compression is None and os.environ.get("ALEPH_ROOTFS"):
+        chosen = self.options.profile is not None or self.options.compression is not None
+        if not chosen and os.environ.get("ALEPH_ROOTFS"):
             image = "the runtime image (ALEPH_ROOTFS)"
         self.progress(f"finding {image} and the kernel (built through their caches when missing)")
         machine = QemuMachine(
