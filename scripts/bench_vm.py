@@ -101,7 +101,7 @@ async def run(args) -> dict:
     if args.kernel and args.initramfs and args.rootfs:
         kernel, initramfs, rootfs = args.kernel, args.initramfs, args.rootfs
     else:
-        found = find_images()
+        found = find_images(args.profile, args.compression)
         if found is None:
             raise SystemExit("no kernel/image: pass --kernel --initramfs --rootfs or build them")
         kernel, initramfs, rootfs = found
@@ -192,6 +192,8 @@ def main() -> None:
     parser.add_argument("--kernel")
     parser.add_argument("--initramfs")
     parser.add_argument("--rootfs")
+    parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
+    parser.add_argument("--compression", choices=["gzip", "zstd"], help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
     parser.add_argument("--vcpus", type=int, default=1)
     parser.add_argument("--machine", default="q35", choices=["q35", "microvm"])
