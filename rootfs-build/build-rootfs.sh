@@ -54,8 +54,9 @@ for tool in debootstrap mksquashfs unshare chroot; do
 done
 
 # (Pathspecs: the image's inputs only; docs, host-side code and tests do not count.)
-epoch=$(source_date_epoch rootfs-build init runtime/aleph_runtime ':!rootfs-build/README.md' \
-  ':!rootfs-build/build-test-kernel.sh' ':!rootfs-build/initramfs-init.sh' ':!runtime/aleph_runtime/host')
+epoch=$(source_date_epoch rootfs-build init runtime/aleph_runtime ':!rootfs-build/*.md' \
+  ':!rootfs-build/build-test-kernel.sh' ':!rootfs-build/initramfs-init.sh' ':!runtime/aleph_runtime/host' \
+  ':!rootfs-build/container-base.sh' ':!rootfs-build/containers.conf')
 export SOURCE_DATE_EPOCH=$epoch
 stages=$CACHE_DIR/rootfs-stages
 mkdir -p "$stages" "$CACHE_DIR/tmp"
