@@ -114,6 +114,7 @@ class _OutputCopier:
         lines = bytes(self._tail).decode("utf-8", "replace").replace("\r\n", "\n").splitlines()
         return "\n".join(lines[-count:])
 
+
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
