@@ -49,11 +49,14 @@ async def app(scope, receive, send):
         script += message.get("body", b"")
         if not message.get("more_body"):
             break
+    # The status comes through the output, not waitpid: the init (PID 1) reaps exited
+    # children it does not know of, and may take this one's status before asyncio does.
     process = await asyncio.create_subprocess_exec(
-        "/bin/sh", "-c", script.decode(), cwd=HERE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "HOME": "/root"})
-    output, _ = await process.communicate()
-    body = json.dumps({"status": process.returncode, "output": output.decode(errors="replace")}).encode()
+        "/bin/sh", "-c", script.decode() + "\necho \"exit-status=$?\"", cwd=HERE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "HOME": "/root"})
+    output = (await process.stdout.read()).decode(errors="replace")
+    output, _, status = output.rpartition("exit-status=")
+    body = json.dumps({"status": int(status or -1), "output": output}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
 """
