@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 # An ASGI program whose one route runs the shell script it is sent and answers its
 # status and output: each check below is one request.
-SHELL_APP = b"""
+SHELL_APP = rb"""
 import asyncio, json, os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
