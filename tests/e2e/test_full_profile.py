@@ -156,7 +156,7 @@ async def test_node_npm_gcc_pip_and_docker_in_the_full_image(full_images, tmp_pa
         # kernel's initramfs does not load (a node's kernel builds them in), so without both.
         status, output = await run(
             vm,
-            "(dockerd --iptables=false --ip6tables=false --bridge=none >/tmp/dockerd.log 2>&1 &); "
+            "setsid -f dockerd --iptables=false --ip6tables=false --bridge=none </dev/null >/tmp/dockerd.log 2>&1; "
             "for i in $(seq 120); do docker info >/dev/null 2>&1 && break; sleep 1; done; "
             "docker info --format '{{json .}}' || { tail -20 /tmp/dockerd.log; exit 1; }",
             timeout=300,
