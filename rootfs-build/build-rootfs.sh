@@ -54,7 +54,7 @@ for tool in debootstrap mksquashfs unshare chroot; do
 done
 
 # (Pathspecs: the image's inputs only; docs, host-side code and tests do not count.)
-epoch=$(source_date_epoch rootfs-build init runtime/aleph_runtime ':!rootfs-build/*.md' \
+epoch=$(source_date_epoch rootfs-build init runtime/aleph_runtime runtime/compat ':!rootfs-build/*.md' \
   ':!rootfs-build/build-test-kernel.sh' ':!rootfs-build/initramfs-init.sh' ':!runtime/aleph_runtime/host' \
   ':!rootfs-build/container-base.sh' ':!rootfs-build/containers.conf')
 export SOURCE_DATE_EPOCH=$epoch
@@ -67,9 +67,10 @@ base_key=$( { echo "$profile"; cat "$BUILD_DIR/stage-base.sh" "$BUILD_DIR/packag
 reqs=$BUILD_DIR/requirements.txt
 [ -z "$update_reqs" ] || reqs=$BUILD_DIR/requirements.in
 python_key=$( { echo "$base_key"; cat "$BUILD_DIR/stage-python.sh" "$reqs"; } | short_hash)
-# The guest side of aleph_runtime: everything but host/ and bytecode.
+# The guest side of aleph_runtime: everything but host/ and bytecode; and compat/, the
+# legacy aleph_client modules, which the init puts last on a program's sys.path.
 runtime_files() {
-  (cd "$REPO_DIR/runtime" && find aleph_runtime -path aleph_runtime/host -prune -o \
+  (cd "$REPO_DIR/runtime" && find aleph_runtime compat -path aleph_runtime/host -prune -o \
      -name __pycache__ -prune -o -type f -name '*.py' -print | LC_ALL=C sort)
 }
 init_files() { (cd "$REPO_DIR/init" && ls init0.sh init0.fstab *.py 2>/dev/null | LC_ALL=C sort); }

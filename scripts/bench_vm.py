@@ -7,7 +7,8 @@ Prints one JSON object:
 - `boot`: the guest's own timeline from the console's uptime-stamped lines: when the
   kernel printed its first and last line, and the first and last line of each stage
   that stamps its lines with the uptime (initramfs, init0, init1...), plus the phases
-  kernel → initramfs → init0 → init1 → ready derived from them;
+  kernel → initramfs → init0 → init1 → ready derived from them (no initramfs stage with
+  the node kernel, the default; `--kernel debian` for Debian's kernel and initramfs);
 - `requests`: per-request latency (p50/p90/p99, sequential) and requests/s with N in
   flight, through SupervisorClient → backend → guest vsock → init;
 - `body`: MB/s for one POST of a 64 MiB body answered with its sha256, and for a
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -87,31 +89,35 @@ def boot_timeline(lines) -> dict:
         entry["lines"] += 1
     phases = {}
     order = [s for s in ("kernel", "initramfs", "init0", "init1") if s in sources]
-    for a, b in zip(order, order[1:]):
+    for a, b in itertools.pairwise(order):
         phases[f"{a}_to_{b}"] = round(sources[b]["first"] - sources[a]["first"], 3)
     return {"sources": sources, "phases": phases}
 
 
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def run(args) -> dict:
-    if args.kernel and args.initramfs and args.rootfs:
-        kernel, initramfs, rootfs = args.kernel, args.initramfs, args.rootfs
-    else:
-        found = find_images(args.profile, args.compression)
-        if found is None:
-            raise SystemExit("no kernel/image: pass --kernel --initramfs --rootfs or build them")
-        kernel, initramfs, rootfs = found
+    if args.kernel in ("node", "debian"):
+        kernel, initramfs, rootfs = find_images(args.kernel, args.profile, args.compression)
+    else:  # a kernel file: booted without initramfs unless one is given
+        kernel, initramfs, rootfs = args.kernel, args.initramfs, None
+    if args.rootfs:
+        rootfs = args.rootfs
+    elif rootfs is None:
+        from aleph_runtime.host.vmm import image
+
+        rootfs = image.ensure_rootfs(args.profile or "lean", args.compression or "gzip")
     network = Network(ip="172.16.9.2", route="172.16.9.1")
     vm = QemuVM(
         kernel, initramfs, rootfs, network=network, init=args.init,
         memory_mb=args.memory, vcpus=args.vcpus, cmdline=args.cmdline or (), machine=args.machine,
     )  # fmt: skip
-    result: dict = {"kernel": str(kernel), "rootfs": str(rootfs), "init": args.init or "/sbin/init",
-                    "memory_mb": args.memory, "vcpus": args.vcpus, "machine": args.machine}  # fmt: skip
+    result: dict = {"kernel": str(kernel), "initramfs": str(initramfs) if initramfs else None,
+                    "rootfs": str(rootfs), "init": args.init or "/sbin/init", "memory_mb": args.memory,
+                    "vcpus": args.vcpus, "machine": vm.machine, "cmdline": vm.kernel_cmdline()}  # fmt: skip
     try:
         ready = await vm.start(timeout=args.boot_timeout)
         t_ready = vm.elapsed()
@@ -189,14 +195,16 @@ async def run(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--init", help="init program to boot from the image (kernel init=), default /sbin/init")
-    parser.add_argument("--kernel")
-    parser.add_argument("--initramfs")
-    parser.add_argument("--rootfs")
+    parser.add_argument("--kernel", default="node", help="node (default: the node-like kernel, microvm, no "
+                        "initramfs), debian (Debian's kernel and initramfs, q35), or a kernel file")
+    parser.add_argument("--initramfs", help="with a kernel file: its initramfs")
+    parser.add_argument("--rootfs", help="the runtime image (default: the cached lean gzip one)")
     parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
     parser.add_argument("--compression", choices=["gzip", "zstd"], help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
     parser.add_argument("--vcpus", type=int, default=1)
-    parser.add_argument("--machine", default="q35", choices=["q35", "microvm"])
+    parser.add_argument("--machine", choices=["q35", "microvm"], help="default: microvm without an initramfs, "
+                        "q35 with one")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--body-mib", type=int, default=64)

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Install what a fresh Debian 12 machine (as root) needs to run and test aleph-runtime:
 # Debian packages, then a virtualenv on Debian's own Python 3.11 (the guest's Python).
+# The node-like kernel (rootfs-build/build-node-kernel.sh) is compiled here from
+# linux-source-6.1, hence a compiler's tool chain among the packages.
 # Idempotent and quick when nothing changed: each stage is skipped when its stamp matches.
 set -eu
 cd "$(dirname "$0")/.."
@@ -10,7 +12,8 @@ cd "$(dirname "$0")/.."
 # rootfs-build/containers.conf).
 packages="python3 python3-venv python3-dev gcc qemu-system-x86 qemu-utils debootstrap squashfs-tools \
   e2fsprogs busybox-static cpio zstd redis-server iproute2 util-linux socat openssh-server openssh-client \
-  curl ca-certificates git podman runc"
+  curl ca-certificates git podman runc \
+  linux-source-6.1 make flex bison bc libelf-dev libssl-dev xz-utils"
 if ! stamp_ok apt "$packages"; then
   step "apt: installing Debian packages"
   export DEBIAN_FRONTEND=noninteractive

@@ -4,7 +4,8 @@
   at shutdown (which runs only when the VM halts); startups and shutdowns are logged to
   the persistent volume so a restart shows both ran;
 - the node's cache (`VmCache`, a Redis on the host, per-program keys);
-- the node's signing key (`RemoteAccount`: messages signed in the VM's name);
+- the node's signing key (`RemoteAccount`: messages signed in the VM's name), and posting
+  to the network through the node (`/post`);
 - a counter in a file on a persistent volume, surviving restarts;
 - an event handler: aleph messages posted to the node reach `on_event`.
 
@@ -23,18 +24,20 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from aleph.sdk.vm.app import AlephApp
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
-
-from aleph.sdk.vm.app import AlephApp
 
 #: Where the program's persistent volume is mounted (the message's `volumes[].mount`).
 VOLUME = Path(os.environ.get("EXAMPLE_VOLUME", "/var/lib/example"))
 
 
 def vm_hash() -> str | None:
-    """This program's item hash: the init sets the hostname and ALEPH_ADDRESS_TO_USE to its base32."""
-    label = os.environ.get("ALEPH_ADDRESS_TO_USE") or socket.gethostname()
+    """This program's item hash: ALEPH_ADDRESS_TO_USE (hex), else the hostname (its base32)."""
+    address = os.environ.get("ALEPH_ADDRESS_TO_USE", "")
+    if len(address) == 64:
+        return address
+    label = socket.gethostname()
     try:
         raw = base64.b32decode(label.upper() + "=" * (-len(label) % 8))
     except ValueError:
@@ -118,15 +121,19 @@ async def cache_keys(request: Request, pattern: str = "*"):
 # --- the node's signing key ---
 
 
-@http_app.get("/sign")
-async def sign(request: Request, text: str = "hello"):
-    """Sign a POST message in this VM's name (its address is the VM's hash, as the node requires)."""
-    resources = request.state.resources
+async def remote_account(resources: dict):
+    """The node's signing account, asked for once (the key never enters the VM)."""
     if resources["account"] is None:
         from aleph.sdk.chains.remote import RemoteAccount
 
         resources["account"] = await RemoteAccount.from_crypto_host()
-    account = resources["account"]
+    return resources["account"]
+
+
+@http_app.get("/sign")
+async def sign(request: Request, text: str = "hello"):
+    """Sign a POST message in this VM's name (its address is the VM's hash, as the node requires)."""
+    account = await remote_account(request.state.resources)
     item_content = json.dumps(
         {"address": vm_hash(), "time": time.time(), "type": "example", "content": {"text": text}},
         separators=(",", ":"),
@@ -142,6 +149,18 @@ async def sign(request: Request, text: str = "hello"):
         "item_hash": hashlib.sha256(item_content.encode()).hexdigest(),
     }
     return await account.sign_message(message)
+
+
+@http_app.get("/post")
+async def post(request: Request, text: str = "hello"):
+    """Post a message to the network through the node, as the SDK does it: the host signs it
+    in this VM's name (ALEPH_ADDRESS_TO_USE), the node re-publishes it with its own key."""
+    from aleph.sdk.client import AuthenticatedAlephHttpClient
+
+    account = await remote_account(request.state.resources)
+    async with AuthenticatedAlephHttpClient(account=account) as client:
+        message, status = await client.create_post(post_content={"text": text}, post_type="example", channel="TEST")
+    return {"item_hash": message.item_hash, "address": message.content.address, "status": status.value}
 
 
 # --- a persistent volume ---

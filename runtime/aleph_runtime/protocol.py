@@ -1,13 +1,15 @@
 """The host <-> init wire format, as the aleph-vm supervisor speaks it.
 
 Shared by the guest (the init) and the host (our supervisor client, CLI and tests), so
-both sides agree on every byte. See `shared/aleph-vm-protocol.md` for the contract;
-this module only encodes it. It imports nothing but msgpack so the init can load it
-in a few milliseconds.
+both sides agree on every byte. docs/protocol.md describes it section by section,
+naming the aleph-vm code each part follows. It imports nothing but msgpack and the
+standard library's asyncio, which the init loads anyway, so it costs milliseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import enum
 
 import msgpack
@@ -36,8 +38,81 @@ COMMAND_PREFIX = b"!"
 MAX_CONTROL_LINE = 64
 
 
+#: How much the init reads from a connection at a time.
+READ_CHUNK = 1 << 20
+#: The most digits a config's length line may have (a terabyte: far beyond any limit).
+MAX_LENGTH_DIGITS = 12
+#: How many bytes may come before the length line's newline before it is refused.
+MAX_LENGTH_LINE = 20
+
+
+#: What msgpack raises on bytes that are not one complete msgpack object.
+UNPACK_ERRORS = (ValueError, msgpack.UnpackException)
+
+
 class ProtocolError(ValueError):
     """The peer sent bytes that are not the protocol."""
+
+
+class RequestTooLarge(ProtocolError):
+    """A config or run request larger than the receiver's limit."""
+
+    def __init__(self, what: str, limit: int):
+        super().__init__(f"the {what} is larger than {limit} bytes")
+        self.limit = limit
+
+
+class Interface(enum.StrEnum):
+    """How the init runs the program (aleph-message's `interface`)."""
+
+    ASGI = "asgi"
+    EXECUTABLE = "executable"
+
+    @classmethod
+    def named(cls, name: str) -> Interface | None:
+        """The interface a name stands for: aleph-message calls the executable one "binary"."""
+        return INTERFACE_NAMES.get(name)
+
+
+class Encoding(enum.StrEnum):
+    """How the program's code is sent (aleph-message's `encoding`; tar is ours)."""
+
+    PLAIN = "plain"
+    ZIP = "zip"
+    SQUASHFS = "squashfs"
+    TAR = "tar"
+
+    @classmethod
+    def named(cls, name: str) -> Encoding | None:
+        """The encoding a name stands for, tar's compressed spellings included; any case."""
+        return ENCODING_NAMES.get(name.lower())
+
+
+#: The message's "binary" interface reaches the init as "executable"; both are accepted.
+INTERFACE_NAMES = {"asgi": Interface.ASGI, "executable": Interface.EXECUTABLE, "binary": Interface.EXECUTABLE}
+#: Names accepted for each encoding. aleph-message knows plain/zip/squashfs; tar is ours.
+ENCODING_NAMES = {
+    "plain": Encoding.PLAIN,
+    "zip": Encoding.ZIP,
+    "squashfs": Encoding.SQUASHFS,
+    "tar": Encoding.TAR,
+    "tar.gz": Encoding.TAR,
+    "tar.gzip": Encoding.TAR,
+    "tgz": Encoding.TAR,
+    "tar.bz2": Encoding.TAR,
+    "tar.xz": Encoding.TAR,
+}
+
+
+def interface_for(entrypoint: str) -> Interface:
+    """The supervisor's rule: only Python ASGI entrypoints contain a colon."""
+    return Interface.ASGI if ":" in entrypoint else Interface.EXECUTABLE
+
+
+def hostname(vm_hash: str) -> str:
+    """The VM's hostname, and the label a node serves it under: base32 of the binary
+    hash, lower case, unpadded (a hex hash is too long for a DNS label)."""
+    return base64.b32encode(bytes.fromhex(vm_hash)).decode().rstrip("=").lower()
 
 
 def pack(obj: object) -> bytes:
@@ -120,8 +195,67 @@ def frame_config(config: dict) -> bytes:
     return b"%d\n" % len(payload) + payload
 
 
+async def read_config(reader: asyncio.StreamReader, first: bytes, max_bytes: int) -> bytes:
+    """The msgpack payload of a framed config whose first bytes are `first`.
+
+    Raises RequestTooLarge (before reading the payload) when the length line announces
+    more than `max_bytes`, ProtocolError for a length line that is not one, and
+    asyncio.IncompleteReadError when the connection ends early.
+    """
+    buffer = bytearray(first)
+    newline = buffer.find(b"\n")
+    while newline < 0:
+        if len(buffer) > MAX_LENGTH_LINE:
+            raise ProtocolError(f"config length line too long: {bytes(buffer[:MAX_LENGTH_LINE])!r}")
+        more = await reader.read(READ_CHUNK)
+        if not more:
+            raise asyncio.IncompleteReadError(bytes(buffer), None)
+        buffer += more
+        newline = buffer.find(b"\n")
+    length_text = bytes(buffer[:newline])
+    if not length_text.isdigit() or len(length_text) > MAX_LENGTH_DIGITS:
+        raise ProtocolError(f"config length line is not a number: {length_text[:MAX_LENGTH_LINE]!r}")
+    length = int(length_text)
+    if length > max_bytes:
+        raise RequestTooLarge("configuration", max_bytes)
+    payload = buffer[newline + 1 :]
+    if len(payload) < length:
+        payload += await reader.readexactly(length - len(payload))
+    return bytes(payload[:length])
+
+
 def run_request(scope: dict) -> bytes:
     return pack({"scope": scope})
+
+
+async def read_run_request(reader: asyncio.StreamReader, first: bytes, max_bytes: int) -> object:
+    """The decoded run request whose first bytes are `first`.
+
+    The supervisor sends it with no length prefix and never half-closes: the request
+    ends where its msgpack object does. Most arrive in one read and are decoded at
+    once; bigger ones are streamed into an unpacker bounded by `max_bytes`. Raises
+    RequestTooLarge beyond it, ProtocolError for bytes that are not msgpack or a
+    connection that ends first.
+    """
+    try:
+        return unpack(first)
+    except UNPACK_ERRORS:
+        pass  # incomplete (or broken: the unpacker below says which)
+    unpacker = new_unpacker(max_buffer_size=max_bytes)
+    chunk = first
+    while True:
+        try:
+            unpacker.feed(chunk)
+            return unpacker.unpack()
+        except msgpack.OutOfData:
+            pass
+        except msgpack.BufferFull:
+            raise RequestTooLarge("request", max_bytes) from None
+        except UNPACK_ERRORS as error:  # FormatError, StackError...
+            raise ProtocolError(f"malformed run request: {type(error).__name__}: {error}") from None
+        chunk = await reader.read(READ_CHUNK)
+        if not chunk:
+            raise ProtocolError("the connection closed before a complete run request arrived")
 
 
 def http_scope(
@@ -143,7 +277,20 @@ def http_scope(
 
 
 def event_scope(message: dict) -> dict:
+    """An aleph message delivered to the program, as the supervisor's reactor sends it."""
     return {"type": "aleph.message", "body": message}
+
+
+async def read_halt(reader: asyncio.StreamReader, first: bytes) -> None:
+    """Read the rest of `halt` after its first bytes; ProtocolError for anything else."""
+    received = bytearray(first)
+    while len(received) < len(HALT) and HALT.startswith(bytes(received)):
+        more = await reader.read(len(HALT) - len(received))
+        if not more:
+            break
+        received += more
+    if not bytes(received).startswith(HALT):
+        raise ProtocolError(f"unknown request {bytes(received[:16])!r}")
 
 
 # --- what the init answers ---
@@ -187,4 +334,33 @@ def event_answer(body: object, output: str = "", output_data: bytes | None = Non
 
 
 def error_answer(error: str, traceback: str, output: str = "") -> bytes:
-    return pack({"error": error, "traceback": traceback, "output": output})
+    """A failed call. The supervisor answers 500 with `traceback` as the body: with none,
+    the error itself is the body, never an empty page."""
+    return pack({"error": error, "traceback": traceback or error, "output": output})
+
+
+#: Starts the "error" (and the traceback a node shows as the 500's body) of an answer the
+#: init gives for its own failure or refusal, not the program's: a scope it cannot
+#: complete, a malformed or oversized call, a call while it is not serving. The answer
+#: keeps the supervisor's format; the local node reads the mark to log it as the init's.
+INIT_FAILURE = "aleph-runtime init: "
+
+
+def init_error_answer(error: str, traceback: str = "") -> bytes:
+    text = INIT_FAILURE + error
+    return error_answer(text, f"{text}\n{traceback}" if traceback else f"{text}\n")
+
+
+def is_init_failure(answer: object) -> bool:
+    """Whether an unpacked answer is the init's own failure (see `init_error_answer`)."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return isinstance(error, str) and error.startswith(INIT_FAILURE)
+
+
+#: The variable that sets the largest response the init passes on.
+MAX_RESPONSE_VARIABLE = "ALEPH_MAX_RESPONSE_BYTES"
+
+
+def response_too_large(limit: int) -> str:
+    """The one sentence a call gets when the program's response outgrew the cap."""
+    return f"the program's response is larger than {limit} bytes (the limit, {MAX_RESPONSE_VARIABLE})"

@@ -9,22 +9,14 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import pytest
-from tests.fake_aleph_api import fake_api  # noqa: F401  (a fixture, shared)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 EXAMPLES = REPOSITORY / "examples"
 URL_LINE = re.compile(rb"Program running at (http://127\.0\.0\.1:\d+/)")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def descendants(pid: int) -> set[int]:
@@ -60,8 +52,10 @@ def alive(pid: int) -> bool:
 class CLI:
     """One `aleph-runtime run ...` subprocess."""
 
-    def __init__(self, state_dir: Path, args: list[str], log: Path, new_session: bool = False):
+    def __init__(self, state_dir: Path, args: list[str], log: Path, new_session: bool = False,
+                 env: dict[str, str] | None = None):  # fmt: skip
         self.new_session = new_session
+        self.env = env or {}
         self.state_dir = state_dir
         self.args = args
         self.log_path = log
@@ -69,7 +63,7 @@ class CLI:
         self.url: str | None = None
 
     async def start(self, timeout: float = 120) -> CLI:
-        env = {**os.environ, "PYTHONPATH": str(REPOSITORY / "runtime"), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(REPOSITORY / "runtime"), "PYTHONUNBUFFERED": "1", **self.env}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "aleph_runtime.host.node.cli", "run", *self.args,
@@ -122,8 +116,8 @@ class CLI:
 def cli_factory(short_dir):
     started: list[CLI] = []
 
-    async def make(*args: str, state: str = "state", new_session: bool = False) -> CLI:
-        cli = CLI(short_dir / state, list(args), short_dir / f"cli{len(started)}.log", new_session)
+    async def make(*args: str, state: str = "state", new_session: bool = False, env: dict | None = None) -> CLI:
+        cli = CLI(short_dir / state, list(args), short_dir / f"cli{len(started)}.log", new_session, env)
         started.append(cli)
         return await cli.start()
 

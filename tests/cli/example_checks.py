@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+import traceback
 
 import aiohttp
 import redis.asyncio
 
-from .conftest import alive, descendants
+from tests.cli.conftest import EXAMPLES, alive, descendants
 
 
 def sockets_under(path) -> list[str]:
@@ -34,85 +35,198 @@ async def stop_cleanly(cli) -> None:
     assert "stopped" in cli.output()
 
 
+class Checks:
+    """Independent checks over one running example: each runs even when an earlier one
+    failed, and the test fails at the end with every failure, not just the first."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    async def run(self, name: str, check, *arguments) -> object:
+        try:
+            return await check(*arguments)
+        except Exception:  # noqa: BLE001 - an assertion or an error: reported at the end either way
+            self.failures.append(f"--- {name} ---\n{traceback.format_exc()}")
+            return None
+
+    def assert_all_passed(self, output: str = "") -> None:
+        assert not self.failures, "\n".join(self.failures) + ("\n--- output ---\n" + output if output else "")
+
+
+async def _index(http, url: str) -> str:
+    """`/` answers JSON, with the program's hash in a node's header; the hash."""
+    async with http.get(url) as response:
+        assert response.status == 200, await response.text()
+        index = await response.json()
+    assert index["message"] == "Hello from aleph-runtime"
+    vm_hash = index["vm_hash"]
+    assert len(vm_hash) == 64 and response.headers["Aleph-Program-ItemHash"] == vm_hash
+    return vm_hash
+
+
+async def _lifespan(http, url: str, vm_hash: str) -> None:
+    """One startup, shared by requests, reached through /vm/<hash>/ too."""
+    async with http.get(f"{url}vm/{vm_hash}/lifespan") as response:
+        first = await response.json()
+    async with http.get(f"{url}lifespan") as response:
+        assert await response.json() == first
+    assert first["events"] == ["startup"]
+
+
+async def _cache(http, url: str, cli, vm_hash: str) -> None:
+    """The node's cache: a real Redis under the state directory, keys under the VM's hash."""
+    async with http.get(f"{url}cache/set/colour/blue") as response:
+        assert await response.json() is True
+    async with http.get(f"{url}cache/get/colour") as response:
+        assert await response.json() == {"key": "colour", "value": "blue"}
+    async with http.get(f"{url}cache/keys") as response:
+        assert await response.json() == ["colour"]
+    client = redis.asyncio.from_url(f"unix://{cli.state_dir}/redis/redis.sock")
+    try:
+        assert await client.get(f"{vm_hash}:colour") == b"blue"
+    finally:
+        await client.aclose()
+
+
+async def _signing(http, url: str, cli, vm_hash: str) -> str:
+    """Signing with the node's key (kept in the state directory), verified by aleph-sdk; the sender."""
+    from aleph.sdk.chains.common import get_verification_buffer
+    from aleph.sdk.chains.ethereum import verify_signature
+
+    async with http.get(f"{url}sign?text=hi") as response:
+        assert response.status == 200, await response.text()
+        signed = await response.json()
+    assert json.loads(signed["item_content"])["address"] == vm_hash
+    verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
+    assert (cli.state_dir / "signing.key").stat().st_size == 32
+    return signed["sender"]
+
+
+async def _posting(http, url: str, fake_api, vm_hash: str) -> None:
+    """Posting through the node (the SDK's create_post with the RemoteAccount): in the
+    VM's name, re-published to the API server with the node's key."""
+    async with http.get(f"{url}post?text=posted") as response:
+        assert response.status == 200, await response.text()
+        post = await response.json()
+    assert post["address"] == vm_hash and post["status"] == "pending"
+    [body] = await fake_api.wait_posted(1)
+    assert json.loads(body["message"]["item_content"])["content"] == {"text": "posted"}
+    async with http.get(f"{url}sign?text=who") as response:
+        assert body["message"]["sender"] == (await response.json())["sender"]
+
+
+async def _errors(http, url: str) -> None:
+    """An exception in the app: a 500 whose body is the traceback; the program keeps serving."""
+    async with http.get(f"{url}raise") as response:
+        assert response.status == 500
+        text = await response.text()
+        assert "Traceback" in text and "This error is on purpose" in text
+    async with http.get(f"{url}text") as response:
+        assert await response.text() == "plain text\n"
+
+
+async def _event(http, url: str) -> None:
+    """An event, posted as JSON, reaches the program's handler."""
+    message = {"item_hash": "ab" * 32, "type": "POST", "content": {"hello": "event"}}
+    async with http.post(f"{url}control/event", json=message) as response:
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"handled": True, "item_hash": "ab" * 32, "type": "POST"}
+
+
+async def _counter(http, url: str, expected: list[int]) -> None:
+    """The persistent volume's counter."""
+    for value in expected:
+        async with http.get(f"{url}counter") as response:
+            assert await response.json() == {"counter": value}
+
+
+async def _after_restart(http, url: str, sender: str | None) -> None:
+    """The lifespan shutdown ran at halt; the cache and the signing key are the same."""
+    async with http.get(f"{url}lifespan") as response:
+        assert (await response.json())["events"] == ["startup", "shutdown", "startup"]
+    async with http.get(f"{url}cache/get/colour") as response:
+        assert await response.json() == {"key": "colour", "value": "blue"}
+    async with http.get(f"{url}sign") as response:
+        assert sender is not None, "the first run's signing check failed: nothing to compare with"
+        assert (await response.json())["sender"] == sender
+
+
 async def check_default_example(cli_factory, mode: str, fake_api, port: int, url_timeout: float = 120) -> None:
-    """The example without PATH: every feature over plain HTTP, Ctrl-C, then a restart."""
+    """The example without PATH: every feature over plain HTTP, Ctrl-C, then a restart.
+
+    One run serves every check (a VM boot takes minutes); each check is reported on its own.
+    """
+    checks = Checks()
     cli = await cli_factory("--mode", mode, "--port", str(port), "--api-server", fake_api.url)
     url = await cli.wait_url(url_timeout)
     assert url == f"http://127.0.0.1:{port}/"
     async with aiohttp.ClientSession() as http:
-        async with http.get(url) as response:
-            assert response.status == 200, await response.text()
-            index = await response.json()
-        assert index["message"] == "Hello from aleph-runtime"
-        vm_hash = index["vm_hash"]
-        assert len(vm_hash) == 64 and response.headers["Aleph-Program-ItemHash"] == vm_hash
-
-        # Lifespan: one startup, shared by requests, reached through /vm/<hash>/ too.
-        async with http.get(f"{url}vm/{vm_hash}/lifespan") as response:
-            first = await response.json()
-        async with http.get(f"{url}lifespan") as response:
-            assert await response.json() == first
-        assert first["events"] == ["startup"]
-
-        # The node's cache: a real Redis under the state directory, keys under the VM's hash.
-        async with http.get(f"{url}cache/set/colour/blue") as response:
-            assert await response.json() is True
-        async with http.get(f"{url}cache/get/colour") as response:
-            assert await response.json() == {"key": "colour", "value": "blue"}
-        async with http.get(f"{url}cache/keys") as response:
-            assert await response.json() == ["colour"]
-        client = redis.asyncio.from_url(f"unix://{cli.state_dir}/redis/redis.sock")
-        assert await client.get(f"{vm_hash}:colour") == b"blue"
-        await client.aclose()
-
-        # Signing with the node's key (kept in the state directory), verified by aleph-sdk.
-        async with http.get(f"{url}sign?text=hi") as response:
-            assert response.status == 200, await response.text()
-            signed = await response.json()
-        from aleph.sdk.chains.common import get_verification_buffer
-        from aleph.sdk.chains.ethereum import verify_signature
-
-        assert json.loads(signed["item_content"])["address"] == vm_hash
-        verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
-        assert (cli.state_dir / "signing.key").stat().st_size == 32
-
-        # An exception in the app: a 500 whose body is the traceback; the program keeps serving.
-        async with http.get(f"{url}raise") as response:
-            assert response.status == 500
-            text = await response.text()
-            assert "Traceback" in text and "This error is on purpose" in text
-        async with http.get(f"{url}text") as response:
-            assert await response.text() == "plain text\n"
-
-        # An event, posted as JSON, reaches the program's handler.
-        message = {"item_hash": "ab" * 32, "type": "POST", "content": {"hello": "event"}}
-        async with http.post(f"{url}control/event", json=message) as response:
-            assert response.status == 200, await response.text()
-            assert await response.json() == {"handled": True, "item_hash": "ab" * 32, "type": "POST"}
-
-        # The persistent volume's counter.
-        for expected in (1, 2):
-            async with http.get(f"{url}counter") as response:
-                assert await response.json() == {"counter": expected}
+        vm_hash = await _index(http, url)  # the others need the hash
+        await checks.run("lifespan", _lifespan, http, url, vm_hash)
+        await checks.run("cache", _cache, http, url, cli, vm_hash)
+        sender = await checks.run("signing", _signing, http, url, cli, vm_hash)
+        await checks.run("posting through the node", _posting, http, url, fake_api, vm_hash)
+        await checks.run("errors", _errors, http, url)
+        await checks.run("event", _event, http, url)
+        await checks.run("counter", _counter, http, url, [1, 2])
     await stop_cleanly(cli)
     if mode == "dev":
         assert (cli.state_dir / "volumes" / "example" / "counter.txt").read_text() == "2"
     else:
         assert (cli.state_dir / "volumes" / "example.ext4").is_file()
 
-    # A restart of the command: the counter goes on, the lifespan shutdown ran at halt, the
-    # cache and the signing key are the same.
+    # A restart of the command: the counter goes on where it was.
     cli = await cli_factory("--mode", mode, "--port", str(port), "--api-server", fake_api.url)
     url = await cli.wait_url(url_timeout)
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}counter") as response:
-            assert await response.json() == {"counter": 3}
-        async with http.get(f"{url}lifespan") as response:
-            assert (await response.json())["events"] == ["startup", "shutdown", "startup"]
-        async with http.get(f"{url}cache/get/colour") as response:
-            assert await response.json() == {"key": "colour", "value": "blue"}
-        async with http.get(f"{url}sign") as response:
-            assert (await response.json())["sender"] == signed["sender"]
+        await checks.run("counter after a restart", _counter, http, url, [3])
+        await checks.run("state after a restart", _after_restart, http, url, sender)
     await stop_cleanly(cli)
+    checks.assert_all_passed(cli.output())
 
 
+async def check_legacy_example(cli_factory, mode: str, fake_api, url_timeout: float = 120) -> None:
+    """examples/legacy_aleph_client, the docs' snippets unchanged: it reads the docs' message
+    through the node, posts through the node (signed by the host, re-published with the
+    node's key) and uses the cache."""
+    from aleph.sdk.chains.common import get_verification_buffer
+    from aleph.sdk.chains.ethereum import verify_signature
+
+    from tests.fake_aleph_api import DOCS_MESSAGE_CONTENT, DOCS_MESSAGE_HASH
+
+    cli = await cli_factory("--mode", mode, "--port", "0", "--api-server", fake_api.url,
+                            str(EXAMPLES / "legacy_aleph_client"))  # fmt: skip
+    url = await cli.wait_url(url_timeout)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            assert response.status == 200, await response.text()
+            vm_hash = response.headers["Aleph-Program-ItemHash"]
+
+        async with http.get(f"{url}messages") as response:
+            assert response.status == 200, await response.text()
+            [message] = (await response.json())["Messages"]["messages"]
+        assert message["item_hash"] == DOCS_MESSAGE_HASH
+        assert message["content"]["content"] == DOCS_MESSAGE_CONTENT
+        verify_signature(message["signature"], message["sender"], get_verification_buffer(message))
+
+        async with http.get(f"{url}post_a_message") as response:
+            assert response.status == 200, await response.text()
+            signed = (await response.json())["response"]
+        # The program's own message: in its name (the VM's hash), signed by the host.
+        assert signed["content"]["address"] == vm_hash and signed["channel"] == "TEST"
+        verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
+        # ...re-published by the node with its key, as the API server received it.
+        [body] = await fake_api.wait_posted(1)
+        posted = body["message"]
+        assert json.loads(posted["item_content"])["content"]["answer"] == 42
+        assert posted["sender"] == signed["sender"] and posted["channel"] == "TEST"
+        verify_signature(posted["signature"], posted["sender"], get_verification_buffer(posted))
+
+        async with http.get(f"{url}cache") as response:
+            assert await response.json() == {"value": "value", "after_delete": None}
+
+        message = {"item_hash": "cd" * 32, "type": "POST", "content": {"hello": "event"}}
+        async with http.post(f"{url}control/event", json=message) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"result": "Good"}
+    await stop_cleanly(cli)

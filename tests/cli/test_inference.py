@@ -13,8 +13,7 @@ import pytest
 from aleph_runtime.host.errors import NodeError
 from aleph_runtime.host.node.inference import entrypoint_from_listing, infer_program
 from aleph_runtime.host.node.volumes import parse_env, parse_size_mib, parse_volume
-
-from .conftest import EXAMPLES
+from tests.cli.conftest import EXAMPLES
 
 
 def test_examples():
@@ -131,3 +130,15 @@ def test_env_and_sizes():
     with pytest.raises(NodeError):
         parse_env(["novalue"])
     assert [parse_size_mib(s) for s in ("64", "64M", "1G", "2GiB", "512K")] == [64, 64, 1024, 2048, 1]
+
+
+def test_kernel_option_reaches_the_node_options():
+    """`--kernel debian` keeps Debian's kernel and initramfs for a VM; the default (None)
+    is the node-like kernel, chosen where the machine is built."""
+    from aleph_runtime.host.node.cli import _options, build_parser
+
+    path = str(EXAMPLES / "hello" / "main.py")
+    assert _options(build_parser().parse_args(["run", path])).kernel is None
+    assert _options(build_parser().parse_args(["run", "--kernel", "debian", path])).kernel == "debian"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--kernel", "firecracker", path])

@@ -3,16 +3,19 @@ the bundled FastAPI example (no PATH), then other kinds of PATH, failures and Ct
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .conftest import EXAMPLES, alive, descendants, free_port
-from .example_checks import check_default_example, sockets_under, stop_cleanly
+from tests.cli.conftest import EXAMPLES, alive, descendants
+from tests.cli.example_checks import check_default_example, check_legacy_example, sockets_under, stop_cleanly
+from tests.helpers import free_port
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
@@ -21,6 +24,10 @@ pytestmark = [
 
 async def test_default_example_in_dev_mode(cli_factory, fake_api):
     await check_default_example(cli_factory, "dev", fake_api, free_port())
+
+
+async def test_legacy_aleph_client_example_in_dev_mode(cli_factory, fake_api):
+    await check_legacy_example(cli_factory, "dev", fake_api)
 
 
 async def test_sigterm_also_halts(cli_factory):
@@ -38,10 +45,9 @@ async def test_executable_directory(cli_factory):
     cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "executable"))
     url = await cli.wait_url()
     assert "executable run.sh" in cli.output()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}some/where") as response:
-            assert response.status == 200, await response.text()
-            assert await response.text() == "Hello from an executable program! path=/some/where\n"
+    async with aiohttp.ClientSession() as http, http.get(f"{url}some/where") as response:
+        assert response.status == 200, await response.text()
+        assert await response.text() == "Hello from an executable program! path=/some/where\n"
     await stop_cleanly(cli)
 
 
@@ -124,15 +130,13 @@ async def test_squashfs_code_and_volumes(cli_factory, short_dir):
     cli = await cli_factory(*args)
     url = await cli.wait_url()
     assert "squashfs" in cli.output()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}first") as response:
-            assert await response.text() == "shiny none"
+    async with aiohttp.ClientSession() as http, http.get(f"{url}first") as response:
+        assert await response.text() == "shiny none"
     await stop_cleanly(cli)
     cli = await cli_factory(*args)
     url = await cli.wait_url()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}second") as response:
-            assert await response.text() == "shiny /first"
+    async with aiohttp.ClientSession() as http, http.get(f"{url}second") as response:
+        assert await response.text() == "shiny /first"
     await stop_cleanly(cli)
     assert (cli.state_dir / "volumes" / "notes" / "note.txt").read_text() == "/second"
 
@@ -175,25 +179,30 @@ async def test_api_proxy_external_redis_and_verbose(cli_factory, fake_api, short
     assert "Program started" in output  # the init's own log line, streamed
 
 
-async def test_a_dying_init_ends_the_run(cli_factory):
-    """The machine dying on its own (here the init, killed) ends the command with status 1,
-    and Redis and the sockets are cleaned up all the same."""
+async def test_a_dying_init_is_replaced_at_the_next_request(cli_factory):
+    """The machine dying on its own (here the init, killed) is reported on one line with its
+    status; the next request starts a new init, and Ctrl-C still cleans everything up."""
     cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "hello" / "main.py"))
-    await cli.wait_url()
+    url = await cli.wait_url()
     children = descendants(cli.process.pid)
-    init = [pid for pid in children if b"init1.py" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    init = [pid for pid in children if b"init1.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(init) == 1
     os.kill(init[0], signal.SIGKILL)
-    assert await cli.wait() == 1
-    assert "exited on its own" in cli.output()
+    for _ in range(100):
+        if "crash:" in cli.output():
+            break
+        await asyncio.sleep(0.1)
+    assert "crash: the init exited (status -9)" in cli.output()
+    async with aiohttp.ClientSession() as http, http.get(f"{url}json") as response:
+        assert response.status == 200, await response.text()
+    assert "restarted in" in cli.output()
+    assert cli.process.returncode is None
+    await stop_cleanly(cli)
     assert [pid for pid in children if alive(pid)] == []
-    assert sockets_under(cli.state_dir) == []
 
 
 async def test_interrupted_while_starting(cli_factory):
     """Ctrl-C before the program is up: the start is abandoned, everything is stopped."""
-    import asyncio
-
     cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "fastapi_app"))
     for _ in range(600):
         if "starting the init" in cli.output():

@@ -11,8 +11,7 @@ import pytest
 from aleph_runtime.host.node.inference import infer_program
 from aleph_runtime.host.node.local import LocalNode, NodeOptions
 from aleph_runtime.host.node.volumes import parse_volume
-
-from .conftest import EXAMPLES
+from tests.cli.conftest import EXAMPLES
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None, reason="e2fsprogs is not installed"

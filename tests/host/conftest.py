@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.fake_aleph_api import fake_api  # noqa: F401  (a fixture, shared)
 
 from aleph_runtime.host.services.guest_api import GuestAPIServer, GuestAPISettings, guest_api_socket_path
 from aleph_runtime.host.services.redis_server import RedisServer

@@ -68,6 +68,8 @@ class FakeInit:
                 "Traceback (most recent call last):\n  File \"main.py\", line 1\nZeroDivisionError: division by zero\n",
                 output="printed before the error\n",
             )
+        if path == "/initfail":
+            return protocol.init_error_answer("the supervisor's scope has a body that is float, not bytes")
         if path == "/empty":
             return b""
         if path == "/slow":

@@ -9,17 +9,14 @@ import shutil
 import aiohttp
 import pytest
 import redis.asyncio
-
 from aleph.sdk.chains.common import get_verification_buffer
 from aleph.sdk.chains.ethereum import verify_signature
 
-from .conftest import VM_HASH
 from aleph_runtime.host.program import program_config, zip_directory
-
-from .devnode import EXAMPLES, INIT, DevNode
+from tests.host.conftest import VM_HASH
+from tests.host.devnode import EXAMPLES, DevNode
 
 pytestmark = [
-    pytest.mark.skipif(not INIT.exists(), reason="the init (init/init1.py) is not in this checkout"),
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
 ]
 
@@ -118,13 +115,15 @@ async def test_fastapi_exception_is_a_500_with_the_traceback(node_factory, short
 
 async def test_hello_example_plain(node_factory):
     code = (EXAMPLES / "hello" / "main.py").read_bytes()
-    async with node_factory(program_config(code, "app", encoding="plain", interface="asgi", vm_hash=VM_HASH)) as node:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{node.url}vm/{VM_HASH}/world") as response:
-                assert response.status == 200
-                assert await response.text() == "Hello from aleph-runtime! You asked for /world\n"
-            async with http.get(f"{node.url}json") as response:
-                assert (await response.json())["path"] == "/json"
+    async with (
+        node_factory(program_config(code, "app", encoding="plain", interface="asgi", vm_hash=VM_HASH)) as node,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(f"{node.url}vm/{VM_HASH}/world") as response:
+            assert response.status == 200
+            assert await response.text() == "Hello from aleph-runtime! You asked for /world\n"
+        async with http.get(f"{node.url}json") as response:
+            assert (await response.json())["path"] == "/json"
 
 
 async def test_executable_example(node_factory):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -14,15 +15,13 @@ import textwrap
 import aiohttp
 import pytest
 import redis.asyncio
-
 from aleph.sdk.chains.common import get_verification_buffer
 from aleph.sdk.chains.ethereum import verify_signature
 from aleph.sdk.chains.remote import RemoteAccount
 from aleph.sdk.vm.cache import VmCache
 
 from aleph_runtime.host.services.guest_api import CACHE_EXPIRES_AFTER
-
-from .conftest import VM_HASH, make_message
+from tests.host.conftest import VM_HASH, make_message
 
 # What the init sets in a program's environment: the SDK talks HTTP to "localhost"
 # through the Unix socket.
@@ -119,19 +118,23 @@ async def test_cache_is_namespaced_and_expires_after_seven_days(guest_api_factor
 )
 async def test_cache_rejects_bad_keys_and_patterns(guest_api_factory, method, path):
     server = await guest_api_factory()
-    async with unix_session(server.socket_path) as session:
-        async with session.request(method, f"{API_HOST}{path}", data=b"v") as response:
-            assert response.status == 400
-            assert (await response.text()).startswith("Invalid")
+    async with (
+        unix_session(server.socket_path) as session,
+        session.request(method, f"{API_HOST}{path}", data=b"v") as response,
+    ):
+        assert response.status == 400
+        assert (await response.text()).startswith("Invalid")
 
 
 async def test_cache_answers_503_when_redis_is_gone(guest_api_factory, redis_server):
     server = await guest_api_factory()
     await redis_server.stop()
-    async with unix_session(server.socket_path) as session:
-        async with session.get(f"{API_HOST}/cache/key") as response:
-            assert response.status == 503
-            assert "cache unavailable" in await response.text()
+    async with (
+        unix_session(server.socket_path) as session,
+        session.get(f"{API_HOST}/cache/key") as response,
+    ):
+        assert response.status == 503
+        assert "cache unavailable" in await response.text()
 
 
 # --- signing ---
@@ -186,14 +189,72 @@ async def test_sign_refuses_a_message_not_addressed_from_the_vm(guest_api_factor
                 assert (await response.text()).startswith("Invalid message")
 
 
+def hashed(message: dict, **changes) -> dict:
+    """The message with `changes`, its item_hash recomputed from its item_content."""
+    message = dict(message, **changes)
+    message["item_hash"] = hashlib.sha256(message["item_content"].encode()).hexdigest()
+    return message
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"item_hash": "ab" * 32}, "item_hash is not the sha256 of item_content"),
+        ({"item_hash": None}, "item_hash is not the sha256 of item_content"),
+        ({"item_type": "storage"}, "only inline messages are signed"),
+        ({"item_type": None}, "only inline messages are signed"),
+    ],
+)
+async def test_sign_refuses_a_hash_that_is_not_the_contents(guest_api_factory, change, reason):
+    # The signature covers the item_hash alone: signing any hash next to a checked
+    # content would sign whatever that hash names.
+    server = await guest_api_factory()
+    message = {k: v for k, v in dict(make_message(address=VM_HASH), **change).items() if v is not None}
+    async with remote_account(server) as account:
+        with pytest.raises(aiohttp.ClientResponseError) as raised:
+            await account.sign_message(message)
+        assert raised.value.status == 400
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/sign", json=message) as response,
+    ):
+        assert response.status == 400
+        assert (await response.text()).startswith(f"Invalid message: {reason}")
+
+
+@pytest.mark.parametrize("where", ["body", "item_content"])
+async def test_deeply_nested_json_is_a_400(guest_api_factory, where):
+    server = await guest_api_factory()
+    nested = "[" * 100_000 + "]" * 100_000
+    if where == "body":
+        body = nested.encode()
+    else:
+        # A well-hashed message whose content is too deep for the parser.
+        body = json.dumps(hashed(make_message(address=VM_HASH), item_content=nested)).encode()
+    async with unix_session(server.socket_path) as session:
+        async with session.post(f"{API_HOST}/sign", data=body) as response:
+            assert response.status == 400
+            assert (await response.text()).startswith("Invalid message")
+        pubsub = json.dumps({"topic": "t", "data": json.dumps({"item_content": nested})}).encode()
+        for data in (nested.encode(), pubsub):
+            async with session.post(f"{API_HOST}/api/v0/p2p/pubsub/pub", data=data) as response:
+                assert response.status == 400
+                assert (await response.text()).startswith("Invalid pubsub message")
+        # The server is still there.
+        async with session.post(f"{API_HOST}/sign", json=make_message(address=VM_HASH)) as response:
+            assert response.status == 200
+
+
 async def test_sign_refuses_another_sender(guest_api_factory):
     server = await guest_api_factory()
     message = make_message(address=VM_HASH)
     message["sender"] = "0x" + "11" * 20
-    async with unix_session(server.socket_path) as session:
-        async with session.post(f"{API_HOST}/sign", json=message) as response:
-            assert response.status == 400
-            assert "Cannot sign" in await response.text()
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/sign", json=message) as response,
+    ):
+        assert response.status == 400
+        assert "Cannot sign" in await response.text()
 
 
 # --- the aleph API proxy ---
@@ -218,11 +279,13 @@ async def test_proxy_forwards_to_the_api_server(guest_api_factory, fake_api):
 async def test_proxy_answers_502_when_the_api_server_is_unreachable(guest_api_factory, short_dir):
     # Nothing listens on this port: the connection is refused.
     server = await guest_api_factory(api_server="http://127.0.0.1:9")
-    async with unix_session(server.socket_path) as session:
-        async with session.get(f"{API_HOST}/api/v0/info/public.json") as response:
-            assert response.status == 502
-            text = await response.text()
-            assert text.count("\n") == 1 and "unreachable" in text and "127.0.0.1:9" in text
+    async with (
+        unix_session(server.socket_path) as session,
+        session.get(f"{API_HOST}/api/v0/info/public.json") as response,
+    ):
+        assert response.status == 502
+        text = await response.text()
+        assert text.count("\n") == 1 and "unreachable" in text and "127.0.0.1:9" in text
 
 
 async def test_proxy_answers_502_when_the_api_server_never_answers(guest_api_factory):
@@ -236,11 +299,13 @@ async def test_proxy_answers_502_when_the_api_server_never_answers(guest_api_fac
     port = silent_server.sockets[0].getsockname()[1]
     try:
         server = await guest_api_factory(api_server=f"http://127.0.0.1:{port}", proxy_timeout=1)
-        async with unix_session(server.socket_path) as session:
-            async with session.get(f"{API_HOST}/api/v0/info/public.json") as response:
-                assert response.status == 502
-                text = await response.text()
-                assert text.count("\n") == 1 and "did not answer" in text
+        async with (
+            unix_session(server.socket_path) as session,
+            session.get(f"{API_HOST}/api/v0/info/public.json") as response,
+        ):
+            assert response.status == 502
+            text = await response.text()
+            assert text.count("\n") == 1 and "did not answer" in text
     finally:
         silent_server.close()
         await silent_server.wait_closed()
@@ -268,10 +333,12 @@ async def test_pubsub_pub_is_republished_signed_by_the_node(guest_api_factory, f
 async def test_pubsub_pub_answers_502_when_the_api_server_is_unreachable(guest_api_factory):
     server = await guest_api_factory(api_server="http://127.0.0.1:9")
     payload = {"topic": "ALEPH-TEST", "data": json.dumps(make_message(address=VM_HASH))}
-    async with unix_session(server.socket_path) as session:
-        async with session.post(f"{API_HOST}/api/v0/p2p/pubsub/pub", json=payload) as response:
-            assert response.status == 502
-            assert (await response.text()).count("\n") == 1
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/api/v0/p2p/pubsub/pub", json=payload) as response,
+    ):
+        assert response.status == 502
+        assert (await response.text()).count("\n") == 1
 
 
 # --- as a program configures the SDK: through the init's environment variables ---
@@ -318,3 +385,70 @@ async def test_sdk_configured_by_the_init_environment(guest_api_factory):
     assert result["value"] == "yes" and result["keys"] == ["from_env"]
     signed = result["signed"]
     verify_signature(signed["signature"], signed["sender"], get_verification_buffer(signed))
+
+
+# --- posting as aleph-sdk-python 2 does: POST /api/v0/messages, then the pubsub fallback ---
+
+
+async def test_post_message_is_refused_in_json_as_on_a_node(guest_api_factory, fake_api):
+    server = await guest_api_factory(api_server=fake_api.url)
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/api/v0/messages", json={"sync": False, "message": {}}) as response,
+    ):
+        assert response.status == 405
+        assert "pubsub" in (await response.json())["error"]
+        assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert fake_api.posted == [] and fake_api.requests == []
+
+
+async def test_pubsub_accepts_the_message_object_as_the_sdk_sends_it(guest_api_factory, fake_api, signer):
+    server = await guest_api_factory(api_server=fake_api.url)
+    program_message = make_message(address=VM_HASH, content={"as": "object"})
+    async with unix_session(server.socket_path) as session:
+        payload = {"topic": "ALEPH-TEST", "data": program_message}
+        async with session.post(f"{API_HOST}/api/v0/ipfs/pubsub/pub", json=payload) as response:
+            assert response.status == 200, await response.text()
+        for bad in ({"topic": "x", "data": 3}, {"topic": "x", "data": "not json"}, ["data"]):
+            async with session.post(f"{API_HOST}/api/v0/ipfs/pubsub/pub", json=bad) as response:
+                assert response.status == 400
+                assert (await response.text()).count("\n") == 1
+    posted = fake_api.posted[0]["message"]
+    assert json.loads(posted["item_content"])["content"] == {"as": "object"}
+    assert posted["sender"] == await signer.address()
+
+
+async def test_pubsub_answers_the_api_servers_refusal_with_its_status(guest_api_factory, fake_api):
+    server = await guest_api_factory(api_server=fake_api.url)
+    fake_api.refuse_with = (422, "invalid signature\nsee the logs")
+    payload = {"topic": "ALEPH-TEST", "data": json.dumps(make_message(address=VM_HASH))}
+    async with (
+        unix_session(server.socket_path) as session,
+        session.post(f"{API_HOST}/api/v0/ipfs/pubsub/pub", json=payload) as response,
+    ):
+        assert response.status == 422
+        text = await response.text()
+    assert text.count("\n") == 1 and "refused the message" in text and "invalid signature" in text
+
+
+async def test_sdk_create_post_through_a_remote_account_reaches_the_api(guest_api_factory, fake_api, signer):
+    """The SDK posts to /api/v0/messages, gets the node's 405, falls back to pubsub; the host
+    signs the program's message and re-publishes its content with the node's key."""
+    from aleph.sdk.client import AuthenticatedAlephHttpClient
+    from aleph_message.models import PostMessage
+    from aleph_message.status import MessageStatus
+
+    server = await guest_api_factory(api_server=fake_api.url)
+    async with remote_account(server) as account, AuthenticatedAlephHttpClient(
+        account=account, api_server=API_HOST, api_unix_socket=str(server.socket_path)
+    ) as client:
+        message, status = await client.create_post(
+            post_content={"answer": 42}, post_type="test", address=VM_HASH, channel="TEST"
+        )
+    assert isinstance(message, PostMessage) and status is MessageStatus.PENDING
+    assert message.content.address == VM_HASH and message.sender == await signer.address()
+    verify_signature(message.signature, message.sender, get_verification_buffer(message.model_dump()))
+    [posted] = [body["message"] for body in fake_api.posted]
+    assert json.loads(posted["item_content"])["content"] == {"answer": 42}
+    assert posted["sender"] == await signer.address() and posted["channel"] == "TEST"
+    verify_signature(posted["signature"], posted["sender"], get_verification_buffer(posted))

@@ -4,15 +4,16 @@ scopes built as aleph-vm builds them, answers turned into HTTP as aleph-vm does.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import pytest
 
+from aleph_runtime import protocol
 from aleph_runtime.host.services.http_front import HTTPFront, b32_hostname, create_front_app
 from aleph_runtime.host.supervisor import SupervisorClient
-
-from .conftest import VM_HASH
-from .fake_init import FakeInit
+from tests.host.conftest import VM_HASH
+from tests.host.fake_init import FakeInit
 
 
 @pytest.fixture
@@ -119,6 +120,21 @@ async def test_traceback_is_a_500_with_the_traceback_as_text(front_factory, sess
         assert response.status == 200
 
 
+async def test_the_log_tells_the_inits_failure_from_the_programs(front_factory, session, caplog):
+    front = await front_factory()
+    with caplog.at_level(logging.WARNING, logger="aleph_runtime.host.services.http_front"):
+        async with session.get(f"{front.url}initfail") as response:
+            assert response.status == 500  # as a node answers any error answer
+            assert (await response.text()).startswith("aleph-runtime init: the supervisor's scope has a body")
+        init_failure = caplog.text
+        caplog.clear()
+        async with session.get(f"{front.url}raise") as response:
+            assert response.status == 500
+        program_error = caplog.text
+    assert "the init failed on GET /initfail" in init_failure and "program error" not in init_failure
+    assert "program error on GET /raise" in program_error and "ZeroDivisionError" in program_error
+
+
 async def test_empty_answer_is_a_502_and_reported(front_factory, session):
     emptied = []
 
@@ -194,6 +210,12 @@ async def test_events_reach_the_program_as_aleph_message_scopes(front_factory, f
         assert "ValueError: bad event" in await response.text()
     async with session.post(f"{front.url}control/event", data=b"[1]") as response:
         assert response.status == 400
+    # JSON too deep for the parser, or that msgpack cannot carry to the init: 400, not 500.
+    too_deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    for body in (too_deep, b'{"big": 1' + b"0" * 30 + b"}"):
+        async with session.post(f"{front.url}control/event", data=body) as response:
+            assert response.status == 400, body[:20]
+            assert "error" in await response.json()
 
 
 async def test_404s_become_json_errors_as_on_a_node(front_factory, session):
@@ -209,3 +231,122 @@ async def test_404s_become_json_errors_as_on_a_node(front_factory, session):
         assert response.status == 404
         assert await response.text() == "no such page"
         assert response.headers["X-Program"] == "1"
+
+
+# --- the front frames every response itself ---
+
+
+class ScriptedInit(FakeInit):
+    """Answers each path with the run answer a test put in `answers`."""
+
+    def __init__(self, uds_path):
+        super().__init__(uds_path)
+        self.answers: dict[str, bytes] = {}
+
+    async def answer(self, scope: dict) -> bytes:
+        default = protocol.run_answer(200, [[b"content-type", b"text/plain"]], b"ok")
+        return self.answers.get(scope["path"]) or default
+
+
+@pytest.fixture
+async def scripted(short_dir):
+    init = await ScriptedInit(short_dir / "s.sock").start()
+    client = SupervisorClient(init.uds_path)
+    front = await HTTPFront(create_front_app(client, VM_HASH, 10), port=0).start()
+    yield init, front
+    await front.stop()
+    await init.stop()
+
+
+async def read_http_response(reader: asyncio.StreamReader, method: str = "GET") -> tuple[int, dict, bytes]:
+    """One response off a raw connection, framed by its own Content-Length as a client reads it."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+    headers: dict[str, list[str]] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    assert "transfer-encoding" not in headers
+    status = int(status_line.split()[1])
+    length = 0 if method == "HEAD" or status in (204, 304) else int(headers["content-length"][0])
+    return status, headers, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def pipelined(front: HTTPFront, requests: list[tuple[str, str]]) -> list[tuple[int, dict, bytes]]:
+    """Send every request at once on one connection (a pipelining client); read the answers."""
+    reader, writer = await asyncio.open_connection(front.host, front.port)
+    try:
+        writer.write(
+            b"".join(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for method, path in requests)
+        )
+        return [await read_http_response(reader, method) for method, _ in requests]
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [[b"content-length", b"3"]],  # shorter than the body: the rest would be a second response
+        [[b"content-length", b"9999"]],  # longer: the next response would be read as this body
+        [[b"content-length", b"28"], [b"content-length", b"5"]],
+        [[b"content-length", b"abc"]],
+        [[b"transfer-encoding", b"chunked"], [b"content-length", b"28"]],
+        [[b"connection", b"close"], [b"keep-alive", b"timeout=1"], [b"upgrade", b"h2c"]],
+    ],
+    ids=["short", "long", "duplicate", "garbage", "chunked", "hop-by-hop"],
+)
+async def test_content_length_is_the_bodys_whatever_the_program_says(scripted, headers):
+    init, front = scripted
+    # A body that looks like a response: a wrong length would show it to the client as one.
+    forged = b"HTTP/1.1 200 OK\r\nX-Forged: 1\r\n\r\n"
+    init.answers["/first"] = protocol.run_answer(200, headers, forged)
+    answers = await pipelined(front, [("GET", "/first"), ("GET", "/second")])
+    (status, got, body), (second_status, second_headers, second_body) = answers
+    assert (status, body) == (200, forged)
+    assert got["content-length"] == [str(len(forged))]
+    for hop in ("connection", "keep-alive", "upgrade"):
+        assert got.get(hop, []) in ([], ["keep-alive"])  # aiohttp's own, never the program's
+    assert (second_status, second_body) == (200, b"ok")
+    assert "x-forged" not in second_headers
+
+
+async def test_head_keeps_the_length_of_the_body_not_sent(scripted):
+    init, front = scripted
+    init.answers["/head"] = protocol.run_answer(200, [[b"content-length", b"1234"]], b"")
+    (status, headers, body), second = await pipelined(front, [("HEAD", "/head"), ("GET", "/second")])
+    assert (status, headers["content-length"], body) == (200, ["1234"], b"")
+    assert (second[0], second[2]) == (200, b"ok")
+
+
+@pytest.mark.parametrize(
+    "status, headers",
+    [
+        (200, [[b"x-split", b"a\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK"]]),
+        (200, [[b"x-lf", b"a\nb"]]),
+        (200, [[b"x-nul", b"a\x00b"]]),
+        (200, [[b"", b"empty name"]]),
+        (200, [[b"x bad", b"space in the name"]]),
+        (200, [[b"x:colon", b"v"]]),
+        (200, [[b"x-cr\r", b"v"]]),
+        (100, []),
+        (101, []),
+        (199, []),
+        (600, []),
+        (0, []),
+        (-1, []),
+        ("200", []),
+        (True, []),
+    ],
+)
+async def test_an_answer_that_cannot_be_sent_is_a_502(scripted, caplog, status, headers):
+    init, front = scripted
+    init.answers["/bad"] = protocol.run_answer(status, headers, b"body")
+    with caplog.at_level("ERROR", logger="aleph_runtime.host.services.http_front"):
+        answers = await pipelined(front, [("GET", "/bad"), ("GET", "/second")])
+    (status_sent, got, body), second = answers
+    assert status_sent == 502
+    assert "x-forged" not in got and not any(name.startswith("x-") for name in got)
+    assert body == b"Invalid response from VM\n"
+    assert (second[0], second[2]) == (200, b"ok")  # the connection still serves what follows
+    assert "invalid answer from the init" in caplog.text

@@ -13,9 +13,8 @@ import pytest
 from aleph_runtime.host.machines.dev import DevInit
 from aleph_runtime.host.program import program_config, zip_directory
 from aleph_runtime.host.services.host_services import HostServices
-
-from .conftest import VM_HASH
-from .devnode import EXAMPLES
+from tests.host.conftest import VM_HASH
+from tests.host.devnode import EXAMPLES
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 

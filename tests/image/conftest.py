@@ -1,4 +1,4 @@
-"""Fixtures of the image tests: the runtime squashfs and the test kernel, built through
+"""Fixtures of the image tests: the runtime squashfs and both kernels, built through
 their caches (a cold build takes minutes; later runs reuse it), and the image mounted
 read-only from a loop device."""
 
@@ -31,6 +31,11 @@ def rootfs() -> Path:
 def kernel() -> image.KernelFiles:
     _require_root()
     return image.ensure_kernel()
+
+
+@pytest.fixture(scope="session")
+def node_kernel() -> image.NodeKernel:
+    return image.ensure_node_kernel()
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,14 @@ by the host-side supervisor client exactly as the supervisor drives a VM."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from aleph_runtime.host.supervisor import SupervisorClient, wait_for_path
+from aleph_runtime.host.machines.base import CommandMachine
+from aleph_runtime.host.supervisor import wait_for_path
 
 pytestmark = [pytest.mark.image, pytest.mark.root]
 
@@ -67,45 +69,38 @@ def v2_config(code: bytes, entrypoint: str) -> dict:
 
 
 async def test_image_python_runs_init_in_dev_mode(mounted_rootfs: Path, tmp_path: Path):
-    if not (mounted_rootfs / "opt/aleph/init/init1.py").exists():
-        pytest.skip("the image holds no init1.py yet (init/init1.py not merged when it was built)")
+    assert (mounted_rootfs / "opt/aleph/init/init1.py").is_file(), "the image holds no /opt/aleph/init/init1.py"
     socks = tmp_path / "socks"
     work = tmp_path / "work"
     socks.mkdir()
     work.mkdir()
-    client = SupervisorClient(socks / "v.sock")
-    ready = await client.ready_signal().start()
-    log = (tmp_path / "init.log").open("wb")
-    proc = subprocess.Popen(
-        ["unshare", "--mount", "--pid", "--fork", "--uts", "--net", "--kill-child",
-         "sh", "-c", LAUNCH, "sh", str(mounted_rootfs), str(work), str(socks)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        signal = await ready.wait(timeout=60)
-        assert signal.get("version") == "2.0.0"
-        await wait_for_path(socks / "v.sock", timeout=10)
-        assert (await client.configure(v2_config(FASTAPI_PROGRAM, "main:app")))["success"] is True
+    log_path = tmp_path / "init.log"
+    with log_path.open("wb") as log:
+        machine = CommandMachine(
+            ["unshare", "--mount", "--pid", "--fork", "--uts", "--net", "--kill-child",
+             "sh", "-c", LAUNCH, "sh", str(mounted_rootfs), str(work), str(socks)],
+            socks / "v.sock", stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            signal = await machine.start(timeout=60)
+            assert signal.get("version") == "2.0.0"
+            await wait_for_path(socks / "v.sock", timeout=10)
+            assert (await machine.configure(v2_config(FASTAPI_PROGRAM, "main:app")))["success"] is True
 
-        answer = await client.http("GET", "/")
-        assert answer["headers"]["status"] == 200, answer
-        import json
+            answer = await machine.client.http("GET", "/")
+            assert answer["headers"]["status"] == 200, answer
+            body = json.loads(answer["body"]["body"])
+            assert body["hello"] == "aleph" and body["optimize"] == 2 and body["started"] is True
+            assert body["python"].startswith("3.11.")
 
-        body = json.loads(answer["body"]["body"])
-        assert body["hello"] == "aleph" and body["optimize"] == 2 and body["started"] is True
-        assert body["python"].startswith("3.11.")
+            answer = await machine.client.http(
+                "POST", "/echo", headers=[(b"content-type", b"application/json")], body=b'{"x": [1, 2]}'
+            )
+            assert json.loads(answer["body"]["body"]) == {"x": [1, 2]}
 
-        answer = await client.http("POST", "/echo", headers=[(b"content-type", b"application/json")],
-                                   body=b'{"x": [1, 2]}')
-        assert json.loads(answer["body"]["body"]) == {"x": [1, 2]}
-
-        halted = await client.halt()
-        assert halted.stopped and halted.shut_down, halted
-        proc.wait(timeout=15)
-    finally:
-        await ready.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        print((tmp_path / "init.log").read_text(errors="replace")[-3000:])
+            halted = await machine.client.halt()
+            assert halted.stopped and halted.shut_down, halted
+            assert await machine.wait_exit(15) is not None, "the init did not end after halt"
+        finally:
+            await machine.kill()
+            print(log_path.read_text(errors="replace")[-3000:])

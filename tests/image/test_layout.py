@@ -37,8 +37,7 @@ def test_sbin_init_is_init0(mounted_rootfs: Path):
 def test_init1_and_guest_runtime_installed(mounted_rootfs: Path):
     opt = mounted_rootfs / "opt/aleph"
     assert (opt / "init/init0.fstab").read_bytes() == (REPO / "init/init0.fstab").read_bytes()
-    if (REPO / "init/init1.py").exists():
-        assert (opt / "init/init1.py").read_bytes() == (REPO / "init/init1.py").read_bytes()
+    assert (opt / "init/init1.py").read_bytes() == (REPO / "init/init1.py").read_bytes()
     pkg = opt / "runtime/aleph_runtime"
     assert (pkg / "protocol.py").read_bytes() == (REPO / "runtime/aleph_runtime/protocol.py").read_bytes()
     assert (pkg / "guest/__init__.py").exists()
@@ -64,6 +63,17 @@ def test_imports_under_image_python_without_compiling(mounted_rootfs: Path):
     assert loaded_from_pyc and all(".opt-2.pyc" in line for line in loaded_from_pyc), [
         line for line in loaded_from_pyc if ".opt-2.pyc" not in line
     ][:20]
+
+
+def test_legacy_aleph_client_imports_under_image_python(mounted_rootfs: Path):
+    # runtime/compat, where the init appends it to a program's sys.path (last).
+    compat = mounted_rootfs / "opt/aleph/runtime/compat/aleph_client"
+    assert (compat / "asynchronous.py").read_bytes() == (REPO / "runtime/compat/aleph_client/asynchronous.py").read_bytes()
+    mods = ("aleph_client.asynchronous, aleph_client.chains.remote, aleph_client.chains.ethereum, "
+            "aleph_client.vm.cache, aleph_client.vm.app, aleph_client.conf, aleph_client.types")
+    env = {"PYTHONPATH": "/opt/aleph/runtime:/opt/aleph/libs:/opt/aleph/runtime/compat"}
+    result = chroot(mounted_rootfs, "python3", "-OO", "-c", f"import {mods}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_every_py_has_bytecode(mounted_rootfs: Path):

@@ -69,7 +69,8 @@ async def test_lifespan_state_and_variables_reach_the_app(init):
     assert env["ALEPH_API_UNIX_SOCKET"].endswith("/tmp/socat-socket")
     assert env["ALEPH_REMOTE_CRYPTO_UNIX_SOCKET"] == env["ALEPH_API_UNIX_SOCKET"]
     assert env["ALEPH_INIT_VERSION"] == "2.0.0"
-    assert len(env["ALEPH_ADDRESS_TO_USE"]) == 52
+    # The VM's item hash in hex, as the guest API requires in a signed message's address.
+    assert len(env["ALEPH_ADDRESS_TO_USE"]) == 64 and int(env["ALEPH_ADDRESS_TO_USE"], 16) >= 0
     # The guest API socket exists before the program is imported.
     assert Path(env["ALEPH_API_UNIX_SOCKET"]).is_socket()
 
@@ -143,6 +144,18 @@ def package(tmp_path: Path) -> Path:
 async def test_packages_in_archives(init, tmp_path, encoding, pack):
     await init.configure(program_config(pack(package(tmp_path)), "webapp.server:app", encoding=encoding))
     assert (await init.client.http("GET", "/"))["body"]["body"] == b"from a package"
+
+
+async def test_code_packed_by_the_tar_command_with_dot_entries(init, tmp_path):
+    # `tar -C dir -czf code.tar.gz .`, the most common way to pack a program: `./`, `./main.py`.
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "main.py").write_bytes(program("starlette_app.py"))
+    archive = tmp_path / "code.tar.gz"
+    await (await asyncio.create_subprocess_exec("tar", "-C", str(source), "-czf", str(archive), ".")).wait()
+    await init.configure(program_config(archive.read_bytes(), "main:app", encoding="tar.gz"))
+    answer = await init.client.http("GET", "/")
+    assert answer["headers"]["status"] == 200, answer
 
 
 def hostile_zip() -> bytes:

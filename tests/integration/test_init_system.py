@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib.util
 import io
 import json
@@ -19,11 +20,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from nsguest import INIT1, REPOSITORY, guest_env, host_file_snapshot, make_ext4, make_squashfs, needs_root
 
+from aleph_runtime.host.machines.sandbox import Sandbox, SandboxMachine, read_from_image
 from aleph_runtime.host.program import program_config
-from aleph_runtime.host.machines.sandbox import Sandbox, read_from_image
-from aleph_runtime.host.supervisor import ConfigurationRejected, SupervisorClient
+from aleph_runtime.host.supervisor import ConfigurationRejected
+from tests.integration.nsguest import (
+    INIT1,
+    REPOSITORY,
+    guest_env,
+    host_file_snapshot,
+    make_ext4,
+    make_squashfs,
+    needs_root,
+)
 
 pytestmark = needs_root
 
@@ -36,9 +45,10 @@ _spec.loader.exec_module(guest_api_stub)
 
 
 class Booted:
-    def __init__(self, box: Sandbox, client: SupervisorClient, console: Path):
-        self.box = box
-        self.client = client
+    def __init__(self, machine: SandboxMachine, console: Path):
+        self.machine = machine
+        self.box = machine.box
+        self.client = machine.client
         self.console = console
 
     async def get(self, path: str, query: str = "") -> dict:
@@ -55,31 +65,30 @@ class Booted:
 
 @pytest.fixture
 async def boot(tmp_path):
-    started: list[tuple[Sandbox, object]] = []
+    started: list[tuple[SandboxMachine, object]] = []
+    stack = contextlib.ExitStack()
 
     async def start(
-        *, devices=None, veth=False, wrapper: str | None = None, api=None, **config_overrides
+        *, devices=None, veth=False, wrapper: str | None = None, api=None, init_args=(), **config_overrides
     ) -> tuple[Booted, dict | Exception]:
         console = tmp_path / "console.log"
-        command = [sys.executable, "-OO", str(INIT1)]
+        console_file = stack.enter_context(console.open("ab"))
+        command = [sys.executable, "-OO", str(INIT1), *init_args]
         if wrapper:
             command = ["/bin/sh", "-c", wrapper + '\nexec "$@"', "wrapper", *command]
         box = Sandbox(
             # The default work directory is short: Unix socket paths are limited to 107 bytes.
             command, env=guest_env(), binds=[REPOSITORY], volumes=devices or {},
-            veth=veth, stdout=open(console, "ab"), stderr=subprocess.STDOUT,
+            veth=veth, stdout=console_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        box.env["ALEPH_VSOCK_UDS"] = box.base
-        client = SupervisorClient(box.base)
-        ready = await client.ready_signal().start()
+        machine = SandboxMachine(box)
         if api is None:
             runner = await guest_api_stub.start(f"{box.base}_53", VM_HASH)
-            started.append((box, runner.cleanup))
+            started.append((machine, runner.cleanup))
         else:
-            started.append((box, await api(f"{box.base}_53")))
-        box.start()
-        booted = Booted(box, client, console)
-        signal_ = await ready.wait(30)
+            started.append((machine, await api(f"{box.base}_53")))
+        booted = Booted(machine, console)
+        signal_ = await machine.start(timeout=30)
         assert signal_["version"] == "2.0.0"
         arguments = {"code": APP, "entrypoint": "main:app", "vm_hash": VM_HASH, **config_overrides}
         config = program_config(**arguments)
@@ -91,13 +100,14 @@ async def boot(tmp_path):
         return booted, answer
 
     yield start
-    for box, cleanup in started:
-        box.stop(timeout=5)
+    for machine, cleanup in started:
+        await machine.kill()
         await cleanup()
+    stack.close()
 
 
 @pytest.fixture
-def images(tmp_path):
+def volume_images(tmp_path):
     squash = make_squashfs(tmp_path / "venv.squashfs", {"vollib.py": b"VALUE = 42\n"})
     ext4 = make_ext4(tmp_path / "store.ext4")
     return squash, ext4
@@ -111,8 +121,8 @@ NETWORK = {"ip": "10.77.0.5", "route": "10.77.0.1", "ipv6": "fc00:77::5/64", "ip
            "dns_servers": ["10.77.0.1"]}  # fmt: skip
 
 
-async def test_full_system_program_then_halt(boot, images):
-    squash, ext4 = images
+async def test_full_system_program_then_halt(boot, volume_images):
+    squash, ext4 = volume_images
     before = host_file_snapshot()
     vm, answer = await boot(devices={"vdc": squash, "vdd": ext4}, veth=True, volumes=VOLUMES, **NETWORK)
     assert answer == {"success": True}, getattr(answer, "traceback", "")
@@ -143,8 +153,17 @@ async def test_full_system_program_then_halt(boot, images):
     assert host_file_snapshot() == before
 
 
-async def test_exception_during_halt_still_unmounts(boot, images):
-    squash, ext4 = images
+async def test_kernel_words_in_argv_are_ignored_by_pid1(boot):
+    """A kernel hands PID 1 the boot arguments it did not take (a node's `nomodule`, on a
+    kernel without modules): the init must not exit on them, PID 1 exiting panics the VM."""
+    vm, answer = await boot(init_args=["nomodule", "noapic", "--help", "--uds"])
+    assert answer == {"success": True}, getattr(answer, "traceback", "") + vm.log()
+    assert "Ignoring arguments" in vm.log() and "nomodule" in vm.log()
+    assert (await vm.client.halt()).shut_down
+
+
+async def test_exception_during_halt_still_unmounts(boot, volume_images):
+    squash, ext4 = volume_images
     vm, answer = await boot(devices={"vdc": squash, "vdd": ext4}, volumes=VOLUMES, variables={"FAIL_AT_SHUTDOWN": "1"})
     assert answer == {"success": True}, getattr(answer, "traceback", "")
     await vm.get("/write", "survives a failing shutdown")
@@ -155,8 +174,8 @@ async def test_exception_during_halt_still_unmounts(boot, images):
     assert "exploded" in vm.log()
 
 
-async def test_sigterm_halts_cleanly(boot, images):
-    squash, ext4 = images
+async def test_sigterm_halts_cleanly(boot, volume_images):
+    squash, ext4 = volume_images
     vm, answer = await boot(devices={"vdc": squash, "vdd": ext4}, volumes=VOLUMES)
     assert answer == {"success": True}, getattr(answer, "traceback", "")
     await vm.get("/write", "written before SIGTERM")
@@ -166,8 +185,8 @@ async def test_sigterm_halts_cleanly(boot, images):
     assert "Halt requested by SIGTERM" in vm.log() and "Halted" in vm.log()
 
 
-async def test_missing_volume_device_is_refused_and_the_init_stays_up(boot, images):
-    squash, _ = images
+async def test_missing_volume_device_is_refused_and_the_init_stays_up(boot, volume_images):
+    squash, _ = volume_images
     volumes = [VOLUMES[0], {"mount": "/mnt/gone", "device": "vdz", "read_only": False}]
     vm, answer = await boot(devices={"vdc": squash}, volumes=volumes)
     assert isinstance(answer, ConfigurationRejected)
@@ -305,10 +324,10 @@ while :; do sleep 0.2; done
 """
 
 
-async def test_halt_fits_the_supervisors_budget_with_a_stubborn_executable(boot, images):
+async def test_halt_fits_the_supervisors_budget_with_a_stubborn_executable(boot, volume_images):
     """The supervisor gives halt 5 s in all, then kills the VMM: an executable that
     ignores SIGTERM must be killed early enough for the volumes to be unmounted."""
-    squash, ext4 = images
+    squash, ext4 = volume_images
     code = _zip({"run.sh": STUBBORN, "server.py": (PROGRAMS / "http_echo_server.py").read_bytes()})
     vm, answer = await boot(
         code=code, encoding="zip", entrypoint="run.sh", interface="executable",

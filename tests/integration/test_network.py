@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from nsguest import host_file_snapshot, needs_root, python_sandbox, run_python
+from tests.integration.nsguest import host_file_snapshot, needs_root, python_sandbox, run_python
 
 pytestmark = needs_root
 
@@ -37,7 +37,7 @@ def test_eth0_addresses_routes_and_resolv_conf():
         assert "UP" in eth0["flags"]
         assert ("10.77.0.5", 24) in addresses
         assert ("fc00:77::5", 64) in addresses
-        ipv6 = [info for info in eth0["addr_info"] if info["local"] == "fc00:77::5"][0]
+        ipv6 = next(info for info in eth0["addr_info"] if info["local"] == "fc00:77::5")
         assert not ipv6.get("tentative"), "no duplicate address detection delay"
         lo, lo_addresses = _addresses(box, "lo")
         assert "UP" in lo["flags"] and ("127.0.0.1", 8) in lo_addresses
@@ -77,5 +77,5 @@ print(subprocess.run(["ip", "-j", "route"], capture_output=True, text=True).stdo
     result = run_python(code, veth=True)
     assert result.returncode == 0, result.stderr
     routes = json.loads(result.stdout)
-    default = [route for route in routes if route["dst"] == "default"][0]
+    default = next(route for route in routes if route["dst"] == "default")
     assert default["gateway"] == "10.78.0.1" and "onlink" in default["flags"]

@@ -6,9 +6,8 @@ import os
 import subprocess
 import time
 
-from nsguest import host_file_snapshot, make_ext4, needs_root
-
 from aleph_runtime.host.machines.sandbox import Sandbox
+from tests.integration.nsguest import host_file_snapshot, make_ext4, needs_root
 
 pytestmark = needs_root
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from nsguest import host_file_snapshot, make_ext4, make_squashfs, needs_root, run_python
 
 from aleph_runtime.host.machines.sandbox import read_from_image
+from tests.integration.nsguest import (
+    guest_env,
+    host_file_snapshot,
+    make_ext4,
+    make_squashfs,
+    needs_root,
+    run_python,
+)
 
 pytestmark = needs_root
 
@@ -41,7 +48,7 @@ print(json.dumps(report))
 
 
 @pytest.fixture
-def images(tmp_path):
+def volume_images(tmp_path):
     squash = make_squashfs(tmp_path / "venv.squashfs", {"lib.py": b"VALUE = 42\n"})
     ext4 = make_ext4(tmp_path / "store.ext4", {"existing": b"from the host"})
     return squash, ext4
@@ -53,8 +60,8 @@ VOLUMES = [
 ]
 
 
-def test_squashfs_and_ext4_mounted_and_writes_survive_unmount(images):
-    squash, ext4 = images
+def test_squashfs_and_ext4_mounted_and_writes_survive_unmount(volume_images):
+    squash, ext4 = volume_images
     before = host_file_snapshot()
     result = run_python(SCRIPT % json.dumps(VOLUMES), volumes={"vdc": squash, "vdd": ext4})
     assert result.returncode == 0, result.stderr
@@ -70,19 +77,19 @@ def test_squashfs_and_ext4_mounted_and_writes_survive_unmount(images):
     assert host_file_snapshot() == before
 
 
-def test_busy_volume_is_still_flushed(images):
-    squash, ext4 = images
+def test_busy_volume_is_still_flushed(volume_images):
+    squash, ext4 = volume_images
     result = run_python(SCRIPT % json.dumps(VOLUMES), volumes={"vdc": squash, "vdd": ext4},
-                        env={**__import__("nsguest").guest_env(), "KEEP_OPEN": "1"})
+                        env={**guest_env(), "KEEP_OPEN": "1"})
     assert result.returncode == 0, result.stderr
     assert "/mnt/store" not in json.loads(result.stdout)["after"]
     assert read_from_image(ext4, "/busy") == b"still open at halt"
     assert read_from_image(ext4, "/value") == b"written before halt"
 
 
-def test_missing_device_is_a_config_error_naming_the_volume(images):
-    squash, _ = images
-    volumes = VOLUMES[:1] + [{"mount": "/mnt/missing", "device": "vdz", "read_only": False}]
+def test_missing_device_is_a_config_error_naming_the_volume(volume_images):
+    squash, _ = volume_images
+    volumes = [*VOLUMES[:1], {"mount": "/mnt/missing", "device": "vdz", "read_only": False}]
     result = run_python(SCRIPT % json.dumps(volumes), volumes={"vdc": squash})
     report = json.loads(result.stdout)
     assert "/mnt/missing" in report["error"] and "vdz" in report["error"]
@@ -90,7 +97,7 @@ def test_missing_device_is_a_config_error_naming_the_volume(images):
     assert "/opt/venv" not in report["mounts"]
 
 
-def test_unmountable_device_is_a_config_error(tmp_path, images):
+def test_unmountable_device_is_a_config_error(tmp_path, volume_images):
     garbage = tmp_path / "garbage.img"
     garbage.write_bytes(b"\0" * (1 << 20))
     volumes = [{"mount": "/mnt/garbage", "device": "vdc", "read_only": False}]

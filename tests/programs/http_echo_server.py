@@ -22,9 +22,11 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if path == "/crash":
             os._exit(3)
-        if path == "/chunked":
+        if path in ("/chunked", "/chunked-with-length"):
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
+            if path == "/chunked-with-length":
+                self.send_header("Content-Length", "3")  # wrong, and to be ignored with chunked
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for part in (b"hello ", b"chunked ", b"world"):

@@ -5,9 +5,11 @@ ext4 volume at /mnt/store), /data-write?<value>, /cache, /sign.
 FAIL_AT_SHUTDOWN=1 in its variables makes its lifespan shutdown raise.
 """
 
+import hashlib
 import json
 import os
 import socket
+from urllib.parse import unquote
 
 
 async def _lifespan(receive, send):
@@ -62,13 +64,15 @@ async def _route(path, query):
 
         account = await RemoteAccount.from_crypto_host()
         try:
+            # The node signs only an inline message whose item_hash is its content's sha256.
+            item_content = json.dumps({"address": os.environ["VM_HASH"], "type": "test", "content": {}})
             message = {
                 "chain": "ETH",
                 "type": "POST",
                 "sender": account.get_address(),
                 "item_type": "inline",
-                "item_content": json.dumps({"address": os.environ["VM_HASH"], "type": "test", "content": {}}),
-                "item_hash": "0" * 64,
+                "item_content": item_content,
+                "item_hash": hashlib.sha256(item_content.encode()).hexdigest(),
                 "time": 1700000000.0,
                 "channel": "TEST",
             }
@@ -83,7 +87,7 @@ async def app(scope, receive, send):
         await _lifespan(receive, send)
         return
     await receive()
-    query = scope["query_string"].decode()
+    query = unquote(scope["query_string"].decode())  # percent-encoded, as from any server
     body = json.dumps(await _route(scope["path"], query)).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})

@@ -1,13 +1,34 @@
-"""Archive safety: hostile entries are refused and nothing lands outside the destination."""
+"""Archive safety: hostile entries are refused and nothing lands outside the destination.
 
+Archives are real ones (tarfile, zipfile, shutil and the `tar` command); the space limits
+are tried on a real small tmpfs mounted in a private mount namespace.
+"""
+
+import collections
+import contextlib
 import io
+import json
+import os
+import random
+import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from aleph_runtime.guest.archive import ArchiveError, extract_tar, extract_zip, tar_compression
+from aleph_runtime.guest.archive import (
+    ArchiveError,
+    extract_tar,
+    extract_zip,
+    tar_compression,
+    zip_entry_count,
+)
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def make_zip(entries):
@@ -44,6 +65,8 @@ def tar_info(name, kind=tarfile.REGTYPE, linkname="", mode=0o644):
 def assert_nothing_outside(tmp_path, dest):
     outside = [p for p in tmp_path.rglob("*") if dest not in p.parents and p != dest]
     assert outside == []
+    # A refused archive leaves nothing half-written behind either.
+    assert not dest.exists() or list(dest.iterdir()) == []
 
 
 def test_zip_extracts_files_dirs_modes_and_inner_links(tmp_path):
@@ -138,3 +161,471 @@ def test_hostile_tar_is_refused(tmp_path, members, message):
 def test_garbage_is_not_a_tar(tmp_path):
     with pytest.raises(ArchiveError):
         extract_tar(b"\x1f\x8b garbage", tmp_path)
+
+
+# --- archives as people make them ---
+
+
+def test_tar_command_of_a_directory_with_dot_entries(tmp_path):
+    source = tmp_path / "src"
+    (source / "pkg").mkdir(parents=True)
+    (source / "main.py").write_text("app = 1\n")
+    (source / "pkg" / "util.py").write_text("x = 2\n")
+    archive = tmp_path / "code.tar.gz"
+    subprocess.run(["tar", "-C", str(source), "-czf", str(archive), "."], check=True)
+    with tarfile.open(archive) as opened:
+        names = opened.getnames()
+    assert "." in names and "./main.py" in names  # what the tar command writes
+    dest = tmp_path / "dest"
+    dest.mkdir(mode=0o711)
+    extract_tar(archive.read_bytes(), dest)
+    assert (dest / "main.py").read_text() == "app = 1\n"
+    assert (dest / "pkg" / "util.py").read_text() == "x = 2\n"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o711  # `./` does not chmod the destination
+
+
+@pytest.mark.parametrize("kind", ["gztar", "bztar", "xztar", "tar", "zip"])
+def test_shutil_make_archive(tmp_path, kind):
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "main.py").write_text("app = 1\n")
+    (source / "sub" / "data.txt").write_text("data")
+    archive = Path(shutil.make_archive(str(tmp_path / "code"), kind, root_dir=source))
+    dest = tmp_path / "dest"
+    (extract_zip if kind == "zip" else extract_tar)(archive.read_bytes(), dest)
+    assert (dest / "main.py").read_text() == "app = 1\n"
+    assert (dest / "sub" / "data.txt").read_text() == "data"
+
+
+@pytest.mark.parametrize("name", ["./", ".", "././", "./a/./b/"])
+def test_dot_directory_entries_are_normalised(tmp_path, name):
+    data = make_tar([(tar_info(name, tarfile.DIRTYPE, mode=0o755), None), (tar_info("./x.py"), b"x")])
+    extract_tar(data, tmp_path / "dest")
+    assert (tmp_path / "dest" / "x.py").read_bytes() == b"x"
+
+
+def test_an_entry_without_a_name_is_refused(tmp_path):
+    with pytest.raises(ArchiveError, match="without a name"):
+        extract_zip(make_zip([("", b"x", None)]), tmp_path / "dest")
+
+
+def test_a_file_named_dot_is_refused(tmp_path):
+    with pytest.raises(ArchiveError, match="without a name"):
+        extract_zip(make_zip([(".", b"", stat.S_IFREG | 0o644)]), tmp_path / "dest")
+
+
+def test_a_later_tar_entry_replaces_an_earlier_one(tmp_path):
+    # `tar -r` appends a newer copy of a file: the last one wins, as with the tar command.
+    data = make_tar([(tar_info("a.py"), b"old"), (tar_info("./a.py"), b"new")])
+    extract_tar(data, tmp_path / "dest")
+    assert (tmp_path / "dest" / "a.py").read_bytes() == b"new"
+
+
+def test_setuid_bits_never_come_from_an_archive(tmp_path):
+    data = make_tar(
+        [(tar_info("d", tarfile.DIRTYPE, mode=0o6777), None), (tar_info("d/f", mode=0o4755), b"x")]
+    )
+    extract_tar(data, tmp_path / "dest")
+    assert stat.S_IMODE((tmp_path / "dest" / "d").stat().st_mode) == 0o777
+    assert stat.S_IMODE((tmp_path / "dest" / "d" / "f").stat().st_mode) == 0o755
+
+
+# --- safety as the kernel resolves paths ---
+
+
+def chain_members():
+    """Each link is inside the archive lexically; the kernel resolves a/w to ../secret."""
+    return [
+        (tar_info("a", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("a/u", tarfile.SYMTYPE, linkname=".."), None),
+        (tar_info("a/v", tarfile.SYMTYPE, linkname="u/.."), None),
+        (tar_info("a/w", tarfile.SYMTYPE, linkname="v/secret"), None),
+        (tar_info("h", tarfile.LNKTYPE, linkname="a/w"), None),
+    ]
+
+
+def test_symlink_chain_out_of_the_destination_is_refused(tmp_path):
+    (tmp_path / "secret").write_text("the host's secret")
+    dest = tmp_path / "dest"
+    with pytest.raises(ArchiveError, match="'a/v' resolves outside the destination"):
+        extract_tar(make_tar(chain_members()), dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_hard_link_to_a_link_is_refused_even_when_the_link_stays_inside(tmp_path):
+    members = [
+        (tar_info("f"), b"inside"),
+        (tar_info("l", tarfile.SYMTYPE, linkname="f"), None),
+        (tar_info("h", tarfile.LNKTYPE, linkname="l"), None),
+    ]
+    with pytest.raises(ArchiveError, match="not a file of this archive"):
+        extract_tar(make_tar(members), tmp_path / "dest")
+
+
+def test_links_are_checked_again_once_every_entry_is_out(tmp_path):
+    # x -> y/.. is the destination when made; once y -> . exists, the kernel takes x outside.
+    members = [
+        (tar_info("x", tarfile.SYMTYPE, linkname="y/.."), None),
+        (tar_info("y", tarfile.SYMTYPE, linkname="."), None),
+    ]
+    dest = tmp_path / "dest"
+    with pytest.raises(ArchiveError, match="'x' resolves outside"):
+        extract_tar(make_tar(members), dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_hard_links_are_real_links_to_files_of_the_archive(tmp_path):
+    members = [
+        (tar_info("f", mode=0o755), b"content"),
+        (tar_info("sub/h", tarfile.LNKTYPE, linkname="./f"), None),
+    ]
+    dest = tmp_path / "dest"
+    extract_tar(make_tar(members), dest)
+    assert (dest / "sub" / "h").read_bytes() == b"content"
+    assert (dest / "sub" / "h").stat().st_ino == (dest / "f").stat().st_ino
+
+
+@pytest.fixture
+def volume_link(tmp_path):
+    """A directory outside dest, reached from dest through a link that was already there
+    (a volume in dev mode), and a sibling whose name starts like dest's."""
+    outside = tmp_path / "dest2"
+    outside.mkdir(mode=0o755)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "vol").symlink_to(outside)
+    return dest, outside
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [(tar_info("vol", tarfile.DIRTYPE, mode=0o6777), None)],
+        [(tar_info("vol/x.py"), b"x")],
+        [(tar_info("vol/sub", tarfile.DIRTYPE, mode=0o755), None)],
+        [(tar_info("vol/l", tarfile.SYMTYPE, linkname="."), None)],
+    ],
+    ids=["chmod", "file", "directory", "link"],
+)
+def test_nothing_goes_through_a_link_already_in_the_destination(volume_link, members):
+    dest, outside = volume_link
+    with pytest.raises(ArchiveError, match="through the link 'vol'"):
+        extract_tar(make_tar(members), dest)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o755
+    assert list(outside.iterdir()) == []
+    assert (dest / "vol").is_symlink()  # what was there before stays
+
+
+def test_a_link_to_a_sibling_whose_name_starts_like_the_destination_is_outside(volume_link):
+    # dest/l -> vol -> .../dest2: "dest2" starts with "dest", and is still outside it.
+    dest, _outside = volume_link
+    with pytest.raises(ArchiveError, match="'l' resolves outside the destination"):
+        extract_tar(make_tar([(tar_info("l", tarfile.SYMTYPE, linkname="vol"), None)]), dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["vol"]
+
+
+def test_no_descriptor_is_left_open_whatever_the_outcome(tmp_path, volume_link):
+    dest, _ = volume_link
+    archives = [
+        make_tar([(tar_info("a/b/c.py"), b"x"), (tar_info("a/d.py"), b"y")]),
+        make_tar(chain_members()),
+        make_tar([(tar_info("new/x.py"), b"x"), (tar_info("vol/x.py"), b"x")]),
+        make_tar([(tar_info("x.py"), b"x"), (tar_info("../evil"), b"x")]),
+        b"\x1f\x8b garbage",
+    ]
+    before = sorted(os.listdir("/proc/self/fd"))
+    for index, data in enumerate(archives * 3):
+        with contextlib.suppress(ArchiveError):
+            extract_tar(data, dest if index % 2 else tmp_path / f"d{index}")
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_file_entry_replaces_a_link_rather_than_writing_through_it(volume_link):
+    dest, outside = volume_link
+    extract_tar(make_tar([(tar_info("vol"), b"plain file")]), dest)
+    assert (dest / "vol").read_bytes() == b"plain file" and not (dest / "vol").is_symlink()
+    assert list(outside.iterdir()) == []
+
+
+def test_partial_output_is_removed_but_what_was_there_stays(tmp_path):
+    dest = tmp_path / "dest"
+    (dest / "existing").mkdir(parents=True)
+    (dest / "existing" / "keep.txt").write_text("keep")
+    members = [
+        (tar_info("new", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("new/a.py"), b"a"),
+        (tar_info("existing/b.py"), b"b"),
+        (tar_info("../evil"), b"x"),
+    ]
+    with pytest.raises(ArchiveError, match="outside"):
+        extract_tar(make_tar(members), dest)
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == ["existing", "existing/keep.txt"]
+
+
+# --- bombs and limits ---
+
+
+def test_entry_limit(tmp_path):
+    members = [(tar_info(f"f{i}"), b"") for i in range(11)]
+    with pytest.raises(ArchiveError, match=r"more than 10 entries, the limit \(stopped at entry 'f10'\)"):
+        extract_tar(make_tar(members), tmp_path / "dest", max_entries=10)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_zip_entries_are_counted_before_zipfile_parses_them(tmp_path):
+    data = make_zip([(f"f{i}", b"", None) for i in range(11)])
+    assert zip_entry_count(data, limit=100) == 11
+    with pytest.raises(ArchiveError, match=r"more than 10 entries, the limit \(11 counted\)"):
+        extract_zip(data, tmp_path / "dest", max_entries=10)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_lying_end_record_does_not_hide_entries(tmp_path):
+    # The end record says 1 entry; zipfile would still parse the 50 of the central directory.
+    data = bytearray(make_zip([(f"f{i}", b"", None) for i in range(50)]))
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8 : end + 12] = (1).to_bytes(2, "little") * 2
+    assert len(zipfile.ZipFile(io.BytesIO(bytes(data))).infolist()) == 50
+    assert zip_entry_count(bytes(data), limit=10) == 11  # the walk stops past the limit
+    with pytest.raises(ArchiveError, match=r"more than 10 entries, the limit \(11 counted\)"):
+        extract_zip(bytes(data), tmp_path / "dest", max_entries=10)
+
+
+def test_zip64_entry_count_is_read_from_its_end_record(tmp_path):
+    # Over 65,535 entries zipfile writes the zip64 end record: the count is read from it.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(0x10001):
+            archive.writestr(f"{i}", b"")
+    data = buffer.getvalue()
+    assert zip_entry_count(data, limit=10) == 0x10001
+    with pytest.raises(ArchiveError, match=r"entries, the limit \(65537 counted\)"):
+        extract_zip(data, tmp_path / "dest", max_entries=0x10000)
+
+
+def test_zip_bomb_is_refused_from_its_declared_sizes(tmp_path):
+    data = make_zip([("ok.py", b"x", None), ("big", b"\0" * 1_000_000, None)])
+    with pytest.raises(ArchiveError, match=r"more than 100000 bytes, the limit \(1000001 declared\)"):
+        extract_zip(data, tmp_path / "dest", max_unpacked=100_000)
+    assert not (tmp_path / "dest" / "ok.py").exists()
+
+
+def test_tar_bomb_stops_at_the_limit_naming_the_entry(tmp_path):
+    data = make_tar([(tar_info("ok.py"), b"x"), (tar_info("big"), b"\0" * 1_000_000)], "bz2")
+    assert len(data) < 2000
+    with pytest.raises(
+        ArchiveError, match=r"more than 100000 bytes, the limit \(stopped at entry 'big', 1000000 bytes\)"
+    ):
+        extract_tar(data, tmp_path / "dest", max_unpacked=100_000)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_huge_extended_header_is_refused_before_it_is_read(tmp_path):
+    info = tar_info("f")
+    info.pax_headers = {"comment": "x" * (2 << 20)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:bz2", format=tarfile.PAX_FORMAT) as archive:
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ArchiveError, match="extended header"):
+        extract_tar(buffer.getvalue(), tmp_path / "dest")
+
+
+#: Extracts argv[1] (a .zip or a tar) into a tmpfs of argv[2] bytes and argv[3] inodes,
+#: mounted in this process's private mount namespace; prints the outcome as JSON.
+EXTRACT_ON_TMPFS = r"""
+import json, os, subprocess, sys
+from aleph_runtime.guest.archive import ArchiveError, extract_tar, extract_zip
+path, size, inodes, mount = sys.argv[1:5]
+subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes}", "tmpfs", mount], check=True)
+data = open(path, "rb").read()
+error = None
+try:
+    (extract_zip if path.endswith(".zip") else extract_tar)(data, mount + "/code")
+except ArchiveError as e:
+    error = str(e)
+free = os.statvfs(mount)
+print(json.dumps({"error": error, "left": sorted(os.listdir(mount + "/code")), "free": free.f_bavail * free.f_frsize}))
+"""
+
+
+def extract_on_tmpfs(archive: Path, size: str, inodes: int = 100_000) -> dict:
+    mount = archive.parent / "mnt"
+    mount.mkdir()
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-c",
+            EXTRACT_ON_TMPFS,
+            str(archive),
+            size,
+            str(inodes),
+            str(mount),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY / "runtime")},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.root
+def test_zip_bomb_is_bounded_by_the_free_space(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("main.py", "app = 1\n")
+        out.writestr("zeros", b"\0" * (64 << 20))
+    assert archive.stat().st_size < 1 << 20
+    outcome = extract_on_tmpfs(archive, "16m")
+    assert "the target filesystem's free space less a margin" in outcome["error"]
+    assert outcome["left"] == []
+
+
+@pytest.mark.root
+def test_tar_bomb_is_bounded_by_the_free_space_and_cleaned_up(tmp_path):
+    archive = tmp_path / "bomb.tar.bz2"
+    with tarfile.open(archive, "w:bz2") as out:
+        for name, size in (("main.py", 8), ("zeros", 64 << 20)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            out.addfile(info, io.BytesIO(b"\0" * size))
+    assert archive.stat().st_size < 64 << 10
+    outcome = extract_on_tmpfs(archive, "16m")
+    assert "free space less a margin (stopped at entry 'zeros', 67108864 bytes)" in outcome["error"]
+    assert outcome["left"] == []
+    assert outcome["free"] > 15 << 20  # not a byte of it was written
+
+
+@pytest.mark.root
+def test_many_small_files_are_counted_by_the_blocks_they_take(tmp_path):
+    # 2,000 one-byte files: 2 KB of content, 8 MB of tmpfs pages.
+    archive = tmp_path / "small.tar"
+    with tarfile.open(archive, "w") as out:
+        for i in range(2000):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = 1
+            out.addfile(info, io.BytesIO(b"x"))
+    outcome = extract_on_tmpfs(archive, "4m")
+    assert "free space less a margin" in outcome["error"]
+    assert outcome["left"] == []
+
+
+@pytest.mark.root
+def test_entries_are_bounded_by_the_free_inodes(tmp_path):
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w") as out:
+        for i in range(600):
+            out.addfile(tarfile.TarInfo(f"d{i}"), io.BytesIO(b""))
+    outcome = extract_on_tmpfs(archive, "64m", inodes=500)
+    assert "entries, the target filesystem's free inodes" in outcome["error"]
+    assert outcome["left"] == []
+
+
+@pytest.mark.root
+def test_an_archive_that_fits_is_extracted_on_a_small_tmpfs(tmp_path):
+    archive = tmp_path / "fits.tar.gz"
+    with tarfile.open(archive, "w:gz") as out:
+        info = tarfile.TarInfo("data.bin")
+        info.size = 4 << 20
+        out.addfile(info, io.BytesIO(b"\1" * info.size))
+    outcome = extract_on_tmpfs(archive, "16m")
+    assert outcome["error"] is None and outcome["left"] == ["data.bin"]
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("a/" * 300 + "f", "nested more than 256 directories deep"), ("n" * 5000, "longer than 4096 bytes")],
+)
+def test_names_past_the_kernels_limits_are_refused(tmp_path, name, message):
+    members = [(tar_info("ok.py"), b"x"), (tar_info(name), b"x")]
+    with pytest.raises(ArchiveError, match=message):
+        extract_tar(make_tar(members, "gz"), tmp_path / "dest")
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_deep_but_reasonable_trees_are_extracted_and_cleaned_up(tmp_path):
+    deep = "d/" * 200
+    members = [(tar_info(deep + "f.py"), b"x"), (tar_info("../evil"), b"x")]
+    with pytest.raises(ArchiveError, match="outside"):
+        extract_tar(make_tar(members, "gz"), tmp_path / "dest")
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def seed_archives() -> dict[str, bytes]:
+    members = [
+        (tar_info("./", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("./a.py"), b"x" * 3000),
+        (tar_info("./d/b.txt"), b"hello" * 100),
+        (tar_info("./l", tarfile.SYMTYPE, linkname="a.py"), None),
+        (tar_info("./h", tarfile.LNKTYPE, linkname="./a.py"), None),
+    ]
+    seeds = {compression or "tar": make_tar(members, compression) for compression in ("", "gz", "bz2", "xz")}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.py", "x" * 3000)
+        archive.writestr("d/", "")
+        archive.writestr("d/b.txt", "hello" * 100)
+    seeds["zip"] = buffer.getvalue()
+    return seeds
+
+
+def test_mutated_archives_fail_only_with_an_archive_error(tmp_path):
+    """Seeded and bounded: bytes flipped, cut and inserted in real archives of each kind.
+    Whatever the damage, the answer is an ArchiveError (a configuration error the init
+    reports), never another exception, and a failed extraction leaves nothing."""
+    rng = random.Random(9)
+    seeds = seed_archives()
+    outcomes = collections.Counter()
+    for index in range(1000):
+        kind = rng.choice(sorted(seeds))
+        data = bytearray(seeds[kind])
+        for _ in range(rng.randint(1, 8)):
+            at = rng.randrange(len(data))
+            roll = rng.random()
+            if roll < 0.6:
+                data[at] = rng.randrange(256)
+            elif roll < 0.8:
+                del data[at : at + rng.randint(1, 50)]
+            else:
+                data[at:at] = rng.randbytes(rng.randint(1, 20))
+        dest = tmp_path / f"d{index}"
+        try:
+            (extract_zip if kind == "zip" else extract_tar)(bytes(data), dest)
+            outcomes["extracted"] += 1
+        except ArchiveError:
+            outcomes["refused"] += 1
+            assert not dest.exists() or list(dest.iterdir()) == []
+        shutil.rmtree(dest, ignore_errors=True)
+    assert os.listdir(tmp_path) == []
+    assert outcomes["refused"] > 100 and outcomes["extracted"] > 100  # both paths were exercised
+
+
+def corrupt(data: bytes, at: int, length: int = 16) -> bytes:
+    return data[:at] + bytes(0xFF ^ byte for byte in data[at : at + length]) + data[at + length :]
+
+
+def test_broken_compressed_data_is_an_archive_error(tmp_path):
+    seeds = seed_archives()
+    # The zip's first entry's deflate stream (after its 30-byte header and its name):
+    # zipfile lets zlib.error through.
+    with pytest.raises(ArchiveError, match=r"'a\.py' cannot be read"):
+        extract_zip(corrupt(seeds["zip"], 30 + len("a.py") + 2), tmp_path / "zip")
+    # The xz stream's body: lzma raises its own LZMAError; bz2, an OSError that is not a write's.
+    with pytest.raises(ArchiveError, match="tar archive"):
+        extract_tar(corrupt(seeds["xz"], len(seeds["xz"]) // 2), tmp_path / "xz")
+    with pytest.raises(ArchiveError, match=r"tar archive|cannot be read"):
+        extract_tar(corrupt(seeds["bz2"], len(seeds["bz2"]) // 2), tmp_path / "bz2")
+
+
+def test_a_zip_needing_a_newer_version_is_an_archive_error(tmp_path):
+    data = bytearray(seed_archives()["zip"])
+    central = data.rfind(b"PK\x01\x02")  # the last central directory entry: its "version needed" field
+    data[central + 6 : central + 8] = (217).to_bytes(2, "little")
+    with pytest.raises(ArchiveError, match=r"not a valid zip archive: zip file version 21\.7"):
+        extract_zip(bytes(data), tmp_path / "dest")

@@ -6,7 +6,14 @@ import contextlib
 import pytest
 
 from aleph_runtime import protocol
-from aleph_runtime.guest.asgi import HTTPCycle, Lifespan, LifespanState, http_scope, run_cycle
+from aleph_runtime.guest.asgi import (
+    HTTPCycle,
+    Lifespan,
+    LifespanFailure,
+    LifespanState,
+    http_scope,
+    run_cycle,
+)
 
 
 def supervisor_scope(**overrides):
@@ -22,7 +29,7 @@ def test_supervisor_scope_is_completed():
     assert scope["http_version"] == "1.1" and scope["scheme"] == "http"
     assert scope["query_string"] == b"a=1&b=2" and scope["raw_path"] == b"/echo"
     assert scope["root_path"] == "" and scope["server"] and scope["client"]
-    assert scope["headers"] == [[b"content-type", b"text/plain"]]
+    assert scope["headers"] == [(b"content-type", b"text/plain")]
 
 
 async def test_body_through_receive_then_disconnect_after_the_response():
@@ -159,7 +166,7 @@ async def test_startup_failed_carries_the_apps_message():
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
 
-    with pytest.raises(RuntimeError, match="database unreachable"):
+    with pytest.raises(LifespanFailure, match="database unreachable"):
         await Lifespan(app).startup(timeout=5)
 
 

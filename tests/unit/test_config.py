@@ -90,3 +90,37 @@ def test_tar_encoding_names(name):
 
 def test_binary_interface_is_executable():
     assert parse_config(v1(interface="binary")).interface is Interface.EXECUTABLE
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"vm_hash": VM_HASH + "\n"}, "vm_hash"),
+        ({"variables": {"A\n": "1"}}, "variables"),
+        ({"volumes": [{"mount": "/opt/venv", "device": "vdc\n", "read_only": True}]}, "device"),
+    ],
+)
+def test_a_trailing_newline_is_not_accepted(overrides, field):
+    """`$` matches before a final newline; the patterns end with \\Z."""
+    with pytest.raises(ConfigError, match=field):
+        parse_config(v1(**overrides))
+
+
+@pytest.mark.parametrize("server", [134744072, b"8.8.8.8", None, ["8.8.8.8"], "8.8.8.8\nnameserver 6.6.6.6"])
+def test_dns_servers_must_be_ip_address_strings(server):
+    # ip_address(134744072) is 8.8.8.8: an int used to reach resolv.conf as a number.
+    with pytest.raises(ConfigError, match=r"dns_servers\[1\]"):
+        parse_config(v1(dns_servers=["9.9.9.9", server]))
+
+
+def test_too_many_dns_servers_are_refused():
+    with pytest.raises(ConfigError, match="dns_servers"):
+        parse_config(v1(dns_servers=["9.9.9.9"] * 17))
+
+
+@pytest.mark.parametrize("entrypoint", ["main\n:app", "main:app\n"])
+def test_an_entrypoint_with_a_trailing_newline_is_refused(entrypoint):
+    from aleph_runtime.guest.code import split_entrypoint
+
+    with pytest.raises(ConfigError):
+        split_entrypoint(entrypoint, Encoding.PLAIN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -106,22 +107,29 @@ async def test_host_down_drops_the_client_only(tmp_path, base):
         for _ in range(2):
             reader, writer = await asyncio.open_unix_connection(str(tmp_path / "bridge"))
             writer.write(b"GET /properties HTTP/1.1\r\n\r\n")
-            try:
+            # Closed with our request unread: a reset is a close too.
+            with contextlib.suppress(ConnectionResetError):
                 assert await asyncio.wait_for(reader.read(), 5) == b""
-            except ConnectionResetError:
-                pass  # closed with our request unread: a reset is a close too
             writer.close()
     finally:
         server.close()
 
 
 async def test_stale_socket_is_replaced(tmp_path, base):
+    """A socket file left by a previous run (nobody listening) is replaced by a live one."""
     path = tmp_path / "bridge"
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_unix_connection(str(path))
     server = await start_guest_api_bridge(dev_transport(base), str(path))
-    server.close()
+    try:
+        _reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_large_transfers_both_ways_with_flow_control(tmp_path, base):

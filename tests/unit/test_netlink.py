@@ -46,7 +46,7 @@ def _attrs(body: bytes, offset: int) -> dict[int, bytes]:
 
 def test_ipv4_address_request():
     request = network.add_address(7, "eth0", ipaddress.IPv4Interface("10.1.2.3/24"))
-    family, prefix, flags, scope, index = struct.unpack_from("=BBBBI", request.body)
+    family, prefix, _flags, _scope, index = struct.unpack_from("=BBBBI", request.body)
     assert (family, prefix, index) == (socket.AF_INET, 24, 7)
     attrs = _attrs(request.body, 8)
     assert attrs[network.IFA_LOCAL] == attrs[network.IFA_ADDRESS] == bytes([10, 1, 2, 3])

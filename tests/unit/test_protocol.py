@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 
 from aleph_runtime import protocol
@@ -54,3 +56,59 @@ def test_streaming_unpacker_waits_for_a_whole_object():
         if start + 4096 < len(data):
             assert objects == []
     assert objects[0]["scope"]["body"] == b"x" * 100_000
+
+
+def _reader(*chunks: bytes, eof: bool = True) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    for chunk in chunks:
+        reader.feed_data(chunk)
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+async def test_read_config_takes_the_length_line_and_exactly_its_payload():
+    framed = protocol.frame_config({"a": 1})
+    payload = await protocol.read_config(_reader(framed[3:] + b"trailing"), framed[:3], 1000)
+    assert protocol.unpack(payload) == {"a": 1}
+
+
+async def test_read_config_refuses_a_bad_or_oversized_length_line():
+    with pytest.raises(protocol.ProtocolError, match="not a number"):
+        await protocol.read_config(_reader(), b"12a\n", 1000)
+    with pytest.raises(protocol.ProtocolError, match="too long"):
+        await protocol.read_config(_reader(b"9" * 30), b"1", 1000)
+    with pytest.raises(protocol.RequestTooLarge, match="larger than 1000 bytes"):
+        await protocol.read_config(_reader(eof=False), b"1001\n", 1000)
+    with pytest.raises(asyncio.IncompleteReadError):
+        await protocol.read_config(_reader(b"ab"), b"5\n", 1000)
+
+
+async def test_read_run_request_streams_a_request_split_over_reads():
+    data = protocol.run_request(protocol.http_scope("POST", "/", body=b"x" * 10_000))
+    request = await protocol.read_run_request(_reader(data[100:5000], data[5000:], eof=False), data[:100], 1 << 20)
+    assert request["scope"]["body"] == b"x" * 10_000
+
+
+async def test_read_run_request_bounds_and_names_what_it_refuses():
+    data = protocol.run_request(protocol.http_scope("POST", "/", body=b"x" * 10_000))
+    with pytest.raises(protocol.RequestTooLarge):
+        await protocol.read_run_request(_reader(data[100:], eof=False), data[:100], 1000)
+    with pytest.raises(protocol.ProtocolError, match="closed before"):
+        await protocol.read_run_request(_reader(data[100:200]), data[:100], 1 << 20)
+    with pytest.raises(protocol.ProtocolError, match="malformed"):
+        await protocol.read_run_request(_reader(b"\xc1" * 10), b"\x81\xc1", 1 << 20)
+
+
+async def test_read_halt():
+    await protocol.read_halt(_reader(b"lt"), b"ha")
+    with pytest.raises(protocol.ProtocolError, match="unknown request"):
+        await protocol.read_halt(_reader(b"lo"), b"he")
+
+
+def test_names_of_interfaces_and_encodings():
+    assert protocol.Interface.named("binary") is protocol.Interface.EXECUTABLE
+    assert protocol.Interface.named("wsgi") is None
+    assert protocol.Encoding.named("TGZ") is protocol.Encoding.TAR
+    assert protocol.interface_for("main:app") is protocol.Interface.ASGI
+    assert f"{protocol.Encoding.ZIP}" == "zip"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 
 from aleph_runtime.guest import ssh
 
@@ -24,7 +25,7 @@ def test_rewrite_fixes_modes(tmp_path):
     (tmp_path / "root/.ssh/authorized_keys").write_text("old\n")
     os.chmod(tmp_path / "root/.ssh/authorized_keys", 0o644)
     path = ssh.write_authorized_keys(KEYS[:1], str(tmp_path))
-    assert open(path).read() == KEYS[0] + "\n"
+    assert Path(path).read_text() == KEYS[0] + "\n"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "root/.ssh").st_mode) == 0o700
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aleph_runtime.host.vmm.virtqueue import GuestMemory, GuestMemoryError, SplitQueue, VirtqueueError
-from virtqueue_driver import GPA_BASE, UVA_BASE, DriverQueue, FakeRAM
+from tests.unit.virtqueue_driver import GPA_BASE, UVA_BASE, DriverQueue, FakeRAM
 
 
 def test_guest_memory_translates_both_address_spaces():

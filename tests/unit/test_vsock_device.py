@@ -16,7 +16,7 @@ import pytest
 
 from aleph_runtime.host.vmm import vsock_backend as vb
 from aleph_runtime.host.vmm.vsock_backend import HEADER, Op, VsockDevice
-from virtqueue_driver import DriverQueue, FakeRAM
+from tests.unit.virtqueue_driver import DriverQueue, FakeRAM
 
 GUEST_BUF = 4096
 
@@ -201,7 +201,7 @@ async def test_guest_connect_reaches_uds_port_both_ways(device):
 async def test_packets_wait_for_rx_buffers(device):
     """No rx buffer posted: nothing is lost, it goes out once the guest posts some."""
     guest = FakeGuest(device, rx_buffers=0)
-    reader, writer = await host_connect(device, 7)
+    _reader, writer = await host_connect(device, 7)
     await asyncio.sleep(0.05)
     assert guest.collect(repost=False) == []
     guest.post_rx(4)
@@ -213,7 +213,7 @@ async def test_packets_wait_for_rx_buffers(device):
 async def test_host_to_guest_respects_guest_credit(device):
     """A guest that announces 8 KiB never gets more than 8 KiB unacknowledged."""
     guest = FakeGuest(device)
-    reader, writer, req = await established_host_stream(device, guest, buf_alloc=8192)
+    _reader, writer, req = await established_host_stream(device, guest, buf_alloc=8192)
     blob = os.urandom(100_000)
     writer.write(blob)
     await writer.drain()
@@ -237,7 +237,7 @@ async def test_host_to_guest_respects_guest_credit(device):
 
 async def test_credit_exhaustion_sends_a_credit_request(device):
     guest = FakeGuest(device)
-    reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
+    _reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
     writer.write(b"x" * 10000)
     await writer.drain()
     await guest.wait_for(lambda p: p.op == Op.CREDIT_REQUEST)
@@ -278,7 +278,7 @@ async def test_slow_host_reader_holds_the_guest_back_without_losing_bytes(device
         # The host reads slowly, a bit at a time.
         try:
             read += await asyncio.wait_for(reader.read(100_000), 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"stuck at {len(read)} of {len(blob)} bytes, sent {sent}") from None
     assert bytes(read) == blob
     assert stalls > 0, "the guest never had to wait for credit: the test did not exercise flow control"
@@ -287,7 +287,7 @@ async def test_slow_host_reader_holds_the_guest_back_without_losing_bytes(device
 
 async def test_host_close_resets_the_guest_after_data(device):
     guest = FakeGuest(device)
-    reader, writer, req = await established_host_stream(device, guest)
+    _reader, writer, _req = await established_host_stream(device, guest)
     writer.write(b"last words")
     await writer.drain()
     writer.close()
@@ -304,12 +304,12 @@ async def test_many_streams_at_once(device):
         reqs.append(await guest.wait_for(lambda p: p.op == Op.REQUEST))
     for req in reqs:
         guest.send(Op.RESPONSE, req.dst_port, req.src_port)
-    for i, (reader, writer) in enumerate(conns):
+    for reader, _writer in conns:
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"OK ")
     for req in reqs:
         rw = await guest.wait_for(lambda p, req=req: p.op == Op.RW and p.src_port == req.src_port)
         assert rw.payload == b"stream %d" % (req.dst_port - 1000)
-    for reader, writer in conns:
+    for _reader, writer in conns:
         writer.close()
 
 
@@ -324,7 +324,7 @@ async def test_unknown_stream_and_bad_type_get_reset(device):
 
 async def test_driver_reset_drops_every_stream(device):
     guest = FakeGuest(device)
-    reader, writer, req = await established_host_stream(device, guest)
+    reader, writer, _req = await established_host_stream(device, guest)
     device.queue_stopped(0)
     device.queue_stopped(1)
     assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -334,7 +334,7 @@ async def test_driver_reset_drops_every_stream(device):
 
 async def test_no_credit_request_storm_while_the_guest_does_not_read(device):
     guest = FakeGuest(device)
-    reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
+    _reader, writer, req = await established_host_stream(device, guest, buf_alloc=4096)
     writer.write(b"y" * 20000)
     await writer.drain()
     await guest.wait_for(lambda p: p.op == Op.CREDIT_REQUEST)
@@ -371,7 +371,7 @@ async def test_a_guest_with_a_smaller_window_than_announced_is_never_left_withou
             # A host reader that takes a while between reads, so the socket buffers.
             read += await asyncio.wait_for(reader.read(48 * 1024), 2)
             await asyncio.sleep(0.001)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"stuck: read {len(read)}, sent {sent}, last fwd_cnt {peer_fwd}") from None
     assert bytes(read) == blob
     writer.close()
@@ -395,7 +395,7 @@ async def test_a_guest_waiting_below_the_update_threshold_still_hears_from_us(de
             sent += n
         try:
             read += await asyncio.wait_for(reader.read(65536), 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"stuck: read {len(read)}, sent {sent}, last fwd_cnt {peer_fwd}") from None
         await asyncio.sleep(0.06)  # let the idle report go out
     assert bytes(read) == blob

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aleph_runtime.host.vmm.qemu import Drive, Network, QemuVM
+from aleph_runtime.host.vmm.qemu import NODE_BOOT_ARGS, Drive, Network, QemuVM
 
 
 def vm(tmp_path, **kwargs) -> QemuVM:
@@ -66,7 +66,39 @@ def test_user_network_matches_the_config(network, expected):
 
 def test_microvm_uses_mmio_devices(tmp_path):
     cmd = " ".join(vm(tmp_path, machine="microvm", network=Network(ip="10.0.0.2")).command())
-    assert "microvm,memory-backend=mem,pit=on,pic=on,rtc=on" in cmd
+    assert "microvm,acpi=off,pit=on,pic=on,rtc=off,memory-backend=mem" in cmd
     assert "vhost-user-vsock-device,chardev=vsock" in cmd
     assert "virtio-blk-device,drive=vd0" in cmd and "virtio-net-device,netdev=net0" in cmd
     assert "-pci" not in cmd
+
+
+def node_vm(tmp_path, **kwargs) -> QemuVM:
+    return QemuVM("/k/vmlinux", None, "/img/rootfs.squashfs", workdir=tmp_path, **kwargs)
+
+
+def test_node_kernel_boots_as_a_node_does(tmp_path):
+    """No initramfs: microvm, virtio-mmio, and the node's boot arguments verbatim, in order."""
+    machine = node_vm(tmp_path, network=Network(ip="10.0.0.2"))
+    cmd = machine.command()
+    assert machine.machine == "microvm"
+    assert cmd[cmd.index("-machine") + 1].startswith("microvm,acpi=off,")
+    assert cmd[cmd.index("-cpu") + 1] == "max"
+    assert "-initrd" not in cmd and not any(arg.endswith("-pci") or "-pci," in arg for arg in cmd)
+    line = cmd[cmd.index("-append") + 1].split()
+    assert line[: len(NODE_BOOT_ARGS)] == list(NODE_BOOT_ARGS)
+    assert NODE_BOOT_ARGS[:6] == ("console=ttyS0", "reboot=k", "panic=1", "pci=off", "ro", "nomodule")
+    assert line[len(NODE_BOOT_ARGS) :] == ["root=/dev/vda", "noapic"]
+
+
+def test_debian_kernel_gets_neither_pci_off_nor_nomodule(tmp_path):
+    machine = vm(tmp_path)
+    assert machine.machine == "q35"
+    line = machine.kernel_cmdline().split()
+    assert "pci=off" not in line and "nomodule" not in line
+    cmd = machine.command()
+    assert cmd[cmd.index("-initrd") + 1] == "/k/initramfs.cpio.gz" and "-cpu" not in cmd
+
+
+def test_node_kernel_on_q35_keeps_its_pci(tmp_path):
+    line = node_vm(tmp_path, machine="q35").kernel_cmdline().split()
+    assert "pci=off" not in line and "nomodule" in line and "root=/dev/vda" in line

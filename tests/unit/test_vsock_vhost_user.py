@@ -19,7 +19,7 @@ import pytest
 
 from aleph_runtime.host.vmm import vhost_user as vu
 from aleph_runtime.host.vmm.vsock_backend import HEADER, Op, VsockBackend
-from virtqueue_driver import GPA_BASE, UVA_BASE, DriverQueue, FakeRAM
+from tests.unit.virtqueue_driver import GPA_BASE, UVA_BASE, DriverQueue, FakeRAM
 
 RAM = 4 << 20
 

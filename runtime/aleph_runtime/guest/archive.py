@@ -1,25 +1,59 @@
 """Safe extraction of the program's zip and tar archives, with Python's own modules.
 
 A program's code and its input data come from whoever published the message, so an
-archive is hostile until proven otherwise: entries with absolute paths or `..`, links
-pointing out of the tree, writes through a link, device files and FIFOs are refused,
-and so is an archive that unpacks to more than a size limit (a zip bomb). Nothing is
-ever written outside the destination directory.
+archive is hostile until proven otherwise. Archives as people make them are accepted
+(`tar -C dir -czf code.tar.gz .` writes `./` and `./main.py`); everything that could
+reach outside the destination is refused, judged as the kernel resolves paths rather
+than lexically:
+
+- entries are written by walking from a descriptor of the destination, one component
+  at a time with O_NOFOLLOW, so no symlink (the archive's own or one already there,
+  e.g. a volume) is ever followed, and modes are set with fchmod on what was opened;
+- a symlink the archive creates must resolve (realpath, chains included) inside the
+  destination, checked when it is made and again once every entry is out;
+- a hard link may only name a regular file this archive extracted;
+- absolute paths, `..`, devices, FIFOs and sockets are refused.
+
+Bombs are bounded by what the machine has: the bytes written (rounded up to the
+filesystem's blocks) stay under its free space less a margin, and the entry count under
+both a limit and its free inodes. Declared sizes are checked before anything is written
+(a zip's total, each tar entry's), a zip's entries are counted before zipfile parses its
+central directory, and tar headers that tarfile would read whole are bounded. On any
+failure, what the extraction created is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import lzma
 import os
+import shutil
 import stat
+import struct
 import tarfile
 import zipfile
-from pathlib import Path, PurePosixPath
+import zlib
 
 from aleph_runtime.guest.config import ConfigError
+from aleph_runtime.guest.settings import DEFAULT_MAX_UNPACKED_BYTES
 
-#: Unpacked bytes allowed in one archive; the root filesystem is a tmpfs in RAM.
-DEFAULT_MAX_UNPACKED = int(os.environ.get("ALEPH_MAX_UNPACKED_BYTES", 4 * 2**30))
+#: Unpacked bytes allowed in one archive when the caller gives no limit (the init passes
+#: its setting, see settings.py); the target filesystem's free space decides when smaller.
+DEFAULT_MAX_UNPACKED = DEFAULT_MAX_UNPACKED_BYTES
+#: Entries allowed in one archive (fewer when the target filesystem has fewer free inodes):
+#: each costs PID 1 memory and the kernel an inode, and extraction time grows with them.
+MAX_ARCHIVE_ENTRIES = 100_000
+#: Share of the free space an archive may not take: the program needs room to run.
+FREE_SPACE_MARGIN_DIVISOR = 16
+#: A tar extended header or GNU long name larger than this is refused before tarfile
+#: reads it into memory (a path is at most 4 KiB; a compressed one can expand to GiBs).
+MAX_TAR_HEADER_BYTES = 1 << 20
+MAX_LINK_TARGET_BYTES = 4096
+#: The kernel's PATH_MAX; deeper nesting than this also keeps the walk and the cleanup cheap.
+MAX_NAME_BYTES = 4096
+MAX_DEPTH = 256
 _COPY_CHUNK = 1 << 20
 
 
@@ -27,109 +61,423 @@ class ArchiveError(ConfigError):
     """The archive is hostile or broken; the message names the entry."""
 
 
-def _member_path(name: str) -> PurePosixPath:
-    """The entry's path relative to dest, or ArchiveError for anything that could escape."""
+#: What reading a broken archive raises, from zipfile, tarfile and their decompressors
+#: (bz2 raises OSError, so a read's OSError is not a write's).
+_READ_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+    OSError,
+    zlib.error,
+    lzma.LZMAError,
+)
+
+
+def _read(source: io.BufferedIOBase, name: str, size: int = -1) -> bytes:
+    try:
+        return source.read(size)
+    except _READ_ERRORS as error:
+        raise ArchiveError(f"archive entry {name!r} cannot be read: {error}") from None
+
+
+def _member_parts(name: str) -> tuple[str, ...]:
+    """The entry's path components under dest (`.` and `./x` normalised; () for the
+    destination itself), or ArchiveError for anything that could escape."""
+    if not name:
+        raise ArchiveError("archive has an entry without a name")
     if "\x00" in name:
         raise ArchiveError(f"archive entry {name!r} has a NUL byte in its name")
     if name.startswith("/") or name.startswith("\\") or (len(name) > 1 and name[1] == ":"):
         raise ArchiveError(f"archive entry {name!r} has an absolute path")
-    parts = [part for part in PurePosixPath(name.replace("\\", "/")).parts if part not in ("", ".")]
+    parts = tuple(part for part in name.replace("\\", "/").split("/") if part not in ("", "."))
     if ".." in parts:
         raise ArchiveError(f"archive entry {name!r} points outside the archive ('..')")
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise ArchiveError(f"archive entry {name[:64]!r}... has a name longer than {MAX_NAME_BYTES} bytes")
+    if len(parts) > MAX_DEPTH:
+        raise ArchiveError(f"archive entry {name[:64]!r}... is nested more than {MAX_DEPTH} directories deep")
+    return parts
+
+
+def _show(parts: tuple[str, ...]) -> str:
+    return "/".join(parts) or "."
 
 
 class _Extraction:
-    """Writes one archive's entries under dest, refusing anything that would leave it."""
+    """Writes one archive's entries under dest without following any symlink.
 
-    def __init__(self, dest: str | os.PathLike, max_unpacked: int):
-        self.dest = Path(dest)
-        self.dest.mkdir(parents=True, exist_ok=True)
-        self.root = self.dest.resolve()
-        self.max_unpacked = max_unpacked
+    Use as a context manager: on an exception, what this extraction created is removed.
+    """
+
+    def __init__(self, dest: str | os.PathLike, max_unpacked: int | None, max_entries: int):
+        os.makedirs(dest, exist_ok=True)
+        # dest itself is the init's choice, so it may be reached through a link; nothing under it may.
+        self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.root_real = os.path.realpath(dest)
+        space = os.fstatvfs(self.root_fd)
+        self.block = max(space.f_frsize, 512)
+        free = space.f_bavail * space.f_frsize
+        self.max_unpacked = free - free // FREE_SPACE_MARGIN_DIVISOR
+        self.limit_reason = "the target filesystem's free space less a margin"
+        if max_unpacked is not None and max_unpacked < self.max_unpacked:
+            self.max_unpacked, self.limit_reason = max_unpacked, "the limit"
+        self.max_entries = max_entries
+        self.entries_reason = "the limit"
+        # Filesystems without an inode count (f_files == 0) report nothing to bound.
+        if space.f_files and space.f_favail < self.max_entries:
+            self.max_entries, self.entries_reason = space.f_favail, "the target filesystem's free inodes"
         self.unpacked = 0
-        # Links this archive created: later entries must not be written through them.
-        self.links: set[PurePosixPath] = set()
+        self.entries = 0
+        # Regular files this archive wrote: the only ones a hard link may name.
+        self.files: set[tuple[str, ...]] = set()
+        self.links: list[tuple[str, ...]] = []
+        # Cleanup on failure: the roots of what was created, inside directories that were already there.
+        self.created_dirs: set[tuple[str, ...]] = set()
+        self.created: list[tuple[str, ...]] = []
+        self._cached: tuple[tuple[str, ...], int] | None = None
 
-    def target(self, relative: PurePosixPath, name: str) -> Path:
-        for parent in [relative, *relative.parents]:
-            if parent in self.links:
-                raise ArchiveError(f"archive entry {name!r} would be written through the link {str(parent)!r}")
-        path = self.dest / relative
-        # A link that already existed in dest (e.g. a squashfs-mounted tree) must not redirect us either.
-        if not str(path.parent.resolve()).startswith(str(self.root)):
-            raise ArchiveError(f"archive entry {name!r} resolves outside the destination")
-        return path
+    # --- bookkeeping ---
 
-    def count(self, size: int, name: str) -> None:
-        self.unpacked += size
-        if self.unpacked > self.max_unpacked:
+    def __enter__(self) -> _Extraction:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if error is not None:
+                self._remove_created()
+        finally:
+            self._drop_cache()
+            os.close(self.root_fd)
+
+    def entry(self, name: str) -> None:
+        self.entries += 1
+        if self.entries > self.max_entries:
             raise ArchiveError(
-                f"archive unpacks to more than {self.max_unpacked} bytes (stopped at entry {name!r})"
+                f"archive has more than {self.max_entries} entries, {self.entries_reason} (stopped at entry {name!r})"
             )
 
-    def directory(self, relative: PurePosixPath, name: str, mode: int | None) -> None:
-        path = self.target(relative, name)
-        path.mkdir(parents=True, exist_ok=True)
-        if mode:
-            os.chmod(path, (mode & 0o7777) | 0o700)
+    def count(self, size: int, name: str) -> None:
+        # What the filesystem spends, not the content's length: 100,000 one-byte files take 400 MB
+        # (directories and links, a few hundred bytes of kernel memory each, are bounded by the count).
+        self.unpacked += -(-size // self.block) * self.block
+        if self.unpacked > self.max_unpacked:
+            raise ArchiveError(
+                f"archive unpacks to more than {self.max_unpacked} bytes, {self.limit_reason} "
+                f"(stopped at entry {name!r})"
+            )
 
-    def file(self, relative: PurePosixPath, name: str, source: io.BufferedIOBase, mode: int | None) -> None:
-        path = self.target(relative, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink() or path.is_dir():
-            raise ArchiveError(f"archive entry {name!r} would replace an existing link or directory")
-        with open(path, "wb") as out:
-            while chunk := source.read(_COPY_CHUNK):
+    def room_for(self, size: int, name: str) -> None:
+        """Refuse an entry whose declared size does not fit, before a byte of it is written
+        (the stream is still counted: a declared size is only what tarfile and zipfile stop at)."""
+        if self.unpacked + -(-size // self.block) * self.block > self.max_unpacked:
+            raise ArchiveError(
+                f"archive unpacks to more than {self.max_unpacked} bytes, {self.limit_reason} "
+                f"(stopped at entry {name!r}, {size} bytes)"
+            )
+
+    def _record(self, parts: tuple[str, ...]) -> None:
+        if parts[:-1] not in self.created_dirs:
+            self.created.append(parts)
+
+    def _remove_created(self) -> None:
+        self._drop_cache()
+        for parts in reversed(self.created):
+            with contextlib.suppress(OSError, ArchiveError):
+                parent = self._open_dir(parts[:-1], parts[:-1], create=False)
+                try:
+                    info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+                    if stat.S_ISDIR(info.st_mode):
+                        shutil.rmtree(parts[-1], dir_fd=parent)
+                    else:
+                        os.unlink(parts[-1], dir_fd=parent)
+                finally:
+                    os.close(parent)
+
+    def _drop_cache(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+
+    # --- walking without following links ---
+
+    def _open_dir(self, parts: tuple[str, ...], name: object, create: bool = True) -> int:
+        """A new descriptor of dest/parts, each component opened with O_NOFOLLOW (and
+        made when missing and `create`); ArchiveError when one is a link or not a directory."""
+        fd = os.dup(self.root_fd)
+        try:
+            for depth, part in enumerate(parts, 1):
+                try:
+                    child = os.open(
+                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                    )
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    self._record(parts[:depth])
+                    self.created_dirs.add(parts[:depth])
+                    child = os.open(
+                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                    )
+                except OSError as error:
+                    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                        kind = (
+                            "link" if os.path.islink(os.path.join(self.root_real, *parts[:depth])) else "file"
+                        )
+                        raise ArchiveError(
+                            f"archive entry {name!r} would be written through the {kind} {_show(parts[:depth])!r}"
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def parent(self, parts: tuple[str, ...], name: str) -> int:
+        """A descriptor of the entry's parent directory, owned by the extraction (do not close)."""
+        wanted = parts[:-1]
+        if self._cached is not None and self._cached[0] == wanted:
+            return self._cached[1]
+        fd = self._open_dir(wanted, name)
+        self._drop_cache()
+        self._cached = (wanted, fd)
+        return fd
+
+    def _make_room(self, parent: int, parts: tuple[str, ...], name: str) -> None:
+        """Remove a regular file or link the entry replaces (tar appends updates); refuse
+        to replace a directory or anything else that is there."""
+        try:
+            info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(info.st_mode):
+            raise ArchiveError(f"archive entry {name!r} would replace a directory")
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+            raise ArchiveError(f"archive entry {name!r} would replace a device, FIFO or socket")
+        os.unlink(parts[-1], dir_fd=parent)
+        self.files.discard(parts)
+
+    # --- entries ---
+
+    def directory(self, parts: tuple[str, ...], name: str, mode: int | None) -> None:
+        if not parts:
+            return  # `./`: the destination is the init's, its mode stays
+        parent = self.parent(parts, name)
+        existed = True
+        try:
+            os.mkdir(parts[-1], 0o700, dir_fd=parent)
+            existed = False
+        except FileExistsError:
+            pass
+        if not existed:
+            self._record(parts)
+            self.created_dirs.add(parts)
+        fd = self._open_dir(parts, name)
+        try:
+            if mode is not None or not existed:
+                # Owner keeps full access (the init must write into it); setuid/setgid never come from an archive.
+                os.fchmod(fd, ((mode if mode is not None else 0o755) & 0o1777) | 0o700)
+        finally:
+            os.close(fd)
+
+    def file(self, parts: tuple[str, ...], name: str, source: io.BufferedIOBase, mode: int | None) -> None:
+        if not parts:
+            raise ArchiveError(f"archive entry {name!r} is a file without a name")
+        parent = self.parent(parts, name)
+        self._make_room(parent, parts, name)
+        fd = os.open(
+            parts[-1],
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=parent,
+        )
+        self._record(parts)
+        with open(fd, "wb", closefd=True) as out:
+            while chunk := _read(source, name, _COPY_CHUNK):
                 self.count(len(chunk), name)
                 out.write(chunk)
-        if mode:
-            os.chmod(path, mode & 0o777)
+            os.fchmod(out.fileno(), (mode if mode is not None else 0o644) & 0o777)
+        self.files.add(parts)
 
-    def symlink(self, relative: PurePosixPath, name: str, link_target: str) -> None:
-        if link_target.startswith("/") or "\x00" in link_target:
-            raise ArchiveError(f"archive link {name!r} points to an absolute path {link_target!r}")
-        resolved = PurePosixPath(os.path.normpath(str(relative.parent / link_target)))
-        if resolved.parts[:1] == ("..",) or str(resolved) == "..":
+    def symlink(self, parts: tuple[str, ...], name: str, link_target: str) -> None:
+        if not parts:
+            raise ArchiveError(f"archive link {name!r} has no name")
+        if not link_target or link_target.startswith("/") or "\x00" in link_target:
+            raise ArchiveError(f"archive link {name!r} points to an absolute or empty path {link_target!r}")
+        if len(link_target.encode("utf-8", "surrogateescape")) > MAX_LINK_TARGET_BYTES:
+            raise ArchiveError(f"archive link {name!r} has an oversized target")
+        lexical = os.path.normpath(os.path.join(*parts[:-1], link_target) if parts[:-1] else link_target)
+        if lexical == ".." or lexical.startswith("../"):
             raise ArchiveError(f"archive link {name!r} points outside the archive ({link_target!r})")
-        path = self.target(relative, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            raise ArchiveError(f"archive link {name!r} would replace an existing entry")
-        os.symlink(link_target, path)
-        self.links.add(relative)
+        parent = self.parent(parts, name)
+        self._make_room(parent, parts, name)
+        os.symlink(link_target, parts[-1], dir_fd=parent)
+        self._record(parts)
+        self.links.append(parts)
+        self._check_link(parts, name)
+
+    def hard_link(self, parts: tuple[str, ...], name: str, source_name: str) -> None:
+        """A hard link to a regular file this archive wrote; never to a link or anything else."""
+        source = _member_parts(source_name)
+        if source not in self.files:
+            raise ArchiveError(
+                f"archive hard link {name!r} points to {source_name!r}, which is not a file of this archive"
+            )
+        if not parts:
+            raise ArchiveError(f"archive hard link {name!r} has no name")
+        if source == parts:
+            raise ArchiveError(f"archive hard link {name!r} points to itself")
+        source_parent = self._open_dir(source[:-1], name, create=False)
+        try:
+            parent = self.parent(parts, name)
+            self._make_room(parent, parts, name)
+            os.link(source[-1], parts[-1], src_dir_fd=source_parent, dst_dir_fd=parent, follow_symlinks=False)
+            self._record(parts)
+            self.files.add(parts)
+        finally:
+            os.close(source_parent)
+
+    def _check_link(self, parts: tuple[str, ...], name: str) -> None:
+        """The link as the kernel resolves it (a chain of the archive's links included) stays inside."""
+        resolved = os.path.realpath(os.path.join(self.root_real, *parts))
+        if resolved != self.root_real and not resolved.startswith(self.root_real.rstrip("/") + "/"):
+            raise ArchiveError(f"archive link {name!r} resolves outside the destination")
+
+    def finish(self) -> None:
+        """Links made early can resolve elsewhere once later ones exist: check them all again."""
+        for parts in self.links:
+            self._check_link(parts, _show(parts))
 
 
-def extract_zip(data: bytes, dest: str | os.PathLike, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> None:
+def _errors_named(name: str, error: OSError) -> ArchiveError:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ArchiveError(f"no space left on the target filesystem (stopped at entry {name!r})")
+    return ArchiveError(f"archive entry {name!r} cannot be written: {error.strerror or error}")
+
+
+# --- zip ---
+
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+
+
+_CENTRAL_HEADER = struct.Struct("<4s24x3H12x")
+
+
+def zip_entry_count(data: bytes, limit: int) -> int | None:
+    """How many entries a zip has, at least: the larger of the count its end record
+    declares (zip64's when present) and the central directory headers walked (at most
+    limit + 1), as zipfile will walk them. Read before zipfile parses that directory
+    into hundreds of bytes per entry; a lying end record does not hide millions of them.
+    None when there is no end record."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - _EOCD.size - 0xFFFF))
+    if end < 0 or end + _EOCD.size > len(data):
+        return None
+    _, _, _, _, count, directory_size, _, _ = _EOCD.unpack_from(data, end)
+    directory_end = end
+    # As zipfile: a zip64 end record sits right before its locator, right before the end record.
+    record_at = end - _EOCD64_LOCATOR.size - _EOCD64.size
+    if (
+        record_at >= 0
+        and data[end - _EOCD64_LOCATOR.size : end - 16] == b"PK\x06\x07"
+        and data[record_at : record_at + 4] == b"PK\x06\x06"
+    ):
+        fields = _EOCD64.unpack_from(data, record_at)
+        count, directory_size, directory_end = max(count, fields[7]), fields[8], record_at
+    position, walked = max(0, directory_end - directory_size), 0
+    while walked <= limit and position + _CENTRAL_HEADER.size <= directory_end:
+        signature, name, extra, comment = _CENTRAL_HEADER.unpack_from(data, position)
+        if signature != b"PK\x01\x02":
+            break
+        position += _CENTRAL_HEADER.size + name + extra + comment
+        walked += 1
+    return max(count, walked)
+
+
+def extract_zip(
+    data: bytes,
+    dest: str | os.PathLike,
+    max_unpacked: int | None = DEFAULT_MAX_UNPACKED,
+    max_entries: int = MAX_ARCHIVE_ENTRIES,
+) -> None:
     """Unpack a zip held in memory into dest."""
+    counted = zip_entry_count(data, max_entries)
+    if counted is not None and counted > max_entries:
+        raise ArchiveError(f"archive has more than {max_entries} entries, the limit ({counted} counted)")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError) as error:
+    except _READ_ERRORS as error:
         raise ArchiveError(f"not a valid zip archive: {error}") from None
-    extraction = _Extraction(dest, max_unpacked)
-    with archive:
-        for info in archive.infolist():
-            relative = _member_path(info.filename)
+    with archive, _Extraction(dest, max_unpacked, max_entries) as extraction:
+        infos = archive.infolist()
+        if len(infos) > extraction.max_entries:
+            raise ArchiveError(
+                f"archive has more than {extraction.max_entries} entries, {extraction.entries_reason}"
+            )
+        declared_bytes = sum(info.file_size for info in infos)
+        if declared_bytes > extraction.max_unpacked:
+            # zipfile reads no more than the declared sizes: a bomb is refused before a byte is written.
+            raise ArchiveError(
+                f"archive unpacks to more than {extraction.max_unpacked} bytes, {extraction.limit_reason} "
+                f"({declared_bytes} declared)"
+            )
+        for info in infos:
+            name = info.filename
+            extraction.entry(name)
+            parts = _member_parts(name)
             mode = info.external_attr >> 16
             kind = stat.S_IFMT(mode)
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
-                raise ArchiveError(f"archive entry {info.filename!r} is a device, FIFO or socket")
-            if info.is_dir() or kind == stat.S_IFDIR:
-                extraction.directory(relative, info.filename, mode & 0o7777 if kind else None)
-            elif kind == stat.S_IFLNK:
-                if info.file_size > 4096:
-                    raise ArchiveError(f"archive link {info.filename!r} has an oversized target")
-                extraction.symlink(relative, info.filename, archive.read(info).decode("utf-8", "replace"))
-            else:
-                try:
+                raise ArchiveError(f"archive entry {name!r} is a device, FIFO or socket")
+            try:
+                if info.is_dir() or kind == stat.S_IFDIR:
+                    extraction.directory(parts, name, mode & 0o7777 if kind else None)
+                elif kind == stat.S_IFLNK:
+                    if info.file_size > MAX_LINK_TARGET_BYTES:
+                        raise ArchiveError(f"archive link {name!r} has an oversized target")
                     with archive.open(info) as source:
-                        extraction.file(relative, info.filename, source, mode & 0o777 if kind else None)
-                except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as error:
-                    raise ArchiveError(f"archive entry {info.filename!r} cannot be read: {error}") from None
+                        link_target = _read(source, name, MAX_LINK_TARGET_BYTES + 1)
+                    extraction.symlink(parts, name, link_target.decode("utf-8", "replace"))
+                else:
+                    with archive.open(info) as source:
+                        extraction.file(parts, name, source, mode & 0o777 if kind else None)
+            except ArchiveError:
+                raise
+            except OSError as error:  # reads raise ArchiveError (see _read): this is a write's
+                raise _errors_named(name, error) from None
+            except _READ_ERRORS as error:  # opening the entry: its header, its compression
+                raise ArchiveError(f"archive entry {name!r} cannot be read: {error}") from None
+        extraction.finish()
 
+
+# --- tar ---
 
 #: Compressions tarfile reads, by their magic bytes.
 _TAR_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+_HEADERS_READ_WHOLE = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads an extended header or a GNU long name whole into memory: bound it first."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _HEADERS_READ_WHOLE and self.size > MAX_TAR_HEADER_BYTES:
+            raise tarfile.HeaderError(
+                f"a {self.size}-byte extended header (more than {MAX_TAR_HEADER_BYTES})"
+            )
+        return super()._proc_member(tarfile_)
 
 
 def tar_compression(data: bytes) -> str:
@@ -140,38 +488,49 @@ def tar_compression(data: bytes) -> str:
     return ""
 
 
-def extract_tar(data: bytes, dest: str | os.PathLike, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> None:
+def extract_tar(
+    data: bytes,
+    dest: str | os.PathLike,
+    max_unpacked: int | None = DEFAULT_MAX_UNPACKED,
+    max_entries: int = MAX_ARCHIVE_ENTRIES,
+) -> None:
     """Unpack a tar (gzip, bzip2, xz or uncompressed, told from its bytes) into dest."""
     compression = tar_compression(data)
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}")
-    except (tarfile.TarError, EOFError, OSError) as error:
+        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}", tarinfo=_BoundedTarInfo)  # noqa: SIM115 - `with archive` below
+    except _READ_ERRORS as error:
         raise ArchiveError(f"not a valid tar archive: {error}") from None
-    extraction = _Extraction(dest, max_unpacked)
-    extracted: set[PurePosixPath] = set()
-    with archive:
-        try:
-            for member in archive:
-                relative = _member_path(member.name)
+    with archive, _Extraction(dest, max_unpacked, max_entries) as extraction:
+        name = "(the first entry)"
+        while True:
+            try:
+                member = archive.next()
+            except _READ_ERRORS as error:
+                raise ArchiveError(f"the tar archive is broken after entry {name!r}: {error}") from None
+            if member is None:
+                break
+            # tarfile keeps every member it read; 100,000 of them are 100 MB of PID 1's memory.
+            archive.members.clear()
+            name = member.name
+            extraction.entry(name)
+            parts = _member_parts(name)
+            try:
                 if member.isdir():
-                    extraction.directory(relative, member.name, member.mode)
+                    extraction.directory(parts, name, member.mode)
                 elif member.isreg():
+                    extraction.room_for(member.size, name)
                     source = archive.extractfile(member)
-                    extraction.file(relative, member.name, source, member.mode)
+                    extraction.file(parts, name, source, member.mode)
                 elif member.issym():
-                    extraction.symlink(relative, member.name, member.linkname)
+                    extraction.symlink(parts, name, member.linkname)
                 elif member.islnk():
-                    # A hard link: a copy of an entry already extracted from this archive.
-                    link_source = _member_path(member.linkname)
-                    if link_source not in extracted:
-                        raise ArchiveError(
-                            f"archive hard link {member.name!r} points to {member.linkname!r}, "
-                            "which is not a file of this archive"
-                        )
-                    with open(extraction.dest / link_source, "rb") as source:
-                        extraction.file(relative, member.name, source, member.mode)
+                    extraction.hard_link(parts, name, member.linkname)
                 else:
-                    raise ArchiveError(f"archive entry {member.name!r} is a device, FIFO or socket")
-                extracted.add(relative)
-        except (tarfile.TarError, EOFError, OSError) as error:
-            raise ArchiveError(f"the tar archive is broken: {error}") from None
+                    raise ArchiveError(f"archive entry {name!r} is a device, FIFO or socket")
+            except ArchiveError:
+                raise
+            except OSError as error:  # reads raise ArchiveError (see _read): this is a write's
+                raise _errors_named(name, error) from None
+            except _READ_ERRORS as error:
+                raise ArchiveError(f"the tar archive is broken at entry {name!r}: {error}") from None
+        extraction.finish()

@@ -3,10 +3,12 @@
 One small class per cycle with an explicit state enum: `HTTPCycle` for an HTTP call,
 `EventCycle` for an `aleph.message` event, `Lifespan` for the app's whole life.
 What the supervisor sends is not a full ASGI scope (no asgi, http_version, scheme,
-raw_path, root_path, server, client; query_string as str; the body inside it), so
-`http_scope()` completes it and the body is delivered through `receive()`.
+raw_path, root_path, server, client; query_string as a decoded str; the body inside it;
+header pairs as lists), so `http_scope()` completes it into what uvicorn would give the
+app, and the body is delivered through `receive()`.
 Errors are mapped to the supervisor's `{"error", "traceback", "output"}` answer in one
-place, `run_cycle()`.
+place, `run_cycle()`: the app's as the program's error, a scope that cannot be completed
+(`ScopeError`) as the init's own.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import asyncio
 import enum
 import inspect
 import logging
+import re
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aleph_runtime import protocol
+from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 
 logger = logging.getLogger("aleph_runtime.asgi")
 
@@ -36,26 +40,140 @@ class CycleError(RuntimeError):
     """The application broke the ASGI protocol (e.g. a body before the response start)."""
 
 
-def _as_bytes(value: object, what: str) -> bytes:
+class ScopeError(CycleError):
+    """The supervisor's scope cannot be completed (a field of the wrong type): the init's
+    failure, not the program's."""
+
+
+class ResponseTooLarge(CycleError):
+    """The application's response outgrew the cap: it is dropped, and its stream no longer read."""
+
+    def __init__(self, limit: int):
+        super().__init__(protocol.response_too_large(limit))
+
+
+def _as_bytes(value: object, what: str, error: type[CycleError] = CycleError) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode("latin-1")
+        # Header values are latin-1 on the wire; anything else arrived as text and goes
+        # out as UTF-8 rather than failing the call.
+        try:
+            return value.encode("latin-1")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
-    raise CycleError(f"the supervisor's scope has a {what} that is {type(value).__name__}, not bytes")
+    raise error(f"{what} is {type(value).__name__}, not bytes")
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+#: The delimiters yarl leaves percent-encoded in the query string it decodes (its `QS`),
+#: so that `a=x%26y` still means one field: their escapes must stay escapes.
+_KEPT_QUERY_ESCAPES = frozenset(b"+&=;")
+#: What a browser leaves as is in a query (WHATWG's query percent-encode set is the
+#: complement), less `%` and `+`, which would change what the string parses to.
+_QUERY_PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - set("\"#%+<>")
+#: Likewise for a path: `?` and `#` would end it, and the backtick and braces too.
+_PATH_PLAIN = _QUERY_PLAIN - set("?`{}") | {"+"}
+
+
+def _escapes(plain: frozenset[str]) -> re.Pattern[str]:
+    """Matches each run of characters outside `plain`, to be percent-encoded."""
+    return re.compile("[^" + "".join(re.escape(char) for char in sorted(plain)) + "]+")
+
+
+_QUERY_ESCAPES = _escapes(_QUERY_PLAIN)
+_PATH_ESCAPES = _escapes(_PATH_PLAIN)
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
+
+
+def _percent_encode(text: str, escapes: re.Pattern[str]) -> bytes:
+    # The substitution leaves only ASCII: plain characters and escapes.
+    return escapes.sub(_percent, text).encode("ascii")
+
+
+def query_bytes(query: object) -> bytes:
+    """The query string as a client sent it, from the supervisor's decoded one.
+
+    The supervisor sends aiohttp's `request.query_string`: yarl has turned `+` into a
+    space and resolved every escape except those of the delimiters `+&=;` and those that
+    are not UTF-8 (`%FF`), which it keeps as they came. Re-encoded as UTF-8 with those
+    escapes kept and every other `%` escaped, the string parses (`parse_qsl`, Django's
+    QueryDict...) to exactly the values the supervisor's own parsing gives. Never raises.
+    """
+    if isinstance(query, (bytes, bytearray, memoryview)):
+        return bytes(query)  # already what a client sent
+    if not isinstance(query, str) or not query:
+        return b""
+    out = bytearray()
+    plain_run_start = 0
+    position = query.find("%")
+    while position != -1:
+        out += _percent_encode(query[plain_run_start:position], _QUERY_ESCAPES)
+        digits = query[position + 1 : position + 3]
+        if len(digits) == 2 and digits[0] in _HEX_DIGITS and digits[1] in _HEX_DIGITS:
+            byte = int(digits, 16)
+            if byte in _KEPT_QUERY_ESCAPES or byte >= 0x80:
+                out += b"%" + digits.upper().encode("ascii")
+                plain_run_start = position + 3
+                position = query.find("%", plain_run_start)
+                continue
+        out += b"%25"  # a literal percent sign (the client's `%25`)
+        plain_run_start = position + 1
+        position = query.find("%", plain_run_start)
+    out += _percent_encode(query[plain_run_start:], _QUERY_ESCAPES)
+    return bytes(out)
+
+
+def raw_path_bytes(path: str) -> bytes:
+    """The path as a server receives it: the decoded path percent-encoded as UTF-8, ASCII only.
+
+    The supervisor resolved every escape, `%2F` included, so `/a%2Fb` comes back as `/a/b`.
+    """
+    return _percent_encode(path, _PATH_ESCAPES)
+
+
+#: Replaces the client's Accept-Encoding (see `http_scope`).
+IDENTITY = b"identity"
+
+
+def _request_headers(raw_headers: object) -> list[tuple[bytes, bytes]]:
+    if not isinstance(raw_headers, (list, tuple)):
+        raise ScopeError(f"the supervisor's scope has headers that are {type(raw_headers).__name__}, not a list")
+    headers = []
+    for pair in raw_headers:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ScopeError("the supervisor's scope has a header that is not a (name, value) pair")
+        name, value = pair
+        if type(name) is not bytes:
+            name = _as_bytes(name, "the supervisor's scope has a header name that", ScopeError)
+        if type(value) is not bytes:
+            value = _as_bytes(value, "the supervisor's scope has a header value that", ScopeError)
+        name = name.lower()
+        if name == b"accept-encoding":
+            # The supervisor drops the answer's Content-Encoding but keeps its body: a
+            # compressed body would reach the client as binary. Saying the client only
+            # takes `identity` makes compression middleware (GZipMiddleware...) leave
+            # the body alone, which also spares the VM compressing what nobody decodes.
+            value = IDENTITY
+        # Tuples, as a server gives them: msgpack made them lists, and some frameworks
+        # (BlackSheep) refuse anything else.
+        headers.append((name, value))
+    return headers
 
 
 def http_scope(raw: dict, state: dict | None = None) -> tuple[dict, bytes]:
-    """A complete ASGI HTTP scope from the supervisor's, and the body taken out of it."""
+    """A complete ASGI HTTP scope from the supervisor's, and the body taken out of it.
+
+    Raises ScopeError when a field has a type no supervisor sends.
+    """
     path = raw.get("path") or "/"
     if not isinstance(path, str):
-        raise CycleError(f"the supervisor's scope has a path that is {type(path).__name__}, not str")
-    query = _as_bytes(raw.get("query_string") or b"", "query_string")
-    headers = [
-        [_as_bytes(name, "header name").lower(), _as_bytes(value, "header value")]
-        for name, value in raw.get("headers") or ()
-    ]
+        raise ScopeError(f"the supervisor's scope has a path that is {type(path).__name__}, not str")
     scope = {
         "type": "http",
         "asgi": ASGI_VERSION,
@@ -63,10 +181,10 @@ def http_scope(raw: dict, state: dict | None = None) -> tuple[dict, bytes]:
         "method": str(raw.get("method") or "GET").upper(),
         "scheme": raw.get("scheme") or "http",
         "path": path,
-        "raw_path": path.encode("utf-8"),
-        "query_string": query,
+        "raw_path": raw_path_bytes(path),
+        "query_string": query_bytes(raw.get("query_string")),
         "root_path": raw.get("root_path") or "",
-        "headers": headers,
+        "headers": _request_headers(raw.get("headers") or ()),
         "server": SERVER,
         "client": CLIENT,
         "extensions": {},
@@ -74,7 +192,7 @@ def http_scope(raw: dict, state: dict | None = None) -> tuple[dict, bytes]:
     if state is not None:
         # Lifespan state, copied per request as the spec says.
         scope["state"] = dict(state)
-    return scope, _as_bytes(raw.get("body") or b"", "body")
+    return scope, _as_bytes(raw.get("body") or b"", "the supervisor's scope has a body that", ScopeError)
 
 
 class HTTPCycleState(enum.Enum):
@@ -89,13 +207,16 @@ class HTTPCycleState(enum.Enum):
 class HTTPCycle:
     """One HTTP call: the request body in, the whole response (every chunk) out."""
 
-    def __init__(self, scope: dict, body: bytes):
+    def __init__(self, scope: dict, body: bytes, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         self.scope = scope
         self.body = body
         self.state = HTTPCycleState.REQUEST
         self.status = 500
         self.headers: list = []
         self.chunks: list[bytes] = []
+        self.size = 0
+        self.max_bytes = max_bytes
+        self.too_large = False
         self._body_sent = False
         self._complete = asyncio.Event()
 
@@ -112,19 +233,36 @@ class HTTPCycle:
         kind = message.get("type")
         if self.state is HTTPCycleState.REQUEST and kind == "http.response.start":
             self.status = int(message["status"])
-            self.headers = [[_as_bytes(n, "header name"), _as_bytes(v, "header value")] for n, v in message.get("headers", ())]
+            self.headers = [
+                [_as_bytes(n, "the application's header name"), _as_bytes(v, "the application's header value")]
+                for n, v in message.get("headers", ())
+            ]
             self.state = HTTPCycleState.RESPONSE
         elif self.state is HTTPCycleState.RESPONSE and kind == "http.response.body":
             chunk = message.get("body", b"")
             if chunk:
+                self.size += len(chunk)
+                if self.size > self.max_bytes:
+                    self._overflow()
                 self.chunks.append(bytes(chunk))
             if not message.get("more_body", False):
                 self.state = HTTPCycleState.COMPLETE
                 self._complete.set()
+        elif self.too_large:
+            raise ResponseTooLarge(self.max_bytes)
         elif self.state is HTTPCycleState.COMPLETE and kind == "http.response.body":
             raise CycleError("the application sent a body after its response was complete")
         else:
             raise CycleError(f"the application sent {kind!r} while the response was in state {self.state.name}")
+
+    def _overflow(self) -> None:
+        """Drop what was kept, and tell the app its client is gone (receive() answers
+        `http.disconnect`, which ends a streaming response), then raise into its send()."""
+        self.too_large = True
+        self.chunks.clear()
+        self.state = HTTPCycleState.COMPLETE
+        self._complete.set()
+        raise ResponseTooLarge(self.max_bytes)
 
     async def run(self, app: ASGIApp) -> None:
         # An exception is the call's answer even after a complete response: Starlette
@@ -134,6 +272,8 @@ class HTTPCycle:
             await _call(app, self.scope, self.receive, self.send)
         finally:
             self._complete.set()
+        if self.too_large:
+            raise ResponseTooLarge(self.max_bytes)  # even when the app swallowed it
         if self.state is not HTTPCycleState.COMPLETE:
             raise CycleError(f"the application returned without completing its response (state {self.state.name})")
 
@@ -182,27 +322,49 @@ async def run_cycle(
     raw_scope: dict,
     state: dict | None = None,
     output_data: Callable[[], Awaitable[bytes | None]] | None = None,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> bytes:
     """Run one supervisor call through the app; the packed answer, errors included.
 
-    `output_data` is awaited after a successful call for the zip of /data, if any.
+    `output_data` is awaited after a successful call for the zip of /data, if any. A
+    response body larger than `max_response_bytes` is an error answer naming the cap.
     """
+    kind = raw_scope.get("type")
     try:
-        kind = raw_scope.get("type")
         if kind == "http":
             scope, body = http_scope(raw_scope, state)
-            cycle = HTTPCycle(scope, body)
+        elif kind != "aleph.message":
+            raise ScopeError(f"unsupported scope type {kind!r}: expected 'http' or 'aleph.message'")
+    except ScopeError as error:
+        logger.error("Refused a call: %s", error)
+        return protocol.init_error_answer(str(error))
+    except Exception as error:  # a bug of ours: still an answer, and labelled as ours
+        logger.exception("Completing the supervisor's scope failed")
+        return protocol.init_error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
+    try:
+        if kind == "http":
+            cycle = HTTPCycle(scope, body, max_response_bytes)
             await cycle.run(app)
             data = await output_data() if output_data else None
-            return protocol.run_answer(cycle.status, cycle.headers, b"".join(cycle.chunks), output_data=data)
-        if kind == "aleph.message":
-            event = EventCycle(dict(raw_scope, asgi=ASGI_VERSION))
-            await event.run(app)
-            data = await output_data() if output_data else None
-            return protocol.event_answer(event.result, output_data=data)
-        raise CycleError(f"unsupported scope type {kind!r}: expected 'http' or 'aleph.message'")
-    except Exception as error:
+            body = b"".join(cycle.chunks)
+            cycle.chunks.clear()  # at most two copies of a large body at once: joined and packed
+            return protocol.run_answer(cycle.status, cycle.headers, body, output_data=data)
+        event = EventCycle(dict(raw_scope, asgi=ASGI_VERSION))
+        await event.run(app)
+        data = await output_data() if output_data else None
+        return protocol.event_answer(event.result, output_data=data)
+    except ResponseTooLarge as error:
+        logger.warning("Refused a response: %s", error)
+        return protocol.error_answer(str(error), "")
+    except Exception as error:  # noqa: BLE001 - whatever the program raised becomes its 500
         return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
+
+
+class LifespanFailure(RuntimeError):
+    """The app's lifespan startup failed (`lifespan.startup.failed`) or did not finish in time.
+
+    An app that does not speak lifespan at all is not a failure: see LifespanState.UNSUPPORTED.
+    """
 
 
 class LifespanState(enum.Enum):
@@ -238,16 +400,16 @@ class Lifespan:
         self._task: asyncio.Task | None = None
 
     async def startup(self, timeout: float) -> None:
-        """Run startup; raise RuntimeError with the app's message on `startup.failed`."""
+        """Run startup; LifespanFailure with the app's message on `startup.failed` or a timeout."""
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.app_state}
         self._queue.put_nowait({"type": "lifespan.startup"})
         self._task = asyncio.get_running_loop().create_task(self._main(scope))
         try:
             await asyncio.wait_for(self._started.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise RuntimeError(f"the application's lifespan startup did not complete within {timeout:g} s") from None
+        except TimeoutError:
+            raise LifespanFailure(f"the application's lifespan startup did not complete within {timeout:g} s") from None
         if self.state is LifespanState.FAILED:
-            raise RuntimeError(f"the application's lifespan startup failed: {self.error}")
+            raise LifespanFailure(f"the application's lifespan startup failed: {self.error}")
 
     async def _main(self, scope: dict) -> None:
         try:
@@ -298,6 +460,26 @@ class Lifespan:
         self._queue.put_nowait({"type": "lifespan.shutdown"})
         try:
             await asyncio.wait_for(self._shut_down.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.error("The application's lifespan shutdown did not complete within %g s", timeout)
             self._task.cancel()
+
+
+class AsgiProgram:
+    """An ASGI app started with its lifespan: each call is one cycle (`run_cycle`)."""
+
+    def __init__(
+        self, app: ASGIApp, lifespan: Lifespan, data_export, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    ):
+        self.app = app
+        self.lifespan = lifespan
+        self.data_export = data_export
+        self.max_response_bytes = max_response_bytes
+
+    async def handle(self, scope: dict) -> bytes:
+        return await run_cycle(
+            self.app, scope, self.lifespan.app_state, self.data_export.acollect, self.max_response_bytes
+        )
+
+    async def stop(self, grace: float) -> None:
+        await self.lifespan.shutdown(grace)

@@ -3,7 +3,8 @@
 Where code goes follows today's runtime, since programs may read their own files by
 absolute path: an ASGI program's zip or tar is unpacked into /opt (on sys.path); an
 executable's into /opt/code; a squashfs drive is mounted at /opt/code by the volume
-code. /opt/packages comes first on sys.path.
+code. /opt/packages comes first on sys.path, the legacy `aleph_client` modules
+(runtime/compat, next to aleph_runtime) last, so a program shipping its own wins.
 
 Plain code runs as a real module: written to `<module>.py` and imported, so it is in
 sys.modules, its top-level helpers are visible from the entrypoint, and tracebacks
@@ -14,23 +15,29 @@ plain program calling its own helper function fails with NameError).
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
+import platform
 import re
 import sys
 import traceback
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
-from aleph_runtime.guest.archive import extract_tar, extract_zip
+from aleph_runtime.guest.archive import DEFAULT_MAX_UNPACKED, extract_tar, extract_zip
 from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface
 
 logger = logging.getLogger("aleph_runtime.code")
 
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _ATTRIBUTE = _MODULE
 #: A plain ASGI program whose entrypoint names only an attribute is imported as this module.
 PLAIN_MODULE = "main"
+#: The legacy aleph_client API over aleph-sdk-python: runtime/compat in a checkout and
+#: /opt/aleph/runtime/compat in the image, beside the aleph_runtime package either way.
+COMPAT_DIRECTORY = Path(__file__).resolve().parents[2] / "compat"
 
 
 @dataclass(frozen=True)
@@ -79,23 +86,25 @@ def split_entrypoint(entrypoint: str, encoding: Encoding) -> tuple[str, str]:
     return module, attribute
 
 
-def unpack_code(config: Config, paths: Paths) -> Path:
+def unpack_code(config: Config, paths: Paths, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> Path:
     """Put the code where its interface expects it; return the directory that holds it."""
     directory = paths.opt if config.interface is Interface.ASGI else paths.code
     if config.encoding is Encoding.SQUASHFS:
         return paths.code  # mounted as the first volume
     directory.mkdir(parents=True, exist_ok=True)
     if config.encoding is Encoding.ZIP:
-        extract_zip(config.code, directory)
+        extract_zip(config.code, directory, max_unpacked)
     elif config.encoding is Encoding.TAR:
-        extract_tar(config.code, directory)
+        extract_tar(config.code, directory, max_unpacked)
     elif config.interface is Interface.ASGI:
         module, _ = split_entrypoint(config.entrypoint, config.encoding)
         module_path = directory.joinpath(*module.split(".")).with_suffix(".py")
         module_path.parent.mkdir(parents=True, exist_ok=True)
         module_path.write_bytes(config.code)
     else:
-        executable_path(config, paths).write_bytes(config.code)
+        path = executable_path(config, paths)
+        path.parent.mkdir(parents=True, exist_ok=True)  # an entrypoint such as bin/server
+        path.write_bytes(config.code)
     return directory
 
 
@@ -107,6 +116,63 @@ def executable_path(config: Config, paths: Paths) -> Path:
     return paths.code / relative
 
 
+#: Django's convention (`asgi.py` exposes `application`): tried when `app` is absent.
+FALLBACK_ATTRIBUTE = ("app", "application")
+#: At most this many names are listed in a missing-attribute error.
+MAX_LISTED = 8
+
+
+def _newer_python_hint(error: BaseException) -> str:
+    """A hint when an import failure smells of a package written for a newer Python."""
+    version = platform.python_version()
+    hint = f" (the runtime runs Python {version}; this package may need a newer Python)"
+    if isinstance(error, SyntaxError):
+        return hint  # new syntax (PEP 695 generics, ...) is the usual cause in a package
+    # "cannot import name 'markcoroutinefunction' from 'inspect'": a name the standard
+    # library of a later Python has.
+    if (
+        isinstance(error, ImportError)
+        and not isinstance(error, ModuleNotFoundError)
+        and error.name
+        and error.name.split(".")[0] in sys.stdlib_module_names
+    ):
+        return hint
+    return ""
+
+
+def is_asgi_callable(value: object) -> bool:
+    """Whether a module attribute looks like an ASGI app: an async callable of (scope, receive, send)."""
+    try:
+        return _looks_like_asgi(value)
+    except Exception:  # noqa: BLE001 - a hostile or exotic object is simply not listed
+        return False
+
+
+def _looks_like_asgi(value: object) -> bool:
+    if isinstance(value, (type, types.ModuleType)) or not callable(value):
+        return False
+    function = value if inspect.isfunction(value) or inspect.ismethod(value) else type(value).__call__
+    if not (inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(value)):
+        return False
+    parameters = list(inspect.signature(value).parameters.values())
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    return len(required) <= 3 <= len(positional) or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def _missing_attribute(entrypoint: str, module_name: str, attribute: str, module: object) -> ConfigError:
+    try:
+        names = [name for name, value in vars(module).items() if not name.startswith("_") and is_asgi_callable(value)]
+    except Exception:  # noqa: BLE001 - vars() of a hostile module object
+        names = []
+    if names:
+        listed = ", ".join(repr(name) for name in names[:MAX_LISTED]) + (", ..." if len(names) > MAX_LISTED else "")
+        found = f"; its ASGI applications are {listed}: name one as '{module_name}:<name>'"
+    else:
+        found = "; it defines no ASGI application (an async callable taking scope, receive and send)"
+    return ConfigError(f"the entrypoint {entrypoint!r}: module {module_name!r} has no {attribute!r}{found}")
+
+
 def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
     """Import the entrypoint; a missing module or attribute is a ConfigError naming it."""
     module_name, attribute = split_entrypoint(config.entrypoint, config.encoding)
@@ -115,6 +181,8 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
             sys.path.remove(str(directory))
     # Packages the program ships take precedence over everything, its code next.
     sys.path[0:0] = [str(paths.packages), str(code_directory)]
+    if COMPAT_DIRECTORY.is_dir() and str(COMPAT_DIRECTORY) not in sys.path:
+        sys.path.append(str(COMPAT_DIRECTORY))
     importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
@@ -124,17 +192,25 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
         raise ConfigError(
             f"the program's module {module_name!r} failed to import: {error}", traceback.format_exc()
         ) from None
-    except BaseException as error:  # the program's own import-time failure, SystemExit included
+    except BaseException as error:  # noqa: BLE001 - the program's own import-time failure, SystemExit included
         raise ConfigError(
-            f"the program's module {module_name!r} failed to import: {type(error).__name__}: {error}",
+            f"the program's module {module_name!r} failed to import: {type(error).__name__}: {error}"
+            + _newer_python_hint(error),
             traceback.format_exc(),
         ) from None
-    target: object = module
-    for part in attribute.split("."):
+    candidates = [attribute] + ([FALLBACK_ATTRIBUTE[1]] if attribute == FALLBACK_ATTRIBUTE[0] else [])
+    for candidate in candidates:
+        target: object = module
         try:
-            target = getattr(target, part)
+            for part in candidate.split("."):
+                target = getattr(target, part)
         except AttributeError:
-            raise ConfigError(f"the entrypoint {config.entrypoint!r}: module {module_name!r} has no {attribute!r}") from None
+            continue
+        if candidate != attribute:
+            logger.info("The module %r has no %r: serving its %r (Django's convention)", module_name, attribute, candidate)
+        break
+    else:
+        raise _missing_attribute(config.entrypoint, module_name, attribute, module) from None
     if not callable(target):
         raise ConfigError(f"the entrypoint {config.entrypoint!r} is not callable (it is a {type(target).__name__})")
     return target

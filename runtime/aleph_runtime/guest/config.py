@@ -7,11 +7,13 @@ sends back as `{"success": false, "error": ...}`.
 
 from __future__ import annotations
 
-import base64
-import enum
 import ipaddress
 import re
 from dataclasses import dataclass, field
+
+from aleph_runtime.protocol import ENCODING_NAMES, Encoding, Interface, hostname
+
+__all__ = ["Config", "ConfigError", "Encoding", "Interface", "Network", "Volume", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -26,37 +28,12 @@ class ConfigError(ValueError):
         self.detail = detail
 
 
-class Interface(str, enum.Enum):
-    ASGI = "asgi"
-    EXECUTABLE = "executable"
-
-
-class Encoding(str, enum.Enum):
-    PLAIN = "plain"
-    ZIP = "zip"
-    SQUASHFS = "squashfs"
-    TAR = "tar"
-
-
-#: Names accepted for each encoding. aleph-message knows plain/zip/squashfs; tar is ours.
-_ENCODING_NAMES = {
-    "plain": Encoding.PLAIN,
-    "zip": Encoding.ZIP,
-    "squashfs": Encoding.SQUASHFS,
-    "tar": Encoding.TAR,
-    "tar.gz": Encoding.TAR,
-    "tar.gzip": Encoding.TAR,
-    "tgz": Encoding.TAR,
-    "tar.bz2": Encoding.TAR,
-    "tar.xz": Encoding.TAR,
-}
-
-#: The message's "binary" interface reaches us as "executable"; accept both spellings.
-_INTERFACE_NAMES = {"asgi": Interface.ASGI, "executable": Interface.EXECUTABLE, "binary": Interface.EXECUTABLE}
-
-_DEVICE_NAME = re.compile(r"^[a-z][a-z0-9]{1,15}$")
-_VM_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Matched from the start with \Z at the end: `$` would also accept a trailing newline.
+_DEVICE_NAME = re.compile(r"[a-z][a-z0-9]{1,15}\Z")
+_VM_HASH = re.compile(r"[0-9a-fA-F]{64}\Z")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: resolv.conf uses three; a few more are kept for whoever reads the file differently.
+MAX_DNS_SERVERS = 16
 
 
 @dataclass(frozen=True)
@@ -93,8 +70,7 @@ class Config:
 
     @property
     def hostname(self) -> str:
-        """base32 of the binary hash, lower case, unpadded: a hex hash is too long for a hostname."""
-        return base64.b32encode(bytes.fromhex(self.vm_hash)).decode().rstrip("=").lower()
+        return hostname(self.vm_hash)
 
 
 def _require(data: dict, key: str, kinds: type | tuple[type, ...], optional: bool = False):
@@ -132,32 +108,30 @@ def _parse_volume(index: int, raw: object) -> Volume:
     return Volume(mount=mount.rstrip("/") or "/", device=device, read_only=read_only)
 
 
+def _address(data: dict, key: str, parse, what: str):
+    """The optional address field `key` parsed by `parse`; None when absent or empty."""
+    raw = _require(data, key, str, optional=True)
+    if not raw:
+        return None
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ConfigError(f"the field '{key}' must be {what}, not {raw!r}") from None
+
+
 def _parse_network(data: dict) -> Network:
-    ipv4 = ipv4_gateway = ipv6 = ipv6_gateway = None
-    if raw := _require(data, "ip", str, optional=True):
-        try:
-            # The supervisor strips the mask; the init has always assumed /24.
-            ipv4 = ipaddress.IPv4Interface(raw if "/" in raw else f"{raw}/24")
-        except ValueError:
-            raise ConfigError(f"the field 'ip' must be an IPv4 address, not {raw!r}") from None
-    if raw := _require(data, "route", str, optional=True):
-        try:
-            ipv4_gateway = ipaddress.IPv4Address(raw)
-        except ValueError:
-            raise ConfigError(f"the field 'route' must be an IPv4 address, not {raw!r}") from None
-    if raw := _require(data, "ipv6", str, optional=True):
-        try:
-            ipv6 = ipaddress.IPv6Interface(raw)
-        except ValueError:
-            raise ConfigError(f"the field 'ipv6' must be an IPv6 address with its prefix, not {raw!r}") from None
-    if raw := _require(data, "ipv6_gateway", str, optional=True):
-        try:
-            ipv6_gateway = ipaddress.IPv6Address(raw)
-        except ValueError:
-            raise ConfigError(f"the field 'ipv6_gateway' must be an IPv6 address, not {raw!r}") from None
+    # The supervisor strips the IPv4 mask; the init has always assumed /24.
+    ipv4 = _address(data, "ip", lambda raw: ipaddress.IPv4Interface(raw if "/" in raw else f"{raw}/24"), "an IPv4 address")
+    ipv4_gateway = _address(data, "route", ipaddress.IPv4Address, "an IPv4 address")
+    ipv6 = _address(data, "ipv6", ipaddress.IPv6Interface, "an IPv6 address with its prefix")
+    ipv6_gateway = _address(data, "ipv6_gateway", ipaddress.IPv6Address, "an IPv6 address")
     servers = _require(data, "dns_servers", list, optional=True) or []
+    if len(servers) > MAX_DNS_SERVERS:
+        raise ConfigError(f"the field 'dns_servers' has {len(servers)} entries; at most {MAX_DNS_SERVERS} are accepted")
     for index, server in enumerate(servers):
         try:
+            if not isinstance(server, str):
+                raise TypeError  # ip_address() takes an int too, which no resolv.conf can hold
             ipaddress.ip_address(server)
         except (TypeError, ValueError):
             raise ConfigError(f"the field 'dns_servers[{index}]' must be an IP address, not {server!r}") from None
@@ -174,14 +148,14 @@ def parse_config(data: object) -> Config:
         raise ConfigError(f"the field 'vm_hash' must be 64 hexadecimal characters, not {vm_hash[:80]!r}")
 
     raw_interface = _require(data, "interface", str)
-    interface = _INTERFACE_NAMES.get(raw_interface)
+    interface = Interface.named(raw_interface)
     if interface is None:
         raise ConfigError(f"the field 'interface' must be 'asgi' or 'executable', not {raw_interface!r}")
 
     raw_encoding = _require(data, "encoding", str)
-    encoding = _ENCODING_NAMES.get(raw_encoding.lower())
+    encoding = Encoding.named(raw_encoding)
     if encoding is None:
-        names = ", ".join(sorted(_ENCODING_NAMES))
+        names = ", ".join(sorted(ENCODING_NAMES))
         raise ConfigError(f"the field 'encoding' must be one of {names}, not {raw_encoding!r}")
 
     entrypoint = _require(data, "entrypoint", str)

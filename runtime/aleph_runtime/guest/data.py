@@ -13,6 +13,7 @@ clean" rule).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -20,12 +21,14 @@ import stat
 import threading
 import time
 
+from aleph_runtime.guest.settings import DEFAULT_MAX_UNPACKED_BYTES
+
 logger = logging.getLogger(__name__)
 
 RACY_WINDOW_NS = 50_000_000
 
 
-def unpack_input_data(data: bytes, data_dir: str = "/data") -> None:
+def unpack_input_data(data: bytes, data_dir: str = "/data", max_unpacked: int = DEFAULT_MAX_UNPACKED_BYTES) -> None:
     """Extract the input_data zip into data_dir, refusing anything that would escape it.
 
     Raises ArchiveError (a ConfigError) for a hostile or broken archive.
@@ -33,7 +36,7 @@ def unpack_input_data(data: bytes, data_dir: str = "/data") -> None:
     from aleph_runtime.guest.archive import extract_zip
 
     os.makedirs(data_dir, exist_ok=True)
-    extract_zip(data, data_dir)
+    extract_zip(data, data_dir, max_unpacked)
     logger.info("input data unpacked into %s", data_dir)
 
 
@@ -61,8 +64,6 @@ class DataExport:
         if self.is_empty():
             self._marker = self._zip = None
             return None
-        import asyncio
-
         return await asyncio.get_running_loop().run_in_executor(None, self.collect)
 
     def collect(self) -> bytes | None:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from aleph_runtime import protocol
 from aleph_runtime.guest.config import ConfigError
+from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,17 @@ class _OutputCopier:
         lines = bytes(self._tail).decode("utf-8", "replace").replace("\r\n", "\n").splitlines()
         return "\n".join(lines[-count:])
 
+class ResponseTooLarge(HTTPProtocolError):
+    """The program's response outgrew the cap: the rest of it is not read."""
+
+    def __init__(self, limit: int):
+        super().__init__(protocol.response_too_large(limit))
+
+
+#: The most status and header bytes read from the program (interim answers included):
+#: real servers send a few KiB; an endless header block must not grow the init.
+MAX_RESPONSE_HEAD_BYTES = 1 << 20
+_READ_CHUNK = 1 << 20
 
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -145,6 +157,7 @@ class ExecutableProgram:
         self.failed_start: tuple[int, str] | None = None
         #: Set by the init when the program has /data: each answer then carries its zip.
         self.data_export = None
+        self.max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES
 
     # --- the child ---
 
@@ -171,6 +184,9 @@ class ExecutableProgram:
         self._supervisor = asyncio.create_task(self._supervise(), name="executable-supervisor")
 
     async def _spawn(self) -> None:
+        from aleph_runtime.guest import stdio
+
+        stdio.reserve()  # the child inherits 0, 1, 2: never a socket of ours
         output = _OutputCopier()
         try:
             try:
@@ -251,7 +267,7 @@ class ExecutableProgram:
             _kill_group(process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("%s did not stop within %.1f s: killing it", self.path, grace)
                 _kill_group(process.pid, signal.SIGKILL)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -267,13 +283,16 @@ class ExecutableProgram:
         """Proxy one supervisor scope to the program; the packed answer for the supervisor."""
         try:
             status, headers, body = await self.request(scope)
+        except ResponseTooLarge as error:
+            logger.warning("Refused a response: %s", error)
+            return protocol.error_answer(str(error), "")
         except Exception as error:  # noqa: BLE001 - every failure is an answer, never a crash
             return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
         output_data = None
         if self.data_export is not None:
             try:
                 output_data = await self.data_export.acollect()
-            except Exception:  # noqa: BLE001 - the answer matters more than the export
+            except Exception:
                 logger.exception("collecting /data failed")
         return protocol.run_answer(status, headers, body, output_data=output_data)
 
@@ -299,7 +318,7 @@ class ExecutableProgram:
             try:
                 writer.write(request)
                 await writer.drain()
-                return await read_response(reader, head=method == "HEAD")
+                return await read_response(reader, head=method == "HEAD", max_bytes=self.max_response_bytes)
             except (ConnectionResetError, BrokenPipeError):
                 # A reset, not a clean close: the server never read the request (a server
                 # that crashes while handling it closes cleanly, and is not asked twice).
@@ -377,10 +396,25 @@ class ExecutableProgram:
         return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-async def read_response(reader: asyncio.StreamReader, head: bool = False) -> tuple[int, list[list[bytes]], bytes]:
-    """An HTTP/1.x response: status, header pairs (names as sent), the whole body."""
-    while True:
+async def read_response(
+    reader: asyncio.StreamReader, head: bool = False, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+) -> tuple[int, list[list[bytes]], bytes]:
+    """An HTTP/1.x response: status, header pairs (names as sent), the whole body.
+
+    A body larger than `max_bytes` raises ResponseTooLarge as soon as that is known (a
+    Content-Length over it is refused before a byte of the body is read)."""
+    head_bytes = 0
+
+    async def head_line() -> bytes:
+        nonlocal head_bytes
         line = await reader.readline()
+        head_bytes += len(line)
+        if head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise HTTPProtocolError(f"the program's response head is larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
+        return line
+
+    while True:
+        line = await head_line()
         if not line:
             raise HTTPProtocolError("the program closed the connection without answering")
         parts = line.split(None, 2)
@@ -389,7 +423,7 @@ async def read_response(reader: asyncio.StreamReader, head: bool = False) -> tup
         status = int(parts[1])
         headers: list[list[bytes]] = []
         while True:
-            line = await reader.readline()
+            line = await head_line()
             if line in (b"\r\n", b"\n", b""):
                 break
             name, sep, value = line.partition(b":")
@@ -404,19 +438,33 @@ async def read_response(reader: asyncio.StreamReader, head: bool = False) -> tup
     if head or status in (204, 304) or 100 <= status < 200:
         return status, kept, b""
     if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-        return status, kept, await _read_chunked(reader)
+        # The body is given de-chunked: a Content-Length sent alongside (RFC 9112 says to
+        # ignore it) would not be its length.
+        kept = [pair for pair in kept if pair[0].lower() != b"content-length"]
+        return status, kept, await _read_chunked(reader, max_bytes)
     length = fields.get(b"content-length")
     if length is not None and length.strip().isdigit():
+        if int(length) > max_bytes:
+            raise ResponseTooLarge(max_bytes)
         try:
             return status, kept, await reader.readexactly(int(length))
         except asyncio.IncompleteReadError as error:
             raise HTTPProtocolError(
                 f"the program closed the connection after {len(error.partial)} of {int(length)} body bytes"
             ) from None
-    return status, kept, await reader.read()
+    return status, kept, await _read_until_eof(reader, max_bytes)
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+async def _read_until_eof(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
+    body = bytearray()
+    while chunk := await reader.read(_READ_CHUNK):
+        body += chunk
+        if len(body) > max_bytes:
+            raise ResponseTooLarge(max_bytes)
+    return bytes(body)
+
+
+async def _read_chunked(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
     body = bytearray()
     while True:
         line = await reader.readline()
@@ -428,9 +476,14 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         except ValueError:
             raise HTTPProtocolError(f"bad chunk size {size_text[:40]!r}") from None
         if size == 0:
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
+            trailer_bytes = 0
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                trailer_bytes += len(line)  # trailers, dropped
+                if trailer_bytes > MAX_RESPONSE_HEAD_BYTES:
+                    raise HTTPProtocolError(f"the program's trailers are larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
             return bytes(body)
+        if len(body) + size > max_bytes:
+            raise ResponseTooLarge(max_bytes)
         try:
             body += await reader.readexactly(size)
         except asyncio.IncompleteReadError:

@@ -110,6 +110,15 @@ def sync() -> None:
     libc().sync()
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> None:
+    """Adopt our descendants' orphans, as PID 1 does: a dev-mode init must reap the
+    zombies its program leaves (a shell script's daemonised server, say)."""
+    _check(libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
 #: Children whose exit status someone else waits for (asyncio's child watcher, for the
 #: executable program): PID 1's zombie reaper must leave them alone, or their status is
 #: lost (asyncio then reports 255 and warns).
@@ -119,7 +128,8 @@ MANAGED_CHILDREN: set[int] = set()
 def reap_children() -> list[tuple[int, int]]:
     """Reap every exited child except those in MANAGED_CHILDREN; [(pid, wait status)].
 
-    Call it on SIGCHLD in PID 1. It peeks with waitid(WNOWAIT) before reaping, so a
+    PID 1 calls it every second (`init.reap_orphans_forever`): a SIGCHLD handler would
+    compete with asyncio's own child watcher for the same signal. It peeks with waitid(WNOWAIT) before reaping, so a
     managed child's status stays for its owner. When a managed zombie is first in line,
     the other zombies are found through /proc (their parent is us, their state Z).
     """

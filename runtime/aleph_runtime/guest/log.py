@@ -1,15 +1,14 @@
 """The init's logging: one line per event, prefixed with the uptime, on the console.
 
 The uptime (CLOCK_BOOTTIME) lets a boot be read off the console next to the kernel's
-own timestamps and init0's lines. INFO by default; DEBUG when `ALEPH_LOG_LEVEL=DEBUG`
-or `aleph.debug` is on the kernel command line. DEBUG calls on the hot path are
+own timestamps and init0's lines. INFO by default; DEBUG when the settings ask for it
+(`ALEPH_LOG_LEVEL=DEBUG` or `aleph.debug` on the kernel command line). DEBUG calls on the hot path are
 guarded by `logger.isEnabledFor` so they cost nothing when off.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -24,21 +23,16 @@ class _UptimeFormatter(logging.Formatter):
         return f"[{uptime:10.6f}] init1 {record.levelname}: {message}"
 
 
-def _debug_requested() -> bool:
-    if os.environ.get("ALEPH_LOG_LEVEL", "").upper() == "DEBUG":
-        return True
-    try:
-        with open("/proc/cmdline") as cmdline:
-            return "aleph.debug" in cmdline.read().split()
-    except OSError:
-        return False
-
-
-def setup_logging() -> logging.Logger:
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(debug: bool = False, fd: int | None = None) -> logging.Logger:
+    """Log to `fd` (the init's own duplicate of stderr, see stdio.py), else to sys.stderr."""
+    stream = sys.stderr
+    if fd is not None:
+        # Line-buffered, and never closing the descriptor: it is the init's for good.
+        stream = open(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(_UptimeFormatter())
     logger = logging.getLogger("aleph_runtime")
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if _debug_requested() else logging.INFO)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
     return logger

@@ -63,7 +63,7 @@ def _attr(kind: int, payload: bytes) -> bytes:
 class _Request:
     """One rtnetlink request (a plain class: a dataclass costs a millisecond to import)."""
 
-    __slots__ = ("what", "kind", "flags", "body")
+    __slots__ = ("body", "flags", "kind", "what")
 
     def __init__(self, what: str, kind: int, flags: int, body: bytes):
         self.what = what
@@ -131,7 +131,7 @@ def netlink_transaction(requests: list[_Request]) -> list[int]:
 
 def _run(requests: list[_Request]) -> list[int]:
     errors = netlink_transaction(requests)
-    for request, error in zip(requests, errors):
+    for request, error in zip(requests, errors, strict=True):
         if error:
             logger.debug("%s failed: %s", request.what, os.strerror(error))
     return errors
@@ -169,13 +169,14 @@ def configure_network(network: Network, resolv_conf: str = "/etc/resolv.conf") -
     if requests or routes:
         all_requests = requests + routes
         errors = _run(all_requests)
-        for request, error in zip(requests, errors):
+        # `errors` goes on with the routes' answers, handled below.
+        for request, error in zip(requests, errors, strict=False):
             if error in _NO_IPV6 and request.kind == RTM_NEWADDR and ":" in request.what:
                 logger.warning("%s failed: this kernel has no IPv6 (%s)", request.what, os.strerror(error))
             elif error:
                 raise _fail(request, error)
         retry = []
-        for request, error in zip(routes, errors[len(requests) :]):
+        for request, error in zip(routes, errors[len(requests) :], strict=True):
             if error in _NO_IPV6 and ":" in request.what:
                 logger.warning("%s failed: this kernel has no IPv6 (%s)", request.what, os.strerror(error))
             elif error == errno.ENETUNREACH:
@@ -185,7 +186,7 @@ def configure_network(network: Network, resolv_conf: str = "/etc/resolv.conf") -
             elif error:
                 raise _fail(request, error)
         if retry:
-            for request, error in zip(retry, _run(retry)):
+            for request, error in zip(retry, _run(retry), strict=True):
                 if error:
                     raise _fail(request, error)
         if index is not None:

@@ -8,9 +8,11 @@ the init's stderr (the console).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
+import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -92,10 +94,6 @@ def sshd_process() -> subprocess.Popen | None:
 def stop_ssh() -> None:
     global _process
     if _process is not None and _process.poll() is None:
-        import signal
-
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(_process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     _process = None

@@ -30,6 +30,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from aleph_runtime import protocol
+from aleph_runtime.guest import stdio
 
 logger = logging.getLogger("aleph_runtime.transport")
 
@@ -53,6 +54,9 @@ class Transport:
     """What the init needs from its link to the host."""
 
     description = "transport"
+    #: Whether a host that shuts down only its writing side reaches the init as such (and
+    #: still reads): then EOF alone does not mean the host gave up on a call.
+    half_close_passes = True
 
     async def start_server(self, handler: Handler) -> None:
         raise NotImplementedError
@@ -79,6 +83,10 @@ class Transport:
 
 
 class VsockTransport(Transport):
+    # Firecracker turns any EOF of the host's stream into a full shutdown of the guest's
+    # (SHUTDOWN with RCV|SEND): on vsock, EOF means the host is gone.
+    half_close_passes = False
+
     def __init__(self, port: int = protocol.INIT_PORT):
         self.port = port
         self.description = f"vsock port {port}"
@@ -94,6 +102,8 @@ class VsockTransport(Transport):
         loop = asyncio.get_running_loop()
 
         def on_readable() -> None:
+            # A program may have closed 0, 1 or 2: refill them, or accept() hands one out.
+            stdio.reserve()
             # Drain the backlog: one readiness event may stand for several connections.
             while True:
                 try:
@@ -136,7 +146,7 @@ class VsockTransport(Transport):
                     loop.remove_writer(sock.fileno())
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
-                    raise OSError(error, os.strerror(error))
+                    raise OSError(error, os.strerror(error)) from None
         except BaseException:
             sock.close()
             raise
@@ -190,7 +200,6 @@ class UnixTransport(Transport):
             os.unlink(self.base_path)
 
 
-def transport_from_environment(uds_path: str | None = None) -> Transport:
-    """Dev mode when a Unix socket base path is given (flag or ALEPH_VSOCK_UDS), else vsock."""
-    path = uds_path or os.environ.get("ALEPH_VSOCK_UDS")
-    return UnixTransport(path) if path else VsockTransport()
+def transport_for(uds_path: str | None) -> Transport:
+    """Dev mode when a Unix socket base path is given (`Settings.uds`), else vsock."""
+    return UnixTransport(uds_path) if uds_path else VsockTransport()

@@ -135,13 +135,13 @@ def unmount_volumes(mounted: Sequence[MountedVolume], busy_timeout: float = 0.5)
     """
     try:
         linux.sync()
-    except Exception:  # noqa: BLE001 - sync returns void; belt and braces
+    except Exception:
         logger.exception("sync failed")
     deadline = time.monotonic() + busy_timeout
     for volume in reversed(mounted):
         try:
             _unmount_one(volume, deadline)
-        except Exception:  # noqa: BLE001 - halt must go on whatever happens
+        except Exception:
             logger.exception("unmounting %s failed", volume.mount_point)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 from collections.abc import Callable
@@ -18,9 +19,8 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """
 
     def preexec() -> None:  # runs in the child between fork and exec
-        try:
+        # No libc or no prctl: the child just lacks the safety net; it must still start.
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        except Exception:
-            pass
 
     return preexec

@@ -14,17 +14,14 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-
-def interface_for(entrypoint: str) -> str:
-    """The supervisor's rule: only Python ASGI entrypoints contain a colon."""
-    return "asgi" if ":" in entrypoint else "executable"
+from aleph_runtime.protocol import Encoding, Interface, interface_for
 
 
 def program_config(
     code: bytes | None,
     entrypoint: str,
-    encoding: str = "plain",
-    interface: str | None = None,
+    encoding: Encoding | str = Encoding.PLAIN,
+    interface: Interface | str | None = None,
     vm_hash: str | None = None,
     volumes: list[dict] | None = None,
     variables: dict[str, str] | None = None,

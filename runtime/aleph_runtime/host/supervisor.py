@@ -39,6 +39,16 @@ class HaltResult:
     lines: list[bytes] = field(default_factory=list)
 
 
+async def close_unix_server(server: asyncio.AbstractServer | None, path: str | os.PathLike) -> None:
+    """Stop a Unix-socket server and remove its socket file (both may already be gone)."""
+    if server is None:
+        return
+    server.close()
+    await server.wait_closed()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class ReadySignal:
     """Listens on `<uds>_52` for the init's ready signal, as the supervisor does before boot.
 
@@ -81,12 +91,8 @@ class ReadySignal:
         return signal
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+        await close_unix_server(self._server, self.path)
+        self._server = None
 
 
 class SupervisorClient:

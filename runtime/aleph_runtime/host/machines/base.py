@@ -1,15 +1,190 @@
-"""What runs the init, as the local node, the tests and the benchmarks see it."""
+"""What runs the init, as the tests, the benchmarks and the local node drive it.
+
+One life for every machine, written once here (as Firecracker's tests/framework has
+one `Microvm`): listen for the ready signal on `<uds>_52`, as the supervisor does
+before it boots a VM; launch; wait for the signal or the machine's death, whichever
+comes first; configure; halt through the protocol, then make sure nothing is left.
+What differs is only how a machine is launched, waited for and killed:
+
+- `CommandMachine`: any command that ends up running the init with the `<uds>` layout
+  (the image's Python in namespaces, say);
+- `DevInit` (machines/dev.py): `init/init1.py` as a local process in dev mode;
+- `QemuVM` (vmm/qemu.py): the runtime image in QEMU with our vsock backend;
+- `SandboxMachine` (machines/sandbox.py): the init as PID 1 of private namespaces.
+
+    async with DevInit(workdir) as machine:        # listens, launches, waits for ready
+        await machine.configure(config)
+        await machine.client.http("GET", "/")
+    # halted, and gone
+"""
 
 from __future__ import annotations
 
+import abc
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from aleph_runtime.host.supervisor import SupervisorClient
+from aleph_runtime.host.supervisor import HaltResult, ReadySignal, SupervisorClient
+
+log = logging.getLogger(__name__)
 
 
-class Machine(Protocol):
-    """What runs the init: the supervisor talks to it on `uds_path` (Firecracker's layout)."""
+class MachineExited(RuntimeError):
+    """The machine ended before its ready signal; the message carries what it said."""
+
+
+class Machine(abc.ABC):
+    """One init behind Firecracker's hybrid-vsock layout on `uds_path`."""
+
+    def __init__(self, uds_path: str | os.PathLike):
+        self.uds_path = Path(uds_path)
+        self.client = SupervisorClient(self.uds_path)
+        self.ready: dict | None = None
+        """The ready signal, once received."""
+        self.process: asyncio.subprocess.Process | None = None
+        """The machine's process, for the machines that are one (all but the sandbox's)."""
+
+    # --- what a kind of machine provides ---
+
+    @abc.abstractmethod
+    async def _launch(self) -> None:
+        """Start the machine; it must send its ready signal to `<uds>_52`."""
+
+    async def wait(self) -> int | None:
+        """Return the machine's exit status once it has ended (None if never launched)."""
+        if self.process is None:
+            return None
+        return await self.process.wait()
+
+    @property
+    def running(self) -> bool:
+        """Launched and not ended yet."""
+        return self.process is not None and self.process.returncode is None
+
+    @abc.abstractmethod
+    async def kill(self) -> None:
+        """End it now, without the protocol, and release what it held."""
+
+    def failure_detail(self) -> str:
+        """What the machine said, for an error message (its console's last lines, say)."""
+        return ""
+
+    # --- the one life every machine shares ---
+
+    async def start(self, timeout: float = 30) -> dict:
+        """Listen for the ready signal, launch, and return the signal; kill on any failure."""
+        ready = await self.client.ready_signal().start()
+        try:
+            await self._launch()
+            self.ready = await self._ready_or_exit(ready, timeout)
+        except BaseException:
+            await ready.close()
+            await self.kill()
+            raise
+        return self.ready
+
+    async def _ready_or_exit(self, ready: ReadySignal, timeout: float) -> dict:
+        waiting = asyncio.ensure_future(ready.wait(timeout))
+        exited = asyncio.ensure_future(self.wait())
+        try:
+            await asyncio.wait((waiting, exited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, exited):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+        if not waiting.done() or waiting.cancelled():
+            detail = self.failure_detail()
+            raise MachineExited(
+                f"the machine exited (status {exited.result()}) before its ready signal" + (f"\n{detail}" if detail else "")
+            )
+        try:
+            return waiting.result()
+        except TimeoutError:
+            detail = self.failure_detail()
+            raise TimeoutError(f"no ready signal within {timeout} s" + (f"\n{detail}" if detail else "")) from None
+
+    async def configure(self, config: dict, timeout: float = 60) -> dict:
+        """Send the configuration; ConfigurationRejected when the program cannot start."""
+        return await self.client.configure(config, timeout=timeout)
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """The exit status if the machine ends within `timeout`, else None."""
+        try:
+            return await asyncio.wait_for(self.wait(), timeout)
+        except TimeoutError:
+            return None
+
+    async def stop(self, halt_timeout: float = 5, exit_timeout: float = 10) -> HaltResult | None:
+        """Halt as the supervisor does; the machine must then end by itself, or it is killed."""
+        result = None
+        if self.running:
+            result = await self.client.halt(timeout=halt_timeout)
+            if await self.wait_exit(exit_timeout) is None:
+                log.warning("%s did not end %s s after halt: killing it", type(self).__name__, exit_timeout)
+        await self.kill()
+        return result
+
+    async def __aenter__(self):
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.stop()
+
+
+class CommandMachine(Machine):
+    """A machine that is one command (a process, its own session if asked)."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        uds_path: str | os.PathLike,
+        *,
+        env: dict[str, str] | None = None,
+        stdout=None,
+        stderr=None,
+        new_session: bool = False,
+        preexec_fn=None,
+    ):
+        super().__init__(uds_path)
+        self.command = list(command)
+        self.env = env
+        self.stdout = stdout
+        self.stderr = stderr
+        # A session of its own, as a VM is: a terminal's Ctrl-C reaches only the caller,
+        # which halts the machine through the protocol.
+        self.new_session = new_session
+        self.preexec_fn = preexec_fn
+
+    async def _launch(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            start_new_session=self.new_session,
+            preexec_fn=self.preexec_fn,
+        )
+
+    async def kill(self) -> None:
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGKILL)
+        if self.process is not None:
+            await self.process.wait()
+
+
+class NodeMachine(Protocol):
+    """What the local node (node/local.py) needs of its machine: `DevMachine` or `QemuMachine`."""
 
     uds_path: Path
     client: SupervisorClient

@@ -20,16 +20,29 @@ class QemuMachine:
     """The runtime image in QEMU (host/vmm/qemu.py), drives in the order the config names them."""
 
     def __init__(
-        self, run_dir: Path, log_path: Path, drives: list, memory_mb: int, vcpus: int,
-        profile: str | None = None, compression: str | None = None,
-    ):  # fmt: skip
+        self,
+        run_dir: Path,
+        log_path: Path,
+        drives: list,
+        memory_mb: int,
+        vcpus: int,
+        kernel: str | None = None,
+        images=None,
+        profile: str | None = None,
+        compression: str | None = None,
+    ):
+        """`kernel`: "node" (the node-like kernel on microvm, the default) or "debian"
+        (Debian's kernel and initramfs on q35). `images`: a restarted machine reuses its
+        predecessor's, so no cache check runs on the loop."""
         if shutil.which("qemu-system-x86_64") is None:
             raise SetupError("qemu-system-x86_64 is not installed (Debian's qemu-system-x86; scripts/setup.sh)")
-        try:
-            images = find_images(profile, compression)
-        except Exception as error:  # noqa: BLE001 - a build failure, reported as such
-            raise SetupError(f"could not build or find the runtime image and test kernel: {error}") from None
+        if images is None:
+            try:
+                images = find_images(kernel, profile, compression)
+            except Exception as error:  # noqa: BLE001 - a build failure, reported as such
+                raise SetupError(f"could not build or find the runtime image and kernel: {error}") from None
         kernel, initramfs, rootfs = images
+        self.images = tuple(images)
         self.log_path = log_path
         self.vm = QemuVM(
             kernel, initramfs, rootfs, drives, memory_mb=memory_mb, vcpus=vcpus,
@@ -58,7 +71,4 @@ class QemuMachine:
         await self.vm.kill()
 
     async def stop(self) -> None:
-        if self.vm.process is not None and self.vm.process.returncode is None:
-            await self.vm.stop()
-        else:
-            await self.vm.kill()
+        await self.vm.stop()

@@ -20,6 +20,7 @@ Used by the integration tests and by the CLI's dev mode; needs root.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -32,6 +33,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from aleph_runtime.host.machines.base import Machine
 
 # Runs in the new namespaces as their PID 1 until it execs the command.
 # Arguments: work dir, cwd, then "vdX=/dev/loopN" items, "--", bind paths, "--", the command.
@@ -252,10 +255,8 @@ class Sandbox:
                 if pid is not None and timeout > 0:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGTERM)
-                    try:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
                         self.process.wait(timeout)
-                    except subprocess.TimeoutExpired:
-                        pass
                 if self.process.poll() is None:
                     # --kill-child: PID 1 dies with unshare, and the kernel kills the rest.
                     self.process.kill()
@@ -298,6 +299,39 @@ class Sandbox:
 
     def read_file(self, path: str) -> str:
         return self.run(["cat", path]).stdout
+
+
+class SandboxMachine(Machine):
+    """The init as PID 1 of a `Sandbox`, driven through the `<uds>` layout at `box.base`.
+
+    The box's command must run the init in dev transport mode on `box.base`
+    (`ALEPH_VSOCK_UDS` is set for it here); the host services go on `<box.base>_53`.
+    """
+
+    def __init__(self, box: Sandbox):
+        super().__init__(box.base)
+        self.box = box
+        box.env["ALEPH_VSOCK_UDS"] = box.base
+
+    async def _launch(self) -> None:
+        # Attaching loop devices and setting up the veth take a few blocking calls.
+        await asyncio.to_thread(self.box.start)
+
+    @property
+    def running(self) -> bool:
+        return self.box.process is not None and self.box.process.poll() is None
+
+    async def wait(self) -> int | None:
+        if self.box.process is None:
+            return None
+        # A Popen has no awaitable exit; poll it, a few milliseconds apart.
+        while self.box.process.poll() is None:
+            await asyncio.sleep(0.01)
+        self.box.returncode = self.box.process.returncode
+        return self.box.returncode
+
+    async def kill(self) -> None:
+        await asyncio.to_thread(self.box.stop, 0)
 
 
 def read_from_image(image: str | os.PathLike, path: str, fstype: str | None = None) -> bytes:

@@ -14,10 +14,8 @@ import zipfile
 from pathlib import Path
 
 from aleph_runtime.host.errors import NodeError, SetupError
-from aleph_runtime.host.program import interface_for
+from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface, interface_for
 
-ENCODINGS = ("plain", "zip", "tar", "squashfs")
-INTERFACES = ("asgi", "executable", "binary")
 #: Names of an executable program's launcher in a directory or archive, in order of preference.
 LAUNCHERS = ("run.sh", "run", "start.sh", "start", "entrypoint.sh")
 
@@ -27,9 +25,9 @@ class Program:
     """A program as a node would receive it: encoding, entrypoint, interface and its code."""
 
     source: Path
-    encoding: str
+    encoding: Encoding | None
     entrypoint: str
-    interface: str
+    interface: Interface | None
     code: bytes | None = None
     """The code (plain, zip, tar); None for squashfs, which is a drive."""
     image: Path | None = None
@@ -141,45 +139,49 @@ def infer_program(
     if not source.exists():
         raise NodeError(f"{source} does not exist")
     source = source.resolve()
-    if encoding is not None and encoding not in ENCODINGS:
-        raise NodeError(f"unknown encoding {encoding!r}: one of {', '.join(ENCODINGS)}")
-    if interface is not None and interface not in INTERFACES:
-        raise NodeError(f"unknown interface {interface!r}: one of {', '.join(INTERFACES)}")
-    program = Program(source=source, encoding="", entrypoint="", interface="")
+    if encoding is not None:
+        if encoding not in list(Encoding):
+            raise NodeError(f"unknown encoding {encoding!r}: one of {', '.join(Encoding)}")
+        encoding = Encoding(encoding)
+    if interface is not None:
+        if interface not in INTERFACE_NAMES:
+            raise NodeError(f"unknown interface {interface!r}: one of {', '.join(INTERFACE_NAMES)}")
+        interface = Interface.named(interface)
+    program = Program(source=source, encoding=None, entrypoint="", interface=None)
     why = []
     if source.is_dir():
         program.directory = source
-        program.encoding = encoding or "zip"
-        if program.encoding == "plain":
+        program.encoding = encoding or Encoding.ZIP
+        if program.encoding is Encoding.PLAIN:
             raise NodeError("a directory cannot be sent as plain code: use zip, tar or squashfs")
         why.append(f"a directory, packed as {program.encoding}")
         files = _listing_directory(source)
         if not entrypoint:
             entrypoint, reason = entrypoint_from_listing(files)
             why.append(reason)
-    elif zipfile.is_zipfile(source) and not source.suffix == ".py":
-        program.encoding = encoding or "zip"
+    elif zipfile.is_zipfile(source) and source.suffix != ".py":
+        program.encoding = encoding or Encoding.ZIP
         program.code = source.read_bytes()
         why.append("a zip archive")
         if not entrypoint:
             entrypoint, reason = entrypoint_from_listing(_listing_zip(program.code))
             why.append(reason)
     elif is_squashfs(source):
-        program.encoding = encoding or "squashfs"
+        program.encoding = encoding or Encoding.SQUASHFS
         program.image = source
         why.append("a squashfs image, given as the code drive")
         if not entrypoint:
             entrypoint, reason = entrypoint_from_listing(_listing_squashfs(source))
             why.append(reason)
     elif source.suffix != ".py" and tarfile.is_tarfile(source):
-        program.encoding = encoding or "tar"
+        program.encoding = encoding or Encoding.TAR
         program.code = source.read_bytes()
         why.append("a tar archive")
         if not entrypoint:
             entrypoint, reason = entrypoint_from_listing(_listing_tar(source))
             why.append(reason)
     else:
-        program.encoding = encoding or "plain"
+        program.encoding = encoding or Encoding.PLAIN
         program.code = source.read_bytes()
         if not entrypoint:
             if source.suffix == ".py":
@@ -189,13 +191,11 @@ def infer_program(
             else:
                 entrypoint = re.sub(r"[^\w.-]", "_", source.name)
                 why.append("a single non-Python file -> plain code, run as an executable")
-    if program.encoding == "squashfs" and program.image is None and program.directory is None:
+    if program.encoding is Encoding.SQUASHFS and program.image is None and program.directory is None:
         raise NodeError(f"--encoding squashfs needs a directory or a squashfs image, not {source.name}")
-    if program.encoding in ("zip", "tar", "plain") and program.image is not None:
+    if program.encoding is not Encoding.SQUASHFS and program.image is not None:
         raise NodeError(f"{source.name} is a squashfs image: its encoding can only be squashfs")
     program.entrypoint = entrypoint
-    if interface == "binary":  # a message's "binary" interface reaches the init as "executable"
-        interface = "executable"
     program.interface = interface or interface_for(entrypoint)
     program.why = "; ".join(why)
     return program

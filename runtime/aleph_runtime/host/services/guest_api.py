@@ -2,31 +2,39 @@
 
 The init bridges that socket to the host's vsock port 53, i.e. the Unix socket
 `<uds>_53` on the host, where this aiohttp app listens. The routes and their rules are
-aleph-vm's own guest API (protocol document, section 6):
+aleph-vm's own guest API (docs/protocol.md, section 8):
 
 - `GET /properties`, `POST /sign`: the node's signing account (see `signer.py`); a
-  message is signed only when its item_content's `address` is the VM's hash.
+  message is signed only when it is inline, its item_hash is the sha256 of its
+  item_content (what is signed is the hash: it must be the content's) and that
+  content's `address` is the VM's hash.
 - `GET /cache/?pattern=`, `GET|PUT|DELETE /cache/<key>`: a Redis cache, keys stored as
   `<vm_hash>:<key>`, expiring after 7 days; a key must match `^\\w+$`, a pattern
   `^[\\w?*^\\-]+$`, else 400.
 - `POST /api/v0/ipfs/pubsub/pub`, `POST /api/v0/p2p/pubsub/pub`: the program's POST
-  message is re-published through the node, signed by the node's account.
+  message (its JSON, or the object as aleph-sdk-python 2 sends it) is re-published
+  through the node, signed by the node's account.
+- `POST /api/v0/messages`: 405, as on a node, but in JSON so the SDK falls back to pubsub.
 - any other `GET|HEAD|OPTIONS /<path>`: proxied to the aleph API server, so programs
   can read the network with internet disabled.
 
 Where aleph-vm's guest API would hang or crash (an unreachable API server, a garbled
 message, Redis down), this one answers at once with a one-line reason: 502 when the
-API server cannot be reached, 400 for a request it cannot read, 503 when Redis is down.
+API server cannot be reached (an API server's refusal keeps its status), 400 for a
+request it cannot read (JSON nested too deeply for the parser included), 503 when Redis
+is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,19 +138,39 @@ async def properties(request: web.Request) -> web.StreamResponse:
     return web.json_response(await request.app[SETTINGS].signer.properties())
 
 
-def check_message_address(message: object, vm_hash: str) -> str | None:
+def parse_json(text: str | bytes) -> object:
+    """json.loads, where nesting too deep for the parser is a ValueError (a 400), not a
+    RecursionError that would escape as a 500."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def check_message(message: object, vm_hash: str) -> str | None:
     """Why a message may not be signed for this VM, or None when it may.
 
     As aleph-vm's guest API: the address in the message's item_content must be the
-    VM's hash, so a program can only sign in its own name.
+    VM's hash, so a program can only sign in its own name. The signature covers the
+    item_hash, not the content, so the content checked must be the one hashed: an
+    inline message whose item_hash is the sha256 of its item_content. Otherwise a
+    program would get the node's signature on any hash, a stored file's say.
     """
     if not isinstance(message, dict):
         return "Invalid message: not a JSON object"
+    if message.get("item_type") != "inline":
+        return "Invalid message: only inline messages are signed (item_type must be 'inline')"
     item_content = message.get("item_content")
     if not isinstance(item_content, str):
         return "Invalid message: item_content must be a JSON string"
     try:
-        content = json.loads(item_content)
+        content_hash = hashlib.sha256(item_content.encode()).hexdigest()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+        return "Invalid message: item_content is not valid UTF-8"
+    if message.get("item_hash") != content_hash:
+        return "Invalid message: item_hash is not the sha256 of item_content"
+    try:
+        content = parse_json(item_content)
     except ValueError:
         return "Invalid message: item_content is not JSON"
     if not isinstance(content, dict) or content.get("address") != vm_hash:
@@ -152,10 +180,10 @@ def check_message_address(message: object, vm_hash: str) -> str | None:
 
 async def sign(request: web.Request) -> web.StreamResponse:
     try:
-        message = await request.json()
+        message = parse_json(await request.read())
     except ValueError:
         return _error(400, "Invalid message: the body is not JSON")
-    problem = check_message_address(message, request.app[VM_HASH])
+    problem = check_message(message, request.app[VM_HASH])
     if problem:
         return _error(400, problem)
     for field in ("chain", "type", "item_hash"):
@@ -199,24 +227,39 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return _unreachable(request, error)
 
 
+def _pubsub_message(body: object) -> dict:
+    """The program's message from a pubsub body: `data` is its JSON (aleph-client, aleph-vm's
+    own guest API) or the message object itself (aleph-sdk-python 2's fallback)."""
+    if not isinstance(body, dict) or "data" not in body:
+        raise ValueError("the body must be a JSON object with 'topic' and 'data'")
+    data = body["data"]
+    message = parse_json(data) if isinstance(data, (str, bytes)) else data
+    if not isinstance(message, dict):
+        raise ValueError("'data' must be a message object or its JSON")
+    return message
+
+
 async def repost(request: web.Request) -> web.StreamResponse:
     """Re-publish a program's pubsub POST through the node, as aleph-vm's VM connector does.
 
-    The program sends `{"topic": str, "data": json(message)}`; the message's content is
+    The program sends `{"topic": str, "data": message}`; the message's content is
     published as a new POST signed by the node's account (the program has no key of its
-    own). The answer is `{"status": "success", "item_hash": ...}`.
+    own). The answer is `{"status": "success", "item_hash": ...}`; an API server that
+    refuses the new message is answered with its own status and a one-line reason.
     """
     try:
-        body = await request.json()
-        message = json.loads(body["data"])
-        content = json.loads(message["item_content"])
+        message = _pubsub_message(parse_json(await request.read()))
+        if message.get("type") not in ("POST", None):
+            # The node publishes in its own name: only a post's content carries over.
+            return _error(400, f"the node re-publishes only POST messages, not {str(message.get('type'))[:20]}")
+        content = parse_json(message["item_content"])
         post_content, post_type = content["content"], content["type"]
     except (ValueError, KeyError, TypeError) as error:
         return _error(400, f"Invalid pubsub message: {type(error).__name__}: {error}")
     channel = message.get("channel") or DEFAULT_CHANNEL
 
     from aleph.sdk.client import AuthenticatedAlephHttpClient
-    from aleph.sdk.exceptions import BroadcastError
+    from aleph_message.models import MessageType, PostContent
 
     settings = request.app[SETTINGS]
     account = await settings.signer.get_account()
@@ -225,18 +268,36 @@ async def repost(request: web.Request) -> web.StreamResponse:
         async with asyncio.timeout(settings.proxy_timeout), AuthenticatedAlephHttpClient(
             account=account, api_server=settings.api_server, allow_unix_sockets=False
         ) as client:
-            posted, _status = await client.create_post(
-                post_content=post_content,
-                post_type=post_type,
-                address=account.get_address(),
-                channel=channel,
-                sync=False,
+            new_content = PostContent(
+                type=post_type, address=account.get_address(), content=post_content,
+                ref=content.get("ref"), time=time.time(),
+            )  # fmt: skip
+            signed = await client.generate_signed_message(
+                message_type=MessageType.post, content=new_content.model_dump(exclude_none=True), channel=channel
             )
+            broadcast = {"sync": False, "message": signed.model_dump(mode="json", include=client.BROADCAST_MESSAGE_FIELDS)}
+            # POSTed here rather than through create_post, whose errors lose the API's status.
+            async with client.http_session.post("/api/v0/messages", json=broadcast) as response:
+                if response.status not in (200, 202):
+                    reason = _one_line((await response.text())[:500])
+                    return _error(
+                        response.status, f"aleph API server {settings.api_server} refused the message: {reason}"
+                    )
     except (aiohttp.ClientConnectionError, TimeoutError, OSError) as error:
         return _unreachable(request, error)
-    except (aiohttp.ClientResponseError, BroadcastError) as error:
-        return _error(502, f"aleph API server {settings.api_server} refused the message: {error}")
-    return web.json_response({"status": "success", "item_hash": posted.item_hash})
+    return web.json_response({"status": "success", "item_hash": signed.item_hash})
+
+
+async def post_message(request: web.Request) -> web.StreamResponse:
+    """POST /api/v0/messages is not open to programs, as on a node (where only GET, HEAD and
+    OPTIONS reach the API): 405, in JSON, so aleph-sdk-python falls back to the pubsub route
+    (it reads this answer as JSON; a node's plain-text 405 makes it raise after posting)."""
+    return web.json_response(
+        {"error": "POST /api/v0/messages is not available to programs: the node re-publishes "
+                  "messages sent to POST /api/v0/ipfs/pubsub/pub, signed with its key"},
+        status=405,
+        headers={"Allow": "GET, HEAD, OPTIONS"},
+    )  # fmt: skip
 
 
 # --- the app ---
@@ -283,6 +344,7 @@ def create_guest_api_app(settings: GuestAPISettings) -> web.Application:
     app.router.add_route("HEAD", "/{tail:.*}", proxy)
     app.router.add_route("OPTIONS", "/{tail:.*}", proxy)
 
+    app.router.add_route("POST", "/api/v0/messages", post_message)
     app.router.add_route("POST", "/api/v0/ipfs/pubsub/pub", repost)
     app.router.add_route("POST", "/api/v0/p2p/pubsub/pub", repost)
     return app

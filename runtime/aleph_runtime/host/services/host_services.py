@@ -85,10 +85,21 @@ class HostServices:
             raise
         return self
 
+    async def restart_guest_api(self) -> None:
+        """A new guest API on `<uds>_53` for a new machine (a stopped VM's cleanup removes
+        the sockets next to its own; Redis, the key and the cache stay)."""
+        if self.guest_api is None:
+            return
+        settings = self.guest_api.settings
+        await self.guest_api.stop()
+        self.guest_api = None
+        self.guest_api = await GuestAPIServer(guest_api_socket_path(self.uds_path), settings).start()
+
     async def start_front(
         self,
-        becomes_ready: Callable[[], Awaitable[None]] | None = None,
         on_empty_answer: Callable[[], Awaitable[None]] | None = None,
+        access_log: Callable[[str], None] | None = None,
+        becomes_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> str:
         """The HTTP front on host:port; its URL."""
         app = create_front_app(
@@ -96,10 +107,11 @@ class HostServices:
             self.vm_hash,
             self.seconds,
             code_ref=self.code_ref,
-            becomes_ready=becomes_ready,
             on_empty_answer=on_empty_answer,
+            becomes_ready=becomes_ready,
             client_max_size=self.client_max_size,
             node_error_pages=self.node_error_pages,
+            access_log=access_log,
         )
         self.front = await HTTPFront(app, self.host, self.port).start()
         return self.front.url

@@ -4,14 +4,21 @@ Each request becomes the supervisor's scope, goes to the init through
 `SupervisorClient.run_raw`, and the init's answer becomes the HTTP response, with the
 rules of aleph-vm's `orchestrator/run.py`:
 
-- scope: `{"type": "http", "path", "method", "query_string" (str), "headers"
-  (lower-case names, raw bytes), "body"}` (protocol document, section 3);
+- scope: `protocol.http_scope` (aleph-vm's `build_asgi_scope`);
 - an answer with a "traceback": 500, the traceback as the plain-text body;
 - an empty answer: 502 "No response from VM";
 - no answer within the program's `resources.seconds`: 504;
-- header names and values decoded as UTF-8, names lower-cased; Content-Encoding,
-  Transfer-Encoding and Vary dropped; Content-Length set when absent;
-  `Aleph-Program-ItemHash` (and `Aleph-Program-Code-Ref` when known) added.
+- header names and values decoded as UTF-8, names lower-cased; Content-Encoding and
+  Vary dropped; `Aleph-Program-ItemHash` (and `Aleph-Program-Code-Ref` when known) added.
+
+Unlike the supervisor, the front frames every response itself, since a program's
+framing headers describe its own connection, not the client's, and a wrong one lets a
+body be read as the next response of a pipelining client: Content-Length is always the
+body's length (the program's is dropped, except on a HEAD where it describes the body
+not sent), Transfer-Encoding and the other hop-by-hop headers never pass. An answer the
+front cannot send as HTTP (a header name that is not a token, CR, LF or NUL in a value,
+a status outside 200-599) is a 502 "Invalid response from VM", as the supervisor
+answers an unreadable one, with the reason logged.
 
 Routes, as a node serves them:
 - `* /vm/<vm_hash>/<path>`: the program, at `/<path>` (another hash: 404);
@@ -27,25 +34,38 @@ header names the node's software.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 
-import msgpack
 from aiohttp import web
 from multidict import CIMultiDict
 
+from aleph_runtime import __version__, protocol
 from aleph_runtime.host.supervisor import SupervisorClient
 
 logger = logging.getLogger(__name__)
 
 #: aiohttp's default, which a node's supervisor keeps: larger bodies answer 413 there.
 DEFAULT_CLIENT_MAX_SIZE = 1024**2
-DROPPED_HEADERS = ("Content-Encoding", "Transfer-Encoding", "Vary")
+DROPPED_HEADERS = ("Content-Encoding", "Vary")
+#: Framing and hop-by-hop headers (RFC 9110 7.6.1): they describe the program's connection.
+HOP_BY_HOP_HEADERS = (
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Upgrade",
+)
+#: RFC 9110 5.6.2: what a header name may hold.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSENDABLE_IN_VALUE = re.compile(r"[\r\n\x00]")
 #: Distinct 502 answers remembered, so each is shown once; and how much of one is shown.
 MAX_BAD_GATEWAYS_REMEMBERED = 64
 MAX_BAD_GATEWAY_SHOWN = 8192
@@ -56,24 +76,13 @@ FRONT = web.AppKey("front_settings", object)
 
 
 def b32_hostname(vm_hash: str) -> str:
-    """The label a node serves a program under: base32 of the binary hash, lower case, no padding."""
-    return base64.b32encode(bytes.fromhex(vm_hash)).decode().strip("=").lower()
+    """The label a node serves a program under (the VM's hostname)."""
+    return protocol.hostname(vm_hash)
 
 
 async def build_http_scope(path: str, request: web.Request) -> dict:
     """The scope exactly as aleph-vm's `build_asgi_scope` makes it."""
-    return {
-        "type": "http",
-        "path": path,
-        "method": request.method,
-        "query_string": request.query_string,
-        "headers": tuple((name.lower(), value) for name, value in request.raw_headers),
-        "body": await request.read(),
-    }
-
-
-def build_event_scope(event: object) -> dict:
-    return {"type": "aleph.message", "body": event}
+    return protocol.http_scope(request.method, path, request.query_string, request.raw_headers, await request.read())
 
 
 def traceback_response(result: dict) -> web.Response:
@@ -85,25 +94,46 @@ def traceback_response(result: dict) -> web.Response:
     )
 
 
-def answer_to_response(result: dict, vm_hash: str, code_ref: str | None = None) -> web.Response:
-    """An init's unpacked HTTP answer as the supervisor turns it into a response.
+def answer_to_response(
+    result: dict, vm_hash: str, code_ref: str | None = None, method: str = "GET"
+) -> web.Response:
+    """An init's unpacked HTTP answer as the supervisor turns it into a response,
+    framed by the front (see the module's documentation).
 
-    Raises KeyError, TypeError, AttributeError or UnicodeDecodeError on an answer that
-    is not the protocol's (the caller answers 502).
+    Raises KeyError, TypeError, AttributeError, UnicodeDecodeError or ValueError (with
+    the reason) on an answer that is not the protocol's or cannot be sent as HTTP (the
+    caller answers 502).
     """
     if "traceback" in result:
         return traceback_response(result)
     body = result["body"]["body"]
-    headers = CIMultiDict([(key.decode().lower(), value.decode()) for key, value in result["headers"]["headers"]])
-    if "content-length" not in headers:
-        headers["content-length"] = str(len(body))
-    for header in DROPPED_HEADERS:
-        if header in headers:
-            del headers[header]
+    if isinstance(body, str):
+        body = body.encode()
+    if not isinstance(body, bytes):
+        raise TypeError(f"the body is a {type(body).__name__}, not bytes")
+    status = result["headers"]["status"]
+    if type(status) is not int or not 200 <= status <= 599:
+        # 1xx is interim in HTTP/1.1: the client would read the body as the next response.
+        raise ValueError(f"status {status!r} is not a final HTTP status (200-599)")
+    headers = CIMultiDict()
+    for raw_name, raw_value in result["headers"]["headers"]:
+        name, value = raw_name.decode().lower(), raw_value.decode()
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"header name {name[:100]!r} is not an HTTP token")
+        if _UNSENDABLE_IN_VALUE.search(value):
+            raise ValueError(f"header {name!r} has CR, LF or NUL in its value {value[:100]!r}")
+        headers.add(name, value)
+    lengths = headers.getall("content-length", [])
+    for header in DROPPED_HEADERS + HOP_BY_HOP_HEADERS:
+        headers.popall(header, None)
+    if method == "HEAD" and len(lengths) == 1 and lengths[0].isdigit() and lengths[0].isascii() and not body:
+        # No body follows a HEAD: the program's length is the GET's, and frames nothing.
+        headers["content-length"] = lengths[0]
     headers["Aleph-Program-ItemHash"] = vm_hash
     if code_ref:
         headers["Aleph-Program-Code-Ref"] = code_ref
-    return web.Response(status=result["headers"]["status"], body=body, headers=headers)
+    # aiohttp sets Content-Length from the body it is given.
+    return web.Response(status=status, body=body, headers=headers)
 
 
 class FrontSettings:
@@ -112,14 +142,14 @@ class FrontSettings:
         vm_hash: str,
         seconds: float,
         code_ref: str | None,
-        becomes_ready: Callable[[], Awaitable[None]] | None,
         on_empty_answer: Callable[[], Awaitable[None]] | None,
+        becomes_ready: Callable[[], Awaitable[None]] | None = None,
     ):
         self.vm_hash = vm_hash
         self.seconds = seconds
         self.code_ref = code_ref
-        self.becomes_ready = becomes_ready
         self.on_empty_answer = on_empty_answer
+        self.becomes_ready = becomes_ready
         #: Digests of the 502 answers already shown (bounded: forgotten all at once when full).
         self.bad_gateways_shown: set[bytes] = set()
 
@@ -145,9 +175,10 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
     client = request.app[CLIENT]
     try:
         if settings.becomes_ready is not None:
-            await asyncio.wait_for(settings.becomes_ready(), timeout=settings.seconds)
+            # A machine being (re)started: its boot is not the call's time, and is bounded itself.
+            await settings.becomes_ready()
         raw = await client.run_raw(scope, timeout=settings.seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         logger.warning("the program did not respond within `resources.seconds` (%g s)", settings.seconds)
         return web.json_response({"error": "Program did not respond within `resource.seconds`"}, status=504)
     except (ConnectionRefusedError, FileNotFoundError) as error:
@@ -162,13 +193,23 @@ async def _call_init(request: web.Request, scope: dict) -> dict | web.Response:
             return _bad_gateway("No response from VM", "VM did not respond and was shut down")
         return _bad_gateway("No response from VM", "VM did not respond")
     try:
-        result = msgpack.unpackb(raw, raw=False)
-    except (ValueError, msgpack.UnpackException) as error:
+        result = protocol.unpack(raw)
+    except protocol.UNPACK_ERRORS as error:
         logger.error("invalid answer from the init: %s", error)
         return _bad_gateway("Invalid response from VM")
     if not isinstance(result, dict):
         return _bad_gateway("Invalid response from VM")
     return result
+
+
+def _log_error_answer(result: dict, call: str) -> None:
+    """Log an error answer as whose it is: the init's own failure or refusal, or the program's."""
+    if "traceback" not in result:
+        return
+    if protocol.is_init_failure(result):
+        logger.error("the init failed on %s (not the program's error):\n%s", call, result["traceback"])
+    else:
+        logger.warning("program error on %s:\n%s", call, result["traceback"])
 
 
 async def _run_request(request: web.Request, path: str) -> web.StreamResponse:
@@ -177,10 +218,9 @@ async def _run_request(request: web.Request, path: str) -> web.StreamResponse:
     result = await _call_init(request, scope)
     if isinstance(result, web.StreamResponse):
         return result
-    if "traceback" in result:
-        logger.warning("program error:\n%s", result["traceback"])
+    _log_error_answer(result, f"{request.method} {path}")
     try:
-        response = answer_to_response(result, settings.vm_hash, settings.code_ref)
+        response = answer_to_response(result, settings.vm_hash, settings.code_ref, request.method)
         if response.status == 502 and settings.first_time(response.body):
             # E.g. the init's answer for an executable that exits before it serves: its
             # exit status and last output lines, which the terminal should show.
@@ -226,15 +266,21 @@ async def post_event(request: web.Request) -> web.StreamResponse:
     """An aleph message posted as JSON, delivered as an `aleph.message` scope."""
     try:
         event = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
         raise web.HTTPBadRequest(text="The event must be a JSON object (an aleph message)\n") from None
     if not isinstance(event, dict):
         raise web.HTTPBadRequest(text="The event must be a JSON object (an aleph message)\n")
-    result = await _call_init(request, build_event_scope(event))
+    scope = protocol.event_scope(event)
+    try:
+        protocol.run_request(scope)
+    except (ValueError, OverflowError, TypeError) as error:
+        # JSON that msgpack cannot carry: an integer past 64 bits, nesting past its limit.
+        raise web.HTTPBadRequest(text=f"The event cannot be sent to the program: {error}\n") from None
+    result = await _call_init(request, scope)
     if isinstance(result, web.StreamResponse):
         return result
     if "traceback" in result:
-        logger.warning("program error on event:\n%s", result["traceback"])
+        _log_error_answer(result, "the event")
         return traceback_response(result)
     if "body" not in result:
         return _bad_gateway("Invalid response from VM")
@@ -256,10 +302,40 @@ async def node_error_middleware(request: web.Request, handler) -> web.StreamResp
     return response
 
 
+def _size(length: int | None) -> str:
+    if length is None:
+        return "-"
+    if length < 1000:
+        return f"{length} B"
+    if length < 1000**2:
+        return f"{length / 1000:.1f} kB"
+    return f"{length / 1000**2:.1f} MB"
+
+
+def access_log_middleware(write: Callable[[str], None]):
+    """One line per request, as uvicorn prints it: `GET /path 200 12.3 ms 1.2 kB`."""
+
+    @web.middleware
+    async def access_log(request: web.Request, handler) -> web.StreamResponse:
+        started = time.monotonic()
+        status, length = 500, None
+        try:
+            response = await handler(request)
+            status = response.status
+            length = response.body_length if response.prepared else response.content_length
+            return response
+        except web.HTTPException as error:
+            status, length = error.status, len(error.text or "")
+            raise
+        finally:
+            took = (time.monotonic() - started) * 1000
+            write(f"{request.method} {request.path_qs} {status} {took:.1f} ms {_size(length)}")
+
+    return access_log
+
+
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     # A node overwrites the Server header with its own version.
-    from aleph_runtime import __version__
-
     response.headers["Server"] = f"aleph-runtime/{__version__}"
 
 
@@ -269,26 +345,30 @@ def create_front_app(
     seconds: float,
     *,
     code_ref: str | None = None,
-    becomes_ready: Callable[[], Awaitable[None]] | None = None,
     on_empty_answer: Callable[[], Awaitable[None]] | None = None,
+    becomes_ready: Callable[[], Awaitable[None]] | None = None,
     client_max_size: int = DEFAULT_CLIENT_MAX_SIZE,
     node_error_pages: bool = True,
+    access_log: Callable[[str], None] | None = None,
 ) -> web.Application:
     """The front's aiohttp app for one program.
 
     - `seconds`: the program's `resources.seconds`, the bound of each call (504 after it);
-    - `becomes_ready`: awaited before each call (e.g. until the VM has booted), within `seconds`;
     - `on_empty_answer`: awaited when the init answers nothing (a node stops the VM then);
+    - `becomes_ready`: awaited before each call (a crashed machine is replaced then); it may
+      raise ConnectionRefusedError (a 502) and must bound its own wait;
     - `client_max_size`: the largest request body (413 above it); a node keeps aiohttp's 1 MiB;
     - `node_error_pages`: rewrite 404s (the program's too) and HTTP errors into
-      `{"error": ...}` JSON as a node's supervisor does; False passes the program's own through.
+      `{"error": ...}` JSON as a node's supervisor does; False passes the program's own through;
+    - `access_log`: called with one line per request (method, path, status, time, size).
     """
-    app = web.Application(
-        client_max_size=client_max_size, middlewares=[node_error_middleware] if node_error_pages else []
-    )
+    middlewares = [access_log_middleware(access_log)] if access_log is not None else []
+    if node_error_pages:
+        middlewares.append(node_error_middleware)
+    app = web.Application(client_max_size=client_max_size, middlewares=middlewares)
     app.on_response_prepare.append(_server_header)
     app[CLIENT] = client
-    app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, becomes_ready, on_empty_answer)
+    app[FRONT] = FrontSettings(vm_hash, seconds, code_ref, on_empty_answer, becomes_ready)
     app.router.add_post("/control/event", post_event)
     app.router.add_route("*", "/vm/{ref}{suffix:.*}", run_from_path)
     app.router.add_route("*", "/{suffix:.*}", run_from_root)

@@ -115,7 +115,7 @@ class RedisServer:
             writer.write(b"PING\r\n")
             await writer.drain()
             return (await asyncio.wait_for(reader.readline(), 2)) == b"+PONG\r\n"
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return False
         finally:
             writer.close()
@@ -130,7 +130,7 @@ class RedisServer:
                 process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()

@@ -8,6 +8,7 @@ builds it, printing its progress on stderr. Shared by the tests, the QEMU launch
 the CLI.
 
     from aleph_runtime.host.vmm import image
+    node = image.ensure_node_kernel()         # NodeKernel(vmlinux, config, directory)
     kernel = image.ensure_kernel()            # KernelFiles(vmlinuz, initramfs, directory)
     rootfs = image.ensure_rootfs()            # Path to rootfs.squashfs (lean, gzip)
     manifest = image.read_manifest(rootfs)    # dict: sha256, size, packages, ...
@@ -37,6 +38,13 @@ COMPRESSIONS = ("gzip", "zstd", "xz", "lz4", "lzo")
 KERNEL_CMDLINE = "console=ttyS0 reboot=k panic=1 ro root=/dev/vda"
 
 
+#: The kernels a VM can boot: "node", built like a node's (rootfs-build/build-node-kernel.sh:
+#: everything built in, virtio-mmio, no initramfs), and "debian", Debian's cloud kernel
+#: with a busybox initramfs loading its modules (rootfs-build/build-test-kernel.sh).
+KERNELS = ("node", "debian")
+DEFAULT_KERNEL = "node"
+
+
 class BuildError(RuntimeError):
     """A build script failed; its stderr went to the progress stream."""
 
@@ -59,6 +67,28 @@ class KernelFiles:
         return (self.directory / "modules.txt").read_text().split()
 
 
+@dataclass(frozen=True)
+class NodeKernel:
+    vmlinux: Path
+    directory: Path
+
+    @property
+    def config(self) -> dict[str, str]:
+        """The built .config: {"CONFIG_X": "y", ...}; options not set are absent."""
+        options = {}
+        for line in (self.directory / "config").read_text().splitlines():
+            if line.startswith("CONFIG_") and "=" in line:
+                name, value = line.split("=", 1)
+                options[name] = value
+        return options
+
+    @property
+    def info(self) -> dict[str, str]:
+        """source, version, release, gcc and recipe (kernel.txt)."""
+        text = (self.directory / "kernel.txt").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("ALEPH_RUNTIME_CACHE", "/var/cache/aleph-runtime"))
 
@@ -75,7 +105,7 @@ def _run(script: str, args: list[str], progress: TextIO | None, env: dict[str, s
     assert proc.stderr is not None and proc.stdout is not None
     tail: list[str] = []
     for line in proc.stderr:
-        tail = (tail + [line])[-40:]
+        tail = [*tail, line][-40:]
         stream.write(line)
         stream.flush()
     out = proc.stdout.read()
@@ -97,6 +127,18 @@ def ensure_kernel(
         args += ["--out", str(out)]
     directory = _run("build-test-kernel.sh", args, progress, None)
     return KernelFiles(directory / "vmlinuz", directory / "initramfs.cpio.gz", directory)
+
+
+def ensure_node_kernel(
+    *, out: str | os.PathLike | None = None, force: bool = False, progress: TextIO | None = None
+) -> NodeKernel:
+    """The node-like kernel (rootfs-build/build-node-kernel.sh), cached; a cold build
+    compiles Linux (tens of minutes on 2 cores). With `out`, always built there."""
+    args = ["--force"] if force else []
+    if out is not None:
+        args += ["--out", str(out)]
+    directory = _run("build-node-kernel.sh", args, progress, None)
+    return NodeKernel(directory / "vmlinux", directory)
 
 
 def ensure_rootfs(
@@ -164,11 +206,13 @@ def read_manifest(rootfs: str | os.PathLike) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m aleph_runtime.host.vmm.image kernel|rootfs [profile] [compression]`: build
-    (or find in the cache) and print the paths."""
+    """`python -m aleph_runtime.host.vmm.image node-kernel|kernel|rootfs [profile] [compression]`:
+    build (or find in the cache) and print the paths."""
     argv = list(sys.argv[1:] if argv is None else argv)
     what = argv.pop(0) if argv else "rootfs"
-    if what == "kernel":
+    if what == "node-kernel":
+        print(f"vmlinux={ensure_node_kernel().vmlinux}")
+    elif what == "kernel":
         k = ensure_kernel()
         print(f"vmlinuz={k.vmlinuz}\ninitramfs={k.initramfs}")
     elif what in ("rootfs", "update-init"):

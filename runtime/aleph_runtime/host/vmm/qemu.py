@@ -4,9 +4,12 @@ A node boots the runtime squashfs in Firecracker; locally we boot the same image
 QEMU (TCG works everywhere) and present the same host side, so the supervisor client
 drives both alike:
 
-- the test kernel and initramfs; the image as read-only /dev/vda, the code and volume
-  drives as vdb, vdc, ... in the order given (fixed PCI slots keep that order);
-- vsock: `vhost-user-vsock-pci` on our `VsockBackend` (guest CID 3, the `<uds>` layout);
+- the kernel: by default the node-like one (rootfs-build/build-node-kernel.sh) on QEMU's
+  `microvm` machine, as a node boots Firecracker: virtio-mmio devices, no initramfs, the
+  node's boot arguments; or Debian's kernel with its initramfs on `q35` (virtio-pci);
+- the image as read-only /dev/vda, the code and volume drives as vdb, vdc, ... in the
+  order given (fixed PCI slots, or the creation order of virtio-mmio devices, keep it);
+- vsock: `vhost-user-vsock` on our `VsockBackend` (guest CID 3, the `<uds>` layout);
   it needs the guest RAM in a shared memfd, the machine's memory backend;
 - network: QEMU user networking (no host privileges, restricted to the VM) on the
   subnet of the address the config will give the guest, the gateway being QEMU's host
@@ -17,7 +20,7 @@ drives both alike:
   with `reboot=k`, and `-no-reboot` turns that into an exit); killed only after a
   timeout. Sockets are removed and no process survives `stop()`.
 
-    async with QemuVM(kernel, initramfs, rootfs, workdir=d) as vm:   # boots, waits for ready
+    async with QemuVM(kernel, None, rootfs, workdir=d) as vm:   # boots, waits for ready
         await vm.client.configure(config)
         await vm.client.http("GET", "/")
     # halted and gone
@@ -38,16 +41,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aleph_runtime.host.children import die_with_parent
-from aleph_runtime.host.supervisor import HaltResult, SupervisorClient
+from aleph_runtime.host.machines.base import Machine
+from aleph_runtime.host.supervisor import HaltResult
 from aleph_runtime.host.vmm.vsock_backend import VsockBackend
 
 log = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
-#: Kernel arguments: the supervisor's (console, reboot=k, panic=1, ro) minus the ones
-#: our test kernel cannot take (`pci=off`: q35's devices are PCI; `nomodule`: its
-#: initramfs loads the drivers as modules).
-BASE_CMDLINE = ("console=ttyS0", "reboot=k", "panic=1", "ro", "root=/dev/vda")
+#: The boot arguments a node gives Firecracker, verbatim (aleph-vm
+#: src/aleph/vm/hypervisors/firecracker/config.py, BootSource.args with the console on
+#: and the root read-only).
+NODE_BOOT_ARGS = (
+    "console=ttyS0", "reboot=k", "panic=1", "pci=off", "ro", "nomodule",
+    "swiotlb=noforce", "random.trust_cpu=on", "i8042.noaux", "i8042.nomux", "i8042.dumbkbd",
+)  # fmt: skip
+#: What booting the node kernel on QEMU's microvm adds to them, each for a reason:
+MICROVM_BOOT_ARGS = (
+    # Firecracker appends it itself for the drive marked is_root_device; QEMU does not.
+    "root=/dev/vda",
+    # microvm with acpi=off describes no I/O APIC the kernel can use (no ACPI MADT): it
+    # routes the virtio-mmio interrupts through the legacy PIC (pic=on) instead.
+    "noapic",
+)
+#: The node kernel's full command line on microvm.
+NODE_CMDLINE = NODE_BOOT_ARGS + MICROVM_BOOT_ARGS
+#: The microvm machine, as close to Firecracker's as QEMU gets: no ACPI (devices
+#: announced on the command line, as Firecracker does), the PIT and PIC Firecracker's KVM
+#: provides (the kernel calibrates its clock against the PIT), no CMOS RTC (Firecracker
+#: has none on x86).
+MICROVM_MACHINE = "microvm,acpi=off,pit=on,pic=on,rtc=off"
+#: `-cpu max` on microvm: RDRAND, which `random.trust_cpu=on` credits, so the entropy
+#: pool is ready at once; under TCG's default CPU it is not, and Python's start waits.
+MICROVM_CPU = "max"
+#: Debian's kernel with its initramfs (q35): the node's arguments minus what it cannot
+#: take (`pci=off`: q35's devices are PCI; `nomodule`: its initramfs loads the drivers as
+#: modules), plus root=.
+DEBIAN_CMDLINE = ("console=ttyS0", "reboot=k", "panic=1", "ro", "root=/dev/vda")
+#: Kept for callers that named it: Debian's command line.
+BASE_CMDLINE = DEBIAN_CMDLINE
 FIRST_DRIVE_SLOT = 0x10
 VSOCK_SLOT = 0x05
 NET_SLOT = 0x06
@@ -101,16 +132,8 @@ class ConsoleLine:
     text: str
 
 
-@dataclass
-class BootTimes:
-    qemu_started: float = 0.0
-    ready: float | None = None
-    """Seconds from QEMU's start to the ready signal."""
-    exited: float | None = None
-
-
-class QemuVM:
-    """One runtime VM in QEMU, its vsock backend and its console."""
+class QemuVM(Machine):
+    """One runtime VM in QEMU, its vsock backend and its console: a `Machine`."""
 
     def __init__(
         self,
@@ -127,7 +150,7 @@ class QemuVM:
         workdir: str | os.PathLike | None = None,
         qemu_binary: str = QEMU_BINARY,
         console_to: str | os.PathLike | None = None,
-        machine: str = "q35",
+        machine: str | None = None,
     ):
         self.kernel = Path(kernel)
         self.initramfs = Path(initramfs) if initramfs else None
@@ -139,24 +162,23 @@ class QemuVM:
         self.init = init
         self.extra_cmdline = list(cmdline)
         self.qemu_binary = qemu_binary
+        # The kernel decides: the node kernel (no initramfs, everything built in) boots on
+        # microvm as on a node; Debian's loads virtio-pci from its initramfs and hangs on
+        # microvm here (TSC calibration), hence q35 for it.
+        if machine is None:
+            machine = "q35" if self.initramfs else "microvm"
         if machine not in ("q35", "microvm"):
             raise ValueError(f"unknown machine {machine!r} (q35, microvm)")
-        # microvm (virtio-mmio) boots faster with kernels that support it; Debian's 6.1
-        # cloud kernel hangs there on this machine (no timer), hence q35 by default.
         self.machine = machine
         self._own_workdir = workdir is None
         # Unix socket paths are limited to 107 bytes: keep the directory short.
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aleph-vm-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.uds_path = self.workdir / "v.sock"
+        super().__init__(self.workdir / "v.sock")
         self.vhost_path = self.workdir / "vhost.sock"
         self.console_log = Path(console_to) if console_to else self.workdir / "console.log"
         self.backend = VsockBackend(self.vhost_path, self.uds_path)
-        self.client = SupervisorClient(self.uds_path)
-        self.process: asyncio.subprocess.Process | None = None
         self.console: list[ConsoleLine] = []
-        self.times = BootTimes()
-        self.ready: dict | None = None
         self._t0 = 0.0
         self._console_task: asyncio.Task | None = None
         self._stderr_task: asyncio.Task | None = None
@@ -165,7 +187,13 @@ class QemuVM:
     # --- the command line ---
 
     def kernel_cmdline(self) -> str:
-        args = list(BASE_CMDLINE)
+        if self.initramfs is not None:
+            args = list(DEBIAN_CMDLINE)
+        elif self.machine == "microvm":
+            args = list(NODE_CMDLINE)
+        else:
+            # The node kernel on q35: its devices are on PCI.
+            args = [arg for arg in NODE_BOOT_ARGS if arg != "pci=off"] + ["root=/dev/vda"]
         if self.init:
             args.append(f"init={self.init}")
         args += self.extra_cmdline
@@ -174,7 +202,7 @@ class QemuVM:
     def command(self) -> list[str]:
         mem = f"{self.memory_mb}M"
         mmio = self.machine == "microvm"
-        machine = "microvm,memory-backend=mem,pit=on,pic=on,rtc=on" if mmio else "q35,memory-backend=mem"
+        machine = f"{MICROVM_MACHINE},memory-backend=mem" if mmio else "q35,memory-backend=mem"
 
         def device(kind: str, args: str, slot: int) -> str:
             # virtio-mmio devices have no PCI address; their order is their creation order.
@@ -186,6 +214,7 @@ class QemuVM:
             "-accel", "tcg",
             "-m", mem,
             "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+            *(["-cpu", MICROVM_CPU] if mmio else []),
             "-smp", str(self.vcpus),
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-chardev", "stdio,id=console,signal=off",
@@ -215,48 +244,29 @@ class QemuVM:
     # --- lifecycle ---
 
     async def start(self, timeout: float = 120) -> dict:
-        """Start the backend and QEMU; return the init's ready signal."""
+        """Boot; return the init's ready signal (`Machine.start`, with a VM's patience)."""
+        return await super().start(timeout)
+
+    async def _launch(self) -> None:
         await self.backend.start()
-        ready = await self.client.ready_signal().start()
         self._t0 = time.monotonic()
-        self.times.qemu_started = time.time()
         cmd = self.command()
         log.debug("starting %s", " ".join(cmd))
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                *cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                # Its own session: a terminal's Ctrl-C reaches us, and we halt it properly;
-                # but if we die without doing so, the kernel takes QEMU down with us.
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGKILL),
-            )
-            self._console_task = asyncio.create_task(self._read_console())
-            self._stderr_task = asyncio.create_task(self._read_stderr())
-            exited = asyncio.create_task(self.process.wait())
-            waiting = asyncio.create_task(ready.wait(timeout))
-            done, _ = await asyncio.wait({exited, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            if waiting not in done:
-                waiting.cancel()
-                with contextlib.suppress(BaseException):
-                    await waiting
-                raise RuntimeError(
-                    f"QEMU exited ({self.process.returncode}) before the ready signal: "
-                    f"{self._stderr.decode(errors='replace').strip()}\n{self.console_tail()}"
-                )
-            exited.cancel()
-            try:
-                self.ready = waiting.result()
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"no ready signal within {timeout}s\n{self.console_tail()}") from None
-            self.times.ready = time.monotonic() - self._t0
-            return self.ready
-        except BaseException:
-            await ready.close()
-            await self.kill()
-            raise
+        self.process = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C reaches us, and we halt it properly;
+            # but if we die without doing so, the kernel takes QEMU down with us.
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+        self._console_task = asyncio.create_task(self._read_console())
+        self._stderr_task = asyncio.create_task(self._read_stderr())
+
+    def failure_detail(self) -> str:
+        return f"QEMU: {self._stderr.decode(errors='replace').strip()}\n{self.console_tail()}"
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -284,26 +294,9 @@ class QemuVM:
     def console_tail(self, lines: int = 30) -> str:
         return "console:\n" + "\n".join(line.text for line in self.console[-lines:])
 
-    async def wait_exit(self, timeout: float) -> int | None:
-        if self.process is None:
-            return None
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
-            return None
-        return self.process.returncode
-
     async def stop(self, halt_timeout: float = 5, exit_timeout: float = 30) -> HaltResult | None:
         """Halt as the supervisor does; QEMU must then exit by itself, or it is killed."""
-        result = None
-        if self.process is not None and self.process.returncode is None:
-            result = await self.client.halt(timeout=halt_timeout)
-            if await self.wait_exit(exit_timeout) is None:
-                log.warning("QEMU did not exit %ss after halt: killing it", exit_timeout)
-                await self.kill()
-        self.times.exited = self.elapsed() if self._t0 else None
-        await self._cleanup()
-        return result
+        return await super().stop(halt_timeout, exit_timeout)
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -330,23 +323,32 @@ class QemuVM:
             if not keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
-    async def __aenter__(self) -> QemuVM:
-        await self.start()
-        return self
 
-    async def __aexit__(self, *exc_info) -> None:
-        await self.stop()
+def default_kernel() -> str:
+    """"node" (the node-like kernel), or what ALEPH_VM_KERNEL says ("node" or "debian")."""
+    kind = os.environ.get("ALEPH_VM_KERNEL") or "node"
+    if kind not in ("node", "debian"):
+        raise ValueError(f"ALEPH_VM_KERNEL={kind!r}: node or debian")
+    return kind
 
 
-def find_images(profile: str | None = None, compression: str | None = None) -> tuple[Path, Path, Path]:
-    """(kernel, initramfs, rootfs) from ALEPH_KERNEL/ALEPH_INITRAMFS/ALEPH_ROOTFS when all
-    three are set and no image is asked for, else built or found through the image caches
-    (host/vmm/image.py): the `profile` image (lean by default) packed with `compression`
-    (gzip by default), its build's progress on stderr."""
-    env = [os.environ.get(k) for k in ("ALEPH_KERNEL", "ALEPH_INITRAMFS", "ALEPH_ROOTFS")]
-    if all(env) and profile is None and compression is None:
-        return Path(env[0]), Path(env[1]), Path(env[2])
+def find_images(
+    kernel: str | None = None, profile: str | None = None, compression: str | None = None
+) -> tuple[Path, Path | None, Path]:
+    """(kernel, initramfs or None, rootfs): from ALEPH_KERNEL and ALEPH_ROOTFS when both are
+    set (ALEPH_INITRAMFS with them for a kernel that needs one), else built or found
+    through the image caches (host/vmm/image.py): the node-like kernel (no initramfs) by
+    default, Debian's kernel and initramfs for kernel="debian"; the `profile` image (lean
+    by default) packed with `compression` (gzip by default), its build's progress on stderr."""
+    kernel = kernel or default_kernel()
+    if kernel not in ("node", "debian"):
+        raise ValueError(f"unknown kernel {kernel!r}: node or debian")
+    path, initramfs, rootfs = (os.environ.get(k) for k in ("ALEPH_KERNEL", "ALEPH_INITRAMFS", "ALEPH_ROOTFS"))
+    if path and rootfs and profile is None and compression is None:
+        return Path(path), Path(initramfs) if initramfs else None, Path(rootfs)
     from aleph_runtime.host.vmm import image  # imported here: it is only needed to build
 
-    kernel = image.ensure_kernel()
-    return kernel.vmlinuz, kernel.initramfs, image.ensure_rootfs(profile or "lean", compression or "gzip")
+    if kernel == "node":
+        return image.ensure_node_kernel().vmlinux, None, image.ensure_rootfs(profile or "lean", compression or "gzip")
+    files = image.ensure_kernel()
+    return files.vmlinuz, files.initramfs, image.ensure_rootfs(profile or "lean", compression or "gzip")

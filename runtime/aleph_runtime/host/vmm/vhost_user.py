@@ -23,7 +23,8 @@ import logging
 import os
 import socket
 import struct
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from aleph_runtime.host.vmm.virtqueue import (
     VIRTIO_RING_F_EVENT_IDX,
@@ -439,7 +440,7 @@ class VhostUserServer:
         self.memory.close()
         memory = GuestMemory()
         try:
-            for (gpa, size, uva, offset), fd in zip(regions, fds):
+            for (gpa, size, uva, offset), fd in zip(regions, fds, strict=False):
                 memory.map_fd(fd, gpa, size, uva, offset)
         finally:
             _close_fds(fds)  # the mappings keep the memory alive
@@ -475,10 +476,8 @@ class VhostUserServer:
                     log.debug("call eventfd of queue %d: %s", index, exc)
 
         def on_kick() -> None:
-            try:
+            with contextlib.suppress(OSError):  # BlockingIOError included: no kick pending
                 os.eventfd_read(ring.kick_fd)
-            except (BlockingIOError, OSError):
-                pass
             if ring.queue is not None:
                 self.device.queue_kicked(index)
 

@@ -19,6 +19,7 @@ the queue size.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from dataclasses import dataclass
@@ -68,10 +69,8 @@ class MemoryRegion:
     def close(self) -> None:
         self.view.release()
         if isinstance(self.backing, mmap.mmap):
-            try:
+            with contextlib.suppress(BufferError):  # a view still exported somewhere: let GC unmap it
                 self.backing.close()
-            except BufferError:  # a view still exported somewhere: let GC unmap it
-                pass
         self.backing = None
 
 
@@ -104,7 +103,7 @@ class GuestMemory:
         """`length` bytes at guest-physical `addr`, which must lie within one region."""
         for r in self.regions:
             off = addr - r.guest_addr
-            if 0 <= off and off + length <= r.size:
+            if off >= 0 and off + length <= r.size:
                 return r.view[off : off + length]
         raise GuestMemoryError(f"guest address 0x{addr:x}+{length} is outside guest memory")
 
@@ -112,7 +111,7 @@ class GuestMemory:
         """`length` bytes at the VMM's virtual address `addr`."""
         for r in self.regions:
             off = addr - r.user_addr
-            if 0 <= off and off + length <= r.size:
+            if off >= 0 and off + length <= r.size:
                 return r.view[off : off + length]
         raise GuestMemoryError(f"VMM address 0x{addr:x}+{length} is outside guest memory")
 

@@ -33,9 +33,10 @@ import enum
 import logging
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from aleph_runtime import protocol
+from aleph_runtime.host.supervisor import close_unix_server
 from aleph_runtime.host.vmm.vhost_user import VhostUserServer
 from aleph_runtime.host.vmm.virtqueue import Chain, SplitQueue, VirtqueueError
 
@@ -240,12 +241,8 @@ class VsockDevice:
         self._server = await self._loop.create_unix_server(lambda: Stream(self, True), path=self.uds_path)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.uds_path)
+        await close_unix_server(self._server, self.uds_path)
+        self._server = None
         self.reset_streams()
         for task in list(self._tasks):
             task.cancel()
@@ -397,7 +394,7 @@ class VsockDevice:
         """The next packet to put in the rx queue: a control tuple, a Stream, or None."""
         control = self.control
         while control:
-            stream, op, flags, ports = control[0]
+            stream, op, _flags, _ports = control[0]
             if stream is None or stream.state is not State.CLOSED or op == Op.RST:
                 return control[0]
             control.popleft()
@@ -408,11 +405,16 @@ class VsockDevice:
                 return stream
             ready.popleft()
             stream.in_ready = False
-            if stream.state is State.ESTABLISHED and stream.pending and stream.peer_credit() == 0:
-                if not stream.credit_requested and not stream.guest_shutdown & SHUTDOWN_RCV:
-                    stream.credit_requested = True
-                    self.send_control(stream, Op.CREDIT_REQUEST)
-                    return self._next_rx_item()
+            if (
+                stream.state is State.ESTABLISHED
+                and stream.pending
+                and stream.peer_credit() == 0
+                and not stream.credit_requested
+                and not stream.guest_shutdown & SHUTDOWN_RCV
+            ):
+                stream.credit_requested = True
+                self.send_control(stream, Op.CREDIT_REQUEST)
+                return self._next_rx_item()
         return None
 
     def process_rx(self) -> None:
@@ -583,9 +585,13 @@ class VsockDevice:
                 # Linux waits for our reset to finish its close().
                 self.send_control(stream, Op.RST)
                 self._close_stream(stream)
-            elif stream.guest_shutdown & SHUTDOWN_SEND and stream.transport is not None:
-                if stream.transport.can_write_eof() and not stream.host_closed:
-                    stream.transport.write_eof()
+            elif (
+                stream.guest_shutdown & SHUTDOWN_SEND
+                and stream.transport is not None
+                and stream.transport.can_write_eof()
+                and not stream.host_closed
+            ):
+                stream.transport.write_eof()
             return
         if op == Op.RST:
             self._close_stream(stream)
