@@ -7,6 +7,7 @@ kernel unless ALEPH_VM_KERNEL=debian."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import aiohttp
 import pytest

@@ -254,7 +254,7 @@ async def test_failed_start_keeps_the_last_4_kib_of_the_last_run(program):
     assert lines[-1] == "the end"
     assert len(lines) - 1 == OUTPUT_TAIL_LINES
     assert len(prog._output._tail) == OUTPUT_TAIL_BYTES
-    assert lines[-2] == "%099d" % 199
+    assert lines[-2] == f"{199:099d}"
 
 
 async def test_a_server_that_crashed_after_serving_is_waited_for_not_502(program):
