@@ -22,6 +22,7 @@
 #
 # Stages (each cached under $ALEPH_RUNTIME_CACHE/rootfs-stages, keyed by its inputs):
 #   base    stage-base.sh: debootstrap minbase + Debian packages of the profile
+#           (full: then stage-full.sh, the system setup today's image does at boot)
 #   python  stage-python.sh: pip install -r requirements.txt with the image's pip
 # then, on a fresh copy, every time: init files, cleanup, timestamps set to
 # SOURCE_DATE_EPOCH (the last commit's time), byte-compilation, mksquashfs, manifest.
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --rebuild-python) rebuild_python=1; shift ;;
     --update-init) update_init=1; shift ;;
     --update-requirements) update_reqs=1; rebuild_python=1; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -53,15 +54,16 @@ for tool in debootstrap mksquashfs unshare chroot; do
 done
 
 # (Pathspecs: the image's inputs only; docs, host-side code and tests do not count.)
-epoch=$(source_date_epoch rootfs-build init runtime/aleph_runtime runtime/compat ':!rootfs-build/README.md' \
-  ':!rootfs-build/build-test-kernel.sh' ':!rootfs-build/initramfs-init.sh' ':!runtime/aleph_runtime/host')
+epoch=$(source_date_epoch rootfs-build init runtime/aleph_runtime runtime/compat ':!rootfs-build/*.md' \
+  ':!rootfs-build/build-test-kernel.sh' ':!rootfs-build/initramfs-init.sh' ':!runtime/aleph_runtime/host' \
+  ':!rootfs-build/container-base.sh' ':!rootfs-build/containers.conf')
 export SOURCE_DATE_EPOCH=$epoch
 stages=$CACHE_DIR/rootfs-stages
 mkdir -p "$stages" "$CACHE_DIR/tmp"
 
 # Cache keys: a hash of each stage's inputs, chained.
 base_key=$( { echo "$profile"; cat "$BUILD_DIR/stage-base.sh" "$BUILD_DIR/packages-lean.txt"
-              [ "$profile" = lean ] || cat "$BUILD_DIR/packages-$profile.txt"; } | short_hash)
+              [ "$profile" = lean ] || cat "$BUILD_DIR/packages-$profile.txt" "$BUILD_DIR/stage-$profile.sh"; } | short_hash)
 reqs=$BUILD_DIR/requirements.txt
 [ -z "$update_reqs" ] || reqs=$BUILD_DIR/requirements.in
 python_key=$( { echo "$base_key"; cat "$BUILD_DIR/stage-python.sh" "$reqs"; } | short_hash)
@@ -72,9 +74,13 @@ runtime_files() {
      -name __pycache__ -prune -o -type f -name '*.py' -print | LC_ALL=C sort)
 }
 init_files() { (cd "$REPO_DIR/init" && ls init0.sh init0.fstab *.py 2>/dev/null | LC_ALL=C sort); }
+# What the profile adds to init0.fstab (full: dockerd's tmpfs); part of the final key.
+profile_fstab=$REPO_DIR/init/init0-$profile.fstab
+[ -f "$profile_fstab" ] || profile_fstab=
 final_key=$( { echo "$python_key $comp $level $epoch"
                cat "$BUILD_DIR/build-rootfs.sh" "$BUILD_DIR/common.sh"
                for f in $(init_files); do echo "$f"; cat "$REPO_DIR/init/$f"; done
+               [ -z "$profile_fstab" ] || cat "$profile_fstab"
                for f in $(runtime_files); do echo "$f"; cat "$REPO_DIR/runtime/$f"; done; } | short_hash)
 tree=$stages/tree-$profile
 
@@ -110,6 +116,7 @@ else
   if [ ! -f "$base.complete" ]; then
     rm -rf "$base" "$base.new"
     "$BUILD_DIR/stage-base.sh" "$base.new" "$profile"
+    [ "$profile" = lean ] || "$BUILD_DIR/stage-$profile.sh" "$base.new"
     mv "$base.new" "$base"
     touch "$base.complete"
   else
@@ -159,6 +166,7 @@ for f in $(init_files); do
   case $f in *.sh|*.py) mode=0755 ;; *) mode=0644 ;; esac
   install -m $mode "$REPO_DIR/init/$f" "$root/opt/aleph/init/$f"
 done
+[ -z "$profile_fstab" ] || cat "$profile_fstab" >>"$root/opt/aleph/init/init0.fstab"
 for f in $(runtime_files); do
   install -D -m 0644 "$REPO_DIR/runtime/$f" "$root/opt/aleph/runtime/$f"
 done

@@ -122,7 +122,7 @@ def percentile(values: list[float], p: float) -> float:
 
 async def run(args) -> dict:
     if args.kernel in ("node", "debian"):
-        kernel, initramfs, rootfs = find_images(args.kernel)
+        kernel, initramfs, rootfs = find_images(args.kernel, args.profile, args.compression)
     else:  # a kernel file: booted without initramfs unless one is given
         kernel, initramfs, rootfs = args.kernel, args.initramfs, None
     if args.rootfs:
@@ -130,7 +130,7 @@ async def run(args) -> dict:
     elif rootfs is None:
         from aleph_runtime.host.vmm import image
 
-        rootfs = image.ensure_rootfs()
+        rootfs = image.ensure_rootfs(args.profile or "lean", args.compression or "gzip")
     network = Network(ip="172.16.9.2", route="172.16.9.1")
     vm = QemuVM(
         kernel, initramfs, rootfs, network=network, init=args.init,
@@ -222,6 +222,8 @@ def main() -> None:
                         "initramfs), debian (Debian's kernel and initramfs, q35), or a kernel file")
     parser.add_argument("--initramfs", help="with a kernel file: its initramfs")
     parser.add_argument("--rootfs", help="the runtime image (default: the cached lean gzip one)")
+    parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
+    parser.add_argument("--compression", choices=["gzip", "zstd"], help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
     parser.add_argument("--vcpus", type=int, default=1)
     parser.add_argument("--machine", choices=["q35", "microvm"], help="default: microvm without an initramfs, "

@@ -8,9 +8,11 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
+# podman and runc: tests/image/test_container_build.py runs Dockerfile.build (runc, not crun: see
+# rootfs-build/containers.conf).
 packages="python3 python3-venv python3-dev gcc qemu-system-x86 qemu-utils debootstrap squashfs-tools \
   e2fsprogs busybox-static cpio zstd redis-server iproute2 util-linux socat openssh-server openssh-client \
-  curl ca-certificates git \
+  curl ca-certificates git podman runc \
   linux-source-6.1 make flex bison bc libelf-dev libssl-dev xz-utils"
 if ! stamp_ok apt "$packages"; then
   step "apt: installing Debian packages"

@@ -7,6 +7,7 @@ kernel unless ALEPH_VM_KERNEL=debian."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -133,3 +134,46 @@ async def test_crash_restart_and_watch_in_a_vm(images, cli_factory, short_dir):
     assert " init0: " not in output and "Ready signal sent" not in output
     assert "Linux version" in (cli.state_dir / "logs" / "vm.log").read_text(errors="replace")
     await stop_cleanly(cli)
+NODE_SERVER = """const http = require("http");
+http.createServer((request, response) => {
+  response.end(`node ${process.version} says hello at ${request.url}\\n`);
+}).listen(8080, "127.0.0.1");
+"""
+
+
+def node_program(directory: Path) -> Path:
+    """An executable program whose run.sh execs node: it needs the full image."""
+    directory.mkdir()
+    (directory / "server.js").write_text(NODE_SERVER)
+    run_sh = directory / "run.sh"
+    run_sh.write_text('#!/bin/sh\necho "starting node"\nexec node server.js\n')
+    run_sh.chmod(0o755)
+    return directory
+
+
+async def test_executable_that_cannot_start_answers_502_and_says_why(images, cli_factory, short_dir):
+    """On the lean image `node` does not exist: every request gets the init's 502 at once
+    (not a 10 s wait and a 503 loading page), and the terminal shows it once."""
+    cli = await cli_factory("--port", "0", str(node_program(short_dir / "node_app")))
+    url = await cli.wait_url(BOOT_TIMEOUT)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            async with http.get(f"{url}hello") as response:
+                text = await response.text()
+                assert response.status == 502, text
+                assert "exited with status 127" in text and "node: not found" in text, text
+    await stop_cleanly(cli)
+    assert cli.output().count("the program answered 502") == 1, cli.output()
+    assert "node: not found" in cli.output()
+
+
+async def test_profile_full_runs_a_node_program(images, cli_factory, short_dir):
+    """`--profile full` boots the full image (built through the cache, with progress)."""
+    cli = await cli_factory("--port", "0", "--profile", "full", str(node_program(short_dir / "node_app")))
+    url = await cli.wait_url(BOOT_TIMEOUT + 900)  # a cold full build takes minutes
+    async with aiohttp.ClientSession() as http, http.get(f"{url}hello") as response:
+        text = await response.text()
+        assert response.status == 200, text
+        assert text.startswith("node v18.") and text.endswith("says hello at /hello\n"), text
+    await stop_cleanly(cli)
+    assert "the full runtime image (gzip)" in cli.output()

@@ -44,12 +44,14 @@ def qemu_installed():
 
 
 @contextlib.asynccontextmanager
-async def boot(images, tmp_path: Path, drives=(), network: Network | None = NET, name: str = "vm"):
+async def boot(
+    images, tmp_path: Path, drives=(), network: Network | None = NET, name: str = "vm", **vm_options
+):
     kernel, initramfs, rootfs = images
     workdir = Path(f"/tmp/aleph-e2e-{os.getpid()}-{name}")
     shutil.rmtree(workdir, ignore_errors=True)
     vm = QemuVM(kernel, initramfs, rootfs, list(drives), network=network, workdir=workdir,
-                console_to=tmp_path / f"{name}-console.log")  # fmt: skip
+                console_to=tmp_path / f"{name}-console.log", **vm_options)  # fmt: skip
     try:
         await vm.start()
         yield vm

@@ -80,6 +80,11 @@ class FakeInit:
             return protocol.run_answer(200, [[b"x-bad", b"\xff\xfe"]], b"x")
         if path == "/missing":
             return protocol.run_answer(404, [[b"content-type", b"text/plain"], [b"x-program", b"1"]], b"no such page")
+        if path.startswith("/failing/"):
+            # What the init answers for an executable that exits before it serves.
+            text = "502: the program exited with status 127 before serving; its last output:\n"
+            text += f"{path[9:]}: not found\n"
+            return protocol.run_answer(502, [[b"content-type", b"text/plain; charset=utf-8"]], text.encode())
         if path == "/length":
             return protocol.run_answer(200, [[b"Content-Length", b"5"], [b"content-type", b"text/plain"]], b"hello")
         headers = [

@@ -148,6 +148,17 @@ async def test_empty_answer_is_a_502_and_reported(front_factory, session):
     assert emptied == [True]
 
 
+async def test_a_programs_502_is_passed_on_and_each_distinct_one_logged_once(front_factory, session, caplog):
+    front = await front_factory()
+    for path in ("failing/node", "failing/node", "failing/deno", "failing/node"):
+        async with session.get(f"{front.url}{path}") as response:
+            assert response.status == 502
+            assert "exited with status 127" in await response.text()
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the program answered 502")]
+    assert len(logged) == 2
+    assert "node: not found" in logged[0] and "deno: not found" in logged[1]
+
+
 @pytest.mark.parametrize("path", ["garbage", "badheaders"])
 async def test_invalid_answer_is_a_502(front_factory, session, path):
     front = await front_factory()

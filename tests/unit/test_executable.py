@@ -214,3 +214,57 @@ def test_interpreter_command_for_scripts_without_execute_bit(tmp_path):
     assert _interpreter_command(str(script)) == ["/bin/sh", str(script)]
     script.write_bytes(b"\x7fELF\x02\x01\x01\0\0\0")
     assert _interpreter_command(str(script)) is None
+
+
+async def test_program_exiting_before_serving_answers_502_with_status_and_output(program, capfd):
+    port = free_port()
+    prog = program("echo starting up\nnode-that-is-not-installed server.js\n", port, executable=True)
+    prog.connect_timeout = 30  # the 502 must come from the exit, not from this running out
+    await prog.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, headers, body = await prog.request(scope())
+    assert status == 502
+    assert loop.time() - started < 10
+    assert [b"content-type", b"text/plain; charset=utf-8"] in headers
+    text = body.decode()
+    assert "exited with status 127" in text
+    assert "starting up" in text and "node-that-is-not-installed: not found" in text
+    # The output still reaches the init's stdout (the console log) as it is written.
+    assert "node-that-is-not-installed: not found" in capfd.readouterr().out
+    # Every request is answered the same way while it keeps failing, without waiting.
+    assert (await prog.request(scope()))[0] == 502
+    answer = protocol.unpack(await prog.handle(scope()))
+    assert answer["headers"]["status"] == 502
+
+
+async def test_failed_start_keeps_the_last_4_kib_of_the_last_run(program):
+    from aleph_runtime.guest.executable import OUTPUT_TAIL_BYTES, OUTPUT_TAIL_LINES
+
+    port = free_port()
+    # 200 lines of 100 bytes, then one distinct last line; exit status 9.
+    body = "i=0\nwhile [ $i -lt 200 ]; do printf '%099d\\n' $i; i=$((i+1)); done\necho the end\nexit 9\n"
+    prog = program(body, port, executable=True)
+    prog.connect_timeout = 30
+    await prog.start()
+    status, _, answer = await prog.request(scope())
+    assert status == 502
+    lines = answer.decode().splitlines()
+    assert "exited with status 9" in lines[0]
+    assert lines[-1] == "the end"
+    assert len(lines) - 1 == OUTPUT_TAIL_LINES
+    assert len(prog._output._tail) == OUTPUT_TAIL_BYTES
+    assert lines[-2] == f"{199:099d}"
+
+
+async def test_a_server_that_crashed_after_serving_is_waited_for_not_502(program):
+    # Same shape as test_crash_is_restarted_and_status_logged, but checks the answer
+    # while the restart is due: the run had served, so this is no failed start.
+    port = free_port()
+    prog = program(f"echo up\n{sys.executable} {SERVER} {port}\n", port)
+    await prog.start()
+    assert (await prog.request(scope()))[0] == 200
+    with pytest.raises(ConnectionError):
+        await prog.request(scope(path="/crash"))
+    assert prog.failed_start is None
+    assert (await prog.request(scope()))[0] == 200

@@ -1,11 +1,15 @@
 """Executable programs (`interface: executable`): any binary or script serving HTTP on
 127.0.0.1:8080, supervised by the init and reached through a small HTTP/1.1 client.
 
-The child runs in its own session (process group), with the program's environment and
-the init's stdout/stderr (the console log). If it exits it is restarted with backoff
-and its exit status is logged; its leftover group members are killed first, so a shell
-script whose server outlived it cannot keep the port. At halt: SIGTERM to the group,
-SIGKILL after the grace period.
+The child runs in its own session (process group), with the program's environment; its
+stdout and stderr are a pty (so it line-buffers as on the console it had before) that a
+thread copies to the init's stdout (the console log), keeping the run's last 4 KiB. If
+it exits it is restarted with backoff and its exit status is logged; its leftover group
+members are killed first, so a shell script whose server outlived it cannot keep the
+port. A program that exits before it ever accepted a connection (a missing interpreter,
+a bad argument) makes requests answer 502 at once with its exit status and last output
+lines, instead of each waiting for a server that will never come. At halt: SIGTERM to
+the group, SIGKILL after the grace period.
 
 The HTTP client is a few asyncio stream calls (request with Content-Length and
 `Connection: close`; response with Content-Length, chunked, or until EOF): importing
@@ -20,6 +24,8 @@ import errno
 import logging
 import os
 import signal
+import termios
+import threading
 import time
 import traceback
 from urllib.parse import quote
@@ -49,6 +55,65 @@ LOADING_PAGE = (
 class HTTPProtocolError(ConnectionError):
     """The program's server answered something that is not HTTP/1.x."""
 
+
+#: How much of a run's output is kept for the 502 answer: the end of it.
+OUTPUT_TAIL_BYTES = 4096
+#: How many of those last lines the 502 answer shows.
+OUTPUT_TAIL_LINES = 20
+
+
+class _OutputCopier:
+    """The program's stdout+stderr: a pty (a pipe when no pty can be had) read by a thread
+    that copies everything to the init's stdout and keeps the last OUTPUT_TAIL_BYTES. A
+    thread, because the console can be slow (a serial port): a chatty program then waits
+    on its own writes, as it did on the console, and the init's event loop never does."""
+
+    def __init__(self) -> None:
+        try:
+            self.read_fd, self.child_fd = os.openpty()
+            # No output processing: the program's "\n" reaches the log as "\n", not "\r\n".
+            attributes = termios.tcgetattr(self.child_fd)
+            attributes[1] &= ~termios.OPOST
+            termios.tcsetattr(self.child_fd, termios.TCSANOW, attributes)
+        except OSError:
+            self.read_fd, self.child_fd = os.pipe()
+        self._tail = bytearray()
+        self._thread = threading.Thread(target=self._copy, name="program-output", daemon=True)
+        self._thread.start()
+
+    def close_child_end(self) -> None:
+        """Once the program holds its copy: EOF (EIO on a pty) comes when it and its
+        children have all closed theirs."""
+        with contextlib.suppress(OSError):
+            os.close(self.child_fd)
+
+    def _copy(self) -> None:
+        try:
+            while True:
+                try:
+                    chunk = os.read(self.read_fd, 65536)
+                except OSError:  # EIO: the pty's last writer is gone
+                    break
+                if not chunk:
+                    break
+                self._tail += chunk
+                del self._tail[:-OUTPUT_TAIL_BYTES]
+                view = memoryview(chunk)
+                with contextlib.suppress(OSError):
+                    while view:
+                        view = view[os.write(1, view) :]
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.read_fd)
+
+    async def finish(self, timeout: float = 1.0) -> None:
+        """Wait (bounded: a daemonised grandchild may keep the pty open) for the output
+        written before the program exited to be read."""
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, timeout)
+
+    def last_lines(self, count: int = OUTPUT_TAIL_LINES) -> str:
+        lines = bytes(self._tail).decode("utf-8", "replace").replace("\r\n", "\n").splitlines()
+        return "\n".join(lines[-count:])
 
 class ResponseTooLarge(HTTPProtocolError):
     """The program's response outgrew the cap: the rest of it is not read."""
@@ -85,6 +150,11 @@ class ExecutableProgram:
         self._stopping = asyncio.Event()
         self._started_at = 0.0
         self._command = [path]
+        self._output: _OutputCopier | None = None
+        #: Whether the current run's server has accepted a connection yet.
+        self._served = False
+        #: The last run that ended before it ever served: (exit status, its last output lines).
+        self.failed_start: tuple[int, str] | None = None
         #: Set by the init when the program has /data: each answer then carries its zip.
         self.data_export = None
         self.max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES
@@ -117,20 +187,32 @@ class ExecutableProgram:
         from aleph_runtime.guest import stdio
 
         stdio.reserve()  # the child inherits 0, 1, 2: never a socket of ours
+        output = _OutputCopier()
         try:
-            self.process = await self._exec(self._command)
-        except OSError as error:
-            if error.errno != errno.ENOEXEC:
-                raise
-            # A script without a shebang line: run it with the shell, as a shell would.
-            self.process = await self._exec(["/bin/sh", self.path])
+            try:
+                self.process = await self._exec(self._command, output.child_fd)
+            except OSError as error:
+                if error.errno != errno.ENOEXEC:
+                    raise
+                # A script without a shebang line: run it with the shell, as a shell would.
+                self.process = await self._exec(["/bin/sh", self.path], output.child_fd)
+        finally:
+            output.close_child_end()
+        self._output = output
+        self._served = False
         self._started_at = time.monotonic()
         _register(self.process.pid)
         logger.info("started %s (pid %d)", self.path, self.process.pid)
 
-    async def _exec(self, command: list[str]) -> asyncio.subprocess.Process:
+    async def _exec(self, command: list[str], output_fd: int) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            *command, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+            *command,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output_fd,
+            stderr=output_fd,
+            start_new_session=True,
         )
 
     async def _supervise(self) -> None:
@@ -143,6 +225,10 @@ class ExecutableProgram:
             _unregister(process.pid)
             _kill_group(process.pid, signal.SIGKILL)
             self.exit_statuses.append(status)
+            if self._output is not None:
+                await self._output.finish()
+                if not self._served:
+                    self.failed_start = (status, self._output.last_lines())
             if self._stopping.is_set():
                 return
             ran_for = time.monotonic() - self._started_at
@@ -225,6 +311,8 @@ class ExecutableProgram:
         for attempt in range(attempts):
             connection = await self._connect()
             if connection is None:
+                if self.failed_start is not None and not self._running():
+                    return self._failed_start_answer()
                 return 503, [[b"content-type", b"text/html; charset=utf-8"], [b"retry-after", b"2"]], LOADING_PAGE
             reader, writer = connection
             try:
@@ -244,15 +332,31 @@ class ExecutableProgram:
                     await writer.wait_closed()
         raise HTTPProtocolError("the program did not answer")
 
+    def _running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def _failed_start_answer(self) -> tuple[int, list[list[bytes]], bytes]:
+        status, last_lines = self.failed_start or (0, "")
+        text = f"502: the program exited with {_describe(status)} before serving (restarted with backoff)"
+        text += f"; its last output:\n{last_lines}\n" if last_lines else "; it printed nothing\n"
+        return 502, [[b"content-type", b"text/plain; charset=utf-8"]], text.encode()
+
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection to the program's server; None when it does not accept one within
+        `connect_timeout`, or at once when it is down after exiting before it served."""
         deadline = time.monotonic() + self.connect_timeout
         delay = 0.01
         while True:
             for host in ("127.0.0.1", "::1"):
                 try:
-                    return await asyncio.open_connection(host, self.port, limit=1 << 20)
+                    connection = await asyncio.open_connection(host, self.port, limit=1 << 20)
                 except OSError:
-                    pass
+                    continue
+                self._served = True
+                self.failed_start = None
+                return connection
+            if self.failed_start is not None and not self._running():
+                return None
             if time.monotonic() >= deadline:
                 logger.warning("the program does not accept connections on port %d yet", self.port)
                 return None

@@ -28,6 +28,8 @@ class QemuMachine:
         vcpus: int,
         kernel: str | None = None,
         images=None,
+        profile: str | None = None,
+        compression: str | None = None,
     ):
         """`kernel`: "node" (the node-like kernel on microvm, the default) or "debian"
         (Debian's kernel and initramfs on q35). `images`: a restarted machine reuses its
@@ -36,7 +38,7 @@ class QemuMachine:
             raise SetupError("qemu-system-x86_64 is not installed (Debian's qemu-system-x86; scripts/setup.sh)")
         if images is None:
             try:
-                images = find_images(kernel)
+                images = find_images(kernel, profile, compression)
             except Exception as error:  # noqa: BLE001 - a build failure, reported as such
                 raise SetupError(f"could not build or find the runtime image and kernel: {error}") from None
         kernel, initramfs, rootfs = images

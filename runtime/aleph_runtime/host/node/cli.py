@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="a program variable")
     run.add_argument("--memory", type=int, metavar="MiB", help="the VM's memory (default 512; vm mode only)")
     run.add_argument("--vcpus", type=int, help="the VM's vCPUs (default 1; vm mode only)")
+    run.add_argument("--profile", choices=("lean", "full"),
+                     help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
+                          "official image); built through the cache on first use (vm mode only)")
+    run.add_argument("--compression", choices=("gzip", "zstd"),
+                     help="the runtime image's squashfs compression (gzip: what nodes' kernels read; vm only)")
     run.add_argument("--seconds", type=float, default=30, help="each call's time limit (resources.seconds; 30)")
     run.add_argument("--mode", choices=("vm", "dev"), default="vm",
                      help="vm: the runtime image in QEMU (default); dev: the init as a local process, no VM")
@@ -262,6 +267,8 @@ def _options(args: argparse.Namespace):
         program = infer_program(args.path, args.entrypoint, args.encoding, args.interface)
     if args.mode == "dev" and (args.memory is not None or args.vcpus is not None):
         say("--memory and --vcpus apply to a VM: dev mode runs the init as a local process, without limits")
+    if args.mode == "dev" and (args.profile is not None or args.compression is not None):
+        say("--profile and --compression choose the VM's image: dev mode runs with this machine's programs")
     if args.mode == "dev" and args.kernel is not None:
         say("--kernel applies to a VM: dev mode runs the init as a local process")
     if args.vm_hash is not None and not (len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)):
@@ -282,6 +289,7 @@ def _options(args: argparse.Namespace):
         memory_mb=args.memory or 512, vcpus=args.vcpus or 1, seconds=args.seconds,
         host=args.host, port=8080 if port is None else port, state_dir=args.state_dir or default_state_dir(),
         api_server=args.api_server, redis_url=args.redis_url, vm_hash=args.vm_hash, kernel=args.kernel,
+        profile=args.profile, compression=args.compression,
     )  # fmt: skip
 
 

@@ -103,6 +103,9 @@ class NodeOptions:
     api_server: str | None = None
     redis_url: str | None = None
     vm_hash: str | None = None
+    #: The runtime image's profile and compression (None: lean and gzip, or ALEPH_ROOTFS).
+    profile: str | None = None
+    compression: str | None = None
     kernel: str | None = None
     """vm mode: "node" (the node-like kernel, default) or "debian"."""
 
@@ -325,10 +328,15 @@ class LocalNode:
         assert self.run_dir is not None
         program = self.options.program
         # The machine first: a missing QEMU or image is reported before anything is packed.
-        self.progress("finding the runtime image and kernel (built through their caches when missing)")
+        image = f"the {self.options.profile or 'lean'} runtime image ({self.options.compression or 'gzip'})"
+        chosen = self.options.profile is not None or self.options.compression is not None
+        if not chosen and os.environ.get("ALEPH_ROOTFS"):
+            image = "the runtime image (ALEPH_ROOTFS)"
+        self.progress(f"finding {image} and the kernel (built through their caches when missing)")
         machine = QemuMachine(
-            self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus, kernel=self.options.kernel
-        )
+            self.run_dir, self.log_path, [], self.options.memory_mb, self.options.vcpus,
+            kernel=self.options.kernel, profile=self.options.profile, compression=self.options.compression,
+        )  # fmt: skip
         self.machine = machine
         drives: list[tuple[Path, bool]] = []
         volumes: list[dict] = []

@@ -34,6 +34,7 @@ header names the node's software.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -65,6 +66,9 @@ HOP_BY_HOP_HEADERS = (
 #: RFC 9110 5.6.2: what a header name may hold.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSENDABLE_IN_VALUE = re.compile(r"[\r\n\x00]")
+#: Distinct 502 answers remembered, so each is shown once; and how much of one is shown.
+MAX_BAD_GATEWAYS_REMEMBERED = 64
+MAX_BAD_GATEWAY_SHOWN = 8192
 ITEM_HASH_RE = re.compile(r"[0-9a-f]{64}|Qm[1-9A-HJ-NP-Za-km-z]{44}|bafy[0-9a-z]{50,}")
 
 CLIENT = web.AppKey("supervisor_client", SupervisorClient)
@@ -146,6 +150,19 @@ class FrontSettings:
         self.code_ref = code_ref
         self.on_empty_answer = on_empty_answer
         self.becomes_ready = becomes_ready
+        #: Digests of the 502 answers already shown (bounded: forgotten all at once when full).
+        self.bad_gateways_shown: set[bytes] = set()
+
+    def first_time(self, body: bytes) -> bool:
+        """Whether this 502 body was not shown before (a failing program answers the
+        same one to every request: show it once, not once per request)."""
+        digest = hashlib.sha256(body).digest()
+        if digest in self.bad_gateways_shown:
+            return False
+        if len(self.bad_gateways_shown) >= MAX_BAD_GATEWAYS_REMEMBERED:
+            self.bad_gateways_shown.clear()
+        self.bad_gateways_shown.add(digest)
+        return True
 
 
 def _bad_gateway(reason: str, text: str | None = None) -> web.Response:
@@ -203,7 +220,13 @@ async def _run_request(request: web.Request, path: str) -> web.StreamResponse:
         return result
     _log_error_answer(result, f"{request.method} {path}")
     try:
-        return answer_to_response(result, settings.vm_hash, settings.code_ref, request.method)
+        response = answer_to_response(result, settings.vm_hash, settings.code_ref, request.method)
+        if response.status == 502 and settings.first_time(response.body):
+            # E.g. the init's answer for an executable that exits before it serves: its
+            # exit status and last output lines, which the terminal should show.
+            text = response.body.decode(errors="replace").rstrip()
+            logger.warning("the program answered 502:\n%s", text[-MAX_BAD_GATEWAY_SHOWN:])
+        return response
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError, ValueError) as error:
         logger.error("invalid answer from the init: %s: %s", type(error).__name__, error)
         return _bad_gateway("Invalid response from VM")

@@ -331,20 +331,23 @@ def default_kernel() -> str:
     return kind
 
 
-def find_images(kernel: str | None = None) -> tuple[Path, Path | None, Path]:
+def find_images(
+    kernel: str | None = None, profile: str | None = None, compression: str | None = None
+) -> tuple[Path, Path | None, Path]:
     """(kernel, initramfs or None, rootfs): from ALEPH_KERNEL and ALEPH_ROOTFS when both are
     set (ALEPH_INITRAMFS with them for a kernel that needs one), else built or found
     through the image caches (host/vmm/image.py): the node-like kernel (no initramfs) by
-    default, Debian's kernel and initramfs for kernel="debian"."""
+    default, Debian's kernel and initramfs for kernel="debian"; the `profile` image (lean
+    by default) packed with `compression` (gzip by default), its build's progress on stderr."""
     kernel = kernel or default_kernel()
     if kernel not in ("node", "debian"):
         raise ValueError(f"unknown kernel {kernel!r}: node or debian")
     path, initramfs, rootfs = (os.environ.get(k) for k in ("ALEPH_KERNEL", "ALEPH_INITRAMFS", "ALEPH_ROOTFS"))
-    if path and rootfs:
+    if path and rootfs and profile is None and compression is None:
         return Path(path), Path(initramfs) if initramfs else None, Path(rootfs)
     from aleph_runtime.host.vmm import image  # imported here: it is only needed to build
 
     if kernel == "node":
-        return image.ensure_node_kernel().vmlinux, None, image.ensure_rootfs()
+        return image.ensure_node_kernel().vmlinux, None, image.ensure_rootfs(profile or "lean", compression or "gzip")
     files = image.ensure_kernel()
-    return files.vmlinuz, files.initramfs, image.ensure_rootfs()
+    return files.vmlinuz, files.initramfs, image.ensure_rootfs(profile or "lean", compression or "gzip")
