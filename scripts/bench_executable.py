@@ -116,7 +116,10 @@ def main() -> None:
         for variant in ("ours", "aiohttp_session_per_call", "aiohttp_shared_session"):
             output = subprocess.run(
                 [sys.executable, "-c", CLIENT, variant, str(port), str(requests)],
-                env=env, check=True, capture_output=True, text=True,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
             results[variant] = json.loads(output)
     finally:

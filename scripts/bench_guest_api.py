@@ -115,7 +115,9 @@ async def measure(kind: str, socket_path: str, pid: int, requests: int) -> dict:
 async def main() -> None:
     requests = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     sys.path.insert(0, os.path.join(REPOSITORY, "runtime"))
-    spec = importlib.util.spec_from_file_location("stub", os.path.join(REPOSITORY, "tests/programs/guest_api_stub.py"))
+    spec = importlib.util.spec_from_file_location(
+        "stub", os.path.join(REPOSITORY, "tests/programs/guest_api_stub.py")
+    )
     stub = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stub)
     results = {}

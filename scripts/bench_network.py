@@ -77,7 +77,10 @@ def main() -> None:
     for variant in ("netlink", "pyroute2", "ip"):
         output = subprocess.run(
             ["unshare", "--net", sys.executable, "-c", VARIANT, variant, str(repeats)],
-            env=env, check=True, capture_output=True, text=True,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         results[variant] = json.loads(output)
     print(json.dumps(results, indent=2))

@@ -83,7 +83,9 @@ def boot_timeline(lines) -> dict:
             if not m:
                 continue
             source, uptime = m.group(2).lower(), float(m.group(1))
-        entry = sources.setdefault(source, {"first": uptime, "last": uptime, "lines": 0, "host_first": line.host_time})
+        entry = sources.setdefault(
+            source, {"first": uptime, "last": uptime, "lines": 0, "host_first": line.host_time}
+        )
         entry["last"] = uptime
         entry["lines"] += 1
     phases = {}
@@ -205,9 +207,13 @@ async def run(args) -> dict:
                 "concurrency": args.concurrency,
                 "concurrent_per_s": round(args.requests / concurrent_s, 1),
             },
-            body={"mib": args.body_mib, "seconds": round(body_s, 3), "MB_per_s": round(len(body) / body_s / 1e6, 2),
-                  "download_seconds": round(download_s, 3),
-                  "download_MB_per_s": round(len(body) / download_s / 1e6, 2)},
+            body={
+                "mib": args.body_mib,
+                "seconds": round(body_s, 3),
+                "MB_per_s": round(len(body) / body_s / 1e6, 2),
+                "download_seconds": round(download_s, 3),
+                "download_MB_per_s": round(len(body) / download_s / 1e6, 2),
+            },
             backend=dict(vm.backend.device.stats),
         )
     finally:
@@ -217,17 +223,24 @@ async def run(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--init", help="init program to boot from the image (kernel init=), default /sbin/init")
-    parser.add_argument("--kernel", default="node", help="node (default: the node-like kernel, microvm, no "
-                        "initramfs), debian (Debian's kernel and initramfs, q35), or a kernel file")
+    parser.add_argument(
+        "--init", help="init program to boot from the image (kernel init=), default /sbin/init"
+    )
+    parser.add_argument(
+        "--kernel",
+        default="node",
+        help="node (default: the node-like kernel, microvm, no "
+        "initramfs), debian (Debian's kernel and initramfs, q35), or a kernel file",
+    )
     parser.add_argument("--initramfs", help="with a kernel file: its initramfs")
     parser.add_argument("--rootfs", help="the runtime image (default: the cached lean gzip one)")
     parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
     parser.add_argument("--compression", choices=["gzip", "zstd"], help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
     parser.add_argument("--vcpus", type=int, default=1)
-    parser.add_argument("--machine", choices=["q35", "microvm"], help="default: microvm without an initramfs, "
-                        "q35 with one")
+    parser.add_argument(
+        "--machine", choices=["q35", "microvm"], help="default: microvm without an initramfs, q35 with one"
+    )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--body-mib", type=int, default=64)

@@ -81,7 +81,9 @@ async def abandon_batch(init: DevInit, count: int, body: bytes) -> None:
     or after 10 s, whichever comes first; at least 0.3 s after they were made."""
     # Calls an init did not release are still hanging: count from there.
     target = max(await hanging(init), 0) + count
-    calls = [asyncio.ensure_future(init.client.http("POST", "/hang", body=body, timeout=60)) for _ in range(count)]
+    calls = [
+        asyncio.ensure_future(init.client.http("POST", "/hang", body=body, timeout=60)) for _ in range(count)
+    ]
     await asyncio.sleep(0.3)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not all(call.done() for call in calls):
@@ -146,10 +148,16 @@ async def measure_extraction(repository: Path, entries: int, workdir: Path) -> d
         for index in range(entries):
             archive.writestr(f"d{index // 1000}/f{index}", b"")
     code = buffer.getvalue()
-    init = DevInit(workdir / "extraction", stderr=open(workdir / "extraction.log", "wb"), **limited(repository))  # noqa: SIM115 - the init holds it
+    init = DevInit(
+        workdir / "extraction",
+        stderr=open(workdir / "extraction.log", "wb"),  # noqa: SIM115 - the init holds it
+        **limited(repository),
+    )
     await init.start()
     try:
-        configure = asyncio.ensure_future(init.configure(program_config(code, "main:app", encoding="zip"), timeout=600))
+        configure = asyncio.ensure_future(
+            init.configure(program_config(code, "main:app", encoding="zip"), timeout=600)
+        )
         opt = init.root / "opt"
         while not (opt.is_dir() and any(opt.iterdir())):
             if configure.done():  # refused at once (e.g. over the archive's entry limit)
@@ -185,7 +193,9 @@ def main() -> None:
     parser.add_argument("--repository", default=str(HERE))
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--entries", type=int, default=99_000)
-    parser.add_argument("--parts", default="abandoned,endless,extraction", help="which figures, comma-separated")
+    parser.add_argument(
+        "--parts", default="abandoned,endless,extraction", help="which figures, comma-separated"
+    )
     print(json.dumps(asyncio.run(main_async(parser.parse_args())), indent=2))
 
 

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/lib.sh
 "$VENV/bin/ruff" check --quiet .
+"$VENV/bin/ruff" format --check --quiet .
 exec "$VENV/bin/python" -m pytest -ra "$@"

@@ -159,7 +159,9 @@ async def post(request: Request, text: str = "hello"):
 
     account = await remote_account(request.state.resources)
     async with AuthenticatedAlephHttpClient(account=account) as client:
-        message, status = await client.create_post(post_content={"text": text}, post_type="example", channel="TEST")
+        message, status = await client.create_post(
+            post_content={"text": text}, post_type="example", channel="TEST"
+        )
     return {"item_hash": message.item_hash, "address": message.content.address, "status": status.value}
 
 

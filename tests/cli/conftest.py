@@ -116,7 +116,9 @@ class CLI:
 def cli_factory(short_dir):
     started: list[CLI] = []
 
-    async def make(*args: str, state: str = "state", new_session: bool = False, env: dict | None = None) -> CLI:
+    async def make(
+        *args: str, state: str = "state", new_session: bool = False, env: dict | None = None
+    ) -> CLI:
         cli = CLI(short_dir / state, list(args), short_dir / f"cli{len(started)}.log", new_session, env)
         started.append(cli)
         return await cli.start()
@@ -129,5 +131,3 @@ def cli_factory(short_dir):
                     os.kill(child, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(cli.process.pid, signal.SIGKILL)
-
-

@@ -151,7 +151,9 @@ async def _after_restart(http, url: str, sender: str | None) -> None:
         assert (await response.json())["sender"] == sender
 
 
-async def check_default_example(cli_factory, mode: str, fake_api, port: int, url_timeout: float = 120) -> None:
+async def check_default_example(
+    cli_factory, mode: str, fake_api, port: int, url_timeout: float = 120
+) -> None:
     """The example without PATH: every feature over plain HTTP, Ctrl-C, then a restart.
 
     One run serves every check (a VM boot takes minutes); each check is reported on its own.

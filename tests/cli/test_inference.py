@@ -20,7 +20,11 @@ def test_examples():
     fastapi = infer_program(EXAMPLES / "fastapi_app")
     assert (fastapi.encoding, fastapi.entrypoint, fastapi.interface) == ("zip", "main:app", "asgi")
     executable = infer_program(EXAMPLES / "executable")
-    assert (executable.encoding, executable.entrypoint, executable.interface) == ("zip", "run.sh", "executable")
+    assert (executable.encoding, executable.entrypoint, executable.interface) == (
+        "zip",
+        "run.sh",
+        "executable",
+    )
     hello = infer_program(EXAMPLES / "hello" / "main.py")
     assert (hello.encoding, hello.entrypoint, hello.interface) == ("plain", "main:app", "asgi")
     assert hello.code == (EXAMPLES / "hello" / "main.py").read_bytes()
@@ -107,7 +111,12 @@ def test_volumes(tmp_path):
     volume = parse_volume(f"mount=/opt/venv/,source={lib}")
     assert (volume.mount, volume.source) == ("/opt/venv", lib)
     volume = parse_volume("mount=/var/lib/db,persistent=db,size=1G")
-    assert (volume.mount, volume.persistent, volume.size_mib, volume.read_only) == ("/var/lib/db", "db", 1024, False)
+    assert (volume.mount, volume.persistent, volume.size_mib, volume.read_only) == (
+        "/var/lib/db",
+        "db",
+        1024,
+        False,
+    )
     assert parse_volume("mount=/data2,name=x").persistent == "x"
     for bad, message in [
         ("relative=/x", "absolute"),

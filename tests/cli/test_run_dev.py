@@ -54,7 +54,9 @@ async def test_executable_directory(cli_factory):
 async def test_import_failure_prints_the_traceback_and_exits_non_zero(cli_factory, short_dir):
     program = short_dir / "broken"
     program.mkdir()
-    (program / "main.py").write_text("import json\n\ndef helper():\n    raise ValueError('no good')\n\nhelper()\n")
+    (program / "main.py").write_text(
+        "import json\n\ndef helper():\n    raise ValueError('no good')\n\nhelper()\n"
+    )
     cli = await cli_factory("--mode", "dev", "--port", "0", str(program))
     status = await cli.wait()
     output = cli.output()
@@ -95,7 +97,7 @@ async def test_port_in_use(cli_factory):
     assert f"cannot listen on 127.0.0.1:{port}" in cli.output()
 
 
-LIBRARY_USER = b'''
+LIBRARY_USER = b"""
 import os
 from pathlib import Path
 import shiny  # from the /opt/packages volume
@@ -109,7 +111,7 @@ async def app(scope, receive, send):
     data.write_text(scope["path"])
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
 @pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools are not installed")
@@ -125,8 +127,19 @@ async def test_squashfs_code_and_volumes(cli_factory, short_dir):
     subprocess.run(["mksquashfs", str(code), str(image), "-quiet", "-noappend"], check=True)
     lib_image = short_dir / "lib.squashfs"
     subprocess.run(["mksquashfs", str(lib), str(lib_image), "-quiet", "-noappend"], check=True)
-    args = ["--mode", "dev", "--port", "0", "--volume", f"/opt/packages={lib_image}",
-            "--volume", "mount=/var/lib/notes,persistent=notes", "--env", "DATA_DIR=/var/lib/notes", str(image)]
+    args = [
+        "--mode",
+        "dev",
+        "--port",
+        "0",
+        "--volume",
+        f"/opt/packages={lib_image}",
+        "--volume",
+        "mount=/var/lib/notes,persistent=notes",
+        "--env",
+        "DATA_DIR=/var/lib/notes",
+        str(image),
+    ]
     cli = await cli_factory(*args)
     url = await cli.wait_url()
     assert "squashfs" in cli.output()
@@ -141,7 +154,7 @@ async def test_squashfs_code_and_volumes(cli_factory, short_dir):
     assert (cli.state_dir / "volumes" / "notes" / "note.txt").read_text() == "/second"
 
 
-PROXY_USER = b'''
+PROXY_USER = b"""
 import os
 import aiohttp
 
@@ -155,7 +168,7 @@ async def app(scope, receive, send):
             status, body = response.status, await response.read()
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
 async def test_api_proxy_external_redis_and_verbose(cli_factory, fake_api, short_dir):

@@ -20,7 +20,9 @@ from tests.helpers import free_port
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
+    pytest.mark.skipif(
+        shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"
+    ),
 ]
 
 BOOT_TIMEOUT = 600  # TCG on a loaded machine: generous, never asserted
@@ -114,7 +116,7 @@ async def test_crash_restart_and_watch_in_a_vm(images, cli_factory, short_dir):
             assert await response.text() == "VM did not respond and was shut down\n"
         async with http.get(f"{url}state/increment") as response:
             assert (response.status, await response.text()) == (200, '{"counter": 1}'), cli.output()
-        program.write_text(source.replace('body = str(os.getpid()).encode()', 'body = b"edited"'))
+        program.write_text(source.replace("body = str(os.getpid()).encode()", 'body = b"edited"'))
         for _ in range(BOOT_TIMEOUT):
             if cli.output().count("restarted in") == 2:
                 break
@@ -134,6 +136,8 @@ async def test_crash_restart_and_watch_in_a_vm(images, cli_factory, short_dir):
     assert " init0: " not in output and "Ready signal sent" not in output
     assert "Linux version" in (cli.state_dir / "logs" / "vm.log").read_text(errors="replace")
     await stop_cleanly(cli)
+
+
 NODE_SERVER = """const http = require("http");
 http.createServer((request, response) => {
   response.end(`node ${process.version} says hello at ${request.url}\\n`);

@@ -30,7 +30,12 @@ pytestmark = pytest.mark.e2e
 
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 NET = Network(ip="172.16.7.2", route="172.16.7.1", ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1")
-NET_CONFIG = {"ip": "172.16.7.2", "route": "172.16.7.1", "ipv6": "fc00:1:2:3::2/64", "ipv6_gateway": "fc00:1:2:3::1"}
+NET_CONFIG = {
+    "ip": "172.16.7.2",
+    "route": "172.16.7.1",
+    "ipv6": "fc00:1:2:3::2/64",
+    "ipv6_gateway": "fc00:1:2:3::1",
+}
 
 # The hello example: plain code whose entrypoint calls a top-level helper (greeting).
 HELLO = (Path(__file__).resolve().parents[2] / "examples" / "hello" / "main.py").read_bytes()
@@ -101,7 +106,9 @@ async def test_plain_program_network_and_halt(images, tmp_path):
             # Booted as a node boots: its command line, and no initramfs.
             console = vm.console_text()
             command_line = next(line for line in console.splitlines() if "Command line:" in line)
-            assert command_line.split("Command line:", 1)[1].split()[: len(NODE_BOOT_ARGS)] == list(NODE_BOOT_ARGS)
+            assert command_line.split("Command line:", 1)[1].split()[: len(NODE_BOOT_ARGS)] == list(
+                NODE_BOOT_ARGS
+            )
             assert "initramfs" not in console.lower(), console
 
 
@@ -132,7 +139,9 @@ async def test_zip_fastapi_lifespan_shutdown_only_at_halt(images, tmp_path):
     async with boot(images, tmp_path, drives=[Drive(store, read_only=False)]) as vm:
         await vm.client.configure(config)
         assert json_body(await vm.client.http("GET", "/items")) == {"items": ["from-startup"]}
-        assert json_body(await vm.client.http("POST", "/items/second")) == {"items": ["from-startup", "second"]}
+        assert json_body(await vm.client.http("POST", "/items/second")) == {
+            "items": ["from-startup", "second"]
+        }
         await asyncio.sleep(0.5)
         assert (await vm.client.command("cat /var/lib/markers/markers")).split() == [b"startup"]
         await halt_and_exit(vm)
@@ -325,7 +334,9 @@ async def test_guest_to_host_streams_and_a_64_mib_download(images, tmp_path):
             assert len(seen) == 16
         finally:
             server.close()
-        digest = (await vm.client.command("head -c 67108864 /dev/urandom > /tmp/blob && sha256sum /tmp/blob")).split()[0]
+        digest = (
+            await vm.client.command("head -c 67108864 /dev/urandom > /tmp/blob && sha256sum /tmp/blob")
+        ).split()[0]
         blob = await vm.client.command("cat /tmp/blob", timeout=600)
         assert len(blob) == 64 << 20
         assert hashlib.sha256(blob).hexdigest().encode() == digest

@@ -27,8 +27,6 @@ async def redis_server(short_dir):
         yield server
 
 
-
-
 @pytest.fixture(scope="session")
 def signer_dir():
     # One key for the session: the first import of web3 is slow, key creation is not.
@@ -47,7 +45,9 @@ async def guest_api_factory(short_dir, redis_server, signer):
     """Start guest API servers; each gets its own `<uds>_53` socket; all stopped afterwards."""
     servers: list[GuestAPIServer] = []
 
-    async def make(vm_hash: str = VM_HASH, api_server: str = "http://127.0.0.1:9", **kwargs) -> GuestAPIServer:
+    async def make(
+        vm_hash: str = VM_HASH, api_server: str = "http://127.0.0.1:9", **kwargs
+    ) -> GuestAPIServer:
         uds = short_dir / f"vm{len(servers)}.sock"
         settings = GuestAPISettings(
             vm_hash=vm_hash, redis_url=redis_server.url, signer=signer, api_server=api_server, **kwargs

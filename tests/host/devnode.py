@@ -17,15 +17,24 @@ EXAMPLES = REPO / "examples"
 
 
 class DevNode:
-    def __init__(self, directory: Path, redis_url: str, signer: LocalSigner, api_server: str, config: dict,
-                 seconds: float = 30):
+    def __init__(
+        self,
+        directory: Path,
+        redis_url: str,
+        signer: LocalSigner,
+        api_server: str,
+        config: dict,
+        seconds: float = 30,
+    ):
         self.directory = directory
         self.config = config
         self.log = open(directory / "init.log", "ab")  # noqa: SIM115 - closed in stop()
         self.init = DevInit(directory, stdout=self.log, stderr=self.log)
         self.guest_api = GuestAPIServer(
             guest_api_socket_path(self.init.uds_path),
-            GuestAPISettings(vm_hash=config["vm_hash"], redis_url=redis_url, signer=signer, api_server=api_server),
+            GuestAPISettings(
+                vm_hash=config["vm_hash"], redis_url=redis_url, signer=signer, api_server=api_server
+            ),
         )
         self.front = HTTPFront(create_front_app(self.init.client, config["vm_hash"], seconds), port=0)
 

@@ -59,13 +59,15 @@ class FakeInit:
         if scope["type"] == "aleph.message":
             message = scope["body"]
             if message.get("raise"):
-                return protocol.error_answer("ValueError: bad event", "Traceback (most recent call last):\nValueError: bad event\n")
+                return protocol.error_answer(
+                    "ValueError: bad event", "Traceback (most recent call last):\nValueError: bad event\n"
+                )
             return protocol.event_answer({"received": message.get("item_hash"), "raw": b"bytes"})
         path = scope["path"]
         if path == "/raise":
             return protocol.error_answer(
                 "ZeroDivisionError: division by zero",
-                "Traceback (most recent call last):\n  File \"main.py\", line 1\nZeroDivisionError: division by zero\n",
+                'Traceback (most recent call last):\n  File "main.py", line 1\nZeroDivisionError: division by zero\n',
                 output="printed before the error\n",
             )
         if path == "/initfail":
@@ -79,14 +81,18 @@ class FakeInit:
         if path == "/badheaders":
             return protocol.run_answer(200, [[b"x-bad", b"\xff\xfe"]], b"x")
         if path == "/missing":
-            return protocol.run_answer(404, [[b"content-type", b"text/plain"], [b"x-program", b"1"]], b"no such page")
+            return protocol.run_answer(
+                404, [[b"content-type", b"text/plain"], [b"x-program", b"1"]], b"no such page"
+            )
         if path.startswith("/failing/"):
             # What the init answers for an executable that exits before it serves.
             text = "502: the program exited with status 127 before serving; its last output:\n"
             text += f"{path[9:]}: not found\n"
             return protocol.run_answer(502, [[b"content-type", b"text/plain; charset=utf-8"]], text.encode())
         if path == "/length":
-            return protocol.run_answer(200, [[b"Content-Length", b"5"], [b"content-type", b"text/plain"]], b"hello")
+            return protocol.run_answer(
+                200, [[b"Content-Length", b"5"], [b"content-type", b"text/plain"]], b"hello"
+            )
         headers = [
             [b"Content-Type", b"text/plain; charset=utf-8"],
             [b"Content-Encoding", b"gzip"],
@@ -96,4 +102,6 @@ class FakeInit:
             [b"set-cookie", b"a=1"],
             [b"set-cookie", b"b=2"],
         ]
-        return protocol.run_answer(201 if scope["method"] == "POST" else 200, headers, b"hello " + scope["body"])
+        return protocol.run_answer(
+            201 if scope["method"] == "POST" else 200, headers, b"hello " + scope["body"]
+        )

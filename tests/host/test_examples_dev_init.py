@@ -89,7 +89,9 @@ async def test_fastapi_exception_is_a_500_with_the_traceback(node_factory, short
 async def test_hello_example_plain(node_factory):
     code = (EXAMPLES / "hello" / "main.py").read_bytes()
     async with (
-        node_factory(program_config(code, "app", encoding="plain", interface="asgi", vm_hash=VM_HASH)) as node,
+        node_factory(
+            program_config(code, "app", encoding="plain", interface="asgi", vm_hash=VM_HASH)
+        ) as node,
         aiohttp.ClientSession() as http,
     ):
         async with http.get(f"{node.url}vm/{VM_HASH}/world") as response:

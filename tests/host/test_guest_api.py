@@ -89,7 +89,11 @@ async def test_cache_is_namespaced_and_expires_after_seven_days(guest_api_factor
     try:
         assert await client.get(f"{VM_HASH}:shared_name") == b"from one"
         assert sorted(await client.keys("*")) == sorted(
-            [f"{VM_HASH}:shared_name".encode(), f"{VM_HASH}:only_one".encode(), f"{'beef' * 16}:shared_name".encode()]
+            [
+                f"{VM_HASH}:shared_name".encode(),
+                f"{VM_HASH}:only_one".encode(),
+                f"{'beef' * 16}:shared_name".encode(),
+            ]
         )
         ttl = await client.ttl(f"{VM_HASH}:only_one")
         assert CACHE_EXPIRES_AFTER - 60 < ttl <= CACHE_EXPIRES_AFTER
@@ -439,9 +443,12 @@ async def test_sdk_create_post_through_a_remote_account_reaches_the_api(guest_ap
     from aleph_message.status import MessageStatus
 
     server = await guest_api_factory(api_server=fake_api.url)
-    async with remote_account(server) as account, AuthenticatedAlephHttpClient(
-        account=account, api_server=API_HOST, api_unix_socket=str(server.socket_path)
-    ) as client:
+    async with (
+        remote_account(server) as account,
+        AuthenticatedAlephHttpClient(
+            account=account, api_server=API_HOST, api_unix_socket=str(server.socket_path)
+        ) as client,
+    ):
         message, status = await client.create_post(
             post_content={"answer": 42}, post_type="test", address=VM_HASH, channel="TEST"
         )

@@ -56,7 +56,9 @@ async def test_host_services_run_a_program_and_leave_nothing_behind(short_dir, f
     with pytest.raises(ProcessLookupError):
         os.kill(redis_pid, 0)
     # (The init's own root, its guest-side files, is the init's business.)
-    sockets = [p for p in short_dir.rglob("*") if p.is_socket() and "root" not in p.relative_to(short_dir).parts]
+    sockets = [
+        p for p in short_dir.rglob("*") if p.is_socket() and "root" not in p.relative_to(short_dir).parts
+    ]
     assert sockets == []
 
     # A second run: the same signing key, and the cache kept, as a node keeps them.

@@ -79,7 +79,9 @@ def boot_until(
                     return lines, found_at
         if found_at is not None:
             return lines, found_at
-        raise AssertionError(f"no console line matching {pattern!r} within {timeout} s:\n" + "\n".join(lines[-40:]))
+        raise AssertionError(
+            f"no console line matching {pattern!r} within {timeout} s:\n" + "\n".join(lines[-40:])
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -108,8 +110,10 @@ def test_debian_kernel_boots_to_init0(kernel: image.KernelFiles, rootfs: Path):
     stamped = check_init0(lines)
     assert "initramfs" in stamped, "\n".join(lines)
     print("\n" + "\n".join(line for line in lines if re.match(r"^(\d+\.\d+ |\[ *\d+\.\d+\] init1)", line)))
-    print(f"initramfs at {stamped['initramfs']:.2f} s, init0 at {stamped['init0']:.2f} s uptime; "
-          f"{wall:.1f} s wall from QEMU's start to init0's exec of init1")
+    print(
+        f"initramfs at {stamped['initramfs']:.2f} s, init0 at {stamped['init0']:.2f} s uptime; "
+        f"{wall:.1f} s wall from QEMU's start to init0's exec of init1"
+    )
 
 
 def test_node_kernel_boots_to_init1_as_a_node_does(node_kernel: image.NodeKernel, rootfs: Path):
@@ -120,11 +124,15 @@ def test_node_kernel_boots_to_init1_as_a_node_does(node_kernel: image.NodeKernel
     text = "\n".join(lines)
     stamped = check_init0(lines)
     command_line = next((line for line in lines if "Command line:" in line), "")
-    assert command_line.split("Command line:", 1)[1].split()[: len(NODE_BOOT_ARGS)] == list(NODE_BOOT_ARGS), text
+    assert command_line.split("Command line:", 1)[1].split()[: len(NODE_BOOT_ARGS)] == list(NODE_BOOT_ARGS), (
+        text
+    )
     assert "initramfs" not in text.lower() and "initrd" not in text.lower(), text
     assert "VFS: Mounted root (squashfs filesystem) readonly" in text, text
     assert re.search(r"init1 \w+:", text), text
-    print(f"\ninit0 at {stamped['init0']:.2f} s uptime; {wall:.1f} s wall from QEMU's start to init0's exec of init1")
+    print(
+        f"\ninit0 at {stamped['init0']:.2f} s uptime; {wall:.1f} s wall from QEMU's start to init0's exec of init1"
+    )
 
 
 def test_initramfs_is_reproducible(kernel: image.KernelFiles, tmp_path: Path):
@@ -133,8 +141,19 @@ def test_initramfs_is_reproducible(kernel: image.KernelFiles, tmp_path: Path):
     assert again.initramfs.read_bytes() == kernel.initramfs.read_bytes()
     assert again.vmlinuz.read_bytes() == kernel.vmlinuz.read_bytes()
     assert again.modules == kernel.modules
-    for needed in ("virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport",
-                   "squashfs", "overlay", "loop"):
+    for needed in (
+        "virtio_pci",
+        "virtio_mmio",
+        "virtio_blk",
+        "virtio_net",
+        "vmw_vsock_virtio_transport",
+        "squashfs",
+        "overlay",
+        "loop",
+    ):
         assert needed in kernel.modules
-    assert kernel.modules.index("vsock") < kernel.modules.index("vmw_vsock_virtio_transport_common") \
+    assert (
+        kernel.modules.index("vsock")
+        < kernel.modules.index("vmw_vsock_virtio_transport_common")
         < kernel.modules.index("vmw_vsock_virtio_transport")
+    )

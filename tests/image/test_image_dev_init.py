@@ -16,7 +16,7 @@ from aleph_runtime.host.supervisor import wait_for_path
 
 pytestmark = [pytest.mark.image, pytest.mark.root]
 
-FASTAPI_PROGRAM = b'''
+FASTAPI_PROGRAM = b"""
 from fastapi import FastAPI
 
 app = FastAPI()
@@ -38,11 +38,11 @@ async def index():
 @app.post("/echo")
 async def echo(payload: dict):
     return payload
-'''
+"""
 
 # Run as PID 1 of new namespaces: an overlay (tmpfs upper) over the mounted image, the
 # test's directory bound at /run/aleph-test for the sockets, then chroot and exec init1.
-LAUNCH = r'''
+LAUNCH = r"""
 set -eu
 image=$1 work=$2 socks=$3
 mount -t tmpfs tmpfs "$work"
@@ -56,20 +56,32 @@ mkdir -p "$root/run/aleph-test"
 mount --bind "$socks" "$root/run/aleph-test"
 exec chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONPATH=/opt/aleph/libs \
   ALEPH_VSOCK_UDS=/run/aleph-test/v.sock /usr/bin/python3 -OO /opt/aleph/init/init1.py
-'''
+"""
 
 
 def v2_config(code: bytes, entrypoint: str) -> dict:
     return {
-        "input_data": None, "interface": "asgi", "vm_hash": "ab" * 32, "encoding": "plain",
-        "entrypoint": entrypoint, "code": code, "ip": None, "route": None, "dns_servers": [],
-        "volumes": [], "variables": {"GREETING": "hi"}, "ipv6": None, "ipv6_gateway": None,
+        "input_data": None,
+        "interface": "asgi",
+        "vm_hash": "ab" * 32,
+        "encoding": "plain",
+        "entrypoint": entrypoint,
+        "code": code,
+        "ip": None,
+        "route": None,
+        "dns_servers": [],
+        "volumes": [],
+        "variables": {"GREETING": "hi"},
+        "ipv6": None,
+        "ipv6_gateway": None,
         "authorized_keys": None,
     }
 
 
 async def test_image_python_runs_init_in_dev_mode(mounted_rootfs: Path, tmp_path: Path):
-    assert (mounted_rootfs / "opt/aleph/init/init1.py").is_file(), "the image holds no /opt/aleph/init/init1.py"
+    assert (mounted_rootfs / "opt/aleph/init/init1.py").is_file(), (
+        "the image holds no /opt/aleph/init/init1.py"
+    )
     socks = tmp_path / "socks"
     work = tmp_path / "work"
     socks.mkdir()

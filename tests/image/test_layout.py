@@ -22,9 +22,17 @@ PYTHON_DIRS = ("usr/lib/python3.11", "usr/lib/python3/dist-packages", "opt/aleph
 
 
 def chroot(mnt: Path, *cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    base_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "/opt/aleph/runtime:/opt/aleph/libs", "LC_ALL": "C.UTF-8"}
+    base_env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": "/opt/aleph/runtime:/opt/aleph/libs",
+        "LC_ALL": "C.UTF-8",
+    }
     return subprocess.run(
-        ["/usr/sbin/chroot", str(mnt), *cmd], env={**base_env, **(env or {})}, capture_output=True, text=True, timeout=120
+        ["/usr/sbin/chroot", str(mnt), *cmd],
+        env={**base_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -48,16 +56,20 @@ def test_init1_and_guest_runtime_installed(mounted_rootfs: Path):
 
 def test_imports_under_image_python_without_compiling(mounted_rootfs: Path):
     # Ours, the libraries of the issue, and every stripped extension module we know of.
-    mods = ("aleph_runtime, aleph_runtime.protocol, aleph_runtime.guest, aleph.sdk, uvloop, msgpack, fastapi, "
-            "aiohttp, pydantic, aleph_message, cryptography.hazmat.bindings._rust, cytoolz, coincurve, "
-            "nacl.bindings, yarl, multidict, frozenlist, propcache, regex, ckzg, pydantic_core, bitarray, "
-            "Crypto.Cipher.AES, Cryptodome.Cipher.AES, PIL.Image, aiohttp._http_parser")
+    mods = (
+        "aleph_runtime, aleph_runtime.protocol, aleph_runtime.guest, aleph.sdk, uvloop, msgpack, fastapi, "
+        "aiohttp, pydantic, aleph_message, cryptography.hazmat.bindings._rust, cytoolz, coincurve, "
+        "nacl.bindings, yarl, multidict, frozenlist, propcache, regex, ckzg, pydantic_core, bitarray, "
+        "Crypto.Cipher.AES, Cryptodome.Cipher.AES, PIL.Image, aiohttp._http_parser"
+    )
     if (mounted_rootfs / "opt/aleph/runtime/aleph_runtime/guest/main.py").exists():
         mods += ", aleph_runtime.guest.main"
     result = chroot(mounted_rootfs, "python3", "-OO", "-v", "-c", f"import {mods}")
     assert result.returncode == 0, result.stderr[-3000:]
     # -v reports where each module's code came from: only bytecode, never a stale one.
-    stale = [line for line in result.stderr.splitlines() if "bytecode is stale" in line or "could not" in line]
+    stale = [
+        line for line in result.stderr.splitlines() if "bytecode is stale" in line or "could not" in line
+    ]
     assert not stale, stale[:20]
     loaded_from_pyc = [line for line in result.stderr.splitlines() if line.startswith("# code object from")]
     assert loaded_from_pyc and all(".opt-2.pyc" in line for line in loaded_from_pyc), [
@@ -68,9 +80,13 @@ def test_imports_under_image_python_without_compiling(mounted_rootfs: Path):
 def test_legacy_aleph_client_imports_under_image_python(mounted_rootfs: Path):
     # runtime/compat, where the init appends it to a program's sys.path (last).
     compat = mounted_rootfs / "opt/aleph/runtime/compat/aleph_client"
-    assert (compat / "asynchronous.py").read_bytes() == (REPO / "runtime/compat/aleph_client/asynchronous.py").read_bytes()
-    mods = ("aleph_client.asynchronous, aleph_client.chains.remote, aleph_client.chains.ethereum, "
-            "aleph_client.vm.cache, aleph_client.vm.app, aleph_client.conf, aleph_client.types")
+    assert (compat / "asynchronous.py").read_bytes() == (
+        REPO / "runtime/compat/aleph_client/asynchronous.py"
+    ).read_bytes()
+    mods = (
+        "aleph_client.asynchronous, aleph_client.chains.remote, aleph_client.chains.ethereum, "
+        "aleph_client.vm.cache, aleph_client.vm.app, aleph_client.conf, aleph_client.types"
+    )
     env = {"PYTHONPATH": "/opt/aleph/runtime:/opt/aleph/libs:/opt/aleph/runtime/compat"}
     result = chroot(mounted_rootfs, "python3", "-OO", "-c", f"import {mods}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -117,12 +133,18 @@ def test_manifest_matches(rootfs: Path, mounted_rootfs: Path):
     data = rootfs.read_bytes()
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["size"] == len(data)
-    assert manifest["compression"] == "gzip" and manifest["compression_level"] == 6 and manifest["profile"] == "lean"
+    assert (
+        manifest["compression"] == "gzip"
+        and manifest["compression_level"] == 6
+        and manifest["profile"] == "lean"
+    )
     assert manifest["python"].startswith("3.11.")
 
     dpkg = subprocess.run(
         ["dpkg-query", f"--admindir={mounted_rootfs}/var/lib/dpkg", "-W", "-f=${Package}\t${Version}\n"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert manifest["debian_packages"] == dict(line.split("\t") for line in dpkg.splitlines())
     for pkg in ("python3", "openssh-server", "iproute2", "ca-certificates"):

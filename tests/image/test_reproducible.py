@@ -32,7 +32,9 @@ def test_two_builds_are_bit_identical(rootfs: Path, tmp_path_factory):
     # `rootfs` first: the cached standard build warms the debootstrap stage.
     dirs = [tmp_path_factory.mktemp(f"build{i}") for i in (1, 2)]
     try:
-        cold = tmp_path_factory.mktemp("cold-cache") if os.environ.get("ALEPH_TEST_REPRO_COLD") == "1" else None
+        cold = (
+            tmp_path_factory.mktemp("cold-cache") if os.environ.get("ALEPH_TEST_REPRO_COLD") == "1" else None
+        )
         images = [
             image.ensure_rootfs(out=dirs[0], rebuild_python=True),
             image.ensure_rootfs(out=dirs[1], rebuild_python=True, cache=cold),

@@ -36,7 +36,10 @@ def mirrors(tmp_path: Path, files: dict[str, str]) -> tuple[str, str]:
         (etc / name).write_text(text)
     script = f'. "{REPO}/rootfs-build/common.sh"; debian_mirror; echo "sec=$(debian_security_mirror)"'
     result = subprocess.run(
-        ["sh", "-c", script], capture_output=True, text=True, check=True,
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PATH": "/usr/bin:/bin", "APT_ETC": str(etc), "ALEPH_RUNTIME_CACHE": str(tmp_path / "cache")},
     )
     main, sec = result.stdout.splitlines()
@@ -44,19 +47,29 @@ def mirrors(tmp_path: Path, files: dict[str, str]) -> tuple[str, str]:
 
 
 def test_mirror_from_deb822_sources(tmp_path: Path):
-    assert mirrors(tmp_path, {"sources.list.d/debian.sources": (
-        "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
-        "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
-        "Suites: bookworm-security\nComponents: main\n"
-    ), "sources.list.d/other.sources": "Types: deb\nURIs: https://elsewhere.example/apt\nSuites: nodistro\n"}) == (
-        "http://mirror.example/debian", "http://mirror.example/debian-security")
+    assert mirrors(
+        tmp_path,
+        {
+            "sources.list.d/debian.sources": (
+                "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+                "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
+                "Suites: bookworm-security\nComponents: main\n"
+            ),
+            "sources.list.d/other.sources": "Types: deb\nURIs: https://elsewhere.example/apt\nSuites: nodistro\n",
+        },
+    ) == ("http://mirror.example/debian", "http://mirror.example/debian-security")
 
 
 def test_mirror_from_one_line_sources(tmp_path: Path):
-    assert mirrors(tmp_path, {"sources.list": (
-        "deb [arch=amd64 signed-by=/x.gpg] http://m.example/debian bookworm main\n"
-        "deb http://m.example/debian-security bookworm-security main\n"
-    )}) == ("http://m.example/debian", "http://m.example/debian-security")
+    assert mirrors(
+        tmp_path,
+        {
+            "sources.list": (
+                "deb [arch=amd64 signed-by=/x.gpg] http://m.example/debian bookworm main\n"
+                "deb http://m.example/debian-security bookworm-security main\n"
+            )
+        },
+    ) == ("http://m.example/debian", "http://m.example/debian-security")
 
 
 def test_wrapper_rejects_unknown_profile_and_compression():

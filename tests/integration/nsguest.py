@@ -57,9 +57,7 @@ def make_ext4(path: Path, files: dict[str, bytes] | None = None, size_mb: int = 
             (source / name).write_bytes(content)
     with open(path, "wb") as image:
         image.truncate(size_mb << 20)
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", *(["-d", str(source)] if source else []), str(path)], check=True
-    )
+    subprocess.run(["mkfs.ext4", "-q", "-F", *(["-d", str(source)] if source else []), str(path)], check=True)
     return path
 
 
@@ -69,7 +67,9 @@ def make_squashfs(path: Path, files: dict[str, bytes]) -> Path:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_bytes(content)
     subprocess.run(
-        ["mksquashfs", str(source), str(path), "-noappend", "-quiet", "-all-root"], check=True, stdout=subprocess.DEVNULL
+        ["mksquashfs", str(source), str(path), "-noappend", "-quiet", "-all-root"],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     return path
 

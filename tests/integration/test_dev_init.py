@@ -62,7 +62,9 @@ async def test_lifespan_shutdown_runs_at_halt_and_not_before(init, tmp_path, nam
 
 
 async def test_lifespan_state_and_variables_reach_the_app(init):
-    await init.configure(program_config(program("starlette_app.py"), "main:app", variables={"GREETING": "hi"}))
+    await init.configure(
+        program_config(program("starlette_app.py"), "main:app", variables={"GREETING": "hi"})
+    )
     assert json_body(await init.client.http("GET", "/")) == {"state": "lifespan", "env": "hi"}
     env = json_body(await init.client.http("GET", "/env"))
     assert env["ALEPH_API_HOST"] == "http://localhost"
@@ -88,7 +90,10 @@ async def test_64_mib_body_without_length_prefix(init):
     import hashlib
 
     assert json_body(answer) == {
-        "length": 64 << 20, "sha256": hashlib.sha256(body).hexdigest(), "query": "a=1", "header": "yes"
+        "length": 64 << 20,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "query": "a=1",
+        "header": "yes",
     }
 
 
@@ -107,7 +112,7 @@ async def test_app_exception_answers_a_traceback_and_later_calls_work(init):
     assert (await init.client.http("GET", "/"))["headers"]["status"] == 200
 
 
-PLAIN_WITH_HELPER = b'''
+PLAIN_WITH_HELPER = b"""
 def greeting(name):
     return f"hello {name}"
 
@@ -115,7 +120,7 @@ async def app(scope, receive, send):
     await receive()
     await send({"type": "http.response.start", "status": 200, "headers": [[b"content-type", b"text/plain"]]})
     await send({"type": "http.response.body", "body": greeting("plain").encode()})
-'''
+"""
 
 
 @pytest.mark.parametrize("entrypoint", ["main:app", "app"])
@@ -140,7 +145,14 @@ def package(tmp_path: Path) -> Path:
     return source
 
 
-@pytest.mark.parametrize("encoding, pack", [("tar.gz", lambda d: tar_directory(d, "gz")), ("tar", lambda d: tar_directory(d, "xz")), ("zip", zip_directory)])
+@pytest.mark.parametrize(
+    "encoding, pack",
+    [
+        ("tar.gz", lambda d: tar_directory(d, "gz")),
+        ("tar", lambda d: tar_directory(d, "xz")),
+        ("zip", zip_directory),
+    ],
+)
 async def test_packages_in_archives(init, tmp_path, encoding, pack):
     await init.configure(program_config(pack(package(tmp_path)), "webapp.server:app", encoding=encoding))
     assert (await init.client.http("GET", "/"))["body"]["body"] == b"from a package"
@@ -249,14 +261,14 @@ async def test_malformed_and_oversized_calls_get_error_answers(tmp_path):
 
 
 async def test_event_reaches_the_program_and_its_answer_is_the_body(init):
-    code = b'''
+    code = b"""
 from aleph.sdk.vm.app import AlephApp
 app = AlephApp(http_app=None)
 
 @app.event(filters=[{"channel": "TEST"}])
 async def on_event(event):
     return {"seen": event["body"]["item_hash"]}
-'''
+"""
     await init.configure(program_config(code, "main:app"))
     assert await init.client.event({"item_hash": "c0ffee", "channel": "TEST"}) == {"seen": "c0ffee"}
 
@@ -283,7 +295,7 @@ async def test_output_data_is_the_zip_of_data(init):
     input_data = io.BytesIO()
     with zipfile.ZipFile(input_data, "w") as archive:
         archive.writestr("seed.txt", "seed")
-    code = b'''
+    code = b"""
 import os
 async def app(scope, receive, send):
     await receive()
@@ -292,7 +304,7 @@ async def app(scope, receive, send):
         out.write("written")
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
-'''
+"""
     await init.configure(program_config(code, "main:app", input_data=input_data.getvalue()))
     answer = await init.client.http("GET", "/")
     with zipfile.ZipFile(io.BytesIO(answer["output_data"])) as archive:

@@ -32,7 +32,7 @@ IN_PROCESS_CONFIGS = 20_000
 IN_PROCESS_CALLS = 20_000
 THROUGH_THE_INIT = 300
 
-APP = b'''
+APP = b"""
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return {"echo": scope.get("body")}
@@ -40,7 +40,7 @@ async def app(scope, receive, send):
     body = repr((scope["method"], scope["path"], scope["query_string"], len(message.get("body", b"")))).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [[b"x-echo", b"1"]]})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
 async def echo_app(scope, receive, send):
@@ -246,7 +246,9 @@ async def test_a_dev_init_answers_hundreds_of_mutated_requests_and_still_halts(s
             elif index < THROUGH_THE_INIT // 5:
                 data = refused_config_frame(rng, bases)
             else:
-                data = _unguarded_first_byte(rng, run_request(rng) if rng.random() < 0.9 else config_frame(rng, bases))
+                data = _unguarded_first_byte(
+                    rng, run_request(rng) if rng.random() < 0.9 else config_frame(rng, bases)
+                )
             answer = await exchange(init, data)
             assert answer, f"no answer to {data[:80]!r}"
             decoded = protocol.unpack(answer)  # whole msgpack, nothing else on the connection

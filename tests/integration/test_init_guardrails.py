@@ -36,6 +36,7 @@ def needs_root(test):
         test = mark(test)
     return test
 
+
 #: `unshare -n` before the init: loopback only, so an executable's port 8080 is the test's own.
 PRIVATE_NETWORK = {
     "python": "unshare",
@@ -61,7 +62,9 @@ async def executable_init(tmp_path, short_dir):
         pytest.skip("needs root for a network namespace")
     instance = DevInit(short_dir / "vm", env={"ALEPH_MAX_RESPONSE_BYTES": str(CAP)}, **PRIVATE_NETWORK)
     await instance.start()
-    code = zip_bytes({"run.sh": b'#!/bin/sh\nexec python3 "$(dirname "$0")/server.py" 8080\n', "server.py": SERVER})
+    code = zip_bytes(
+        {"run.sh": b'#!/bin/sh\nexec python3 "$(dirname "$0")/server.py" 8080\n', "server.py": SERVER}
+    )
     await instance.configure(program_config(code, "run.sh", encoding="zip", interface="executable"))
     yield instance
     await instance.stop()
@@ -96,7 +99,9 @@ async def eventually(check, timeout: float = 15):
 async def abandon(init: DevInit, path: str, count: int, body: bytes = b"") -> None:
     """`count` calls the host gives up on once all of them reached the program, as the
     supervisor gives up at `seconds`: it closes each connection."""
-    calls = [asyncio.ensure_future(init.client.http("POST", path, body=body, timeout=300)) for _ in range(count)]
+    calls = [
+        asyncio.ensure_future(init.client.http("POST", path, body=body, timeout=300)) for _ in range(count)
+    ]
     reached = await eventually(lambda: _hanging(init, count))
     for call in calls:
         call.cancel()
@@ -128,7 +133,10 @@ async def test_abandoned_asgi_calls_are_cancelled_and_their_descriptors_closed(i
     await abandon(init, "/hang", 40, body=b"b" * 100_000)
     settled = await eventually(lambda: _settled(init))
     assert settled == {"hanging": 0, "cancelled": 40}, settled
-    assert await eventually(lambda: descriptors(init.process.pid) <= before), (descriptors(init.process.pid), before)
+    assert await eventually(lambda: descriptors(init.process.pid) <= before), (
+        descriptors(init.process.pid),
+        before,
+    )
     assert await halts(init)
 
 
@@ -142,7 +150,9 @@ async def test_a_half_closed_call_is_still_answered(init):
     """A client that only shuts down its writing side still reads: the call goes on."""
     await init.configure(program_config(APP, "main:app"))
     reader, writer = await asyncio.open_unix_connection(init.uds_path)
-    writer.write(protocol.connect_line(protocol.INIT_PORT) + protocol.run_request(protocol.http_scope("GET", "/")))
+    writer.write(
+        protocol.connect_line(protocol.INIT_PORT) + protocol.run_request(protocol.http_scope("GET", "/"))
+    )
     await writer.drain()
     writer.write_eof()
     await reader.readline()
@@ -252,7 +262,9 @@ async def test_halt_is_answered_during_a_long_extraction(tmp_path):
     entries = 30_000
     files = {"main.py": APP, **{f"d{index // 1000}/f{index}": b"" for index in range(entries)}}
     async with DevInit(tmp_path / "vm") as init:
-        configure = asyncio.ensure_future(init.configure(program_config(zip_bytes(files), "main:app", encoding="zip")))
+        configure = asyncio.ensure_future(
+            init.configure(program_config(zip_bytes(files), "main:app", encoding="zip"))
+        )
         opt = init.root / "opt"
         assert await eventually(lambda: opt.is_dir() and any(opt.iterdir()), timeout=60)
         result = await init.client.halt()  # the supervisor's 5 s
@@ -277,7 +289,7 @@ async def test_after_a_failed_start_every_call_answers_the_start_error_and_its_t
 
 
 async def test_the_dev_init_adopts_and_reaps_its_programs_orphans(init):
-    code = b'''
+    code = b"""
 import subprocess
 async def app(scope, receive, send):
     await receive()
@@ -285,7 +297,7 @@ async def app(scope, receive, send):
     out = subprocess.run(["sh", "-c", "sleep 1 >/dev/null 2>&1 & echo $!"], capture_output=True).stdout
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": out.strip()})
-'''
+"""
     await init.configure(program_config(code, "main:app"))
     orphan = int((await init.client.http("GET", "/"))["body"]["body"])
     parent = Path(f"/proc/{orphan}/stat").read_text().rsplit(")", 1)[1].split()[1]

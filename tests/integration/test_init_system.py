@@ -165,7 +165,9 @@ async def test_kernel_words_in_argv_are_ignored_by_pid1(boot):
 
 async def test_exception_during_halt_still_unmounts(boot, volume_images):
     squash, ext4 = volume_images
-    vm, answer = await boot(devices={"vdc": squash, "vdd": ext4}, volumes=VOLUMES, variables={"FAIL_AT_SHUTDOWN": "1"})
+    vm, answer = await boot(
+        devices={"vdc": squash, "vdd": ext4}, volumes=VOLUMES, variables={"FAIL_AT_SHUTDOWN": "1"}
+    )
     assert answer == {"success": True}, getattr(answer, "traceback", "")
     await vm.get("/write", "survives a failing shutdown")
     result = await vm.client.halt()
@@ -340,7 +342,8 @@ async def test_halt_fits_the_supervisors_budget_with_a_stubborn_executable(boot,
 async def test_executable_from_squashfs_code_without_execute_bit(boot, tmp_path):
     """Squashfs code is read-only: a script that lacks +x runs through its shebang."""
     image = make_squashfs(
-        tmp_path / "code.squashfs", {"run.sh": EXECUTABLE, "server.py": (PROGRAMS / "http_echo_server.py").read_bytes()}
+        tmp_path / "code.squashfs",
+        {"run.sh": EXECUTABLE, "server.py": (PROGRAMS / "http_echo_server.py").read_bytes()},
     )
     (tmp_path / "code.d" / "run.sh").chmod(0o644)
     subprocess.run(["mksquashfs", str(tmp_path / "code.d"), str(image), "-noappend", "-quiet", "-all-root"],
@@ -379,7 +382,9 @@ async def test_executable_from_plain_and_tar_code(boot, encoding):
     if encoding == "plain":
         code, entrypoint, path = PLAIN_SCRIPT, "serve.sh", "/"
     else:
-        code = _tar_gz({"bin/run.sh": EXECUTABLE, "bin/server.py": (PROGRAMS / "http_echo_server.py").read_bytes()})
+        code = _tar_gz(
+            {"bin/run.sh": EXECUTABLE, "bin/server.py": (PROGRAMS / "http_echo_server.py").read_bytes()}
+        )
         entrypoint, path = "bin/run.sh", "/echo"
     vm, answer = await boot(code=code, encoding=encoding, entrypoint=entrypoint, interface="executable")
     assert answer == {"success": True}, getattr(answer, "traceback", "") + vm.log()

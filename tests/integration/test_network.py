@@ -44,7 +44,9 @@ def test_eth0_addresses_routes_and_resolv_conf():
         routes = json.loads(box.run(["ip", "-j", "route"]).stdout)
         assert {"dst": "default", "gateway": "10.77.0.1", "dev": "eth0"}.items() <= routes[0].items()
         routes6 = json.loads(box.run(["ip", "-j", "-6", "route"]).stdout)
-        assert any(r["dst"] == "default" and r.get("gateway") == "fc00:77::1" and r["dev"] == "eth0" for r in routes6)
+        assert any(
+            r["dst"] == "default" and r.get("gateway") == "fc00:77::1" and r["dev"] == "eth0" for r in routes6
+        )
         assert box.read_file("/etc/resolv.conf") == "nameserver 10.77.0.1\nnameserver fc00:77::1\n"
     assert host_file_snapshot() == before
 

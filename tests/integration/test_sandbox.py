@@ -55,7 +55,9 @@ def test_writes_stay_private_and_stop_leaves_nothing(tmp_path):
 
 
 def test_pid1_that_ignores_sigterm_is_killed():
-    box = Sandbox(["/bin/sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"], stdout=subprocess.PIPE)
+    box = Sandbox(
+        ["/bin/sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"], stdout=subprocess.PIPE
+    )
     box.start()
     assert box.process.stdout.readline() == b"up\n"
     started = time.monotonic()

@@ -79,8 +79,11 @@ def test_squashfs_and_ext4_mounted_and_writes_survive_unmount(volume_images):
 
 def test_busy_volume_is_still_flushed(volume_images):
     squash, ext4 = volume_images
-    result = run_python(SCRIPT % json.dumps(VOLUMES), volumes={"vdc": squash, "vdd": ext4},
-                        env={**guest_env(), "KEEP_OPEN": "1"})
+    result = run_python(
+        SCRIPT % json.dumps(VOLUMES),
+        volumes={"vdc": squash, "vdd": ext4},
+        env={**guest_env(), "KEEP_OPEN": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert "/mnt/store" not in json.loads(result.stdout)["after"]
     assert read_from_image(ext4, "/busy") == b"still open at halt"

@@ -30,7 +30,13 @@ async def app(scope, receive, send):
         finally:
             stats["hanging"] -= 1
     if path == "/endless":
-        await send({"type": "http.response.start", "status": 200, "headers": [[b"content-type", b"text/event-stream"]]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [[b"content-type", b"text/event-stream"]],
+            }
+        )
         filler = b"data: " + b"x" * 65536
         try:
             while True:

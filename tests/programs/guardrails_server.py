@@ -36,7 +36,11 @@ async def handle(reader, writer):
             return
         if path == "/endless-chunked":
             piece = b"x" * 65536
-            await endless(writer, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"10000\r\n" + piece + b"\r\n")
+            await endless(
+                writer,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"10000\r\n" + piece + b"\r\n",
+            )
         if path == "/endless-eof":
             await endless(writer, b"HTTP/1.1 200 OK\r\n\r\n", b"y" * 65536)
         if path == "/endless-head":

@@ -40,8 +40,14 @@ async def stream(request):
 
 async def echo(request):
     body = await request.body()
-    return JSONResponse({"length": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-                         "query": request.url.query, "header": request.headers.get("x-test")})
+    return JSONResponse(
+        {
+            "length": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "query": request.url.query,
+            "header": request.headers.get("x-test"),
+        }
+    )
 
 
 async def together(request):

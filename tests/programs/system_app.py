@@ -89,5 +89,7 @@ async def app(scope, receive, send):
     await receive()
     query = unquote(scope["query_string"].decode())  # percent-encoded, as from any server
     body = json.dumps(await _route(scope["path"], query)).encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
     await send({"type": "http.response.body", "body": body})

@@ -145,7 +145,9 @@ async def test_lifespan_state_reaches_requests():
     app = Starlette(routes=[Route("/", index)], lifespan=lifespan)
     lifespan_cycle = Lifespan(app)
     await lifespan_cycle.startup(timeout=5)
-    answer = protocol.unpack(await run_cycle(app, supervisor_scope(method="GET", path="/"), lifespan_cycle.app_state))
+    answer = protocol.unpack(
+        await run_cycle(app, supervisor_scope(method="GET", path="/"), lifespan_cycle.app_state)
+    )
     assert answer["body"]["body"] == b"from lifespan"
     await lifespan_cycle.shutdown(timeout=5)
 

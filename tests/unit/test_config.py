@@ -38,7 +38,12 @@ def test_v1_config_gets_a_24_when_the_supervisor_sends_no_mask():
 
 def test_v2_config_adds_ipv6_and_keys_and_ignores_unknown_keys():
     config = parse_config(
-        v1(ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1", authorized_keys=["ssh-ed25519 AAAA x"], future=1)
+        v1(
+            ipv6="fc00:1:2:3::2/64",
+            ipv6_gateway="fc00:1:2:3::1",
+            authorized_keys=["ssh-ed25519 AAAA x"],
+            future=1,
+        )
     )
     assert config.network.ipv6 == ipaddress.IPv6Interface("fc00:1:2:3::2/64")
     assert config.authorized_keys == ("ssh-ed25519 AAAA x",)

@@ -168,7 +168,10 @@ async def test_stop_terminates_the_whole_process_group(program):
     server_pid = json.loads((await prog.request(scope()))[2])["pid"]
     await prog.stop(grace=2)
     await asyncio.sleep(0.1)
-    assert not Path(f"/proc/{server_pid}").exists() or "Z" in Path(f"/proc/{server_pid}/stat").read_text().split()[2]
+    assert (
+        not Path(f"/proc/{server_pid}").exists()
+        or "Z" in Path(f"/proc/{server_pid}/stat").read_text().split()[2]
+    )
 
 
 async def test_script_without_shebang_runs_with_the_shell(program):

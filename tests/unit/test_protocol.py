@@ -86,7 +86,9 @@ async def test_read_config_refuses_a_bad_or_oversized_length_line():
 
 async def test_read_run_request_streams_a_request_split_over_reads():
     data = protocol.run_request(protocol.http_scope("POST", "/", body=b"x" * 10_000))
-    request = await protocol.read_run_request(_reader(data[100:5000], data[5000:], eof=False), data[:100], 1 << 20)
+    request = await protocol.read_run_request(
+        _reader(data[100:5000], data[5000:], eof=False), data[:100], 1 << 20
+    )
     assert request["scope"]["body"] == b"x" * 10_000
 
 

@@ -89,7 +89,12 @@ async def test_an_executable_body_at_the_cap_passes_and_one_byte_more_is_refused
         payload = body * size
         if b"chunked" in head:
             half = size // 2
-            payload = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, payload[:half], size - half, payload[half:])
+            payload = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+                half,
+                payload[:half],
+                size - half,
+                payload[half:],
+            )
         return (head % size if b"%d" in head else head) + payload
 
     _, _, read = await read_response(reader_of(response(CAP)), max_bytes=CAP)

@@ -9,7 +9,11 @@ from pathlib import Path
 
 from aleph_runtime.guest import ssh
 
-KEYS = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA1 one@test", "  ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA2 two@test  ", ""]
+KEYS = [
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA1 one@test",
+    "  ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA2 two@test  ",
+    "",
+]
 
 
 def test_authorized_keys_written_with_modes(tmp_path):
@@ -39,7 +43,7 @@ def test_no_keys_does_nothing(tmp_path):
 def test_host_keys_generated_in_the_background(tmp_path):
     # A stand-in for sshd that records its arguments: the machine's sshd is not ours to start.
     fake_sshd = tmp_path / "fake-sshd"
-    fake_sshd.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/sshd-args\n")
+    fake_sshd.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/sshd-args\n')
     fake_sshd.chmod(0o755)
     started = time.monotonic()
     ssh.setup_ssh(KEYS, str(tmp_path), sshd=str(fake_sshd))

@@ -69,7 +69,17 @@ class FakeGuest:
             fields = HEADER.unpack_from(data)
             src_cid, dst_cid, src_port, dst_port, length, _type, op, flags, buf_alloc, fwd_cnt = fields
             self.packets.append(
-                Packet(src_cid, dst_cid, src_port, dst_port, op, flags, buf_alloc, fwd_cnt, data[44 : 44 + length])
+                Packet(
+                    src_cid,
+                    dst_cid,
+                    src_port,
+                    dst_port,
+                    op,
+                    flags,
+                    buf_alloc,
+                    fwd_cnt,
+                    data[44 : 44 + length],
+                )
             )
         if repost and used:
             self.post_rx(len(used))

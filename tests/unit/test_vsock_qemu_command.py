@@ -40,7 +40,15 @@ def test_vsock_device_uses_the_backend_socket(tmp_path):
 
 def test_kernel_cmdline_and_another_init(tmp_path):
     line = vm(tmp_path, init="/opt/other/init", cmdline=["quiet"]).kernel_cmdline()
-    for arg in ("console=ttyS0", "reboot=k", "panic=1", "ro", "root=/dev/vda", "init=/opt/other/init", "quiet"):
+    for arg in (
+        "console=ttyS0",
+        "reboot=k",
+        "panic=1",
+        "ro",
+        "root=/dev/vda",
+        "init=/opt/other/init",
+        "quiet",
+    ):
         assert arg in line.split()
 
 
@@ -49,8 +57,10 @@ def test_kernel_cmdline_and_another_init(tmp_path):
     [
         (Network(ip="172.16.7.2", route="172.16.7.1"), ["net=172.16.7.0/24", "host=172.16.7.1"]),
         (Network(ip="10.1.2.66/26", route="10.1.2.65"), ["net=10.1.2.64/26", "host=10.1.2.65"]),
-        (Network(ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1"),
-         ["ipv6-net=fc00:1:2:3::/64", "ipv6-host=fc00:1:2:3::1"]),
+        (
+            Network(ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1"),
+            ["ipv6-net=fc00:1:2:3::/64", "ipv6-host=fc00:1:2:3::1"],
+        ),
         (Network(ipv6="fc00:1:2:3:4::2/80"), ["ipv6-net=fc00:1:2:3::/64"]),
     ],
 )
@@ -61,7 +71,9 @@ def test_user_network_matches_the_config(network, expected):
         assert item in netdev
     values = {kv.split("=")[0]: kv.split("=")[1] for kv in netdev if "=" in kv}
     if "host" in values:
-        assert len({values["host"], values["dns"], values["dhcpstart"], (network.ip or "").split("/")[0]}) == 4
+        assert (
+            len({values["host"], values["dns"], values["dhcpstart"], (network.ip or "").split("/")[0]}) == 4
+        )
 
 
 def test_microvm_uses_mmio_devices(tmp_path):

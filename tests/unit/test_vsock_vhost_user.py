@@ -30,7 +30,9 @@ class FrontEnd:
         self.sock.connect(path)
         self.sock.setblocking(False)
 
-    async def request(self, req: int, payload: bytes = b"", fds=(), need_reply=False, reply=True) -> bytes | None:
+    async def request(
+        self, req: int, payload: bytes = b"", fds=(), need_reply=False, reply=True
+    ) -> bytes | None:
         flags = vu.VHOST_USER_VERSION | (vu.FLAG_NEED_REPLY if need_reply else 0)
         data = vu.HEADER.pack(req, flags, len(payload)) + payload
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []

@@ -28,7 +28,9 @@ from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 logger = logging.getLogger("aleph_runtime.asgi")
 
 Message = dict[str, Any]
-ASGIApp = Callable[[dict, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [dict, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
 #: What the program sees as the server: the supervisor forwards from the node's port 80.
@@ -73,7 +75,7 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _KEPT_QUERY_ESCAPES = frozenset(b"+&=;")
 #: What a browser leaves as is in a query (WHATWG's query percent-encode set is the
 #: complement), less `%` and `+`, which would change what the string parses to.
-_QUERY_PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - set("\"#%+<>")
+_QUERY_PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('"#%+<>')
 #: Likewise for a path: `?` and `#` would end it, and the backtick and braces too.
 _PATH_PLAIN = _QUERY_PLAIN - set("?`{}") | {"+"}
 
@@ -143,7 +145,9 @@ IDENTITY = b"identity"
 
 def _request_headers(raw_headers: object) -> list[tuple[bytes, bytes]]:
     if not isinstance(raw_headers, (list, tuple)):
-        raise ScopeError(f"the supervisor's scope has headers that are {type(raw_headers).__name__}, not a list")
+        raise ScopeError(
+            f"the supervisor's scope has headers that are {type(raw_headers).__name__}, not a list"
+        )
     headers = []
     for pair in raw_headers:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
@@ -234,7 +238,10 @@ class HTTPCycle:
         if self.state is HTTPCycleState.REQUEST and kind == "http.response.start":
             self.status = int(message["status"])
             self.headers = [
-                [_as_bytes(n, "the application's header name"), _as_bytes(v, "the application's header value")]
+                [
+                    _as_bytes(n, "the application's header name"),
+                    _as_bytes(v, "the application's header value"),
+                ]
                 for n, v in message.get("headers", ())
             ]
             self.state = HTTPCycleState.RESPONSE
@@ -253,7 +260,9 @@ class HTTPCycle:
         elif self.state is HTTPCycleState.COMPLETE and kind == "http.response.body":
             raise CycleError("the application sent a body after its response was complete")
         else:
-            raise CycleError(f"the application sent {kind!r} while the response was in state {self.state.name}")
+            raise CycleError(
+                f"the application sent {kind!r} while the response was in state {self.state.name}"
+            )
 
     def _overflow(self) -> None:
         """Drop what was kept, and tell the app its client is gone (receive() answers
@@ -275,7 +284,9 @@ class HTTPCycle:
         if self.too_large:
             raise ResponseTooLarge(self.max_bytes)  # even when the app swallowed it
         if self.state is not HTTPCycleState.COMPLETE:
-            raise CycleError(f"the application returned without completing its response (state {self.state.name})")
+            raise CycleError(
+                f"the application returned without completing its response (state {self.state.name})"
+            )
 
 
 class EventCycleState(enum.Enum):
@@ -407,7 +418,9 @@ class Lifespan:
         try:
             await asyncio.wait_for(self._started.wait(), timeout)
         except TimeoutError:
-            raise LifespanFailure(f"the application's lifespan startup did not complete within {timeout:g} s") from None
+            raise LifespanFailure(
+                f"the application's lifespan startup did not complete within {timeout:g} s"
+            ) from None
         if self.state is LifespanState.FAILED:
             raise LifespanFailure(f"the application's lifespan startup failed: {self.error}")
 
@@ -416,7 +429,9 @@ class Lifespan:
             await _call(self.app, scope, self._receive, self._send)
         except BaseException as error:
             if self.state is LifespanState.STARTING:
-                logger.info("The application does not support the ASGI lifespan (%s: %s)", type(error).__name__, error)
+                logger.info(
+                    "The application does not support the ASGI lifespan (%s: %s)", type(error).__name__, error
+                )
                 self.state = LifespanState.UNSUPPORTED
             elif self.state in (LifespanState.STARTED, LifespanState.SHUTTING_DOWN):
                 logger.error("The application's lifespan raised: %s: %s", type(error).__name__, error)
@@ -444,7 +459,10 @@ class Lifespan:
             self.state = LifespanState.FAILED
             self.error = str(message.get("message", ""))
             self._started.set()
-        elif self.state is LifespanState.SHUTTING_DOWN and kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+        elif self.state is LifespanState.SHUTTING_DOWN and kind in (
+            "lifespan.shutdown.complete",
+            "lifespan.shutdown.failed",
+        ):
             if kind == "lifespan.shutdown.failed":
                 logger.error("The application's lifespan shutdown failed: %s", message.get("message", ""))
             self.state = LifespanState.SHUT_DOWN
@@ -469,7 +487,11 @@ class AsgiProgram:
     """An ASGI app started with its lifespan: each call is one cycle (`run_cycle`)."""
 
     def __init__(
-        self, app: ASGIApp, lifespan: Lifespan, data_export, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+        self,
+        app: ASGIApp,
+        lifespan: Lifespan,
+        data_export,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ):
         self.app = app
         self.lifespan = lifespan

@@ -161,11 +161,17 @@ def _looks_like_asgi(value: object) -> bool:
 
 def _missing_attribute(entrypoint: str, module_name: str, attribute: str, module: object) -> ConfigError:
     try:
-        names = [name for name, value in vars(module).items() if not name.startswith("_") and is_asgi_callable(value)]
+        names = [
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_") and is_asgi_callable(value)
+        ]
     except Exception:  # noqa: BLE001 - vars() of a hostile module object
         names = []
     if names:
-        listed = ", ".join(repr(name) for name in names[:MAX_LISTED]) + (", ..." if len(names) > MAX_LISTED else "")
+        listed = ", ".join(repr(name) for name in names[:MAX_LISTED]) + (
+            ", ..." if len(names) > MAX_LISTED else ""
+        )
         found = f"; its ASGI applications are {listed}: name one as '{module_name}:<name>'"
     else:
         found = "; it defines no ASGI application (an async callable taking scope, receive and send)"
@@ -206,10 +212,17 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
         except AttributeError:
             continue
         if candidate != attribute:
-            logger.info("The module %r has no %r: serving its %r (Django's convention)", module_name, attribute, candidate)
+            logger.info(
+                "The module %r has no %r: serving its %r (Django's convention)",
+                module_name,
+                attribute,
+                candidate,
+            )
         break
     else:
         raise _missing_attribute(config.entrypoint, module_name, attribute, module) from None
     if not callable(target):
-        raise ConfigError(f"the entrypoint {config.entrypoint!r} is not callable (it is a {type(target).__name__})")
+        raise ConfigError(
+            f"the entrypoint {config.entrypoint!r} is not callable (it is a {type(target).__name__})"
+        )
     return target

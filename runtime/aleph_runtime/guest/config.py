@@ -121,20 +121,26 @@ def _address(data: dict, key: str, parse, what: str):
 
 def _parse_network(data: dict) -> Network:
     # The supervisor strips the IPv4 mask; the init has always assumed /24.
-    ipv4 = _address(data, "ip", lambda raw: ipaddress.IPv4Interface(raw if "/" in raw else f"{raw}/24"), "an IPv4 address")
+    ipv4 = _address(
+        data, "ip", lambda raw: ipaddress.IPv4Interface(raw if "/" in raw else f"{raw}/24"), "an IPv4 address"
+    )
     ipv4_gateway = _address(data, "route", ipaddress.IPv4Address, "an IPv4 address")
     ipv6 = _address(data, "ipv6", ipaddress.IPv6Interface, "an IPv6 address with its prefix")
     ipv6_gateway = _address(data, "ipv6_gateway", ipaddress.IPv6Address, "an IPv6 address")
     servers = _require(data, "dns_servers", list, optional=True) or []
     if len(servers) > MAX_DNS_SERVERS:
-        raise ConfigError(f"the field 'dns_servers' has {len(servers)} entries; at most {MAX_DNS_SERVERS} are accepted")
+        raise ConfigError(
+            f"the field 'dns_servers' has {len(servers)} entries; at most {MAX_DNS_SERVERS} are accepted"
+        )
     for index, server in enumerate(servers):
         try:
             if not isinstance(server, str):
                 raise TypeError  # ip_address() takes an int too, which no resolv.conf can hold
             ipaddress.ip_address(server)
         except (TypeError, ValueError):
-            raise ConfigError(f"the field 'dns_servers[{index}]' must be an IP address, not {server!r}") from None
+            raise ConfigError(
+                f"the field 'dns_servers[{index}]' must be an IP address, not {server!r}"
+            ) from None
     return Network(ipv4, ipv4_gateway, ipv6, ipv6_gateway, tuple(servers))
 
 
@@ -171,7 +177,8 @@ def parse_config(data: object) -> Config:
     input_data = _require(data, "input_data", bytes, optional=True)
 
     volumes = tuple(
-        _parse_volume(index, raw) for index, raw in enumerate(_require(data, "volumes", list, optional=True) or [])
+        _parse_volume(index, raw)
+        for index, raw in enumerate(_require(data, "volumes", list, optional=True) or [])
     )
     if encoding is Encoding.SQUASHFS and not any(volume.mount == "/opt/code" for volume in volumes):
         raise ConfigError("the encoding 'squashfs' needs a volume mounted at /opt/code, and there is none")

@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 RACY_WINDOW_NS = 50_000_000
 
 
-def unpack_input_data(data: bytes, data_dir: str = "/data", max_unpacked: int = DEFAULT_MAX_UNPACKED_BYTES) -> None:
+def unpack_input_data(
+    data: bytes, data_dir: str = "/data", max_unpacked: int = DEFAULT_MAX_UNPACKED_BYTES
+) -> None:
     """Extract the input_data zip into data_dir, refusing anything that would escape it.
 
     Raises ArchiveError (a ConfigError) for a hostile or broken archive.
@@ -101,7 +103,9 @@ class DataExport:
             except OSError:
                 continue  # a dangling symlink, or removed under our feet
             relative = prefix + entry.name
-            out.append((relative, info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
+            out.append(
+                (relative, info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+            )
             if info.st_mtime_ns >= racy_after or info.st_ctime_ns >= racy_after:
                 racy = True
             if stat.S_ISDIR(info.st_mode) and not entry.is_symlink():

@@ -38,8 +38,17 @@ logger = logging.getLogger(__name__)
 
 #: Request headers not passed on: hop-by-hop, or rewritten by us.
 _DROPPED_REQUEST_HEADERS = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"content-length", b"te", b"upgrade",
-     b"trailer", b"expect"}
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"content-length",
+        b"te",
+        b"upgrade",
+        b"trailer",
+        b"expect",
+    }
 )
 #: Response headers not passed back: the body is given whole, de-chunked.
 _DROPPED_RESPONSE_HEADERS = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
@@ -114,6 +123,7 @@ class _OutputCopier:
     def last_lines(self, count: int = OUTPUT_TAIL_LINES) -> str:
         lines = bytes(self._tail).decode("utf-8", "replace").replace("\r\n", "\n").splitlines()
         return "\n".join(lines[-count:])
+
 
 class ResponseTooLarge(HTTPProtocolError):
     """The program's response outgrew the cap: the rest of it is not read."""
@@ -235,7 +245,11 @@ class ExecutableProgram:
             if ran_for > self.restart_reset_after:
                 delay = self.restart_delay
             logger.warning(
-                "%s exited with %s after %.1f s; restarting in %.1f s", self.path, _describe(status), ran_for, delay
+                "%s exited with %s after %.1f s; restarting in %.1f s",
+                self.path,
+                _describe(status),
+                ran_for,
+                delay,
             )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -300,7 +314,9 @@ class ExecutableProgram:
         """Proxy one scope; (status, headers, body). 503 with a loading page while the
         server does not accept connections within `connect_timeout`."""
         if scope.get("type") != "http":
-            raise ValueError(f"an executable program answers HTTP calls only, not {scope.get('type')!r} scopes")
+            raise ValueError(
+                f"an executable program answers HTTP calls only, not {scope.get('type')!r} scopes"
+            )
         method = str(scope.get("method") or "GET").upper()
         if not method or not set(method.encode()) <= _TOKEN_CHARS:
             raise ValueError(f"invalid HTTP method {method!r}")
@@ -313,7 +329,11 @@ class ExecutableProgram:
             if connection is None:
                 if self.failed_start is not None and not self._running():
                     return self._failed_start_answer()
-                return 503, [[b"content-type", b"text/html; charset=utf-8"], [b"retry-after", b"2"]], LOADING_PAGE
+                return (
+                    503,
+                    [[b"content-type", b"text/html; charset=utf-8"], [b"retry-after", b"2"]],
+                    LOADING_PAGE,
+                )
             reader, writer = connection
             try:
                 writer.write(request)
@@ -410,7 +430,9 @@ async def read_response(
         line = await reader.readline()
         head_bytes += len(line)
         if head_bytes > MAX_RESPONSE_HEAD_BYTES:
-            raise HTTPProtocolError(f"the program's response head is larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
+            raise HTTPProtocolError(
+                f"the program's response head is larger than {MAX_RESPONSE_HEAD_BYTES} bytes"
+            )
         return line
 
     while True:
@@ -480,7 +502,9 @@ async def _read_chunked(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
             while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
                 trailer_bytes += len(line)  # trailers, dropped
                 if trailer_bytes > MAX_RESPONSE_HEAD_BYTES:
-                    raise HTTPProtocolError(f"the program's trailers are larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
+                    raise HTTPProtocolError(
+                        f"the program's trailers are larger than {MAX_RESPONSE_HEAD_BYTES} bytes"
+                    )
             return bytes(body)
         if len(body) + size > max_bytes:
             raise ResponseTooLarge(max_bytes)

@@ -130,7 +130,9 @@ class Init:
 
     # --- configuration ---
 
-    async def _answer_config(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+    async def _answer_config(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
+    ) -> None:
         try:
             payload = await protocol.read_config(reader, first, self.settings.max_request_bytes)
         except protocol.RequestTooLarge as error:
@@ -138,8 +140,12 @@ class Init:
             return
         except asyncio.IncompleteReadError as error:
             # A peer that half-closed still reads: tell it, and wait for a whole one.
-            await self._send(writer, protocol.config_failure(
-                f"the connection ended after {len(error.partial)} bytes of the configuration"))
+            await self._send(
+                writer,
+                protocol.config_failure(
+                    f"the connection ended after {len(error.partial)} bytes of the configuration"
+                ),
+            )
             return
         await self._send(writer, await self.configure(payload))
 
@@ -166,8 +172,12 @@ class Init:
                 self.state = InitState.FAILED
             return protocol.config_failure(message, detail)
         self.state = InitState.SERVING
-        logger.info("Program started (%s, %s) in %.0f ms", config.interface.value, config.encoding.value,
-                    (time.monotonic() - started) * 1000)
+        logger.info(
+            "Program started (%s, %s) in %.0f ms",
+            config.interface.value,
+            config.encoding.value,
+            (time.monotonic() - started) * 1000,
+        )
         return protocol.config_success()
 
     def _environment(self, config: Config) -> dict[str, str]:
@@ -190,14 +200,18 @@ class Init:
             await self._apply_system(config)
         elif config.volumes and self.paths.root != Path("/"):
             # With root "/" (dev mode in private namespaces) the host has put them in place.
-            logger.warning("Dev mode: volumes are not mounted; their content is expected under %s", self.paths.root)
+            logger.warning(
+                "Dev mode: volumes are not mounted; their content is expected under %s", self.paths.root
+            )
         await self._start_guest_api_bridge()
         # Unpacking and key setup can take minutes (150,000 entries, host keys): they run
         # off the loop, which keeps answering, `halt` above all.
         if config.input_data:
             from aleph_runtime.guest.data import unpack_input_data
 
-            await _off_loop(unpack_input_data, config.input_data, str(self.paths.data), self.settings.max_unpacked_bytes)
+            await _off_loop(
+                unpack_input_data, config.input_data, str(self.paths.data), self.settings.max_unpacked_bytes
+            )
             self._stop_if_halting()
         if self.system and config.authorized_keys:
             from aleph_runtime.guest.ssh import setup_ssh
@@ -269,7 +283,9 @@ class Init:
 
     # --- calls ---
 
-    async def _answer_run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+    async def _answer_run(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
+    ) -> None:
         try:
             request = await protocol.read_run_request(reader, first, self.settings.max_request_bytes)
         except protocol.ProtocolError as error:
@@ -336,7 +352,9 @@ class Init:
             if self.state is InitState.FAILED:
                 # The program's own failure: the supervisor shows the traceback as the 500's
                 # body, so the start error's own traceback.
-                return protocol.error_answer(f"the program failed to start: {self.failure}", self.failure_detail)
+                return protocol.error_answer(
+                    f"the program failed to start: {self.failure}", self.failure_detail
+                )
             return protocol.init_error_answer(f"the init is not serving (state {self.state.name})")
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Call %s %s", scope.get("method"), scope.get("path"))
@@ -346,7 +364,9 @@ class Init:
             return protocol.error_answer(protocol.response_too_large(self.settings.max_response_bytes), "")
         return answer
 
-    async def _answer_command(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+    async def _answer_command(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
+    ) -> None:
         await self._answer_watched(reader, writer, self._command_output(first[1:].decode("utf-8", "replace")))
 
     async def _command_output(self, command: str) -> bytes:
@@ -376,12 +396,16 @@ class Init:
             linux.MANAGED_CHILDREN.discard(process.pid)
         if process.returncode:
             # Today's runtime prefixes a failing command's output with the error.
-            output[0:0] = f"Command '{command}' returned non-zero exit status {process.returncode}.\n".encode()
+            output[0:0] = (
+                f"Command '{command}' returned non-zero exit status {process.returncode}.\n".encode()
+            )
         return bytes(output)
 
     # --- halt ---
 
-    async def _answer_halt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+    async def _answer_halt(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
+    ) -> None:
         await protocol.read_halt(reader, first)
         logger.info("Halt requested by the host")
         await self.halt(writer)
@@ -446,8 +470,12 @@ async def _off_loop(function, *arguments):
             result, error = function(*arguments), None
         except BaseException as exception:  # noqa: BLE001 - handed to the awaiting task
             # SystemExit and the like would end the init: the step failed, nothing more.
-            result, error = None, exception if isinstance(exception, Exception) else RuntimeError(
-                f"{type(exception).__name__}: {exception}")
+            result, error = (
+                None,
+                exception
+                if isinstance(exception, Exception)
+                else RuntimeError(f"{type(exception).__name__}: {exception}"),
+            )
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(settle, result, error)
 
@@ -482,7 +510,11 @@ class _CallWatch:
     __slots__ = ("aged", "call", "half_close_passes", "host_gone", "reader", "task", "writer")
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: asyncio.Task, half_close_passes: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        call: asyncio.Task,
+        half_close_passes: bool,
     ):
         self.reader = reader
         self.writer = writer
@@ -516,7 +548,9 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def _host_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, half_close_passes: bool) -> None:
+async def _host_gone(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, half_close_passes: bool
+) -> None:
     """Return when the host has closed the connection; bytes it sends meanwhile are dropped.
 
     The supervisor never half-closes a call, but where a half-close can arrive (a Unix

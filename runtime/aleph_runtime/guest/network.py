@@ -73,13 +73,19 @@ class _Request:
 
 
 def link_up(index: int, name: str) -> _Request:
-    return _Request(f"setting {name} up", RTM_NEWLINK, 0, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP))
+    return _Request(
+        f"setting {name} up", RTM_NEWLINK, 0, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
+    )
 
 
-def add_address(index: int, name: str, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> _Request:
+def add_address(
+    index: int, name: str, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+) -> _Request:
     packed = interface.ip.packed
     if interface.version == 4:
-        body = _IFADDRMSG.pack(socket.AF_INET, interface.network.prefixlen, IFA_F_PERMANENT, RT_SCOPE_UNIVERSE, index)
+        body = _IFADDRMSG.pack(
+            socket.AF_INET, interface.network.prefixlen, IFA_F_PERMANENT, RT_SCOPE_UNIVERSE, index
+        )
         body += _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
     else:
         # No duplicate address detection: the supervisor assigns the address, and DAD
@@ -95,20 +101,36 @@ def add_default_route(
 ) -> _Request:
     family = socket.AF_INET if gateway.version == 4 else socket.AF_INET6
     body = _RTMSG.pack(
-        family, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0
+        family,
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_BOOT,
+        RT_SCOPE_UNIVERSE,
+        RTN_UNICAST,
+        RTNH_F_ONLINK if onlink else 0,
     )
     body += _attr(RTA_GATEWAY, gateway.packed) + _attr(RTA_OIF, struct.pack("=I", index))
-    return _Request(f"adding the default route via {gateway} on {name}", RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body)
+    return _Request(
+        f"adding the default route via {gateway} on {name}", RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body
+    )
 
 
 def netlink_transaction(requests: list[_Request]) -> list[int]:
     """Send the requests in one write, in order; return each one's errno (0 on success)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
+    with socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
+    ) as sock:
         sock.bind((0, 0))
         batch = bytearray()
         for seq, request in enumerate(requests, start=1):
             batch += _NLMSGHDR.pack(
-                _NLMSGHDR.size + len(request.body), request.kind, NLM_F_REQUEST | NLM_F_ACK | request.flags, seq, 0
+                _NLMSGHDR.size + len(request.body),
+                request.kind,
+                NLM_F_REQUEST | NLM_F_ACK | request.flags,
+                seq,
+                0,
             )
             batch += request.body
         sock.sendto(bytes(batch), (0, 0))
@@ -191,7 +213,9 @@ def configure_network(network: Network, resolv_conf: str = "/etc/resolv.conf") -
                     raise _fail(request, error)
         if index is not None:
             logger.info(
-                "%s: %s", INTERFACE, ", ".join(str(x) for x in (network.ipv4, network.ipv6) if x) or "no address"
+                "%s: %s",
+                INTERFACE,
+                ", ".join(str(x) for x in (network.ipv4, network.ipv6) if x) or "no address",
             )
 
     if network.dns_servers:

@@ -68,7 +68,8 @@ class Settings:
             root=root or environ.get("ALEPH_INIT_ROOT") or None,
             force_vsock=force_vsock,
             event_loop=environ.get("ALEPH_EVENT_LOOP", "uvloop"),
-            debug=environ.get("ALEPH_LOG_LEVEL", "").upper() == "DEBUG" or "aleph.debug" in kernel_cmdline.split(),
+            debug=environ.get("ALEPH_LOG_LEVEL", "").upper() == "DEBUG"
+            or "aleph.debug" in kernel_cmdline.split(),
             max_request_bytes=_number(environ, "ALEPH_MAX_REQUEST_BYTES", int, DEFAULT_MAX_REQUEST_BYTES),
             max_response_bytes=_number(environ, "ALEPH_MAX_RESPONSE_BYTES", int, DEFAULT_MAX_RESPONSE_BYTES),
             lifespan_startup_timeout=_number(

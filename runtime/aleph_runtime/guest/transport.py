@@ -187,7 +187,9 @@ class UnixTransport(Transport):
 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.base_path)
-        self._server = await asyncio.start_unix_server(accept, path=self.base_path, limit=STREAM_LIMIT, backlog=128)
+        self._server = await asyncio.start_unix_server(
+            accept, path=self.base_path, limit=STREAM_LIMIT, backlog=128
+        )
 
     async def open_host_connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_unix_connection(f"{self.base_path}_{port}", limit=STREAM_LIMIT)

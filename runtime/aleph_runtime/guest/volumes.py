@@ -55,7 +55,10 @@ def detect_filesystem(device_path: str | os.PathLike) -> str | None:
                 if incompat & _EXT4_INCOMPAT or ro_compat & _EXT4_RO_COMPAT:
                     return "ext4"
                 return "ext3" if compat & _EXT3_COMPAT_HAS_JOURNAL else "ext2"
-        if len(head) >= _EXT_SUPERBLOCK + 4 and head[_EXT_SUPERBLOCK : _EXT_SUPERBLOCK + 4] == b"\xe2\xe1\xf5\xe0":
+        if (
+            len(head) >= _EXT_SUPERBLOCK + 4
+            and head[_EXT_SUPERBLOCK : _EXT_SUPERBLOCK + 4] == b"\xe2\xe1\xf5\xe0"
+        ):
             return "erofs"
         device.seek(0x10040)
         if device.read(8) == b"_BHRfS_M":
@@ -80,7 +83,9 @@ def _mount_one(volume: Volume, dev_dir: str) -> MountedVolume:
     try:
         fstype = detect_filesystem(device_path)
     except OSError as error:
-        raise ConfigError(f"{where} cannot be mounted: {device_path} cannot be read ({error.strerror})") from None
+        raise ConfigError(
+            f"{where} cannot be mounted: {device_path} cannot be read ({error.strerror})"
+        ) from None
     if fstype is None:
         raise ConfigError(f"{where} cannot be mounted: no known filesystem on {device_path}")
     read_only = volume.read_only or fstype in ("squashfs", "erofs")
@@ -89,7 +94,9 @@ def _mount_one(volume: Volume, dev_dir: str) -> MountedVolume:
     try:
         os.makedirs(volume.mount, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"{where} cannot be mounted: {volume.mount} cannot be created ({error.strerror})") from None
+        raise ConfigError(
+            f"{where} cannot be mounted: {volume.mount} cannot be created ({error.strerror})"
+        ) from None
     flags = linux.MS_RDONLY if read_only else 0
     try:
         linux.mount(device_path, volume.mount, fstype, flags)

@@ -103,13 +103,16 @@ class Machine(abc.ABC):
         if not waiting.done() or waiting.cancelled():
             detail = self.failure_detail()
             raise MachineExited(
-                f"the machine exited (status {exited.result()}) before its ready signal" + (f"\n{detail}" if detail else "")
+                f"the machine exited (status {exited.result()}) before its ready signal"
+                + (f"\n{detail}" if detail else "")
             )
         try:
             return waiting.result()
         except TimeoutError:
             detail = self.failure_detail()
-            raise TimeoutError(f"no ready signal within {timeout} s" + (f"\n{detail}" if detail else "")) from None
+            raise TimeoutError(
+                f"no ready signal within {timeout} s" + (f"\n{detail}" if detail else "")
+            ) from None
 
     async def configure(self, config: dict, timeout: float = 60) -> dict:
         """Send the configuration; ConfigurationRejected when the program cannot start."""

@@ -46,7 +46,12 @@ class DevInit(CommandMachine):
         super().__init__(
             [python, *python_flags, str(self.init_path)],
             uds_path,
-            env={**os.environ, "ALEPH_VSOCK_UDS": str(uds_path), "ALEPH_INIT_ROOT": str(self.root), **(env or {})},
+            env={
+                **os.environ,
+                "ALEPH_VSOCK_UDS": str(uds_path),
+                "ALEPH_INIT_ROOT": str(self.root),
+                **(env or {}),
+            },
             stdout=stdout,
             stderr=stderr,
             new_session=new_session,
@@ -99,7 +104,14 @@ def _unshare_command() -> list[str]:
     if os.geteuid() != 0:
         # Unprivileged overlays keep their metadata in user.* xattrs (kernels >= 5.11); a
         # kernel that locks /'s submounts refuses them still, and dev mode falls back.
-        command = ["env", "ALEPH_DEV_OVERLAY_OPTIONS=userxattr,", "unshare", "--user", "--map-root-user", *command[1:]]
+        command = [
+            "env",
+            "ALEPH_DEV_OVERLAY_OPTIONS=userxattr,",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            *command[1:],
+        ]
     return command
 
 
@@ -196,7 +208,16 @@ class DevMachine:
         binds += [str(self.run_dir), str(self.run_dir), "rw"]
         for mount, target, read_only in self.placed:
             binds += [str(target), mount, "ro" if read_only else "rw"]
-        return (*_unshare_command(), "/bin/sh", "-c", _NAMESPACE_SCRIPT, "aleph-dev", str(mounts), *binds, "--")
+        return (
+            *_unshare_command(),
+            "/bin/sh",
+            "-c",
+            _NAMESPACE_SCRIPT,
+            "aleph-dev",
+            str(mounts),
+            *binds,
+            "--",
+        )
 
     async def start(self) -> dict:
         if self.namespaced:

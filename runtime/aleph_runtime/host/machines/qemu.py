@@ -35,7 +35,9 @@ class QemuMachine:
         (Debian's kernel and initramfs on q35). `images`: a restarted machine reuses its
         predecessor's, so no cache check runs on the loop."""
         if shutil.which("qemu-system-x86_64") is None:
-            raise SetupError("qemu-system-x86_64 is not installed (Debian's qemu-system-x86; scripts/setup.sh)")
+            raise SetupError(
+                "qemu-system-x86_64 is not installed (Debian's qemu-system-x86; scripts/setup.sh)"
+            )
         if images is None:
             try:
                 images = find_images(kernel, profile, compression)

@@ -142,10 +142,18 @@ class Sandbox:
         stderr=None,
     ):
         self.command = list(command)
-        self.env = dict(env) if env is not None else {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        self.env = (
+            dict(env)
+            if env is not None
+            else {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        )
         self.cwd = cwd
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="aleph-sandbox-", dir="/var/tmp"))
+        self.workdir = (
+            Path(workdir)
+            if workdir is not None
+            else Path(tempfile.mkdtemp(prefix="aleph-sandbox-", dir="/var/tmp"))
+        )
         self.volumes = dict(volumes or {})
         self.veth = veth
         self.binds = [os.path.abspath(os.fspath(path)) for path in binds]
@@ -292,7 +300,18 @@ class Sandbox:
         pid = self.pid
         if pid is None:
             raise RuntimeError("the sandbox is not running")
-        args = ["nsenter", "--target", str(pid), "--mount", "--uts", "--net", "--pid", "--root", "--wd", *command]
+        args = [
+            "nsenter",
+            "--target",
+            str(pid),
+            "--mount",
+            "--uts",
+            "--net",
+            "--pid",
+            "--root",
+            "--wd",
+            *command,
+        ]
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         return subprocess.run(args, check=check, **kwargs)
@@ -344,7 +363,18 @@ def read_from_image(image: str | os.PathLike, path: str, fstype: str | None = No
         f'mount {fstype_option}-o ro "$1" "$d" && cat "$d$2"'
     )
     result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", os.fspath(image), path],
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            script,
+            "sh",
+            os.fspath(image),
+            path,
+        ],
         capture_output=True,
     )
     if result.returncode != 0:

@@ -86,40 +86,88 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("path", nargs="?", metavar="PATH", help="the program: a .py file, directory, zip, tar or squashfs")
-    run.add_argument("--entrypoint", help="`module:app` for Python ASGI, or the executable's path in the code")
+    run.add_argument(
+        "path", nargs="?", metavar="PATH", help="the program: a .py file, directory, zip, tar or squashfs"
+    )
+    run.add_argument(
+        "--entrypoint", help="`module:app` for Python ASGI, or the executable's path in the code"
+    )
     run.add_argument("--encoding", choices=list(Encoding), help="how the code is sent")
     run.add_argument("--interface", choices=list(INTERFACE_NAMES), help="default: from the entrypoint")
-    run.add_argument("--volume", "-v", action="append", default=[], metavar="SPEC", help="a volume (see below)")
-    run.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="a program variable")
+    run.add_argument(
+        "--volume", "-v", action="append", default=[], metavar="SPEC", help="a volume (see below)"
+    )
+    run.add_argument(
+        "--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="a program variable"
+    )
     run.add_argument("--memory", type=int, metavar="MiB", help="the VM's memory (default 512; vm mode only)")
     run.add_argument("--vcpus", type=int, help="the VM's vCPUs (default 1; vm mode only)")
-    run.add_argument("--profile", choices=("lean", "full"),
-                     help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
-                          "official image); built through the cache on first use (vm mode only)")
-    run.add_argument("--compression", choices=("gzip", "zstd"),
-                     help="the runtime image's squashfs compression (gzip: what nodes' kernels read; vm only)")
-    run.add_argument("--seconds", type=float, default=30, help="each call's time limit (resources.seconds; 30)")
-    run.add_argument("--mode", choices=("vm", "dev"), default="vm",
-                     help="vm: the runtime image in QEMU (default); dev: the init as a local process, no VM")
-    run.add_argument("--kernel", choices=("node", "debian"), help="vm mode: node (default), the kernel built as a "
-                     "node's (microvm, virtio-mmio, no initramfs); debian, Debian's kernel and initramfs on q35")
+    run.add_argument(
+        "--profile",
+        choices=("lean", "full"),
+        help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
+        "official image); built through the cache on first use (vm mode only)",
+    )
+    run.add_argument(
+        "--compression",
+        choices=("gzip", "zstd"),
+        help="the runtime image's squashfs compression (gzip: what nodes' kernels read; vm only)",
+    )
+    run.add_argument(
+        "--seconds", type=float, default=30, help="each call's time limit (resources.seconds; 30)"
+    )
+    run.add_argument(
+        "--mode",
+        choices=("vm", "dev"),
+        default="vm",
+        help="vm: the runtime image in QEMU (default); dev: the init as a local process, no VM",
+    )
+    run.add_argument(
+        "--kernel",
+        choices=("node", "debian"),
+        help="vm mode: node (default), the kernel built as a "
+        "node's (microvm, virtio-mmio, no initramfs); debian, Debian's kernel and initramfs on q35",
+    )
     run.add_argument("--host", default="127.0.0.1", help="the HTTP front's address (127.0.0.1)")
-    run.add_argument("--port", "-p", type=int, help="the HTTP front's port (8080, or 8081 for an executable in dev "
-                     "mode, which itself listens on 8080; 0 for any free one)")
-    run.add_argument("--state-dir", type=Path, help="signing key, Redis data, persistent volumes, logs "
-                     "(default /var/lib/aleph-runtime as root, else ~/.local/state/aleph-runtime)")
-    run.add_argument("--api-server", help="the aleph API server the guest API proxies to "
-                     "(default https://official.aleph.cloud)")
+    run.add_argument(
+        "--port",
+        "-p",
+        type=int,
+        help="the HTTP front's port (8080, or 8081 for an executable in dev "
+        "mode, which itself listens on 8080; 0 for any free one)",
+    )
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        help="signing key, Redis data, persistent volumes, logs "
+        "(default /var/lib/aleph-runtime as root, else ~/.local/state/aleph-runtime)",
+    )
+    run.add_argument(
+        "--api-server",
+        help="the aleph API server the guest API proxies to (default https://official.aleph.cloud)",
+    )
     run.add_argument("--redis-url", help="use this Redis for the cache instead of starting one")
-    run.add_argument("--vm-hash", help="the program's item hash (default: derived from PATH, stable across runs)")
-    run.add_argument("--env-file", action="append", default=[], metavar="FILE",
-                     help="program variables from a dotenv file (KEY=VALUE lines, # comments, quotes); "
-                     "--env wins over it")
-    run.add_argument("--watch", action="store_true", help="restart the program when one of its files changes "
-                     "(re-packed; the image, kernel, volumes, cache and key are kept)")
-    run.add_argument("--verbose", action="store_true",
-                     help="everything: the VM's console (kernel included) or the init's whole log, and the host's logs")
+    run.add_argument(
+        "--vm-hash", help="the program's item hash (default: derived from PATH, stable across runs)"
+    )
+    run.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="program variables from a dotenv file (KEY=VALUE lines, # comments, quotes); --env wins over it",
+    )
+    run.add_argument(
+        "--watch",
+        action="store_true",
+        help="restart the program when one of its files changes "
+        "(re-packed; the image, kernel, volumes, cache and key are kept)",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="everything: the VM's console (kernel included) or the init's whole log, and the host's logs",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no access-log line per request")
 
     event = commands.add_parser(
@@ -129,8 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and --content) to a running `aleph-runtime run`, as a node delivers the messages a program "
         "subscribes to; print the program's answer (JSON) on stdout.",
     )
-    event.add_argument("file", nargs="?", metavar="FILE|-", help="the message as JSON (default: built from options)")
-    event.add_argument("--url", default="http://127.0.0.1:8080/", help="the running node (http://127.0.0.1:8080/)")
+    event.add_argument(
+        "file", nargs="?", metavar="FILE|-", help="the message as JSON (default: built from options)"
+    )
+    event.add_argument(
+        "--url", default="http://127.0.0.1:8080/", help="the running node (http://127.0.0.1:8080/)"
+    )
     event.add_argument("--type", default="POST", help="the built message's type (POST)")
     event.add_argument("--channel", default="TEST", help="the built message's channel (TEST)")
     event.add_argument("--content", default="{}", metavar="JSON", help="the built message's content ({})")
@@ -210,7 +262,11 @@ class LogTail:
         if len(self._partial) > 65536:  # a line without end: shown in pieces
             lines.append(self._partial)
             self._partial = b""
-        shown = [kept for line in lines if line and (kept := self.line_filter(line.decode(errors="replace"))) is not None]
+        shown = [
+            kept
+            for line in lines
+            if line and (kept := self.line_filter(line.decode(errors="replace"))) is not None
+        ]
         if shown:
             self.out.write("\n".join(shown) + "\n")
             self.out.flush()
@@ -271,19 +327,25 @@ def _options(args: argparse.Namespace):
         say("--profile and --compression choose the VM's image: dev mode runs with this machine's programs")
     if args.mode == "dev" and args.kernel is not None:
         say("--kernel applies to a VM: dev mode runs the init as a local process")
-    if args.vm_hash is not None and not (len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)):
+    if args.vm_hash is not None and not (
+        len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)
+    ):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
     port = args.port
     executable_on_host = args.mode == "dev" and program.interface is Interface.EXECUTABLE
     if executable_on_host:
         # The init's executables listen on 127.0.0.1:8080; in dev mode that is this machine's.
         if port == 8080:
-            raise NodeError("in dev mode an executable program listens on this machine's 127.0.0.1:8080 itself: "
-                            "give the front another --port")
+            raise NodeError(
+                "in dev mode an executable program listens on this machine's 127.0.0.1:8080 itself: "
+                "give the front another --port"
+            )
         check_port_free("127.0.0.1", 8080, "an executable program in dev mode listens on 127.0.0.1:8080")
         if port is None:
             port = 8081
-            say("the front listens on 8081: in dev mode the executable program itself listens on 127.0.0.1:8080")
+            say(
+                "the front listens on 8081: in dev mode the executable program itself listens on 127.0.0.1:8080"
+            )
     return NodeOptions(
         program=program, volumes=volumes, env=env, mode=args.mode,
         memory_mb=args.memory or 512, vcpus=args.vcpus or 1, seconds=args.seconds,

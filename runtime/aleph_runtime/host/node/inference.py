@@ -68,7 +68,9 @@ def _listing_zip(data: bytes) -> dict[str, bool]:
 def _listing_tar(path: Path) -> dict[str, bool]:
     with tarfile.open(path) as archive:
         return {
-            member.name.removeprefix("./"): bool(member.mode & 0o111) for member in archive.getmembers() if member.isfile()
+            member.name.removeprefix("./"): bool(member.mode & 0o111)
+            for member in archive.getmembers()
+            if member.isfile()
         }
 
 
@@ -78,7 +80,9 @@ def _listing_squashfs(image: Path) -> dict[str, bool]:
             ["unsquashfs", "-lls", "-d", "R", str(image)], check=True, capture_output=True, text=True
         ).stdout
     except FileNotFoundError:
-        raise SetupError("unsquashfs is not installed (Debian's squashfs-tools; scripts/setup.sh installs it)") from None
+        raise SetupError(
+            "unsquashfs is not installed (Debian's squashfs-tools; scripts/setup.sh installs it)"
+        ) from None
     except subprocess.CalledProcessError as error:
         raise NodeError(f"{image} is not a readable squashfs image: {error.stderr.strip()}") from None
     files = {}
@@ -119,7 +123,10 @@ def entrypoint_from_listing(files: dict[str, bool]) -> tuple[str, str]:
         return f"{module_prefix}app:app", f"app.py{where} -> ASGI `app`"
     python = [name for name in level if name.endswith(".py") and name[:-3].isidentifier()]
     if len(python) == 1:
-        return f"{module_prefix}{python[0][:-3]}:app", f"the only Python file, {python[0]}{where} -> ASGI `app`"
+        return (
+            f"{module_prefix}{python[0][:-3]}:app",
+            f"the only Python file, {python[0]}{where} -> ASGI `app`",
+        )
     raise NodeError(
         "cannot tell how to run this program: no main.py, no executable run.sh/run/start.sh/start/entrypoint.sh, "
         "no app.py and not exactly one .py file at its top level; give --entrypoint "

@@ -63,6 +63,7 @@ def is_boot_noise(line: str) -> bool:
     """A line of the kernel's or the boot scripts' (init0, initramfs) on the console."""
     return bool(_KERNEL_LINE.match(line) or _BOOT_SCRIPT_LINE.match(line))
 
+
 Progress = Callable[[str], None]
 
 
@@ -145,7 +146,9 @@ class StateLock:
 class LocalNode:
     """Host services + one machine + the program's configuration, started and stopped as one."""
 
-    def __init__(self, options: NodeOptions, progress: Progress = _no_progress, access_log: Progress | None = None):
+    def __init__(
+        self, options: NodeOptions, progress: Progress = _no_progress, access_log: Progress | None = None
+    ):
         self.options = options
         self.progress = progress
         #: Called with one line per request served (None: no access log).
@@ -234,7 +237,7 @@ class LocalNode:
             for key, value in variables.items():
                 for volume in self.options.volumes:
                     if value == volume.mount or value.startswith(volume.mount + "/"):
-                        variables[key] = rewrite(volume.mount) + value[len(volume.mount):]
+                        variables[key] = rewrite(volume.mount) + value[len(volume.mount) :]
                         break
         return variables or None
 
@@ -264,7 +267,9 @@ class LocalNode:
             except FileNotFoundError:
                 raise SetupError("unsquashfs is not installed (squashfs-tools; scripts/setup.sh)") from None
             except subprocess.CalledProcessError as error:
-                raise NodeError(f"unsquashfs {image} failed: {error.stderr.decode(errors='replace').strip()}") from None
+                raise NodeError(
+                    f"unsquashfs {image} failed: {error.stderr.decode(errors='replace').strip()}"
+                ) from None
             partial.rename(target)
         return target
 
@@ -343,7 +348,9 @@ class LocalNode:
 
         def add(path: Path, mount: str, read_only: bool) -> None:
             drives.append((path, read_only))
-            volumes.append({"mount": mount, "device": f"vd{chr(ord('b') + len(volumes))}", "read_only": read_only})
+            volumes.append(
+                {"mount": mount, "device": f"vd{chr(ord('b') + len(volumes))}", "read_only": read_only}
+            )
 
         if program.encoding is Encoding.SQUASHFS:
             image = program.image
@@ -356,7 +363,11 @@ class LocalNode:
                 add(self._persistent_image(volume), volume.mount, False)
             elif volume.source.is_dir():
                 self.progress(f"packing {volume.source} as squashfs for {volume.mount}")
-                add(squashfs_directory(volume.source, self.run_dir / f"volume{i}.squashfs"), volume.mount, True)
+                add(
+                    squashfs_directory(volume.source, self.run_dir / f"volume{i}.squashfs"),
+                    volume.mount,
+                    True,
+                )
             else:
                 add(volume.source, volume.mount, True)
         code = self._code()
@@ -371,7 +382,11 @@ class LocalNode:
         program = self.options.program
         if program.directory is None and program.code is not None:
             program.code = program.source.read_bytes()  # a .py file, a zip or tar archive
-        elif program.encoding is Encoding.SQUASHFS and self.options.mode == "vm" and program.directory is not None:
+        elif (
+            program.encoding is Encoding.SQUASHFS
+            and self.options.mode == "vm"
+            and program.directory is not None
+        ):
             squashfs_directory(program.directory, self.run_dir / "code.squashfs")
         elif program.encoding is Encoding.SQUASHFS and program.image is not None:
             raise NodeError("--watch cannot follow a squashfs image: restart the command after rebuilding it")
@@ -406,9 +421,13 @@ class LocalNode:
             api_server=self.options.api_server or DEFAULT_API_SERVER, redis_url=self.options.redis_url,
             host=self.options.host, port=self.options.port,
         )  # fmt: skip
-        self.progress("starting Redis and the guest API" if not self.options.redis_url else "starting the guest API")
+        self.progress(
+            "starting Redis and the guest API" if not self.options.redis_url else "starting the guest API"
+        )
         await self.services.start()
-        self.progress("booting the VM (QEMU)" if self.options.mode == "vm" else "starting the init (dev mode)")
+        self.progress(
+            "booting the VM (QEMU)" if self.options.mode == "vm" else "starting the init (dev mode)"
+        )
         await self._boot(self.machine, first=True)
         self.url = await self.services.start_front(
             becomes_ready=self.ensure_running, on_empty_answer=self.on_empty_answer,
@@ -429,7 +448,9 @@ class LocalNode:
             ready = await machine.start()
             ready_at = loop.time()
             if first:
-                self.progress(f"the init is ready (protocol {ready.get('version', '?')}); configuring the program")
+                self.progress(
+                    f"the init is ready (protocol {ready.get('version', '?')}); configuring the program"
+                )
             await machine.configure(self.config)
         except BaseException:
             self.machine = None
@@ -513,7 +534,9 @@ class LocalNode:
                 # A program that exited (sys.exit, os._exit) takes the init with it: its status says so.
                 # A VM first syncs its disks and powers off: longer than an init's exit.
                 with contextlib.suppress(asyncio.TimeoutError):
-                    status = await asyncio.wait_for(machine.wait(), 10 if isinstance(machine, QemuMachine) else 2)
+                    status = await asyncio.wait_for(
+                        machine.wait(), 10 if isinstance(machine, QemuMachine) else 2
+                    )
             what = "the VM powered off" if isinstance(machine, QemuMachine) else "the init exited"
             reason = f"{what} (status {status})" if status is not None else why
             last = self._last_words()
@@ -566,7 +589,9 @@ class LocalNode:
                 await asyncio.sleep(RESTART_BACKOFF[attempt - 1])
             if self._stopping:
                 return False
-            self.progress(f"starting a new {self._what} ({reason}" + (f", try {attempt + 1})" if attempt else ")"))
+            self.progress(
+                f"starting a new {self._what} ({reason}" + (f", try {attempt + 1})" if attempt else ")")
+            )
             began = loop.time()
             try:
                 async with self._lifecycle:
@@ -577,7 +602,11 @@ class LocalNode:
                     await self._boot(self._fresh_machine())
             except (ConfigurationRejected, OSError, RuntimeError, TimeoutError) as error:
                 last_error = error
-                detail = error.error if isinstance(error, ConfigurationRejected) else f"{type(error).__name__}: {error}"
+                detail = (
+                    error.error
+                    if isinstance(error, ConfigurationRejected)
+                    else f"{type(error).__name__}: {error}"
+                )
                 self.progress(f"start {attempt + 1}/{MAX_FAILED_STARTS} failed: {detail}")
                 continue
             self.progress(f"restarted in {loop.time() - began:.1f} s")
@@ -640,5 +669,6 @@ def check_port_free(host: str, port: int, why: str = "") -> None:
         except OSError as error:
             if why:
                 raise NodeError(f"{host}:{port} is taken ({error.strerror}): {why}") from None
-            raise NodeError(f"cannot listen on {host}:{port} ({error.strerror}): give another --port") from None
-
+            raise NodeError(
+                f"cannot listen on {host}:{port} ({error.strerror}): give another --port"
+            ) from None

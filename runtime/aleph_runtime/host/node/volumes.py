@@ -45,12 +45,16 @@ def parse_volume(text: str) -> VolumeSpec:
             key, sep, value = part.partition("=")
             key = key.strip().lower()
             if not sep or key not in ("mount", "source", "persistent", "name", "size"):
-                raise NodeError(f"--volume {text!r}: {part!r} is not one of mount=, source=, persistent=, size=")
+                raise NodeError(
+                    f"--volume {text!r}: {part!r} is not one of mount=, source=, persistent=, size="
+                )
             fields["persistent" if key == "name" else key] = value.strip()
     else:
         mount, sep, source = text.partition("=")
         if not sep:
-            raise NodeError(f"--volume {text!r}: expected MOUNT=SOURCE or mount=...,source=.../persistent=...")
+            raise NodeError(
+                f"--volume {text!r}: expected MOUNT=SOURCE or mount=...,source=.../persistent=..."
+            )
         fields = {"mount": mount, "source": source}
     mount = fields.get("mount", "")
     if not mount.startswith("/") or ".." in PurePosixPath(mount).parts:
@@ -63,7 +67,9 @@ def parse_volume(text: str) -> VolumeSpec:
     spec = VolumeSpec(mount=mount)
     if "persistent" in fields:
         if not _VOLUME_NAME.match(fields["persistent"]):
-            raise NodeError(f"--volume {text!r}: a persistent volume's name is letters, digits, _ . - (64 at most)")
+            raise NodeError(
+                f"--volume {text!r}: a persistent volume's name is letters, digits, _ . - (64 at most)"
+            )
         spec.persistent = fields["persistent"]
         if "size" in fields:
             spec.size_mib = parse_size_mib(fields["size"])

@@ -210,7 +210,9 @@ def _api_url(request: web.Request) -> URL:
 def _unreachable(request: web.Request, error: BaseException) -> web.Response:
     api_server = request.app[SETTINGS].api_server
     if isinstance(error, TimeoutError):
-        reason = f"aleph API server {api_server} did not answer within {request.app[SETTINGS].proxy_timeout:g} s"
+        reason = (
+            f"aleph API server {api_server} did not answer within {request.app[SETTINGS].proxy_timeout:g} s"
+        )
     else:
         reason = f"aleph API server {api_server} unreachable: {type(error).__name__}: {error}"
     logger.warning(_one_line(reason))
@@ -251,7 +253,9 @@ async def repost(request: web.Request) -> web.StreamResponse:
         message = _pubsub_message(parse_json(await request.read()))
         if message.get("type") not in ("POST", None):
             # The node publishes in its own name: only a post's content carries over.
-            return _error(400, f"the node re-publishes only POST messages, not {str(message.get('type'))[:20]}")
+            return _error(
+                400, f"the node re-publishes only POST messages, not {str(message.get('type'))[:20]}"
+            )
         content = parse_json(message["item_content"])
         post_content, post_type = content["content"], content["type"]
     except (ValueError, KeyError, TypeError) as error:
@@ -265,23 +269,32 @@ async def repost(request: web.Request) -> web.StreamResponse:
     account = await settings.signer.get_account()
     try:
         # Bounded from outside: aleph-sdk-python 2.4 mis-serialises JSON when given a timeout.
-        async with asyncio.timeout(settings.proxy_timeout), AuthenticatedAlephHttpClient(
-            account=account, api_server=settings.api_server, allow_unix_sockets=False
-        ) as client:
+        async with (
+            asyncio.timeout(settings.proxy_timeout),
+            AuthenticatedAlephHttpClient(
+                account=account, api_server=settings.api_server, allow_unix_sockets=False
+            ) as client,
+        ):
             new_content = PostContent(
                 type=post_type, address=account.get_address(), content=post_content,
                 ref=content.get("ref"), time=time.time(),
             )  # fmt: skip
             signed = await client.generate_signed_message(
-                message_type=MessageType.post, content=new_content.model_dump(exclude_none=True), channel=channel
+                message_type=MessageType.post,
+                content=new_content.model_dump(exclude_none=True),
+                channel=channel,
             )
-            broadcast = {"sync": False, "message": signed.model_dump(mode="json", include=client.BROADCAST_MESSAGE_FIELDS)}
+            broadcast = {
+                "sync": False,
+                "message": signed.model_dump(mode="json", include=client.BROADCAST_MESSAGE_FIELDS),
+            }
             # POSTed here rather than through create_post, whose errors lose the API's status.
             async with client.http_session.post("/api/v0/messages", json=broadcast) as response:
                 if response.status not in (200, 202):
                     reason = _one_line((await response.text())[:500])
                     return _error(
-                        response.status, f"aleph API server {settings.api_server} refused the message: {reason}"
+                        response.status,
+                        f"aleph API server {settings.api_server} refused the message: {reason}",
                     )
     except (aiohttp.ClientConnectionError, TimeoutError, OSError) as error:
         return _unreachable(request, error)
@@ -353,8 +366,8 @@ def create_guest_api_app(settings: GuestAPISettings) -> web.Application:
 class GuestAPIServer:
     """The guest API served on a Unix socket (`<uds>_53`), started and stopped in-process.
 
-        async with GuestAPIServer(guest_api_socket_path(uds), settings):
-            ...  # boot the VM
+    async with GuestAPIServer(guest_api_socket_path(uds), settings):
+        ...  # boot the VM
     """
 
     def __init__(self, socket_path: str | os.PathLike, settings: GuestAPISettings):

@@ -82,7 +82,9 @@ def b32_hostname(vm_hash: str) -> str:
 
 async def build_http_scope(path: str, request: web.Request) -> dict:
     """The scope exactly as aleph-vm's `build_asgi_scope` makes it."""
-    return protocol.http_scope(request.method, path, request.query_string, request.raw_headers, await request.read())
+    return protocol.http_scope(
+        request.method, path, request.query_string, request.raw_headers, await request.read()
+    )
 
 
 def traceback_response(result: dict) -> web.Response:
@@ -378,8 +380,8 @@ def create_front_app(
 class HTTPFront:
     """The front served on a TCP address, started and stopped in-process.
 
-        front = await HTTPFront(create_front_app(client, vm_hash, seconds), port=8080).start()
-        print(front.url)
+    front = await HTTPFront(create_front_app(client, vm_hash, seconds), port=8080).start()
+    print(front.url)
     """
 
     def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 8080):

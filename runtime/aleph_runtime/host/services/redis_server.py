@@ -33,7 +33,9 @@ class RedisServer:
             redis = redis.asyncio.from_url(server.url)
     """
 
-    def __init__(self, directory: str | os.PathLike, persistent: bool = True, executable: str = "redis-server"):
+    def __init__(
+        self, directory: str | os.PathLike, persistent: bool = True, executable: str = "redis-server"
+    ):
         self.directory = Path(directory)
         self.persistent = persistent
         self.executable = executable
@@ -103,7 +105,9 @@ class RedisServer:
             if self.socket_path.exists() and await self._ping():
                 return
             if loop.time() > deadline:
-                raise RedisServerError(f"redis-server did not answer on {self.socket_path} within {timeout} s")
+                raise RedisServerError(
+                    f"redis-server did not answer on {self.socket_path} within {timeout} s"
+                )
             await asyncio.sleep(0.02)
 
     async def _ping(self) -> bool:

@@ -277,7 +277,9 @@ class QemuVM(Machine):
                 if not line:
                     return
                 out.write(line)
-                self.console.append(ConsoleLine(time.monotonic() - self._t0, line.decode(errors="replace").rstrip()))
+                self.console.append(
+                    ConsoleLine(time.monotonic() - self._t0, line.decode(errors="replace").rstrip())
+                )
 
     async def _read_stderr(self) -> None:
         while True:
@@ -324,7 +326,7 @@ class QemuVM(Machine):
 
 
 def default_kernel() -> str:
-    """"node" (the node-like kernel), or what ALEPH_VM_KERNEL says ("node" or "debian")."""
+    """ "node" (the node-like kernel), or what ALEPH_VM_KERNEL says ("node" or "debian")."""
     kind = os.environ.get("ALEPH_VM_KERNEL") or "node"
     if kind not in ("node", "debian"):
         raise ValueError(f"ALEPH_VM_KERNEL={kind!r}: node or debian")
@@ -348,6 +350,10 @@ def find_images(
     from aleph_runtime.host.vmm import image  # imported here: it is only needed to build
 
     if kernel == "node":
-        return image.ensure_node_kernel().vmlinux, None, image.ensure_rootfs(profile or "lean", compression or "gzip")
+        return (
+            image.ensure_node_kernel().vmlinux,
+            None,
+            image.ensure_rootfs(profile or "lean", compression or "gzip"),
+        )
     files = image.ensure_kernel()
     return files.vmlinuz, files.initramfs, image.ensure_rootfs(profile or "lean", compression or "gzip")

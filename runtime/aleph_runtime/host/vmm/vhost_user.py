@@ -329,7 +329,9 @@ class VhostUserServer:
         if request == R.SET_FEATURES:
             (features,) = U64.unpack_from(payload)
             if features & ~self.features:
-                raise VhostUserError(f"front-end acked features we never offered: 0x{features & ~self.features:x}")
+                raise VhostUserError(
+                    f"front-end acked features we never offered: 0x{features & ~self.features:x}"
+                )
             self.acked_features = features
             return None
         if request == R.GET_PROTOCOL_FEATURES:
@@ -431,7 +433,9 @@ class VhostUserServer:
         count, _ = MEM_HEADER.unpack_from(payload)
         if count != len(fds):
             raise VhostUserError(f"SET_MEM_TABLE: {count} regions but {len(fds)} fds")
-        regions = [MEM_REGION.unpack_from(payload, MEM_HEADER.size + i * MEM_REGION.size) for i in range(count)]
+        regions = [
+            MEM_REGION.unpack_from(payload, MEM_HEADER.size + i * MEM_REGION.size) for i in range(count)
+        ]
         # Queues point into the old mapping: they must be rebuilt on the new one.
         running = [ring for ring in self.rings if ring.started]
         for ring in running:

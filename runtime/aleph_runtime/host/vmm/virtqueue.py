@@ -238,7 +238,9 @@ class SplitQueue:
         if avail_idx == self.last_avail:
             return None
         if (avail_idx - self.last_avail) & 0xFFFF > self.num:
-            raise VirtqueueError(f"available index {avail_idx} is more than {self.num} ahead of {self.last_avail}")
+            raise VirtqueueError(
+                f"available index {avail_idx} is more than {self.num} ahead of {self.last_avail}"
+            )
         head = U16.unpack_from(self.avail, 4 + 2 * (self.last_avail % self.num))[0]
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return self._walk(head)

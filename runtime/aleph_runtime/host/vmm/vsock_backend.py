@@ -223,7 +223,9 @@ class VsockDevice:
         self.queues: dict[int, SplitQueue] = {}
         self.notifiers: dict[int, Callable[[], None]] = {}
         self.streams: dict[tuple[int, int], Stream] = {}
-        self.control: collections.deque[tuple[Stream | None, int, int, tuple[int, int] | None]] = collections.deque()
+        self.control: collections.deque[tuple[Stream | None, int, int, tuple[int, int] | None]] = (
+            collections.deque()
+        )
         self.ready: collections.deque[Stream] = collections.deque()
         self.next_port = FIRST_HOST_PORT
         self._rx_scheduled = False
@@ -365,7 +367,9 @@ class VsockDevice:
 
     # --- packets to the guest (rx queue) ---
 
-    def send_control(self, stream: Stream | None, op: int, flags: int = 0, ports: tuple[int, int] | None = None) -> None:
+    def send_control(
+        self, stream: Stream | None, op: int, flags: int = 0, ports: tuple[int, int] | None = None
+    ) -> None:
         """Queue a packet with no payload; `ports` (host, guest) for a reset of no stream."""
         self.control.append((stream, op, flags, ports))
         self.schedule_rx()
@@ -452,7 +456,9 @@ class VsockDevice:
         stream, op, flags, ports = item
         if stream is None:
             host_port, guest_port = ports
-            header = HEADER.pack(self.host_cid, self.guest_cid, host_port, guest_port, 0, TYPE_STREAM, op, flags, 0, 0)
+            header = HEADER.pack(
+                self.host_cid, self.guest_cid, host_port, guest_port, 0, TYPE_STREAM, op, flags, 0, 0
+            )
         else:
             if op == Op.CREDIT_UPDATE:
                 stream.update_queued = False
@@ -521,7 +527,9 @@ class VsockDevice:
             self.stats["tx_bytes"] += len(data)
 
     def _on_packet(self, data: bytes, touched: dict[Stream, list[bytes]]) -> None:
-        src_cid, dst_cid, src_port, dst_port, length, type_, op, flags, buf_alloc, fwd_cnt = HEADER.unpack_from(data)
+        src_cid, dst_cid, src_port, dst_port, length, type_, op, flags, buf_alloc, fwd_cnt = (
+            HEADER.unpack_from(data)
+        )
         payload = memoryview(data)[HEADER_SIZE : HEADER_SIZE + length]
         if src_cid != self.guest_cid:
             log.debug("packet from CID %d ignored", src_cid)
@@ -642,7 +650,9 @@ class VsockBackend:
         ... start QEMU with -chardev socket,path=/run/vm/vhost.sock ...
     """
 
-    def __init__(self, socket_path: str | os.PathLike, uds_path: str | os.PathLike, guest_cid: int = protocol.GUEST_CID):
+    def __init__(
+        self, socket_path: str | os.PathLike, uds_path: str | os.PathLike, guest_cid: int = protocol.GUEST_CID
+    ):
         self.device = VsockDevice(uds_path, guest_cid)
         self.server = VhostUserServer(socket_path, self.device)
 
@@ -677,7 +687,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cid", type=int, default=protocol.GUEST_CID)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
 
     async def serve() -> None:
         async with VsockBackend(args.socket, args.uds, args.cid):
