@@ -302,8 +302,29 @@ async def app(scope, receive, send):
     orphan = int((await init.client.http("GET", "/"))["body"]["body"])
     parent = Path(f"/proc/{orphan}/stat").read_text().rsplit(")", 1)[1].split()[1]
     assert int(parent) == init.process.pid
-    # Once it exits, the init reaps it: no zombie is left under it.
-    assert await eventually(lambda: not Path(f"/proc/{orphan}").exists(), timeout=15)
+    # Once it exits, the init reaps it (after linux.ORPHAN_GRACE): no zombie is left under it.
+    assert await eventually(lambda: not Path(f"/proc/{orphan}").exists(), timeout=40)
+    assert await halts(init)
+
+
+async def test_a_programs_own_subprocesses_keep_their_exit_status(init):
+    """The program's children are the init's children: PID 1's orphan reaper must leave
+    them to the program (asyncio's child watcher, uvloop's SIGCHLD handler, subprocess),
+    or their status is lost (255, -1) or, under uvloop, process.wait() never returns."""
+    code = b"""
+import asyncio, subprocess
+async def app(scope, receive, send):
+    await receive()
+    slow = await asyncio.create_subprocess_exec("sh", "-c", "sleep 2.5; exit 7")
+    popen = subprocess.Popen(["sh", "-c", "exit 5"])
+    await asyncio.sleep(2)  # past a reaper sweep while popen's child is a zombie
+    statuses = [await asyncio.wait_for(slow.wait(), 20), popen.wait()]
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": repr(statuses).encode()})
+"""
+    await init.configure(program_config(code, "main:app"))
+    answer = await init.client.http("GET", "/", timeout=30)
+    assert answer.get("body", {}).get("body") == b"[7, 5]", answer
     assert await halts(init)
 
 

@@ -549,7 +549,7 @@ def _describe(status: int | None) -> str:
 
 
 def _register(pid: int) -> None:
-    # PID 1's zombie reaper (linux.reap_children) must leave this child to the loop's watcher.
+    # PID 1's zombie reaper (linux.OrphanReaper) must leave this child to the loop's watcher.
     from aleph_runtime.guest import linux
 
     linux.MANAGED_CHILDREN.add(pid)

@@ -490,14 +490,13 @@ def install_signal_handlers(init: Init) -> None:
 
 
 async def reap_orphans_forever(interval: float = 1.0) -> None:
-    """PID 1 adopts every orphan; reap those nobody else waits for.
-
-    Peek with WNOWAIT first: a child the event loop's own watcher waits for (a debug
-    command, the executable program) must be left for it, or its exit status is lost.
-    """
+    """PID 1 adopts every orphan; reap those nobody else waits for (`linux.OrphanReaper`:
+    the program's own children are left to the program)."""
+    reaper = linux.OrphanReaper()
+    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
-        linux.reap_children()
+        reaper.sweep(loop.time())
 
 
 #: A call is watched for its host's going away once it has run this long (up to twice).

@@ -136,50 +136,67 @@ def set_child_subreaper() -> None:
 
 
 #: Children whose exit status someone else waits for (asyncio's child watcher, for the
-#: executable program): PID 1's zombie reaper must leave them alone, or their status is
-#: lost (asyncio then reports 255 and warns).
+#: executable program): PID 1's zombie reaper leaves them alone at once, whatever their age.
 MANAGED_CHILDREN: set[int] = set()
 
+#: How long a zombie child may wait for its owner before PID 1 reaps it as an orphan.
+ORPHAN_GRACE = 10.0
 
-def reap_children() -> list[tuple[int, int]]:
-    """Reap every exited child except those in MANAGED_CHILDREN; [(pid, wait status)].
 
-    PID 1 calls it every second (`init.reap_orphans_forever`): a SIGCHLD handler would
-    compete with asyncio's own child watcher for the same signal. It peeks with waitid(WNOWAIT) before reaping, so a
-    managed child's status stays for its owner. When a managed zombie is first in line,
-    the other zombies are found through /proc (their parent is us, their state Z).
+class OrphanReaper:
+    """Reaps the zombies nobody waits for, and only those.
+
+    An in-process ASGI program's own children (subprocess.Popen, asyncio's subprocesses)
+    are PID 1's children too, indistinguishable from the orphans it adopts. Reaping every
+    exited child at once would steal their status from the program: Popen.wait() then
+    answers 0, asyncio 255, and uvloop's process.wait() never returns. So a zombie is
+    reaped only once it has waited ORPHAN_GRACE seconds: an owner collects its child on
+    SIGCHLD or when it waits, well within that; an orphan has no owner and goes then.
     """
-    reaped: list[tuple[int, int]] = []
-    while True:
+
+    def __init__(self, grace: float = ORPHAN_GRACE):
+        self.grace = grace
+        self.first_seen: dict[int, float] = {}
+
+    def sweep(self, now: float) -> list[tuple[int, int]]:
+        """Reap the zombies seen for `grace` seconds; [(pid, wait status)]."""
         try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            # One cheap peek (WNOWAIT reaps nothing) before reading /proc.
+            waiting = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            return reaped
-        if info is None or info.si_pid == 0:
-            return reaped
-        if info.si_pid in MANAGED_CHILDREN:
-            break
-        try:
-            pid, status = os.waitpid(info.si_pid, os.WNOHANG)
-        except ChildProcessError:
-            continue  # reaped meanwhile by its owner
-        if pid:
-            reaped.append((pid, status))
-    # A managed zombie blocks the peek: look for the others one by one.
-    me = str(os.getpid())
+            waiting = None
+        if waiting is None or waiting.si_pid == 0:
+            self.first_seen.clear()
+            return []
+        zombies = _zombie_children() - MANAGED_CHILDREN
+        # A pid is not reused while it is a zombie: one seen again is the same child.
+        self.first_seen = {pid: self.first_seen.get(pid, now) for pid in zombies}
+        reaped = []
+        for pid, since in list(self.first_seen.items()):
+            if now - since < self.grace:
+                continue
+            del self.first_seen[pid]
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # its owner collected it meanwhile
+            if got:
+                reaped.append((got, status))
+        return reaped
+
+
+def _zombie_children() -> set[int]:
+    """Our children that have exited and are not yet waited for, from /proc."""
+    me = str(os.getpid()).encode()
+    found = set()
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in MANAGED_CHILDREN:
+        if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as file:
                 fields = file.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] == b"Z" and fields[1].decode() == me:
-            try:
-                pid, status = os.waitpid(int(name), os.WNOHANG)
-            except ChildProcessError:
-                continue
-            if pid:
-                reaped.append((pid, status))
-    return reaped
+        if fields[0] == b"Z" and fields[1] == me:
+            found.add(int(name))
+    return found
