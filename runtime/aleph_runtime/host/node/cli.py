@@ -35,6 +35,21 @@ from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
 
+
+def exit_status(error: BaseException) -> int:
+    """The command's exit status for the error that ended it, the one table for every
+    command: 3 the program failed to start, 2 a bad PATH, option or message (the user's
+    to fix), 1 anything else (this machine lacks something, the init or VM failed)."""
+    from aleph_runtime.host.errors import NodeError, SetupError
+    from aleph_runtime.host.supervisor import ConfigurationRejected
+
+    if isinstance(error, ConfigurationRejected):
+        return EXIT_PROGRAM
+    if isinstance(error, NodeError) and not isinstance(error, SetupError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
 EPILOG = """\
 how PATH is read (options override):
   a directory          packed as zip (--encoding tar|squashfs to change); entrypoint: main.py -> main:app,
@@ -372,6 +387,24 @@ async def _watch_program(node, initial) -> None:
     await watch(node.options.program.source, restart, initial=initial)
 
 
+def report_failed_start(error: BaseException, what: str, log_path: Path, verbose: bool) -> int:
+    """Say why the machine or program did not start; the command's exit status."""
+    from aleph_runtime.host.supervisor import ConfigurationRejected
+
+    if isinstance(error, ConfigurationRejected):
+        say(f"the program failed to start: {error.error}")
+        if error.traceback:
+            print(textwrap.indent(error.traceback.rstrip(), "  "), file=sys.stderr)
+        if not verbose:
+            say(f"the {what}'s log is {log_path}")
+    else:
+        say(f"could not start: {type(error).__name__}: {error}")
+        if not verbose and log_tail(log_path) and "console:" not in str(error):
+            say(f"last lines of the {what}'s log ({log_path}):")
+            print(textwrap.indent(log_tail(log_path), "  "), file=sys.stderr)
+    return exit_status(error)
+
+
 async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
     """Start the node, print its URL, run until Ctrl-C/SIGTERM or until the node gives up; stop it.
     `watch_from`: with --watch, the program's files as they were before it was packed."""
@@ -438,19 +471,15 @@ async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
         interrupted.cancel()
         try:
             url = starting.result()
-        except ConfigurationRejected as error:
-            say(f"the program failed to start: {error.error}")
-            if error.traceback:
-                print(textwrap.indent(error.traceback.rstrip(), "  "), file=sys.stderr)
-            if not verbose:
-                say(f"the {what}'s log is {node.log_path}")
-            return EXIT_PROGRAM
-        except (InitError, RedisServerError, OSError, TimeoutError, RuntimeError) as error:
-            say(f"could not start: {type(error).__name__}: {error}")
-            if not verbose and log_tail(node.log_path) and "console:" not in str(error):
-                say(f"last lines of the {what}'s log ({node.log_path}):")
-                print(textwrap.indent(log_tail(node.log_path), "  "), file=sys.stderr)
-            return EXIT_FAILED
+        except (
+            ConfigurationRejected,
+            InitError,
+            RedisServerError,
+            OSError,
+            TimeoutError,
+            RuntimeError,
+        ) as error:
+            return report_failed_start(error, what, node.log_path, verbose)
         hash_url = f"{url}vm/{node.vm_hash}/"
         print(f"Program running at {url}  (also {hash_url}); Ctrl-C to stop", flush=True)
         say(node.startup_report())
@@ -468,14 +497,7 @@ async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
             interrupted.cancel()
             error = gave_up.result()
             say(f"the program failed to start {MAX_FAILED_STARTS} times in a row: giving up")
-            if isinstance(error, ConfigurationRejected):
-                say(f"the program failed to start: {error.error}")
-                if error.traceback:
-                    print(textwrap.indent(error.traceback.rstrip(), "  "), file=sys.stderr)
-                status = EXIT_PROGRAM
-            else:
-                say(f"could not start: {type(error).__name__}: {error}")
-                status = EXIT_FAILED
+            status = report_failed_start(error, what, node.log_path, verbose=True)
         else:
             gave_up.cancel()
         if watching is not None:
@@ -499,7 +521,7 @@ async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aleph_runtime.host.errors import NodeError, SetupError
+    from aleph_runtime.host.errors import NodeError
     from aleph_runtime.host.node.local import LocalNode, check_port_free
     from aleph_runtime.host.node.watch import snapshot
 
@@ -514,17 +536,14 @@ def run(args: argparse.Namespace) -> int:
         # Before packing: an edit made while the machine starts is not missed.
         watch_from = snapshot(options.program.source) if args.watch else None
         node.prepare()
-    except SetupError as error:
+    except NodeError as error:  # SetupError included
         say(f"error: {error}")
-        return EXIT_FAILED
-    except NodeError as error:
-        say(f"error: {error}")
-        return EXIT_USAGE
+        return exit_status(error)
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as error:  # noqa: BLE001 - a build that failed: its output was shown
         say(f"error while preparing: {type(error).__name__}: {error}")
-        return EXIT_FAILED
+        return exit_status(error)
     try:
         return asyncio.run(serve(node, args.verbose, watch_from))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place
@@ -612,7 +631,7 @@ def event(args: argparse.Namespace) -> int:
         message = build_event(args)
     except NodeError as error:
         say(f"error: {error}")
-        return EXIT_USAGE
+        return exit_status(error)
     return asyncio.run(post_event(args.url, message, args.timeout))
 
 
