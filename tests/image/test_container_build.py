@@ -117,7 +117,6 @@ def test_dockerfile_build_makes_the_host_build_bytes(tmp_path):
         assert not differ, f"the container installed other package versions (host, container): {differ}"
         built_sha = hashlib.sha256((src / "build" / "rootfs.squashfs").read_bytes()).hexdigest()
         assert built_sha == host_manifest["sha256"], "the container's squashfs differs from the host build's"
-        assert (src / "build" / "kernel" / "vmlinuz").is_file()
 
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(
