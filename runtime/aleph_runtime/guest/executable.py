@@ -251,27 +251,27 @@ class ExecutableProgram:
                 ran_for,
                 delay,
             )
+            next_delay = await self._respawn(delay)
+            if next_delay is None:
+                return
+            delay = next_delay
+            self.restarts += 1
+
+    async def _respawn(self, delay: float) -> float | None:
+        """Wait `delay` seconds, then start the program again, waiting longer each time it
+        cannot be started; the next delay, or None once the program is being stopped."""
+        while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
-                return
+                return None
             delay = min(delay * 2, self.restart_delay_max)
             try:
                 await self._spawn()
             except OSError as error:
                 logger.error("cannot restart %s: %s", self.path, error)
                 self.process = None
-                # Try again after the next delay.
-                while not self._stopping.is_set():
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), delay)
-                        return
-                    delay = min(delay * 2, self.restart_delay_max)
-                    try:
-                        await self._spawn()
-                        break
-                    except OSError as retry_error:
-                        logger.error("cannot restart %s: %s", self.path, retry_error)
-            self.restarts += 1
+            else:
+                return delay
 
     async def stop(self, grace: float = 5) -> None:
         """SIGTERM to the program's process group, SIGKILL after `grace` seconds."""
