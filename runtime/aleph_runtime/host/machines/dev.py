@@ -199,10 +199,11 @@ class DevMachine:
         mounts = self.run_dir / "mnt"
         mounts.mkdir(exist_ok=True)
         binds: list[str] = []
-        # The init's own files, when a mount below / hides them from the overlay.
+        # The init's own files, when a mount below / hides them from the overlay, or the
+        # guest's own /tmp and /run do (a checkout cloned into /tmp, say).
         needed = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent, REPOSITORY}
         for path in sorted(needed):
-            if _separate_filesystem(path):
+            if _separate_filesystem(path) or path.parts[1:2] in (("tmp",), ("run",)):
                 binds += [str(path), str(path), "ro"]
         # The sockets, at the same path on both sides.
         binds += [str(self.run_dir), str(self.run_dir), "rw"]
