@@ -29,8 +29,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-# The wire format only (msgpack): the rest is imported when a command runs, so --help stays fast.
+# The wire format (msgpack) and the image's names (stdlib only): the rest is imported when
+# a command runs, so --help stays fast.
 from aleph_runtime import __version__
+from aleph_runtime.host.vmm.image import KERNELS
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
@@ -139,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--kernel",
-        choices=("node", "debian"),
+        choices=KERNELS,
         help="vm mode: node (default), the kernel built as a "
         "node's (microvm, virtio-mmio, no initramfs); debian, Debian's kernel and initramfs on q35",
     )

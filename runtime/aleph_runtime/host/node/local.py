@@ -175,7 +175,6 @@ class LocalNode:
         self.gave_up: asyncio.Future | None = None
         #: How the last start went, phase by phase (seconds): what the startup report shows.
         self.boot_times: dict[str, float] = {}
-        self.starts = 0
         #: `--watch`: after failed starts, wait for the next edit instead of giving up.
         self.wait_for_edits = False
         #: Called as each machine starts to boot (the output filter hides each boot's console).
@@ -460,7 +459,6 @@ class LocalNode:
         self.machine = machine
         self._first_call_pending = True
         took = loop.time() - ready_at
-        self.starts += 1
         self.boot_times = self._measure(machine, ready_at - began, took)
         if took > CONFIGURE_TIMEOUT:
             self.progress(f"the program took {took:.0f} s to start: a node allows {CONFIGURE_TIMEOUT} s "

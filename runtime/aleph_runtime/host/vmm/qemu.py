@@ -43,6 +43,7 @@ from pathlib import Path
 from aleph_runtime.host.children import die_with_parent
 from aleph_runtime.host.machines.base import Machine
 from aleph_runtime.host.supervisor import HaltResult
+from aleph_runtime.host.vmm import image
 from aleph_runtime.host.vmm.vsock_backend import VsockBackend
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ MICROVM_CPU = "max"
 #: take (`pci=off`: q35's devices are PCI; `nomodule`: its initramfs loads the drivers as
 #: modules), plus root=.
 DEBIAN_CMDLINE = ("console=ttyS0", "reboot=k", "panic=1", "ro", "root=/dev/vda")
-#: Kept for callers that named it: Debian's command line.
-BASE_CMDLINE = DEBIAN_CMDLINE
 FIRST_DRIVE_SLOT = 0x10
 VSOCK_SLOT = 0x05
 NET_SLOT = 0x06
@@ -327,9 +326,9 @@ class QemuVM(Machine):
 
 def default_kernel() -> str:
     """ "node" (the node-like kernel), or what ALEPH_VM_KERNEL says ("node" or "debian")."""
-    kind = os.environ.get("ALEPH_VM_KERNEL") or "node"
-    if kind not in ("node", "debian"):
-        raise ValueError(f"ALEPH_VM_KERNEL={kind!r}: node or debian")
+    kind = os.environ.get("ALEPH_VM_KERNEL") or image.DEFAULT_KERNEL
+    if kind not in image.KERNELS:
+        raise ValueError(f"ALEPH_VM_KERNEL={kind!r}: one of {', '.join(image.KERNELS)}")
     return kind
 
 
@@ -342,12 +341,11 @@ def find_images(
     default, Debian's kernel and initramfs for kernel="debian"; the `profile` image (lean
     by default) packed with `compression` (gzip by default), its build's progress on stderr."""
     kernel = kernel or default_kernel()
-    if kernel not in ("node", "debian"):
-        raise ValueError(f"unknown kernel {kernel!r}: node or debian")
+    if kernel not in image.KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(image.KERNELS)}")
     path, initramfs, rootfs = (os.environ.get(k) for k in ("ALEPH_KERNEL", "ALEPH_INITRAMFS", "ALEPH_ROOTFS"))
     if path and rootfs and profile is None and compression is None:
         return Path(path), Path(initramfs) if initramfs else None, Path(rootfs)
-    from aleph_runtime.host.vmm import image  # imported here: it is only needed to build
 
     if kernel == "node":
         return (
