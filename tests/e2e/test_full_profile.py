@@ -158,11 +158,6 @@ async def test_node_npm_gcc_and_pip_in_the_full_image(full_images, tmp_path):
         await halt_and_exit(vm)
 
 
-@pytest.mark.skip(
-    reason="known bug: dockerd starts in the VM (overlay2 on the full image's tmpfs, API up in "
-    "~2 s, seen by hand) but the program's request that started it never returns (300 s); not "
-    "PID 1's reaper (which no longer takes a program's children, linux.OrphanReaper): to find, then unskip"
-)
 async def test_dockerd_and_a_container_in_the_full_image(full_images, tmp_path):
     code = tmp_path / "code"
     code.mkdir()

@@ -92,14 +92,15 @@ def _parse_arguments(argv: list[str] | None, pid1: bool) -> tuple[Arguments, lis
 
 
 def _new_event_loop(name: str) -> asyncio.AbstractEventLoop:
-    """uvloop when present (about half the CPU per call); `asyncio` forces the stdlib's."""
+    """uvloop when present (about half the CPU per call), with the standard library's
+    subprocesses (guest/event_loop.py says why); `asyncio` forces the stdlib's loop."""
     if name != "asyncio":
         try:
-            import uvloop
+            from aleph_runtime.guest import event_loop
         except ImportError:
             pass
         else:
-            return uvloop.new_event_loop()
+            return event_loop.new_event_loop()
     return asyncio.new_event_loop()
 
 
