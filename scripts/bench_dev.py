@@ -304,22 +304,23 @@ class SandboxedInit:
             raise
 
     async def _open_gate(self, gate: Path, timeout: float) -> None:
+        # The sandbox's setup (its mounts, each step an exec, some with children) runs
+        # before the gate: the cgroup takes the task only once it waits there, so that
+        # setup is nobody's CPU. A writer's open succeeds once the shell has the FIFO open.
         deadline = time.monotonic() + timeout
-        while self.box.pid is None:
-            if time.monotonic() > deadline or self.box.process.poll() is not None:
-                raise RuntimeError("the sandbox did not start")
-            await asyncio.sleep(0.005)
-        self.cgroup.add(self.box.pid)
         while True:
             try:
                 fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
             except OSError:  # ENXIO: the shell has not opened it yet
                 if time.monotonic() > deadline or self.box.process.poll() is not None:
                     raise RuntimeError("the sandbox did not reach its gate") from None
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.002)
                 continue
-            os.write(fd, b"go\n")
-            os.close(fd)
+            try:
+                self.cgroup.add(self.box.pid)
+                os.write(fd, b"go\n")
+            finally:
+                os.close(fd)
             return
 
     @property
