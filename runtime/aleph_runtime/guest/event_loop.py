@@ -76,6 +76,9 @@ class GuestLoop(uvloop.Loop):
         return transport, protocol
 
     def _watch_exit(self, pid: int, transport: unix_events._UnixSubprocessTransport) -> None:
+        # The transport's Popen is the one to collect the status: its close() polls (and
+        # so may reap) the child too, and then keeps the code for us.
+        popen = transport._proc
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -87,28 +90,18 @@ class GuestLoop(uvloop.Loop):
         def exited() -> None:
             self.remove_reader(pidfd)
             os.close(pidfd)
-            self._exited(pid, transport, _collect(pid))  # a zombie now: no wait
+            self._exited(pid, transport, popen.wait())  # it has exited: no wait
 
         self.add_reader(pidfd, exited)
 
     def _wait_in_thread(self, pid: int, transport: unix_events._UnixSubprocessTransport) -> None:
-        returncode = _collect(pid)
+        returncode = transport._proc.wait()
         self.call_soon_threadsafe(self._exited, pid, transport, returncode)
 
     def _exited(self, pid: int, transport: unix_events._UnixSubprocessTransport, returncode: int) -> None:
         linux.MANAGED_CHILDREN.discard(pid)
         # A turn later, as asyncio does: output already read is delivered first.
         self.call_soon(transport._process_exited, returncode)
-
-
-def _collect(pid: int) -> int:
-    """The child's exit code (-N for signal N); 255 when someone else collected it, as
-    asyncio answers then."""
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return 255
-    return os.waitstatus_to_exitcode(status)
 
 
 def _check_binary(universal_newlines, bufsize, encoding, errors, text) -> None:

@@ -90,8 +90,9 @@ class Init:
         try:
             await self.transport.start_server(self.handle_connection)
             logger.info("Listening on %s", self.transport.description)
-            await self.transport.send_ready(protocol.ready_signal(__version__))
-            logger.info("Ready signal sent")
+            if not self.transport.ready_sent:  # guest/ready.py could not send it before the imports
+                await self.transport.send_ready(protocol.ready_signal(__version__))
+                logger.info("Ready signal sent")
             await self.halted.wait()
         finally:
             watcher.cancel()
@@ -387,6 +388,10 @@ class Init:
                     del output[limit:]
                     output += f"\n[output cut: {protocol.response_too_large(limit)}]\n".encode()
                     _kill_group(process.pid)
+                    # Its pipe stops being read here, maybe paused by flow control with
+                    # the EOF unseen, and asyncio's wait() also waits for the pipes to
+                    # close: close them, or wait() can hang on a full buffer.
+                    process._transport.close()
                     break
             await process.wait()
         except asyncio.CancelledError:
