@@ -2,17 +2,21 @@
 
 Shared by the guest (the init) and the host (our supervisor client, CLI and tests), so
 both sides agree on every byte. docs/protocol.md describes it section by section,
-naming the aleph-vm code each part follows. It imports nothing but msgpack and the
-standard library's asyncio, which the init loads anyway, so it costs milliseconds.
+naming the aleph-vm code each part follows. It imports nothing but msgpack and small
+standard modules: the init sends its ready signal with it before asyncio is imported
+(guest/ready.py), and the readers below take asyncio's streams without importing it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import enum
 
 import msgpack
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before the signal
+if TYPE_CHECKING:
+    import asyncio
 
 #: The version announced in the ready signal. It selects the V2 config format on the
 #: supervisor's side; the supervisor ignores extra keys in the ready map.
@@ -209,6 +213,8 @@ async def read_config(reader: asyncio.StreamReader, first: bytes, max_bytes: int
             raise ProtocolError(f"config length line too long: {bytes(buffer[:MAX_LENGTH_LINE])!r}")
         more = await reader.read(READ_CHUNK)
         if not more:
+            import asyncio  # loaded already: a reader is asyncio's
+
             raise asyncio.IncompleteReadError(bytes(buffer), None)
         buffer += more
         newline = buffer.find(b"\n")

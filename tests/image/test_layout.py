@@ -63,7 +63,7 @@ def test_imports_under_image_python_without_compiling(mounted_rootfs: Path):
         "Crypto.Cipher.AES, Cryptodome.Cipher.AES, PIL.Image, aiohttp._http_parser"
     )
     if (mounted_rootfs / "opt/aleph/runtime/aleph_runtime/guest/main.py").exists():
-        mods += ", aleph_runtime.guest.main"
+        mods += ", aleph_runtime.guest.main, aleph_runtime.guest.serve, aleph_runtime.guest.event_loop"
     result = chroot(mounted_rootfs, "python3", "-OO", "-v", "-c", f"import {mods}")
     assert result.returncode == 0, result.stderr[-3000:]
     # -v reports where each module's code came from: only bytecode, never a stale one.

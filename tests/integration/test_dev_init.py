@@ -47,6 +47,23 @@ async def test_ready_signal_announces_version_2(init):
     assert init.ready["version"] == "2.0.0"
 
 
+async def test_the_ready_signal_comes_before_the_imports_and_the_config_still_lands(tmp_path):
+    """guest/ready.py: port 52 listens and the host has the signal before asyncio is
+    imported; the configuration sent at once waits in the backlog and is answered."""
+    log = tmp_path / "init.log"
+    with open(log, "wb") as stderr:
+        instance = DevInit(tmp_path / "vm", stderr=stderr)
+        await instance.start()
+    try:
+        await instance.configure(program_config(program("starlette_app.py"), "main:app"))
+        assert (await instance.client.http("GET", "/"))["headers"]["status"] == 200
+    finally:
+        await instance.stop()
+    lines = log.read_text().splitlines()
+    assert any("Ready signal sent before the imports" in line for line in lines), lines
+    assert not any(line.endswith("Ready signal sent") for line in lines), lines  # not twice
+
+
 @pytest.mark.parametrize("name", ["starlette_app.py", "fastapi_app.py"])
 async def test_lifespan_shutdown_runs_at_halt_and_not_before(init, tmp_path, name):
     await init.configure(program_config(program(name), "main:app", variables={"GREETING": "hi"}))

@@ -1,28 +1,20 @@
-"""The init's entry point: choose the transport and the loop, serve, then halt the machine.
+"""The init's entry point: read the command line and settings, listen on port 52 and
+send the ready signal, then import the rest and serve (guest/serve.py).
 
 Everything imported here runs before the ready signal, at every boot: the command line
-is read by hand (argparse and what it pulls in cost milliseconds under emulation), and
-whatever only one path needs is imported on that path.
+is read by hand (argparse and what it pulls in cost milliseconds under emulation), the
+settings are a plain class, and asyncio, uvloop and the init come after the signal
+(guest/ready.py says why).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import sys
-from pathlib import Path
 
-from aleph_runtime.guest import linux, stdio
-from aleph_runtime.guest.code import Paths
-from aleph_runtime.guest.init import Init, install_signal_handlers, reap_orphans_forever
-from aleph_runtime.guest.log import setup_logging
+from aleph_runtime.guest import ready, stdio
 from aleph_runtime.guest.settings import Settings, SettingsError
 from aleph_runtime.guest.settings import from_process as settings_from_process
-from aleph_runtime.guest.transport import transport_for
-
-logger = logging.getLogger("aleph_runtime.init")
-
 
 USAGE = """usage: init1 [-h] [--uds PATH] [--vsock] [--root DIR]
 
@@ -91,30 +83,6 @@ def _parse_arguments(argv: list[str] | None, pid1: bool) -> tuple[Arguments, lis
     return arguments, ignored
 
 
-def _new_event_loop(name: str) -> asyncio.AbstractEventLoop:
-    """uvloop when present (about half the CPU per call), with the standard library's
-    subprocesses (guest/event_loop.py says why); `asyncio` forces the stdlib's loop."""
-    if name != "asyncio":
-        try:
-            from aleph_runtime.guest import event_loop
-        except ImportError:
-            pass
-        else:
-            return event_loop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-async def _serve(init: Init, reap: bool) -> None:
-    install_signal_handlers(init)
-    reaper = asyncio.get_running_loop().create_task(reap_orphans_forever()) if reap else None
-    try:
-        await init.serve()
-    finally:
-        if reaper is not None:
-            reaper.cancel()
-        init.transport.close()
-
-
 def _read_settings(arguments: Arguments) -> Settings:
     try:
         return settings_from_process(uds=arguments.uds, root=arguments.root, force_vsock=arguments.vsock)
@@ -130,62 +98,32 @@ def main(argv: list[str] | None = None) -> None:
     # Before anything can print: descriptors 0-2 filled, and the init's own one to log through.
     log_fd = stdio.setup()
     settings = _read_settings(arguments)
-    setup_logging(settings.debug, log_fd)
-    if ignored:
-        logger.info("Ignoring arguments (the kernel's boot arguments it did not take): %s", " ".join(ignored))
-
     if not pid1 and not settings.uds and not settings.force_vsock:
         # An ordinary process talking vsock would reach whatever host this machine runs
         # under (a workstation can itself be a VM): dev mode must be asked for explicitly.
-        logger.error("Not PID 1: give --uds PATH (or ALEPH_VSOCK_UDS) for dev mode, or --vsock to insist")
+        sys.stderr.write(
+            "init1: not PID 1: give --uds PATH (or ALEPH_VSOCK_UDS) for dev mode, or --vsock to insist\n"
+        )
         sys.exit(2)
-    transport = transport_for(settings.uds)
-    # As PID 1 the init owns a system (a VM, or a test's private namespaces) and
-    # configures it; as an ordinary process it keeps to a private directory.
-    root = settings.root
-    if root is None:
-        if pid1:
-            root = "/"
-        else:
-            import tempfile
+    early = _signal_ready(settings.uds)
 
-            root = tempfile.mkdtemp(prefix="aleph-init-")
-    init = Init(transport, Paths(Path(root)), system=pid1, settings=settings)
-    if not pid1:
-        try:
-            linux.set_child_subreaper()
-        except OSError as error:
-            logger.warning("Could not become the program's subreaper: %s", error)
-    logger.info("aleph-runtime init starting (PID %d, %s, root %s)", os.getpid(), transport.description, root)
+    from aleph_runtime.guest import serve
 
-    loop = _new_event_loop(settings.event_loop)
-    asyncio.set_event_loop(loop)
-    loop.set_exception_handler(_log_loop_error)
-    logger.info("Event loop: %s", type(loop).__module__.split(".")[0])
-    status = 0
+    serve.run(settings, pid1=pid1, log_fd=log_fd, ignored=ignored, early=early)
+
+
+def _signal_ready(uds: str | None) -> ready.Early:
+    """Port 52 listening and the host told, or why not (then the loop tries again)."""
+    early = ready.Early()
     try:
-        loop.run_until_complete(_serve(init, reap=True))
-    except BaseException:
-        # Nothing may kill PID 1 silently: log, then go down cleanly below; a crash
-        # must not look like a clean stop to whoever started us (dev mode, tests).
-        logger.exception("The init's main loop failed")
-        status = 1
-    if pid1:
-        _power_off()
-    sys.exit(status)
-
-
-def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-    """An error no task handled: log it on one line and keep serving."""
-    error = context.get("exception")
-    logger.error("Unhandled error in the event loop: %s", context.get("message"), exc_info=error)
-
-
-def _power_off() -> None:
-    """Sync and reboot: Firecracker and `qemu -no-reboot` exit; in a PID namespace it ends the namespace."""
-    logging.shutdown()
-    os.sync()
+        early.listener = ready.listen(uds)
+    except Exception as error:  # noqa: BLE001 - PID 1 carries on: the loop tries again and says why
+        early.problem = f"could not listen before the imports ({error}); the loop will"
+        return early
     try:
-        linux.reboot(linux.RB_AUTOBOOT)
-    except OSError as error:
-        print(f"init1: reboot failed: {error}", file=sys.stderr)
+        ready.send(uds)
+    except Exception as error:  # noqa: BLE001 - as above
+        early.problem = f"could not send the ready signal before the imports ({error}); the loop will"
+    else:
+        early.sent = True
+    return early

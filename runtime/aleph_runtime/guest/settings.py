@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 #: The supervisor sends calls of any size; this bounds what PID 1 buffers for one.
 DEFAULT_MAX_REQUEST_BYTES = 256 * 2**20
@@ -37,20 +36,66 @@ class SettingsError(ValueError):
     """A knob has a value the init cannot use; the message names it."""
 
 
-@dataclass(frozen=True)
 class Settings:
-    uds: str | None = None
-    """Dev mode's Unix socket base path; None serves on vsock."""
-    root: str | None = None
-    """Where the program's files live; None: `/` as PID 1, else a fresh private directory."""
-    force_vsock: bool = False
-    """Serve on vsock even when not PID 1 (`--vsock`)."""
-    event_loop: str = "uvloop"
-    debug: bool = False
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    lifespan_startup_timeout: float = DEFAULT_LIFESPAN_STARTUP_TIMEOUT
-    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+    """Frozen. Not a dataclass: it is built before the ready signal (guest/ready.py), and
+    @dataclass costs its import (inspect, ast...) and an exec per class at every boot."""
+
+    __slots__ = (
+        "debug",
+        "event_loop",
+        "force_vsock",
+        "lifespan_startup_timeout",
+        "max_request_bytes",
+        "max_response_bytes",
+        "max_unpacked_bytes",
+        "root",
+        "uds",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        uds: str | None = None,
+        root: str | None = None,
+        force_vsock: bool = False,
+        event_loop: str = "uvloop",
+        debug: bool = False,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        lifespan_startup_timeout: float = DEFAULT_LIFESPAN_STARTUP_TIMEOUT,
+        max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+    ):
+        values = locals()
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+
+    #: Dev mode's Unix socket base path; None serves on vsock.
+    uds: str | None
+    #: Where the program's files live; None: `/` as PID 1, else a fresh private directory.
+    root: str | None
+    #: Serve on vsock even when not PID 1 (`--vsock`).
+    force_vsock: bool
+    event_loop: str
+    debug: bool
+    max_request_bytes: int
+    max_response_bytes: int
+    lifespan_startup_timeout: float
+    max_unpacked_bytes: int
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Settings are read once, at start: {name} cannot change")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, name) for name in self.__slots__))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Settings({fields})"
 
     @classmethod
     def read(

@@ -57,6 +57,8 @@ class Transport:
     #: Whether a host that shuts down only its writing side reaches the init as such (and
     #: still reads): then EOF alone does not mean the host gave up on a call.
     half_close_passes = True
+    #: Set once guest/ready.py has signalled the host, before the loop existed.
+    ready_sent = False
 
     async def start_server(self, handler: Handler) -> None:
         raise NotImplementedError
@@ -87,16 +89,18 @@ class VsockTransport(Transport):
     # (SHUTDOWN with RCV|SEND): on vsock, EOF means the host is gone.
     half_close_passes = False
 
-    def __init__(self, port: int = protocol.INIT_PORT):
+    def __init__(self, port: int = protocol.INIT_PORT, listener: socket.socket | None = None):
         self.port = port
         self.description = f"vsock port {port}"
-        self._listener: socket.socket | None = None
+        self._listener: socket.socket | None = listener
         self._tasks: set[asyncio.Task] = set()
 
     async def start_server(self, handler: Handler) -> None:
-        listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-        listener.bind((socket.VMADDR_CID_ANY, self.port))
-        listener.listen(128)
+        listener = self._listener
+        if listener is None:
+            listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            listener.bind((socket.VMADDR_CID_ANY, self.port))
+            listener.listen(128)
         listener.setblocking(False)
         self._listener = listener
         loop = asyncio.get_running_loop()
@@ -161,10 +165,11 @@ class VsockTransport(Transport):
 
 
 class UnixTransport(Transport):
-    def __init__(self, base_path: str, port: int = protocol.INIT_PORT):
+    def __init__(self, base_path: str, port: int = protocol.INIT_PORT, listener: socket.socket | None = None):
         self.base_path = base_path
         self.port = port
         self.description = f"Unix socket {base_path} (dev mode)"
+        self._listener = listener
         self._server: asyncio.AbstractServer | None = None
         # Firecracker names each host connection by a local port number; so do we.
         self._local_ports = itertools.count(1 << 30)
@@ -185,6 +190,10 @@ class UnixTransport(Transport):
             writer.write(protocol.ok_line(next(self._local_ports)))
             await handler(reader, writer)
 
+        if self._listener is not None:
+            self._server = await asyncio.start_unix_server(accept, sock=self._listener, limit=STREAM_LIMIT)
+            self._listener = None
+            return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.base_path)
         self._server = await asyncio.start_unix_server(
@@ -195,6 +204,9 @@ class UnixTransport(Transport):
         return await asyncio.open_unix_connection(f"{self.base_path}_{port}", limit=STREAM_LIMIT)
 
     def close(self) -> None:
+        if self._listener is not None:  # never adopted: the loop did not get to serve
+            self._listener.close()
+            self._listener = None
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -202,6 +214,7 @@ class UnixTransport(Transport):
             os.unlink(self.base_path)
 
 
-def transport_for(uds_path: str | None) -> Transport:
-    """Dev mode when a Unix socket base path is given (`Settings.uds`), else vsock."""
-    return UnixTransport(uds_path) if uds_path else VsockTransport()
+def transport_for(uds_path: str | None, listener: socket.socket | None = None) -> Transport:
+    """Dev mode when a Unix socket base path is given (`Settings.uds`), else vsock; on
+    `listener` when port 52 already listens (guest/ready.py)."""
+    return UnixTransport(uds_path, listener=listener) if uds_path else VsockTransport(listener=listener)

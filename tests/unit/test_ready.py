@@ -1,0 +1,86 @@
+"""Port 52 and the ready signal before the imports (guest/ready.py), on real Unix sockets."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from aleph_runtime import __version__, protocol
+from aleph_runtime.guest import ready
+from tests.conftest import REPOSITORY
+
+
+def test_the_entry_point_imports_no_event_loop_before_the_signal():
+    """What main() needs up to the signal must not pull asyncio (seconds under emulation)."""
+    code = (
+        "import sys; import aleph_runtime.guest.main, aleph_runtime.protocol; "
+        "heavy = [m for m in ('asyncio', 'uvloop', 'logging', 'dataclasses', 'typing') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-OO", "-c", code],
+        cwd=REPOSITORY / "runtime",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_listen_then_signal_then_the_config_waits_in_the_backlog(short_dir):
+    base = str(short_dir / "v.sock")
+    host_side = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    host_side.bind(f"{base}_52")
+    host_side.listen(1)
+    listener = ready.listen(base)
+    try:
+        ready.send(base)
+        connection, _ = host_side.accept()
+        with connection:
+            payload = b"".join(iter(lambda: connection.recv(4096), b""))
+        assert protocol.unpack(payload) == {"version": protocol.PROTOCOL_VERSION, "runtime": __version__}
+        # The supervisor connects at once: the kernel holds it until the loop accepts.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as supervisor:
+            supervisor.connect(base)
+            supervisor.sendall(b"CONNECT 52\n")
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.recv(64) == b"CONNECT 52\n"
+    finally:
+        listener.close()
+        host_side.close()
+
+
+def test_no_host_is_an_error_at_once(short_dir):
+    with pytest.raises(OSError):
+        ready.send(str(short_dir / "nobody.sock"))
+
+
+def test_a_host_that_accepts_and_never_reads_does_not_hold_pid_1(short_dir):
+    base = str(short_dir / "v.sock")
+    host_side = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    host_side.bind(f"{base}_52")
+    host_side.listen(1)
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(host_side.accept()[0]))
+    thread.start()
+    try:
+        ready.send(base, timeout=5)  # a few bytes: they fit the socket's buffer
+        thread.join(5)
+        assert accepted, "the host never saw the connection"
+    finally:
+        for connection in accepted:
+            connection.close()
+        host_side.close()
+
+
+def test_listening_twice_on_one_path_replaces_a_stale_socket_file(short_dir):
+    base = str(short_dir / "v.sock")
+    first = ready.listen(base)
+    first.close()  # a previous init's file, left behind
+    second = ready.listen(base)
+    second.close()
