@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import lzma
 import os
 import shutil
 import stat
 import struct
-import tarfile
 import zipfile
 import zlib
 
@@ -61,10 +61,9 @@ class ArchiveError(ConfigError):
     """The archive is hostile or broken; the message names the entry."""
 
 
-#: What reading a broken archive raises, from zipfile, tarfile and their decompressors
-#: (bz2 raises OSError, so a read's OSError is not a write's).
+#: What reading a broken archive raises, from zipfile and the decompressors (bz2 raises
+#: OSError, so a read's OSError is not a write's); tar adds tarfile.TarError (_tar()).
 _READ_ERRORS = (
-    tarfile.TarError,
     zipfile.BadZipFile,
     EOFError,
     NotImplementedError,
@@ -460,24 +459,30 @@ def extract_zip(
 
 #: Compressions tarfile reads, by their magic bytes.
 _TAR_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
-_HEADERS_READ_WHOLE = (
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-)
+#: tarfile's XHDTYPE, XGLTYPE, SOLARIS_XHDTYPE, GNUTYPE_LONGNAME and GNUTYPE_LONGLINK.
+_HEADERS_READ_WHOLE = (b"x", b"g", b"X", b"L", b"K")
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads an extended header or a GNU long name whole into memory: bound it first."""
+@functools.cache
+def _tar():
+    """tarfile, a TarInfo that bounds what it reads whole, and the read errors with tar's.
 
-    def _proc_member(self, tarfile_):
-        if self.type in _HEADERS_READ_WHOLE and self.size > MAX_TAR_HEADER_BYTES:
-            raise tarfile.HeaderError(
-                f"a {self.size}-byte extended header (more than {MAX_TAR_HEADER_BYTES})"
-            )
-        return super()._proc_member(tarfile_)
+    Imported by the first tar to unpack, not at boot: most programs come as zip or
+    squashfs, and PID 1 keeps what it imports (tarfile: 0.3 MB, and its import time).
+    """
+    import tarfile
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        """tarfile reads an extended header or a GNU long name whole into memory: bound it first."""
+
+        def _proc_member(self, tarfile_):
+            if self.type in _HEADERS_READ_WHOLE and self.size > MAX_TAR_HEADER_BYTES:
+                raise tarfile.HeaderError(
+                    f"a {self.size}-byte extended header (more than {MAX_TAR_HEADER_BYTES})"
+                )
+            return super()._proc_member(tarfile_)
+
+    return tarfile, BoundedTarInfo, (tarfile.TarError, *_READ_ERRORS)
 
 
 def tar_compression(data: bytes) -> str:
@@ -496,16 +501,17 @@ def extract_tar(
 ) -> None:
     """Unpack a tar (gzip, bzip2, xz or uncompressed, told from its bytes) into dest."""
     compression = tar_compression(data)
+    tarfile, bounded_tarinfo, read_errors = _tar()
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}", tarinfo=_BoundedTarInfo)  # noqa: SIM115 - `with archive` below
-    except _READ_ERRORS as error:
+        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}", tarinfo=bounded_tarinfo)
+    except read_errors as error:
         raise ArchiveError(f"not a valid tar archive: {error}") from None
     with archive, _Extraction(dest, max_unpacked, max_entries) as extraction:
         name = "(the first entry)"
         while True:
             try:
                 member = archive.next()
-            except _READ_ERRORS as error:
+            except read_errors as error:
                 raise ArchiveError(f"the tar archive is broken after entry {name!r}: {error}") from None
             if member is None:
                 break
@@ -531,6 +537,6 @@ def extract_tar(
                 raise
             except OSError as error:  # reads raise ArchiveError (see _read): this is a write's
                 raise _errors_named(name, error) from None
-            except _READ_ERRORS as error:
+            except read_errors as error:
                 raise ArchiveError(f"the tar archive is broken at entry {name!r}: {error}") from None
         extraction.finish()
