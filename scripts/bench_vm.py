@@ -1,23 +1,32 @@
 #!/usr/bin/env python3
 """`scripts/bench.sh vm`: the runtime image booted in QEMU, timed through the vsock backend.
 
-Prints one JSON object:
-- `host`: seconds from QEMU's start to the ready signal, to the config answer, to the
-  first response, and from halt to QEMU's exit;
-- `boot`: the guest's own timeline from the console's uptime-stamped lines: when the
-  kernel printed its first and last line, and the first and last line of each stage
-  that stamps its lines with the uptime (initramfs, init0, init1...), plus the phases
-  kernel → initramfs → init0 → init1 → ready derived from them (no initramfs stage with
-  the node kernel, the default; `--kernel debian` for Debian's kernel and initramfs);
-- `requests`: per-request latency (p50/p90/p99, sequential) and requests/s with N in
-  flight, through SupervisorClient → backend → guest vsock → init;
-- `body`: MB/s for one POST of a 64 MiB body answered with its sha256, and for a
-  64 MiB response (guest → host).
+By default, cold starts (what a user waits for on a node's first call), as JSON: for
+each program (`--programs`: `hello`, the bundled hello example; `fastapi`, a FastAPI
+app behind aleph-sdk's AlephApp, as the aleph docs teach), `--runs` fresh boots, each
+figure the median:
+- `qemu_to_ready_s`, `qemu_to_config_answer_s`, `qemu_to_first_response_s`: seconds from
+  QEMU's start, seen by the host;
+- `qemu_cpu_ms_per_call`: QEMU's CPU per call over `--calls` sequential calls after it;
+- `boot`: the guest's own stages from the console's uptime stamps (kernel, init0,
+  init1's first line, its ready signal, the program started), ours only.
 
-`--init PATH` boots another init program from the same image (kernel `init=PATH`), so
-any init that speaks the protocol can be measured side by side on the same kernel and
-image. QEMU runs under TCG here: absolute numbers are far slower than on a node with
-KVM; compare runs made on the same machine.
+`--against DIR` (repeatable) boots other inits beside ours, alternating, from one image
+derived from the base (`--profile`, full by default then: today's init0.sh runs
+cgroupfs-mount, update-alternatives and unzip) holding each of them, so every side reads
+the same squashfs: today's aleph-vm init (a directory with its init0.sh and init1.py,
+from aleph-vm's runtimes/aleph-debian-12-python/, installed as its image has them:
+/root/init0.sh as the kernel's init, /root/init1.py), or another checkout of ours (a
+directory with init/ and runtime/, byte-compiled like ours). `ratios` divides our
+figures by each other side's. The derived image is cached by its inputs.
+
+`--throughput` instead boots once and measures calls: per-request latency (p50/p90/p99,
+sequential) and requests/s with N in flight, MB/s for one POST of a 64 MiB body answered
+with its sha256 and for a 64 MiB response; `--init PATH` boots another init program from
+the image there (kernel `init=PATH`).
+
+QEMU runs under TCG here: absolute numbers are far slower than on a node with KVM;
+compare figures of one run.
 """
 
 from __future__ import annotations
@@ -117,12 +126,215 @@ def import_times(lines, top: int = 25) -> dict:
     }
 
 
+#: The FastAPI program of the cold starts: a FastAPI app behind aleph-sdk's AlephApp, as
+#: the aleph docs teach (no lifespan state: today's init gives the lifespan no `state`).
+FASTAPI_SDK_APP = b"""
+from aleph.sdk.vm.app import AlephApp
+from fastapi import FastAPI
+
+http_app = FastAPI()
+app = AlephApp(http_app=http_app)
+
+
+@http_app.get("/")
+async def index():
+    return {"message": "ok"}
+"""
+
+COLD_METRICS = (
+    "qemu_to_ready_s",
+    "qemu_to_config_answer_s",
+    "qemu_to_first_response_s",
+    "qemu_cpu_ms_per_call",
+)
+#: init1's own lines that mark a stage, by the start of their message.
+STAGE_LINES = {"Ready signal sent": "ready_signal", "Program started": "program_started"}
+
+
+def cold_programs() -> dict[str, bytes]:
+    """name -> zip of main.py. The hello example's lifespan as one message per lifespan
+    call, so today's init (which answers `lifespan.startup` to every receive) starts it."""
+    import tempfile
+
+    from bench_dev import TRIVIAL_APP_ONE_LIFESPAN_MESSAGE
+
+    from aleph_runtime.host.program import zip_directory
+
+    programs = {}
+    for name, main in (("hello", TRIVIAL_APP_ONE_LIFESPAN_MESSAGE), ("fastapi", FASTAPI_SDK_APP)):
+        with tempfile.TemporaryDirectory() as directory:
+            (Path(directory) / "main.py").write_bytes(main)
+            programs[name] = zip_directory(directory)
+    return programs
+
+
+class Side:
+    """One init to boot: its name, the kernel's `init=` and extra kernel arguments."""
+
+    def __init__(self, name: str, init: str | None = None, cmdline: tuple[str, ...] = ()):
+        self.name, self.init, self.cmdline = name, init, cmdline
+
+
+def derived_image(base: Path, against: list[Path]) -> tuple[Path, list[Side]]:
+    """The base image plus each other init, cached by its inputs; and how to boot each."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from aleph_runtime.host.vmm import image
+
+    sides, files = [], {}
+    for i, directory in enumerate(against):
+        if (directory / "init1.py").is_file() and (directory / "init0.sh").is_file():
+            name = "today" if "today" not in (side.name for side in sides) else f"today{i}"
+            files[f"root/{name}-init0.sh"] = directory / "init0.sh"
+            files["root/init1.py"] = directory / "init1.py"  # where its init0.sh execs it
+            sides.append(Side(name, init=f"/root/{name}-init0.sh"))
+        elif (directory / "init" / "init1.py").is_file() and (
+            directory / "runtime" / "aleph_runtime"
+        ).is_dir():
+            name = f"checkout{i}"
+            for path in sorted((directory / "init").rglob("*")) + sorted(
+                (directory / "runtime").rglob("*.py")
+            ):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    files[f"opt/against/{name}/{path.relative_to(directory)}"] = path
+            sides.append(Side(name, cmdline=(f"ALEPH_INIT1=/opt/against/{name}/init/init1.py",)))
+        else:
+            raise SystemExit(
+                f"--against {directory}: neither today's init (init0.sh, init1.py) nor a checkout"
+            )
+    if sum(side.name.startswith("today") for side in sides) > 1:
+        raise SystemExit("--against: one of today's inits at a time (its init0.sh execs /root/init1.py)")
+    digest = hashlib.sha256(image.read_manifest(base)["sha256"].encode())
+    for target, path in sorted(files.items()):
+        digest.update(target.encode() + b"\0" + path.read_bytes() + b"\0")
+    out = image.cache_dir() / "bench" / f"against-{digest.hexdigest()[:16]}"
+    if (out / ".complete").exists():
+        return out / "rootfs.squashfs", sides
+    print(f"bench: building the image with the other inits in {out} (minutes)", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (image.cache_dir() / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=image.cache_dir() / "tmp", prefix="bench-") as work:
+        root = Path(work) / "root"
+        subprocess.run(
+            ["unsquashfs", "-q", "-n", "-d", str(root), str(base)], check=True, stdout=subprocess.DEVNULL
+        )
+        for target, path in files.items():
+            (root / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, root / target)
+            os.chmod(root / target, 0o755 if target.endswith((".sh", "init1.py")) else 0o644)
+        if (root / "opt" / "against").is_dir():  # ours are read from bytecode, as in the image
+            subprocess.run(["chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q", "-o", "0",
+                            "-o", "2", "/opt/against"], check=True)  # fmt: skip
+        subprocess.run(["mksquashfs", str(root), str(out / "rootfs.squashfs"), "-noappend", "-comp", "gzip",
+                        "-processors", "2", "-quiet", "-no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    (out / ".complete").touch()
+    return out / "rootfs.squashfs", sides
+
+
+def guest_stages(console) -> dict:
+    """Guest uptimes (s) of the stages our init and the kernel stamp on the console."""
+    timeline = boot_timeline(console)
+    stages = {f"{source}_first": entry["first"] for source, entry in timeline["sources"].items()}
+    for line in console:
+        m = KERNEL_LINE.match(line.text.strip())
+        if m and " init1 " in f" {m.group(2)} ":
+            message = m.group(2).split(": ", 1)[-1]
+            for start, stage in STAGE_LINES.items():
+                if message.startswith(start) and stage not in stages:
+                    stages[stage] = float(m.group(1))
+    return stages
+
+
+async def cold_start(kernel, initramfs, rootfs, side: Side, code: bytes, args) -> dict:
+    from bench_dev import cpu_ns
+
+    network = Network(ip="172.16.9.2", route="172.16.9.1")
+    vm = QemuVM(kernel, initramfs, rootfs, network=network, init=side.init, cmdline=side.cmdline,
+                memory_mb=args.memory, vcpus=args.vcpus, machine=args.machine)  # fmt: skip
+    try:
+        await vm.start(timeout=args.boot_timeout)
+        t_ready = vm.elapsed()
+        config = program_config(code, "main:app", encoding="zip", interface="asgi", ip="172.16.9.2",
+                                 route="172.16.9.1")  # fmt: skip
+        await vm.client.configure(config, timeout=300)
+        t_config = vm.elapsed()
+        first = await vm.client.http("GET", "/", timeout=300)
+        t_first = vm.elapsed()
+        if first.get("headers", {}).get("status") != 200:
+            raise RuntimeError(
+                f"{side.name}: the first call failed: {str(first)[:2000]}\n{vm.console_tail()}"
+            )
+        cpu = cpu_ns(vm.process.pid)
+        for _ in range(args.calls):
+            await vm.client.http("GET", "/")
+        per_call_ms = (cpu_ns(vm.process.pid) - cpu) / max(args.calls, 1) / 1e6
+        return {
+            "qemu_to_ready_s": round(t_ready, 3),
+            "qemu_to_config_answer_s": round(t_config, 3),
+            "qemu_to_first_response_s": round(t_first, 3),
+            "qemu_cpu_ms_per_call": round(per_call_ms, 2),
+            "boot": guest_stages(vm.console),
+        }
+    finally:
+        await vm.stop()
+
+
+async def cold_starts(args) -> dict:
+    from aleph_runtime.host.vmm import image
+
+    profile = args.profile or ("full" if args.against else "lean")
+    kernel, initramfs, _ = find_images(args.kernel, profile, args.compression)
+    base = Path(args.rootfs) if args.rootfs else image.ensure_rootfs(profile, args.compression or "gzip")
+    sides = [Side("ours")]
+    rootfs = base
+    if args.against:
+        rootfs, others = derived_image(base, [Path(a).resolve() for a in args.against])
+        sides += others
+    programs = cold_programs()
+    names = [name for name in args.programs.split(",") if name]
+    for name in names:
+        if name not in programs:
+            raise SystemExit(f"--programs: unknown program {name!r} ({', '.join(programs)})")
+    runs: dict = {side.name: {name: [] for name in names} for side in sides}
+    for run in range(args.runs):
+        for side in sides if run % 2 == 0 else sides[::-1]:
+            for name in names:
+                runs[side.name][name].append(
+                    await cold_start(kernel, initramfs, rootfs, side, programs[name], args)
+                )
+    result: dict = {"kernel": str(kernel), "rootfs": str(rootfs), "base_rootfs": str(base), "runs": args.runs,
+                    "sides": {}}  # fmt: skip
+    for side in sides:
+        result["sides"][side.name] = {}
+        for name in names:
+            done = runs[side.name][name]
+            medians = {key: round(statistics.median(r[key] for r in done), 3) for key in COLD_METRICS}
+            stages = {key for r in done for key in r["boot"]}
+            medians["boot"] = {
+                key: round(statistics.median(r["boot"][key] for r in done if key in r["boot"]), 3)
+                for key in sorted(stages)
+            }
+            result["sides"][side.name][name] = {**medians, "each": done}
+    for side in sides[1:]:
+        result.setdefault("ratios", {})[side.name] = {
+            name: {
+                key: round(result["sides"]["ours"][name][key] / result["sides"][side.name][name][key], 2)
+                for key in COLD_METRICS
+                if result["sides"][side.name][name][key]
+            }
+            for name in names
+        }
+    return result
+
+
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def run(args) -> dict:
+async def throughput(args) -> dict:
     if args.kernel in ("node", "debian"):
         kernel, initramfs, rootfs = find_images(args.kernel, args.profile, args.compression)
     else:  # a kernel file: booted without initramfs unless one is given
@@ -224,7 +436,20 @@ async def run(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--init", help="init program to boot from the image (kernel init=), default /sbin/init"
+        "--throughput", action="store_true", help="one boot, then latency, requests/s and MB/s"
+    )
+    parser.add_argument(
+        "--init",
+        help="with --throughput: init program to boot from the image (kernel init=), default /sbin/init",
+    )
+    parser.add_argument("--against", action="append", metavar="DIR",
+                        help="cold starts of another init beside ours: today's (init0.sh + init1.py) or a checkout")  # fmt: skip
+    parser.add_argument(
+        "--programs", default="hello,fastapi", help="cold starts: hello, fastapi (comma-separated)"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="cold starts per program and init (median)")
+    parser.add_argument(
+        "--calls", type=int, default=100, help="cold starts: calls after the first, for CPU per call"
     )
     parser.add_argument(
         "--kernel",
@@ -250,7 +475,7 @@ def main() -> None:
                         help="profile the init's imports in the guest (python -X importtime, through the kernel "
                              "command line): adds `imports`; the profiling slows the boot itself")  # fmt: skip
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args)), indent=2))
+    print(json.dumps(asyncio.run(throughput(args) if args.throughput else cold_starts(args)), indent=2))
 
 
 if __name__ == "__main__":
