@@ -78,7 +78,7 @@ def test_user_network_matches_the_config(network, expected):
 
 def test_microvm_uses_mmio_devices(tmp_path):
     cmd = " ".join(vm(tmp_path, machine="microvm", network=Network(ip="10.0.0.2")).command())
-    assert "microvm,acpi=off,pit=on,pic=on,rtc=off,memory-backend=mem" in cmd
+    assert "microvm,acpi=off,pit=on,pic=on,rtc=on,memory-backend=mem" in cmd
     assert "vhost-user-vsock-device,chardev=vsock" in cmd
     assert "virtio-blk-device,drive=vd0" in cmd and "virtio-net-device,netdev=net0" in cmd
     assert "-pci" not in cmd

@@ -64,11 +64,15 @@ MICROVM_BOOT_ARGS = ("root=/dev/vda",)
 #: The node kernel's full command line on microvm.
 NODE_CMDLINE = NODE_BOOT_ARGS + MICROVM_BOOT_ARGS
 #: The microvm machine, as close to Firecracker's as QEMU gets: the PIT and PIC that
-#: Firecracker's KVM provides (the kernel calibrates its TSC against the PIT), no CMOS RTC
-#: (Firecracker has none on x86), and no ACPI: the devices are announced on the command
-#: line, as Firecracker did before 1.8. With ACPI (QEMU 7.2, TCG) this kernel finds no
-#: HPET or PM timer to calibrate the TSC against and hangs there.
-MICROVM_MACHINE = "microvm,acpi=off,pit=on,pic=on,rtc=off"
+#: Firecracker's KVM provides (the kernel calibrates its TSC against the PIT), and no
+#: ACPI: the devices are announced on the command line, as Firecracker did before 1.8.
+#: With ACPI (QEMU 7.2, TCG) this kernel finds no HPET or PM timer to calibrate the TSC
+#: against and hangs there. A CMOS RTC, which Firecracker lacks: without one, QEMU answers
+#: the kernel's reads of its ports with all ones ("update in progress"), and three probes
+#: wait out a second each (3 s of every boot under TCG, seen in the console's gaps).
+#: Firecracker's unhandled port reads are not all ones, so a node's guest does not wait
+#: there (and kvm-clock gives it the date, which the RTC gives here instead of 1970).
+MICROVM_MACHINE = "microvm,acpi=off,pit=on,pic=on,rtc=on"
 #: `-cpu max` on microvm: RDRAND, which `random.trust_cpu=on` credits, so the kernel's
 #: random pool is ready at once, as on a node; TCG's default CPU has none, and the pool
 #: waits for timing jitter (ready at 4.9 s of uptime instead of 0 in a boot here).
