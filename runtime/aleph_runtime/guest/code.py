@@ -25,6 +25,7 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
+from aleph_runtime.guest import collector
 from aleph_runtime.guest.archive import DEFAULT_MAX_UNPACKED, extract_tar, extract_zip
 from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface
 
@@ -189,6 +190,7 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
     if COMPAT_DIRECTORY.is_dir() and str(COMPAT_DIRECTORY) not in sys.path:
         sys.path.append(str(COMPAT_DIRECTORY))
     importlib.invalidate_caches()
+    paused = collector.pause()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -203,6 +205,8 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
             + _newer_python_hint(error),
             traceback.format_exc(),
         ) from None
+    finally:
+        collector.resume(paused)
     candidates = [attribute] + ([FALLBACK_ATTRIBUTE[1]] if attribute == FALLBACK_ATTRIBUTE[0] else [])
     for candidate in candidates:
         target: object = module

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from aleph_runtime.guest import ready, stdio
+from aleph_runtime.guest import collector, ready, stdio
 from aleph_runtime.guest.settings import Settings, SettingsError
 from aleph_runtime.guest.settings import from_process as settings_from_process
 
@@ -93,6 +93,7 @@ def _read_settings(arguments: Arguments) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
+    paused = collector.pause()  # until the init's modules are in (guest/collector.py)
     pid1 = os.getpid() == 1
     arguments, ignored = _parse_arguments(argv, pid1)
     # Before anything can print: descriptors 0-2 filled, and the init's own one to log through.
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from aleph_runtime.guest import serve
 
+    collector.resume(paused)
     serve.run(settings, pid1=pid1, log_fd=log_fd, ignored=ignored, early=early)
 
 
