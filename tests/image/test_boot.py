@@ -37,7 +37,7 @@ def debian_command(kernel: image.KernelFiles, rootfs: Path) -> list[str]:
 def node_command(kernel: image.NodeKernel, rootfs: Path) -> list[str]:
     """As host/vmm/qemu.py boots it, without the vsock and network devices."""
     return [
-        "qemu-system-x86_64", "-M", MICROVM_MACHINE, "-cpu", MICROVM_CPU, "-accel", "tcg", "-m", "512M",
+        "qemu-system-x86_64", "-M", f"{MICROVM_MACHINE},rtc=on", "-cpu", MICROVM_CPU, "-accel", "tcg", "-m", "512M",
         "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
         "-kernel", str(kernel.vmlinux), "-append", " ".join(NODE_CMDLINE),
         "-drive", f"id=root,file={rootfs},format=raw,if=none,readonly=on",

@@ -84,6 +84,19 @@ def test_microvm_uses_mmio_devices(tmp_path):
     assert "-pci" not in cmd
 
 
+def test_microvm_has_an_rtc_unless_a_virtio_device_needs_its_irq(tmp_path):
+    """Transports get IRQs 12, 11, 10... in creation order; the RTC's is 8: rootfs, vsock and
+    network leave room for one more drive, and a second would put the network card on 8."""
+    one_drive = [Drive(tmp_path / "a.img", True)]
+    command = " ".join(vm(tmp_path, machine="microvm", network=Network(), drives=one_drive).command())
+    assert ",rtc=on," in command
+    two_drives = [*one_drive, Drive(tmp_path / "b.img", False)]
+    command = " ".join(vm(tmp_path, machine="microvm", network=Network(), drives=two_drives).command())
+    assert ",rtc=off," in command
+    command = " ".join(vm(tmp_path, machine="microvm", drives=two_drives).command())
+    assert ",rtc=on," in command  # no network card: vsock is the fourth device, on IRQ 9
+
+
 def node_vm(tmp_path, **kwargs) -> QemuVM:
     return QemuVM("/k/vmlinux", None, "/img/rootfs.squashfs", workdir=tmp_path, **kwargs)
 

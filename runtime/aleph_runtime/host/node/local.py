@@ -476,14 +476,14 @@ class LocalNode:
     def _measure(machine: DevMachine | QemuMachine, ready: float, configured: float) -> dict[str, float]:
         times: dict[str, float] = {}
         if isinstance(machine, QemuMachine):
-            # Host times of the console's first kernel, init0 and init1 lines, from QEMU's start.
+            # Host times of init0's first and last console lines, from QEMU's start: its
+            # last is the exec of init1, whose first line comes after the ready signal.
             marks: dict[str, float] = {}
             for line in machine.vm.console:
-                if "init0:" in line.text and "init0" not in marks:
-                    marks["init0"] = line.host_time
-                elif " init1 " in line.text and "init1" not in marks:
+                if "init0:" in line.text:
+                    marks.setdefault("init0", line.host_time)
                     marks["init1"] = line.host_time
-            if "init0" in marks and "init1" in marks:
+            if "init0" in marks:
                 times["kernel"] = marks["init0"]
                 times["init0"] = marks["init1"] - marks["init0"]
                 times["init1 ready"] = ready - marks["init1"]

@@ -67,12 +67,17 @@ NODE_CMDLINE = NODE_BOOT_ARGS + MICROVM_BOOT_ARGS
 #: Firecracker's KVM provides (the kernel calibrates its TSC against the PIT), and no
 #: ACPI: the devices are announced on the command line, as Firecracker did before 1.8.
 #: With ACPI (QEMU 7.2, TCG) this kernel finds no HPET or PM timer to calibrate the TSC
-#: against and hangs there. A CMOS RTC, which Firecracker lacks: without one, QEMU answers
-#: the kernel's reads of its ports with all ones ("update in progress"), and three probes
-#: wait out a second each (3 s of every boot under TCG, seen in the console's gaps).
-#: Firecracker's unhandled port reads are not all ones, so a node's guest does not wait
-#: there (and kvm-clock gives it the date, which the RTC gives here instead of 1970).
-MICROVM_MACHINE = "microvm,acpi=off,pit=on,pic=on,rtc=on"
+#: against and hangs there. The CMOS RTC is added by `QemuVM.command` (see RTC_IRQ).
+MICROVM_MACHINE = "microvm,acpi=off,pit=on,pic=on"
+#: Firecracker has no CMOS RTC; without one, QEMU answers the kernel's reads of its ports
+#: with all ones ("update in progress") and three probes wait out a second each: 3 s of
+#: every boot under TCG, seen in the console's gaps (Firecracker's unhandled port reads are
+#: not all ones, and a node's guest does not wait there). So a VM gets an RTC, unless a
+#: virtio device needs its IRQ: microvm gives its transports IRQs 12, 11, 10... in the
+#: order the devices are created, and the RTC's is 8; a fifth device there would lose its
+#: interrupt to the kernel's rtc driver (a vsock device on IRQ 8: "No such device").
+RTC_IRQ = 8
+FIRST_VIRTIO_IRQ = 12
 #: `-cpu max` on microvm: RDRAND, which `random.trust_cpu=on` credits, so the kernel's
 #: random pool is ready at once, as on a node; TCG's default CPU has none, and the pool
 #: waits for timing jitter (ready at 4.9 s of uptime instead of 0 in a boot here).
@@ -204,7 +209,10 @@ class QemuVM(Machine):
     def command(self) -> list[str]:
         mem = f"{self.memory_mb}M"
         mmio = self.machine == "microvm"
-        machine = f"{MICROVM_MACHINE},memory-backend=mem" if mmio else "q35,memory-backend=mem"
+        # The rootfs, the other drives, vsock and the network card, IRQs counting down from 12.
+        virtio_devices = 2 + len(self.drives) + (self.network is not None)
+        rtc = "on" if FIRST_VIRTIO_IRQ - virtio_devices + 1 > RTC_IRQ else "off"
+        machine = f"{MICROVM_MACHINE},rtc={rtc},memory-backend=mem" if mmio else "q35,memory-backend=mem"
 
         def device(kind: str, args: str, slot: int) -> str:
             # virtio-mmio devices have no PCI address; their order is their creation order.
