@@ -84,3 +84,30 @@ def test_listening_twice_on_one_path_replaces_a_stale_socket_file(short_dir):
     first.close()  # a previous init's file, left behind
     second = ready.listen(base)
     second.close()
+
+
+async def test_a_transport_with_no_early_listener_listens_itself(short_dir):
+    """When guest/ready.py could not listen before the imports, the loop's transport
+    listens the same way (ready.listen), stale socket file replaced, and answers CONNECT."""
+    import asyncio
+
+    from aleph_runtime.guest.transport import transport_for
+
+    base = str(short_dir / "v.sock")
+    ready.listen(base).close()  # a stale file where the socket goes
+    transport = transport_for(base)
+    seen = asyncio.get_running_loop().create_future()
+
+    async def handler(reader, writer):
+        seen.set_result(await reader.readexactly(4))
+        writer.close()
+
+    await transport.start_server(handler)
+    try:
+        reader, writer = await asyncio.open_unix_connection(base)
+        writer.write(b"CONNECT 52\nping")
+        assert (await reader.readline()).startswith(b"OK ")
+        assert await asyncio.wait_for(seen, 10) == b"ping"
+        writer.close()
+    finally:
+        transport.close()

@@ -30,7 +30,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from aleph_runtime import protocol
-from aleph_runtime.guest import stdio
+from aleph_runtime.guest import ready, stdio
 
 logger = logging.getLogger("aleph_runtime.transport")
 
@@ -89,18 +89,15 @@ class VsockTransport(Transport):
     # (SHUTDOWN with RCV|SEND): on vsock, EOF means the host is gone.
     half_close_passes = False
 
-    def __init__(self, port: int = protocol.INIT_PORT, listener: socket.socket | None = None):
-        self.port = port
-        self.description = f"vsock port {port}"
+    def __init__(self, listener: socket.socket | None = None):
+        self.port = protocol.INIT_PORT
+        self.description = f"vsock port {self.port}"
         self._listener: socket.socket | None = listener
         self._tasks: set[asyncio.Task] = set()
 
     async def start_server(self, handler: Handler) -> None:
-        listener = self._listener
-        if listener is None:
-            listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-            listener.bind((socket.VMADDR_CID_ANY, self.port))
-            listener.listen(128)
+        # Listening already, unless guest/ready.py could not before the imports.
+        listener = self._listener or ready.listen(None)
         listener.setblocking(False)
         self._listener = listener
         loop = asyncio.get_running_loop()
@@ -165,9 +162,9 @@ class VsockTransport(Transport):
 
 
 class UnixTransport(Transport):
-    def __init__(self, base_path: str, port: int = protocol.INIT_PORT, listener: socket.socket | None = None):
+    def __init__(self, base_path: str, listener: socket.socket | None = None):
         self.base_path = base_path
-        self.port = port
+        self.port = protocol.INIT_PORT
         self.description = f"Unix socket {base_path} (dev mode)"
         self._listener = listener
         self._server: asyncio.AbstractServer | None = None
@@ -190,15 +187,10 @@ class UnixTransport(Transport):
             writer.write(protocol.ok_line(next(self._local_ports)))
             await handler(reader, writer)
 
-        if self._listener is not None:
-            self._server = await asyncio.start_unix_server(accept, sock=self._listener, limit=STREAM_LIMIT)
-            self._listener = None
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.base_path)
-        self._server = await asyncio.start_unix_server(
-            accept, path=self.base_path, limit=STREAM_LIMIT, backlog=128
-        )
+        # Listening already, unless guest/ready.py could not before the imports.
+        listener = self._listener or ready.listen(self.base_path)
+        self._listener = None
+        self._server = await asyncio.start_unix_server(accept, sock=listener, limit=STREAM_LIMIT)
 
     async def open_host_connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_unix_connection(f"{self.base_path}_{port}", limit=STREAM_LIMIT)

@@ -482,11 +482,11 @@ class LocalNode:
             for line in machine.vm.console:
                 if "init0:" in line.text:
                     marks.setdefault("init0", line.host_time)
-                    marks["init1"] = line.host_time
+                    marks["exec"] = line.host_time
             if "init0" in marks:
                 times["kernel"] = marks["init0"]
-                times["init0"] = marks["init1"] - marks["init0"]
-                times["init1 ready"] = ready - marks["init1"]
+                times["init0"] = marks["exec"] - marks["init0"]
+                times["init1 ready"] = ready - marks["exec"]
             else:
                 times["booted"] = ready
         else:
