@@ -6,8 +6,8 @@
 # can write anywhere and nothing persists; mount the pseudo filesystems (init0.fstab:
 # /proc /dev /sys /run /dev/pts /dev/shm cgroup2); exec init1 under python3 -OO (the
 # image holds bytecode at that level). Nothing slow here: no probes, no services (init1
-# starts sshd when the config brings keys), seven execs in all. Each step logs one line
-# prefixed with the uptime. POSIX sh, busybox-compatible.
+# starts sshd when the config brings keys, and adds /dev/fd and /dev/std*), six execs in
+# all. Each step logs one line prefixed with the uptime. POSIX sh, busybox-compatible.
 #
 # Layout in the image: /opt/aleph/init/{init0.sh,init0.fstab,init1.py}; the guest side of
 # aleph_runtime in /opt/aleph/runtime (init1 finds it as ../runtime from its own
@@ -47,9 +47,6 @@ fi
 unset ALEPH_INIT0_ROOTED
 
 mount -a -T "$here/init0.fstab" || fail "some of /proc /dev /sys /run /dev/pts /dev/shm cgroup2 did not mount"
-# devtmpfs lacks what udev would add: /dev/fd, /dev/stdin, /dev/stdout, /dev/stderr
-# (bash process substitution, programs logging to /dev/stdout). The image holds them.
-cp -a "$here/dev/." /dev/ || fail "cannot create /dev/fd and /dev/std*"
 log "root is a tmpfs overlay over the image (at /rom); /proc /dev /sys /run /dev/pts /dev/shm cgroup2 mounted"
 
 # The guest libraries, as programs expect; aleph_runtime too, so init1 imports it even

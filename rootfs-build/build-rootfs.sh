@@ -170,12 +170,6 @@ done
 for f in $(runtime_files); do
   install -D -m 0644 "$REPO_DIR/runtime/$f" "$root/opt/aleph/runtime/$f"
 done
-# What init0 copies into the devtmpfs (one `cp -a`): links udev would otherwise make.
-mkdir -p "$root/opt/aleph/init/dev"
-ln -s /proc/self/fd "$root/opt/aleph/init/dev/fd"
-ln -s /proc/self/fd/0 "$root/opt/aleph/init/dev/stdin"
-ln -s /proc/self/fd/1 "$root/opt/aleph/init/dev/stdout"
-ln -s /proc/self/fd/2 "$root/opt/aleph/init/dev/stderr"
 # /sbin/init is init0.sh itself (the kernel runs it, so no symlink games).
 install -m 0755 "$REPO_DIR/init/init0.sh" "$root/usr/sbin/init"
 mkdir -p "$root/opt/code" "$root/opt/packages" "$root/data" "$root/overlay" "$root/rom"

@@ -238,6 +238,8 @@ class Init:
     async def _apply_system(self, config: Config) -> None:
         from aleph_runtime.guest import network, volumes
 
+        for problem in linux.add_dev_links(str(self.paths.inside("/dev"))):
+            logger.warning("%s", problem)
         try:
             linux.sethostname(config.hostname)
         except OSError as error:

@@ -1,5 +1,6 @@
 """Thin ctypes wrappers around the libc calls PID 1 needs: mount, umount, reboot,
-sethostname, sync. Each raises OSError with the call's errno on failure.
+sethostname, sync. Each raises OSError with the call's errno on failure. Also the
+links a devtmpfs lacks.
 
 ctypes is imported and libc loaded on first use, so importing this module costs next
 to nothing: the init's start (no volumes) never needs either (sethostname is the socket
@@ -124,6 +125,31 @@ def sethostname(name: str | bytes) -> None:
 
 def sync() -> None:
     libc().sync()
+
+
+#: What udev would add to a devtmpfs, and programs expect: bash's process substitution
+#: opens /dev/fd/N, programs log to /dev/stdout. Made here rather than copied by init0:
+#: one `cp` is one exec at every boot, a symlink(2) costs microseconds.
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+)
+
+
+def add_dev_links(dev_dir: str) -> list[str]:
+    """Create the DEV_LINKS missing from `dev_dir` (an existing entry is left as it is);
+    what could not be created, one sentence each."""
+    problems = []
+    for name, target in DEV_LINKS:
+        try:
+            os.symlink(target, os.path.join(dev_dir, name))
+        except FileExistsError:
+            pass
+        except OSError as error:
+            problems.append(f"cannot create {os.path.join(dev_dir, name)} -> {target}: {error.strerror}")
+    return problems
 
 
 PR_SET_CHILD_SUBREAPER = 36
