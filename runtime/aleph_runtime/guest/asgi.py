@@ -17,10 +17,10 @@ import asyncio
 import enum
 import inspect
 import logging
-import re
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from aleph_runtime import protocol
 from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
@@ -80,22 +80,17 @@ _QUERY_PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('"#%+<>')
 _PATH_PLAIN = _QUERY_PLAIN - set("?`{}") | {"+"}
 
 
-def _escapes(plain: frozenset[str]) -> re.Pattern[str]:
-    """Matches each run of characters outside `plain`, to be percent-encoded."""
-    return re.compile("[^" + "".join(re.escape(char) for char in sorted(plain)) + "]+")
+#: The same sets as `safe` arguments of urllib.parse.quote, which keeps letters, digits
+#: and `_.-~` too (all plain in both). quote() rather than a regular expression: the two
+#: character classes cost more to compile, at every start, than the rest of the module.
+_QUERY_SAFE = "".join(sorted(_QUERY_PLAIN))
+_PATH_SAFE = "".join(sorted(_PATH_PLAIN))
 
 
-_QUERY_ESCAPES = _escapes(_QUERY_PLAIN)
-_PATH_ESCAPES = _escapes(_PATH_PLAIN)
-
-
-def _percent(match: re.Match[str]) -> str:
-    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
-
-
-def _percent_encode(text: str, escapes: re.Pattern[str]) -> bytes:
-    # The substitution leaves only ASCII: plain characters and escapes.
-    return escapes.sub(_percent, text).encode("ascii")
+def _percent_encode(text: str, safe: str) -> bytes:
+    """`text` with every character outside `safe` percent-encoded as its UTF-8 bytes
+    (surrogates from undecodable input included); ASCII only."""
+    return quote(text, safe=safe, errors="surrogatepass").encode("ascii")
 
 
 def query_bytes(query: object) -> bytes:
@@ -115,7 +110,7 @@ def query_bytes(query: object) -> bytes:
     plain_run_start = 0
     position = query.find("%")
     while position != -1:
-        out += _percent_encode(query[plain_run_start:position], _QUERY_ESCAPES)
+        out += _percent_encode(query[plain_run_start:position], _QUERY_SAFE)
         digits = query[position + 1 : position + 3]
         if len(digits) == 2 and digits[0] in _HEX_DIGITS and digits[1] in _HEX_DIGITS:
             byte = int(digits, 16)
@@ -127,7 +122,7 @@ def query_bytes(query: object) -> bytes:
         out += b"%25"  # a literal percent sign (the client's `%25`)
         plain_run_start = position + 1
         position = query.find("%", plain_run_start)
-    out += _percent_encode(query[plain_run_start:], _QUERY_ESCAPES)
+    out += _percent_encode(query[plain_run_start:], _QUERY_SAFE)
     return bytes(out)
 
 
@@ -136,7 +131,7 @@ def raw_path_bytes(path: str) -> bytes:
 
     The supervisor resolved every escape, `%2F` included, so `/a%2Fb` comes back as `/a/b`.
     """
-    return _percent_encode(path, _PATH_ESCAPES)
+    return _percent_encode(path, _PATH_SAFE)
 
 
 #: Replaces the client's Accept-Encoding (see `http_scope`).
