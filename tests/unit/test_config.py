@@ -106,7 +106,7 @@ def test_binary_interface_is_executable():
     ],
 )
 def test_a_trailing_newline_is_not_accepted(overrides, field):
-    """`$` matches before a final newline; the patterns end with \\Z."""
+    """A regular expression ending in `$` would take a final newline; the checks do not."""
     with pytest.raises(ConfigError, match=field):
         parse_config(v1(**overrides))
 
@@ -129,3 +129,67 @@ def test_an_entrypoint_with_a_trailing_newline_is_refused(entrypoint):
 
     with pytest.raises(ConfigError):
         split_entrypoint(entrypoint, Encoding.PLAIN)
+
+
+def _device(name):
+    return {"volumes": [{"mount": "/opt/venv", "device": name, "read_only": True}]}
+
+
+@pytest.mark.parametrize(
+    "overrides, accepted",
+    [
+        (_device("vdc"), True),
+        (_device("vd1"), True),
+        (_device("a" * 16), True),
+        (_device("v"), False),
+        (_device("a" * 17), False),
+        (_device("1vd"), False),
+        (_device("Vdc"), False),
+        (_device("vd_c"), False),
+        (_device("vdç"), False),
+        (_device("vd²"), False),
+        ({"vm_hash": "0123456789abcdefABCDEF" + "0" * 42}, True),
+        ({"vm_hash": "g" * 64}, False),
+        ({"vm_hash": "a" * 63}, False),
+        ({"vm_hash": "a" * 65}, False),
+        ({"vm_hash": "0x" + "a" * 62}, False),
+        ({"vm_hash": "a_" * 32}, False),
+        ({"vm_hash": "\u0661" * 64}, False),  # Arabic-Indic digits: int() would take them
+        ({"variables": {"_A9": "1"}}, True),
+        ({"variables": {"9A": "1"}}, False),
+        ({"variables": {"A-B": "1"}}, False),
+        ({"variables": {"É": "1"}}, False),
+        ({"variables": {"": "1"}}, False),
+    ],
+)
+def test_names_and_hashes_are_checked_exactly(overrides, accepted):
+    """Device names are [a-z][a-z0-9]{1,15}, hashes 64 hex digits, variables ASCII identifiers."""
+    if accepted:
+        parse_config(v1(**overrides))
+    else:
+        with pytest.raises(ConfigError):
+            parse_config(v1(**overrides))
+
+
+@pytest.mark.parametrize(
+    "entrypoint, accepted",
+    [
+        ("main:app", True),
+        ("pkg.sub_2.main:App.attr", True),
+        ("pkg..main:app", False),
+        (".main:app", False),
+        ("main.:app", False),
+        ("1main:app", False),
+        ("main:app-x", False),
+        ("mäin:app", False),
+        ("main:", False),
+    ],
+)
+def test_entrypoint_paths_are_ascii_dotted_identifiers(entrypoint, accepted):
+    from aleph_runtime.guest.code import split_entrypoint
+
+    if accepted:
+        assert split_entrypoint(entrypoint, Encoding.ZIP) == tuple(entrypoint.split(":"))
+    else:
+        with pytest.raises(ConfigError):
+            split_entrypoint(entrypoint, Encoding.ZIP)

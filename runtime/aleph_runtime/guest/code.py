@@ -18,21 +18,18 @@ import importlib
 import inspect
 import logging
 import os
-import re
 import sys
 import traceback
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 from aleph_runtime.guest import collector
 from aleph_runtime.guest.archive import DEFAULT_MAX_UNPACKED, extract_tar, extract_zip
-from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface
+from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface, is_ascii_identifier
+from aleph_runtime.guest.record import Record
 
 logger = logging.getLogger("aleph_runtime.code")
 
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
-_ATTRIBUTE = _MODULE
 #: A plain ASGI program whose entrypoint names only an attribute is imported as this module.
 PLAIN_MODULE = "main"
 #: The legacy aleph_client API over aleph-sdk-python: runtime/compat in a checkout and
@@ -40,11 +37,15 @@ PLAIN_MODULE = "main"
 COMPAT_DIRECTORY = Path(__file__).resolve().parents[2] / "compat"
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(Record):
     """Where the init puts things. `root` is "/" in a VM; a private directory in dev mode."""
 
-    root: Path = Path("/")
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path = Path("/")):
+        self._fill(locals())
+
+    root: Path
 
     def inside(self, path: str | os.PathLike) -> Path:
         """An absolute guest path (e.g. a volume's mount point) placed under root."""
@@ -79,11 +80,16 @@ def split_entrypoint(entrypoint: str, encoding: Encoding) -> tuple[str, str]:
         module, attribute = PLAIN_MODULE, entrypoint
     else:
         raise ConfigError(f"the entrypoint {entrypoint!r} must be 'module:attribute' for an ASGI program")
-    if not _MODULE.match(module):
+    if not _is_dotted_name(module):
         raise ConfigError(f"the entrypoint's module {module!r} is not a valid Python module path")
-    if not _ATTRIBUTE.match(attribute):
+    if not _is_dotted_name(attribute):
         raise ConfigError(f"the entrypoint's attribute {attribute!r} is not a valid attribute path")
     return module, attribute
+
+
+def _is_dotted_name(name: str) -> bool:
+    """`a.b.c`, each part an ASCII identifier: a module path, or an attribute path."""
+    return all(is_ascii_identifier(part) for part in name.split("."))
 
 
 def unpack_code(config: Config, paths: Paths, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> Path:

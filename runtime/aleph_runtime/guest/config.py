@@ -8,9 +8,8 @@ sends back as `{"success": false, "error": ...}`.
 from __future__ import annotations
 
 import ipaddress
-import re
-from dataclasses import dataclass, field
 
+from aleph_runtime.guest.record import Record
 from aleph_runtime.protocol import ENCODING_NAMES, Encoding, Interface, hostname
 
 __all__ = ["Config", "ConfigError", "Encoding", "Interface", "Network", "Volume", "parse_config"]
@@ -28,35 +27,75 @@ class ConfigError(ValueError):
         self.detail = detail
 
 
-# Matched from the start with \Z at the end: `$` would also accept a trailing newline.
-_DEVICE_NAME = re.compile(r"[a-z][a-z0-9]{1,15}\Z")
-_VM_HASH = re.compile(r"[0-9a-fA-F]{64}\Z")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 #: resolv.conf uses three; a few more are kept for whoever reads the file differently.
 MAX_DNS_SERVERS = 16
 
 
-@dataclass(frozen=True)
-class Volume:
+class Volume(Record):
+    __slots__ = ("device", "mount", "read_only")
+
+    def __init__(self, mount: str, device: str, read_only: bool):
+        self._fill(locals())
+
+    #: Absolute mount point inside the VM, e.g. /opt/venv.
     mount: str
-    """Absolute mount point inside the VM, e.g. /opt/venv."""
+    #: Block device name under /dev, e.g. vdc.
     device: str
-    """Block device name under /dev, e.g. vdc."""
     read_only: bool
 
 
-@dataclass(frozen=True)
-class Network:
-    ipv4: ipaddress.IPv4Interface | None = None
-    """The address with its prefix; /24 when the supervisor sent none (as it does today)."""
-    ipv4_gateway: ipaddress.IPv4Address | None = None
-    ipv6: ipaddress.IPv6Interface | None = None
-    ipv6_gateway: ipaddress.IPv6Address | None = None
-    dns_servers: tuple[str, ...] = ()
+class Network(Record):
+    __slots__ = ("dns_servers", "ipv4", "ipv4_gateway", "ipv6", "ipv6_gateway")
+
+    def __init__(
+        self,
+        ipv4: ipaddress.IPv4Interface | None = None,
+        ipv4_gateway: ipaddress.IPv4Address | None = None,
+        ipv6: ipaddress.IPv6Interface | None = None,
+        ipv6_gateway: ipaddress.IPv6Address | None = None,
+        dns_servers: tuple[str, ...] = (),
+    ):
+        self._fill(locals())
+
+    #: The address with its prefix; /24 when the supervisor sent none (as it does today).
+    ipv4: ipaddress.IPv4Interface | None
+    ipv4_gateway: ipaddress.IPv4Address | None
+    ipv6: ipaddress.IPv6Interface | None
+    ipv6_gateway: ipaddress.IPv6Address | None
+    dns_servers: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record):
+    __slots__ = (
+        "authorized_keys",
+        "code",
+        "encoding",
+        "entrypoint",
+        "input_data",
+        "interface",
+        "network",
+        "variables",
+        "vm_hash",
+        "volumes",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        vm_hash: str,
+        interface: Interface,
+        encoding: Encoding,
+        entrypoint: str,
+        code: bytes | None,
+        input_data: bytes | None,
+        network: Network,
+        volumes: tuple[Volume, ...] = (),
+        variables: dict[str, str] | None = None,
+        authorized_keys: tuple[str, ...] = (),
+    ):
+        variables = {} if variables is None else variables
+        self._fill(locals())
+
     vm_hash: str
     interface: Interface
     encoding: Encoding
@@ -64,13 +103,24 @@ class Config:
     code: bytes | None
     input_data: bytes | None
     network: Network
-    volumes: tuple[Volume, ...] = ()
-    variables: dict[str, str] = field(default_factory=dict)
-    authorized_keys: tuple[str, ...] = ()
+    volumes: tuple[Volume, ...]
+    variables: dict[str, str]
+    authorized_keys: tuple[str, ...]
 
     @property
     def hostname(self) -> str:
         return hostname(self.vm_hash)
+
+
+def _is_device_name(name: str) -> bool:
+    """[a-z][a-z0-9]{1,15}, as block devices are named (vdb, vdc...); by hand, since a
+    regular expression's compilation would cost more at every boot than all the checks."""
+    return 2 <= len(name) <= 16 and name.isascii() and name.isalnum() and name[0].isalpha() and name.islower()
+
+
+def is_ascii_identifier(name: str) -> bool:
+    """[A-Za-z_][A-Za-z0-9_]*: a variable's name, or one part of a module path."""
+    return name.isascii() and name.isidentifier()
 
 
 def _require(data: dict, key: str, kinds: type | tuple[type, ...], optional: bool = False):
@@ -103,7 +153,7 @@ def _parse_volume(index: int, raw: object) -> Volume:
         raise ConfigError(f"{where}: {error}") from None
     if not mount.startswith("/") or "\x00" in mount or ".." in mount.split("/"):
         raise ConfigError(f"the field '{where}.mount' must be an absolute path without '..', not {mount!r}")
-    if not _DEVICE_NAME.match(device):
+    if not _is_device_name(device):
         raise ConfigError(f"the field '{where}.device' must be a device name such as 'vdc', not {device!r}")
     return Volume(mount=mount.rstrip("/") or "/", device=device, read_only=read_only)
 
@@ -150,7 +200,7 @@ def parse_config(data: object) -> Config:
         raise ConfigError(f"the configuration must be a map, not {type(data).__name__}")
 
     vm_hash = _require(data, "vm_hash", str)
-    if not _VM_HASH.match(vm_hash):
+    if len(vm_hash) != 64 or not _HEX_DIGITS.issuperset(vm_hash):
         raise ConfigError(f"the field 'vm_hash' must be 64 hexadecimal characters, not {vm_hash[:80]!r}")
 
     raw_interface = _require(data, "interface", str)
@@ -185,7 +235,7 @@ def parse_config(data: object) -> Config:
 
     variables = _require(data, "variables", dict, optional=True) or {}
     for key, value in variables.items():
-        if not isinstance(key, str) or not _ENV_NAME.match(key):
+        if not isinstance(key, str) or not is_ascii_identifier(key):
             raise ConfigError(f"the field 'variables' has a key that is not a variable name: {key!r}")
         if not isinstance(value, str) or "\x00" in value:
             raise ConfigError(f"the field 'variables.{key}' must be a string without NUL bytes")

@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from aleph_runtime.guest.record import Record
+
 #: The supervisor sends calls of any size; this bounds what PID 1 buffers for one.
 DEFAULT_MAX_REQUEST_BYTES = 256 * 2**20
 #: The same bound on what a program answers: an endless stream must not grow PID 1.
@@ -36,9 +38,9 @@ class SettingsError(ValueError):
     """A knob has a value the init cannot use; the message names it."""
 
 
-class Settings:
-    """Frozen. Not a dataclass: it is built before the ready signal (guest/ready.py), and
-    @dataclass costs its import (inspect, ast...) and an exec per class at every boot."""
+class Settings(Record):
+    """Frozen. A Record, not a dataclass (guest/record.py says why); it is built before
+    the ready signal (guest/ready.py)."""
 
     __slots__ = (
         "debug",
@@ -65,9 +67,7 @@ class Settings:
         lifespan_startup_timeout: float = DEFAULT_LIFESPAN_STARTUP_TIMEOUT,
         max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
     ):
-        values = locals()
-        for name in self.__slots__:
-            object.__setattr__(self, name, values[name])
+        self._fill(locals())
 
     #: Dev mode's Unix socket base path; None serves on vsock.
     uds: str | None
@@ -84,18 +84,6 @@ class Settings:
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Settings are read once, at start: {name} cannot change")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Settings):
-            return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
-
-    def __hash__(self) -> int:
-        return hash(tuple(getattr(self, name) for name in self.__slots__))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"Settings({fields})"
 
     @classmethod
     def read(

@@ -14,10 +14,10 @@ import os
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from aleph_runtime.guest import linux
 from aleph_runtime.guest.config import ConfigError, Volume
+from aleph_runtime.guest.record import Record
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,12 @@ def detect_filesystem(device_path: str | os.PathLike) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class MountedVolume:
+class MountedVolume(Record):
+    __slots__ = ("device_path", "fstype", "mount_point", "read_only", "volume")
+
+    def __init__(self, volume: Volume, device_path: str, mount_point: str, fstype: str, read_only: bool):
+        self._fill(locals())
+
     volume: Volume
     device_path: str
     mount_point: str
