@@ -2,21 +2,41 @@
 
 Shared by the guest (the init) and the host (our supervisor client, CLI and tests), so
 both sides agree on every byte. docs/protocol.md describes it section by section,
-naming the aleph-vm code each part follows. It imports nothing but msgpack and small
-standard modules: the init sends its ready signal with it before asyncio is imported
-(guest/ready.py), and the readers below take asyncio's streams without importing it.
+naming the aleph-vm code each part follows.
+
+The init sends its ready signal with this module before the rest of its imports
+(guest/ready.py says why): so importing it costs enum and nothing else. msgpack (which
+imports datetime, for its Timestamp) and base64 (which imports re) load on first use,
+after the signal: they were most of the instructions run before it. The ready signal,
+a two-entry map, is encoded by hand for the same reason; the readers below take
+asyncio's streams without importing asyncio.
 """
 
 from __future__ import annotations
 
-import base64
 import enum
-
-import msgpack
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before the signal
 if TYPE_CHECKING:
     import asyncio
+
+    import msgpack as _msgpack_module
+
+_msgpack = None
+#: What msgpack raises on bytes that are not one complete msgpack object (set with _msgpack).
+_unpack_errors: tuple[type[Exception], ...] = ()
+
+
+def _codec():
+    """msgpack, imported on first use."""
+    global _msgpack, _unpack_errors
+    if _msgpack is None:
+        import msgpack
+
+        _unpack_errors = (ValueError, msgpack.UnpackException)
+        _msgpack = msgpack
+    return _msgpack
+
 
 #: The version announced in the ready signal. It selects the V2 config format on the
 #: supervisor's side; the supervisor ignores extra keys in the ready map.
@@ -50,8 +70,12 @@ MAX_LENGTH_DIGITS = 12
 MAX_LENGTH_LINE = 20
 
 
-#: What msgpack raises on bytes that are not one complete msgpack object.
-UNPACK_ERRORS = (ValueError, msgpack.UnpackException)
+def __getattr__(name: str) -> object:
+    # UNPACK_ERRORS names msgpack's exception class: msgpack loads when it is first asked for.
+    if name == "UNPACK_ERRORS":
+        _codec()
+        return _unpack_errors
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ProtocolError(ValueError):
@@ -116,22 +140,36 @@ def interface_for(entrypoint: str) -> Interface:
 def hostname(vm_hash: str) -> str:
     """The VM's hostname, and the label a node serves it under: base32 of the binary
     hash, lower case, unpadded (a hex hash is too long for a DNS label)."""
+    import base64
+
     return base64.b32encode(bytes.fromhex(vm_hash)).decode().rstrip("=").lower()
 
 
 def pack(obj: object) -> bytes:
     """msgpack as the supervisor writes it: str as str, bytes as bin."""
-    return msgpack.packb(obj, use_bin_type=True)
+    return (_msgpack or _codec()).packb(obj, use_bin_type=True)
 
 
 def unpack(data: bytes) -> object:
     """msgpack as the supervisor reads it: str decoded, bin kept as bytes."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return (_msgpack or _codec()).unpackb(data, raw=False, strict_map_key=False)
 
 
-def new_unpacker(max_buffer_size: int = 0) -> msgpack.Unpacker:
+def new_unpacker(max_buffer_size: int = 0) -> _msgpack_module.Unpacker:
     """A streaming unpacker for run requests, which arrive with no length prefix."""
-    return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max_buffer_size)
+    return _codec().Unpacker(raw=False, strict_map_key=False, max_buffer_size=max_buffer_size)
+
+
+def _pack_short_str(text: str) -> bytes:
+    """msgpack's encoding of a str shorter than 64 KiB (fixstr, str8 or str16)."""
+    data = text.encode()
+    if len(data) < 32:
+        return bytes((0xA0 | len(data),)) + data
+    if len(data) < 256:
+        return bytes((0xD9, len(data))) + data
+    if len(data) < 65536:
+        return bytes((0xDA,)) + len(data).to_bytes(2, "big") + data
+    raise ValueError("a string of 64 KiB or more has no place in the ready signal")
 
 
 # --- the hybrid-vsock control lines (Firecracker's host-side Unix socket) ---
@@ -243,9 +281,11 @@ async def read_run_request(reader: asyncio.StreamReader, first: bytes, max_bytes
     RequestTooLarge beyond it, ProtocolError for bytes that are not msgpack or a
     connection that ends first.
     """
+    msgpack = _msgpack or _codec()
+    unpack_errors = _unpack_errors
     try:
         return unpack(first)
-    except UNPACK_ERRORS:
+    except unpack_errors:
         pass  # incomplete (or broken: the unpacker below says which)
     unpacker = new_unpacker(max_buffer_size=max_bytes)
     chunk = first
@@ -257,7 +297,7 @@ async def read_run_request(reader: asyncio.StreamReader, first: bytes, max_bytes
             pass
         except msgpack.BufferFull:
             raise RequestTooLarge("request", max_bytes) from None
-        except UNPACK_ERRORS as error:  # FormatError, StackError...
+        except unpack_errors as error:  # FormatError, StackError...
             raise ProtocolError(f"malformed run request: {type(error).__name__}: {error}") from None
         chunk = await reader.read(READ_CHUNK)
         if not chunk:
@@ -303,10 +343,12 @@ async def read_halt(reader: asyncio.StreamReader, first: bytes) -> None:
 
 
 def ready_signal(runtime_version: str | None = None) -> bytes:
-    signal: dict = {"version": PROTOCOL_VERSION}
-    if runtime_version:
-        signal["runtime"] = runtime_version
-    return pack(signal)
+    """msgpack({"version": PROTOCOL_VERSION[, "runtime": runtime_version]}), the bytes
+    msgpack.packb writes, encoded here so that msgpack loads after the signal."""
+    entries = [("version", PROTOCOL_VERSION)] + ([("runtime", runtime_version)] if runtime_version else [])
+    return bytes((0x80 | len(entries),)) + b"".join(
+        _pack_short_str(key) + _pack_short_str(value) for key, value in entries
+    )
 
 
 def config_success() -> bytes:

@@ -15,10 +15,12 @@ from tests.conftest import REPOSITORY
 
 
 def test_the_entry_point_imports_no_event_loop_before_the_signal():
-    """What main() needs up to the signal must not pull asyncio (seconds under emulation)."""
+    """What main() needs up to the signal must not pull asyncio (seconds under emulation),
+    nor socket.py, msgpack or re: what runs before the signal delays it, at every boot."""
     code = (
         "import sys; import aleph_runtime.guest.main, aleph_runtime.protocol; "
-        "heavy = [m for m in ('asyncio', 'uvloop', 'logging', 'dataclasses', 'typing') if m in sys.modules]; "
+        "heavy = [m for m in ('asyncio', 'uvloop', 'logging', 'dataclasses', 'typing', 'socket', 'msgpack', "
+        "'re', 'base64') if m in sys.modules]; "
         "print(heavy)"
     )
     result = subprocess.run(
@@ -36,7 +38,7 @@ def test_listen_then_signal_then_the_config_waits_in_the_backlog(short_dir):
     host_side = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     host_side.bind(f"{base}_52")
     host_side.listen(1)
-    listener = ready.listen(base)
+    listener = ready.adopt(ready.listen(base))
     try:
         ready.send(base)
         connection, _ = host_side.accept()
@@ -111,3 +113,27 @@ async def test_a_transport_with_no_early_listener_listens_itself(short_dir):
         writer.close()
     finally:
         transport.close()
+
+
+def test_the_hand_encoded_signal_is_what_msgpack_writes():
+    import msgpack
+
+    for version in (None, "", "0.1.0", "v" * 31, "v" * 32, "é" * 200, "x" * 300, "x" * 65535):
+        expected = {"version": protocol.PROTOCOL_VERSION, **({"runtime": version} if version else {})}
+        assert protocol.ready_signal(version) == msgpack.packb(expected, use_bin_type=True), version
+    with pytest.raises(ValueError, match="64 KiB"):
+        protocol.ready_signal("x" * 65536)
+
+
+def test_the_loop_adopts_the_early_listener_as_a_socket(short_dir):
+    base = str(short_dir / "v.sock")
+    raw = ready.listen(base)
+    fd = raw.fileno()
+    adopted = ready.adopt(raw)
+    try:
+        assert isinstance(adopted, socket.socket) and adopted.fileno() == fd
+        assert (adopted.family, adopted.type) == (socket.AF_UNIX, socket.SOCK_STREAM)
+        assert raw.fileno() == -1  # detached: one owner for the descriptor
+        assert ready.adopt(adopted) is adopted
+    finally:
+        adopted.close()

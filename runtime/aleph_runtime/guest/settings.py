@@ -20,9 +20,12 @@ and the init's behaviour cannot change under it while it runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from aleph_runtime.guest.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before the signal
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: The supervisor sends calls of any size; this bounds what PID 1 buffers for one.
 DEFAULT_MAX_REQUEST_BYTES = 256 * 2**20

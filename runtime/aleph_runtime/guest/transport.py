@@ -97,7 +97,7 @@ class VsockTransport(Transport):
 
     async def start_server(self, handler: Handler) -> None:
         # Listening already, unless guest/ready.py could not before the imports.
-        listener = self._listener or ready.listen(None)
+        listener = ready.adopt(self._listener or ready.listen(None))
         listener.setblocking(False)
         self._listener = listener
         loop = asyncio.get_running_loop()
@@ -188,7 +188,7 @@ class UnixTransport(Transport):
             await handler(reader, writer)
 
         # Listening already, unless guest/ready.py could not before the imports.
-        listener = self._listener or ready.listen(self.base_path)
+        listener = ready.adopt(self._listener or ready.listen(self.base_path))
         self._listener = None
         self._server = await asyncio.start_unix_server(accept, sock=listener, limit=STREAM_LIMIT)
 
