@@ -18,7 +18,8 @@ the same squashfs: today's aleph-vm init (a directory with its init0.sh and init
 from aleph-vm's runtimes/aleph-debian-12-python/, installed as its image has them:
 /root/init0.sh as the kernel's init, /root/init1.py), or another checkout of ours (a
 directory with init/ and runtime/, byte-compiled like ours). `ratios` divides our
-figures by each other side's. The derived image is cached by its inputs.
+figures by each other side's. The derived image is packed as the base is (its manifest's
+compression and level) and cached by its inputs.
 
 `--throughput` instead boots once and measures calls: per-request latency (p50/p90/p99,
 sequential) and requests/s with N in flight, MB/s for one POST of a 64 MiB body answered
@@ -206,7 +207,12 @@ def derived_image(base: Path, against: list[Path]) -> tuple[Path, list[Side]]:
             )
     if sum(side.name.startswith("today") for side in sides) > 1:
         raise SystemExit("--against: one of today's inits at a time (its init0.sh execs /root/init1.py)")
-    digest = hashlib.sha256(image.read_manifest(base)["sha256"].encode())
+    manifest = image.read_manifest(base)
+    # Packed as the base is, so that every side reads the squashfs a node would.
+    compression = ["-comp", manifest.get("compression", "gzip")]
+    if manifest.get("compression_level"):
+        compression += ["-Xcompression-level", str(manifest["compression_level"])]
+    digest = hashlib.sha256(manifest["sha256"].encode())
     for target, path in sorted(files.items()):
         digest.update(target.encode() + b"\0" + path.read_bytes() + b"\0")
     out = image.cache_dir() / "bench" / f"against-{digest.hexdigest()[:16]}"
@@ -227,7 +233,7 @@ def derived_image(base: Path, against: list[Path]) -> tuple[Path, list[Side]]:
         if (root / "opt" / "against").is_dir():  # ours are read from bytecode, as in the image
             subprocess.run(["chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q", "-o", "0",
                             "-o", "2", "/opt/against"], check=True)  # fmt: skip
-        subprocess.run(["mksquashfs", str(root), str(out / "rootfs.squashfs"), "-noappend", "-comp", "gzip",
+        subprocess.run(["mksquashfs", str(root), str(out / "rootfs.squashfs"), "-noappend", *compression,
                         "-processors", "2", "-quiet", "-no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     (out / ".complete").touch()
     return out / "rootfs.squashfs", sides
