@@ -48,6 +48,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "runtime"))
 
 from aleph_runtime.host.program import program_config  # noqa: E402
+from aleph_runtime.host.vmm.image import COMPRESSIONS  # noqa: E402
 from aleph_runtime.host.vmm.qemu import Network, QemuVM, find_images  # noqa: E402
 
 # The hello example's lifespan, with requests answered by the benchmark's own handler.
@@ -466,7 +467,7 @@ def main() -> None:
     parser.add_argument("--initramfs", help="with a kernel file: its initramfs")
     parser.add_argument("--rootfs", help="the runtime image (default: the cached lean gzip one)")
     parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
-    parser.add_argument("--compression", choices=["gzip", "zstd"], help="its squashfs compression")
+    parser.add_argument("--compression", choices=COMPRESSIONS, help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
     parser.add_argument("--vcpus", type=int, default=1)
     parser.add_argument(
