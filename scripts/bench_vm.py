@@ -210,7 +210,7 @@ def derived_image(base: Path, against: list[Path]) -> tuple[Path, list[Side]]:
         raise SystemExit("--against: one of today's inits at a time (its init0.sh execs /root/init1.py)")
     manifest = image.read_manifest(base)
     # Packed as the base is, so that every side reads the squashfs a node would.
-    compression = ["-comp", manifest.get("compression", "gzip")]
+    compression = ["-comp", manifest.get("compression", image.DEFAULT_COMPRESSION)]
     if manifest.get("compression_level"):
         compression += ["-Xcompression-level", str(manifest["compression_level"])]
     digest = hashlib.sha256(manifest["sha256"].encode())
@@ -293,7 +293,11 @@ async def cold_starts(args) -> dict:
 
     profile = args.profile or ("full" if args.against else "lean")
     kernel, initramfs, _ = find_images(args.kernel, profile, args.compression)
-    base = Path(args.rootfs) if args.rootfs else image.ensure_rootfs(profile, args.compression or "gzip")
+    base = (
+        Path(args.rootfs)
+        if args.rootfs
+        else image.ensure_rootfs(profile, args.compression or image.DEFAULT_COMPRESSION)
+    )
     sides = [Side("ours")]
     rootfs = base
     if args.against:
@@ -351,7 +355,7 @@ async def throughput(args) -> dict:
     elif rootfs is None:
         from aleph_runtime.host.vmm import image
 
-        rootfs = image.ensure_rootfs(args.profile or "lean", args.compression or "gzip")
+        rootfs = image.ensure_rootfs(args.profile or "lean", args.compression or image.DEFAULT_COMPRESSION)
     network = Network(ip="172.16.9.2", route="172.16.9.1")
     vm = QemuVM(
         kernel, initramfs, rootfs, network=network, init=args.init,
@@ -465,7 +469,7 @@ def main() -> None:
         "initramfs), debian (Debian's kernel and initramfs, q35), or a kernel file",
     )
     parser.add_argument("--initramfs", help="with a kernel file: its initramfs")
-    parser.add_argument("--rootfs", help="the runtime image (default: the cached lean gzip one)")
+    parser.add_argument("--rootfs", help="the runtime image (default: the cached lean one)")
     parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
     parser.add_argument("--compression", choices=COMPRESSIONS, help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")

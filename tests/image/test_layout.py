@@ -134,8 +134,8 @@ def test_manifest_matches(rootfs: Path, mounted_rootfs: Path):
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["size"] == len(data)
     assert (
-        manifest["compression"] == "gzip"
-        and manifest["compression_level"] == 6
+        manifest["compression"] == "lz4"
+        and manifest["compression_level"] is None
         and manifest["profile"] == "lean"
     )
     assert manifest["python"].startswith("3.11.")

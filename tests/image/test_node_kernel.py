@@ -29,8 +29,9 @@ REQUIRED = {
     # the supervisor's channel: vsock over virtio
     "CONFIG_VSOCKETS": "y",
     "CONFIG_VIRTIO_VSOCKETS": "y",
-    # the runtime image and code volumes: squashfs with zlib (gzip), xz and zstd
+    # the runtime image and code volumes: squashfs with lz4 (the image's), zlib (gzip), xz, zstd
     "CONFIG_SQUASHFS": "y",
+    "CONFIG_SQUASHFS_LZ4": "y",
     "CONFIG_SQUASHFS_ZLIB": "y",
     "CONFIG_SQUASHFS_XZ": "y",
     "CONFIG_SQUASHFS_ZSTD": "y",

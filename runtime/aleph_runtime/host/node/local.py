@@ -39,6 +39,7 @@ from aleph_runtime.host.program import (
     tar_directory,
     zip_directory,
 )
+from aleph_runtime.host.vmm.image import DEFAULT_COMPRESSION
 from aleph_runtime.protocol import Encoding
 
 REPOSITORY = Path(__file__).resolve().parents[4]
@@ -104,7 +105,7 @@ class NodeOptions:
     api_server: str | None = None
     redis_url: str | None = None
     vm_hash: str | None = None
-    #: The runtime image's profile and compression (None: lean and gzip, or ALEPH_ROOTFS).
+    #: The runtime image's profile and compression (None: lean and lz4, or ALEPH_ROOTFS).
     profile: str | None = None
     compression: str | None = None
     kernel: str | None = None
@@ -332,7 +333,7 @@ class LocalNode:
         assert self.run_dir is not None
         program = self.options.program
         # The machine first: a missing QEMU or image is reported before anything is packed.
-        image = f"the {self.options.profile or 'lean'} runtime image ({self.options.compression or 'gzip'})"
+        image = f"the {self.options.profile or 'lean'} runtime image ({self.options.compression or DEFAULT_COMPRESSION})"
         chosen = self.options.profile is not None or self.options.compression is not None
         if not chosen and os.environ.get("ALEPH_ROOTFS"):
             image = "the runtime image (ALEPH_ROOTFS)"

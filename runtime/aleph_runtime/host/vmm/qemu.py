@@ -351,7 +351,7 @@ def find_images(
     set (ALEPH_INITRAMFS with them for a kernel that needs one), else built or found
     through the image caches (host/vmm/image.py): the node-like kernel (no initramfs) by
     default, Debian's kernel and initramfs for kernel="debian"; the `profile` image (lean
-    by default) packed with `compression` (gzip by default), its build's progress on stderr."""
+    by default) packed with `compression` (image.DEFAULT_COMPRESSION by default), its build's progress on stderr."""
     kernel = kernel or default_kernel()
     if kernel not in image.KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(image.KERNELS)}")
@@ -363,7 +363,11 @@ def find_images(
         return (
             image.ensure_node_kernel().vmlinux,
             None,
-            image.ensure_rootfs(profile or "lean", compression or "gzip"),
+            image.ensure_rootfs(profile or "lean", compression or image.DEFAULT_COMPRESSION),
         )
     files = image.ensure_kernel()
-    return files.vmlinuz, files.initramfs, image.ensure_rootfs(profile or "lean", compression or "gzip")
+    return (
+        files.vmlinuz,
+        files.initramfs,
+        image.ensure_rootfs(profile or "lean", compression or image.DEFAULT_COMPRESSION),
+    )
