@@ -100,7 +100,7 @@ async def test_plain_program_network_and_halt(images, tmp_path):
         assert routes[0]["gateway"] == "172.16.7.1"
         # What udev would have added to the devtmpfs, made by the init.
         links = await vm.client.command("readlink /dev/fd /dev/stdin /dev/stdout /dev/stderr")
-        assert links.split() == ["/proc/self/fd", "/proc/self/fd/0", "/proc/self/fd/1", "/proc/self/fd/2"]
+        assert links.split() == [b"/proc/self/fd", b"/proc/self/fd/0", b"/proc/self/fd/1", b"/proc/self/fd/2"]
         await halt_and_exit(vm)
         # The kernel's own line for the init's reboot(RB_AUTOBOOT); `reboot=k` on the
         # command line it echoes at boot must not count.
