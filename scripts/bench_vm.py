@@ -289,15 +289,9 @@ async def cold_start(kernel, initramfs, rootfs, side: Side, code: bytes, args) -
 
 
 async def cold_starts(args) -> dict:
-    from aleph_runtime.host.vmm import image
-
     profile = args.profile or ("full" if args.against else "lean")
-    kernel, initramfs, _ = find_images(args.kernel, profile, args.compression)
-    base = (
-        Path(args.rootfs)
-        if args.rootfs
-        else image.ensure_rootfs(profile, args.compression or image.DEFAULT_COMPRESSION)
-    )
+    kernel, initramfs, built = find_images(args.kernel, profile, args.compression)
+    base = Path(args.rootfs) if args.rootfs else built
     sides = [Side("ours")]
     rootfs = base
     if args.against:

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aleph_runtime import protocol
+from aleph_runtime.guest.config import HEX_DIGITS
 from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 
 logger = logging.getLogger("aleph_runtime.asgi")
@@ -69,7 +70,6 @@ def _as_bytes(value: object, what: str, error: type[CycleError] = CycleError) ->
     raise error(f"{what} is {type(value).__name__}, not bytes")
 
 
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 #: The delimiters yarl leaves percent-encoded in the query string it decodes (its `QS`),
 #: so that `a=x%26y` still means one field: their escapes must stay escapes.
 _KEPT_QUERY_ESCAPES = frozenset(b"+&=;")
@@ -112,7 +112,7 @@ def query_bytes(query: object) -> bytes:
     while position != -1:
         out += _percent_encode(query[plain_run_start:position], _QUERY_SAFE)
         digits = query[position + 1 : position + 3]
-        if len(digits) == 2 and digits[0] in _HEX_DIGITS and digits[1] in _HEX_DIGITS:
+        if len(digits) == 2 and digits[0] in HEX_DIGITS and digits[1] in HEX_DIGITS:
             byte = int(digits, 16)
             if byte in _KEPT_QUERY_ESCAPES or byte >= 0x80:
                 out += b"%" + digits.upper().encode("ascii")

@@ -27,7 +27,8 @@ class ConfigError(ValueError):
         self.detail = detail
 
 
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+#: A vm_hash's characters, and a percent escape's (guest/asgi.py).
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 #: resolv.conf uses three; a few more are kept for whoever reads the file differently.
 MAX_DNS_SERVERS = 16
 
@@ -200,7 +201,7 @@ def parse_config(data: object) -> Config:
         raise ConfigError(f"the configuration must be a map, not {type(data).__name__}")
 
     vm_hash = _require(data, "vm_hash", str)
-    if len(vm_hash) != 64 or not _HEX_DIGITS.issuperset(vm_hash):
+    if len(vm_hash) != 64 or not HEX_DIGITS.issuperset(vm_hash):
         raise ConfigError(f"the field 'vm_hash' must be 64 hexadecimal characters, not {vm_hash[:80]!r}")
 
     raw_interface = _require(data, "interface", str)

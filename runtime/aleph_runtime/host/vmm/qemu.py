@@ -359,15 +359,8 @@ def find_images(
     if path and rootfs and profile is None and compression is None:
         return Path(path), Path(initramfs) if initramfs else None, Path(rootfs)
 
+    profile, compression = profile or "lean", compression or image.DEFAULT_COMPRESSION
     if kernel == "node":
-        return (
-            image.ensure_node_kernel().vmlinux,
-            None,
-            image.ensure_rootfs(profile or "lean", compression or image.DEFAULT_COMPRESSION),
-        )
+        return image.ensure_node_kernel().vmlinux, None, image.ensure_rootfs(profile, compression)
     files = image.ensure_kernel()
-    return (
-        files.vmlinuz,
-        files.initramfs,
-        image.ensure_rootfs(profile or "lean", compression or image.DEFAULT_COMPRESSION),
-    )
+    return files.vmlinuz, files.initramfs, image.ensure_rootfs(profile, compression)
