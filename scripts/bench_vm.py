@@ -11,6 +11,13 @@ figure the median:
 - `boot`: the guest's own stages from the console's uptime stamps (kernel, init0,
   init1's first line, its ready signal, the program started), ours only.
 
+`--floor` also boots, alternating with the inits and from the same image, the least any
+init could do: the kernel starts Python itself (no init0, no ready signal, no config),
+which imports what an init speaking the protocol with asyncio needs (FLOOR_MODULES) and
+the program's own imports, then powers off. `floor`: seconds from QEMU's start to the
+end of those imports, as the host sees the console line (and `floor_ratios`: ours and
+each other side's first response against it). No init can answer sooner than that.
+
 `--against DIR` (repeatable) boots other inits beside ours, alternating, from one image
 derived from the base (`--profile`, full by default then: today's init0.sh runs
 cgroupfs-mount, update-alternatives and unzip) holding each of them, so every side reads
@@ -153,21 +160,74 @@ COLD_METRICS = (
 STAGE_LINES = {"Ready signal sent": "ready_signal", "Program started": "program_started"}
 
 
-def cold_programs() -> dict[str, bytes]:
-    """name -> zip of main.py. The hello example's lifespan as one message per lifespan
-    call, so today's init (which answers `lifespan.startup` to every receive) starts it."""
-    import tempfile
-
+def cold_sources() -> dict[str, bytes]:
+    """name -> main.py of the cold starts' programs. The hello example's lifespan as one
+    message per lifespan call, so today's init (which answers `lifespan.startup` to every
+    receive) starts it."""
     from bench_dev import TRIVIAL_APP_ONE_LIFESPAN_MESSAGE
+
+    return {"hello": TRIVIAL_APP_ONE_LIFESPAN_MESSAGE, "fastapi": FASTAPI_SDK_APP}
+
+
+def cold_programs() -> dict[str, bytes]:
+    """name -> zip of its main.py (`cold_sources`), as the supervisor sends it."""
+    import tempfile
 
     from aleph_runtime.host.program import zip_directory
 
     programs = {}
-    for name, main in (("hello", TRIVIAL_APP_ONE_LIFESPAN_MESSAGE), ("fastapi", FASTAPI_SDK_APP)):
+    for name, main in cold_sources().items():
         with tempfile.TemporaryDirectory() as directory:
             (Path(directory) / "main.py").write_bytes(main)
             programs[name] = zip_directory(directory)
     return programs
+
+
+#: What any init that speaks the supervisor's protocol with asyncio imports before it can
+#: answer a call: the event loop (asyncio, uvloop), the wire format (msgpack) and the zip
+#: the code comes in (zipfile).
+FLOOR_MODULES = ("asyncio", "uvloop", "msgpack", "zipfile")
+FLOOR_MARKER = "floor: imported at"
+
+
+def floor_source(program: bytes) -> bytes:
+    """The floor's Python: FLOOR_MODULES, the program's top-level imports (not the rest of
+    its body, so the floor stays a lower bound), a console line with the guest's uptime,
+    then the reboot a node's VM ends with."""
+    import ast
+
+    imports = [
+        ast.unparse(node)
+        for node in ast.parse(program).body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    ]
+    return "\n".join([
+        f"import {', '.join(FLOOR_MODULES)}",
+        *imports,
+        "import os, time",
+        f"os.write(1, b'{FLOOR_MARKER} %.3f s\\n' % time.clock_gettime(time.CLOCK_BOOTTIME))",
+        "import ctypes",
+        "ctypes.CDLL(None).reboot(0x01234567)",
+        "",
+    ]).encode()  # fmt: skip
+
+
+def floor_cmdline(program: bytes) -> list[str]:
+    """Kernel arguments that run `floor_source` as init=/usr/bin/python3. The kernel gives
+    init the words it does not know as arguments, but makes a word with an `=` an
+    environment variable and drops one with a dot before it (a module's parameter), and
+    quotes cannot hold a newline: so the code travels hex-encoded in the environment, and
+    the `-c` that runs it has neither a dot nor an `=`."""
+    code = floor_source(program).hex()
+    if len(code) > 1500:  # the kernel's command line holds 2048 bytes in all
+        raise SystemExit(
+            f"--floor: the program's imports are too long for the kernel's command line ({len(code)})"
+        )
+    run = "from binascii import unhexlify as u;from os import environ as e;exec(u(e['ALEPH_FLOOR']))"
+    # The root is the read-only image: an import that writes a temporary file (aleph-sdk's
+    # python-magic runs the C compiler, where there is one, to look for libmagic) gets the
+    # devtmpfs the kernel mounts on /dev.
+    return ["PYTHONPATH=/opt/aleph/libs", "TMPDIR=/dev", f"ALEPH_FLOOR={code}", "-OO", "-c", f'"{run}"']
 
 
 class Side:
@@ -288,6 +348,29 @@ async def cold_start(kernel, initramfs, rootfs, side: Side, code: bytes, args) -
         await vm.stop()
 
 
+async def floor_start(kernel, initramfs, rootfs, program: bytes, args) -> dict:
+    """One boot of the floor (`floor_source`): seconds from QEMU's start to its console line."""
+    from aleph_runtime.host.machines.base import MachineExited
+
+    vm = QemuVM(kernel, initramfs, rootfs, init="/usr/bin/python3", cmdline=floor_cmdline(program),
+                memory_mb=args.memory, vcpus=args.vcpus, machine=args.machine)  # fmt: skip
+    try:
+        # It sends no ready signal: the boot ends when it powers off.
+        await vm.start(timeout=args.boot_timeout)
+    except MachineExited:
+        pass
+    finally:
+        await vm.kill()
+    for line in vm.console:
+        if line.text.startswith(FLOOR_MARKER):
+            return {
+                "qemu_to_imported_s": round(line.host_time, 3),
+                "guest_uptime_s": float(line.text.split()[-2]),
+                "boot": guest_stages(vm.console),
+            }
+    raise RuntimeError(f"floor: no {FLOOR_MARKER!r} line\n{vm.console_tail()}")
+
+
 async def cold_starts(args) -> dict:
     profile = args.profile or ("full" if args.against else "lean")
     kernel, initramfs, built = find_images(args.kernel, profile, args.compression)
@@ -297,18 +380,23 @@ async def cold_starts(args) -> dict:
     if args.against:
         rootfs, others = derived_image(base, [Path(a).resolve() for a in args.against])
         sides += others
-    programs = cold_programs()
+    programs, sources = cold_programs(), cold_sources()
     names = [name for name in args.programs.split(",") if name]
     for name in names:
         if name not in programs:
             raise SystemExit(f"--programs: unknown program {name!r} ({', '.join(programs)})")
     runs: dict = {side.name: {name: [] for name in names} for side in sides}
+    floors: dict = {name: [] for name in names}
+    order = [*sides, *(["floor"] if args.floor else [])]
     for run in range(args.runs):
-        for side in sides if run % 2 == 0 else sides[::-1]:
+        for side in order if run % 2 == 0 else order[::-1]:
             for name in names:
-                runs[side.name][name].append(
-                    await cold_start(kernel, initramfs, rootfs, side, programs[name], args)
-                )
+                if side == "floor":
+                    floors[name].append(await floor_start(kernel, initramfs, rootfs, sources[name], args))
+                else:
+                    runs[side.name][name].append(
+                        await cold_start(kernel, initramfs, rootfs, side, programs[name], args)
+                    )
     result: dict = {"kernel": str(kernel), "rootfs": str(rootfs), "base_rootfs": str(base), "runs": args.runs,
                     "sides": {}}  # fmt: skip
     for side in sides:
@@ -322,6 +410,20 @@ async def cold_starts(args) -> dict:
                 for key in sorted(stages)
             }
             result["sides"][side.name][name] = {**medians, "each": done}
+    if args.floor:
+        result["floor"] = {
+            name: {"qemu_to_imported_s": round(statistics.median(r["qemu_to_imported_s"] for r in done), 3),
+                   "each": done}
+            for name, done in floors.items()
+        }  # fmt: skip
+        result["floor_ratios"] = {
+            side.name: {
+                name: round(result["sides"][side.name][name]["qemu_to_first_response_s"]
+                            / result["floor"][name]["qemu_to_imported_s"], 2)
+                for name in names
+            }
+            for side in sides
+        }  # fmt: skip
     for side in sides[1:]:
         result.setdefault("ratios", {})[side.name] = {
             name: {
@@ -452,6 +554,8 @@ def main() -> None:
     parser.add_argument(
         "--programs", default="hello,fastapi", help="cold starts: hello, fastapi (comma-separated)"
     )
+    parser.add_argument("--floor", action="store_true",
+                        help="cold starts: also boot the least any init could do (see above), alternating")  # fmt: skip
     parser.add_argument("--runs", type=int, default=3, help="cold starts per program and init (median)")
     parser.add_argument(
         "--calls", type=int, default=100, help="cold starts: calls after the first, for CPU per call"
