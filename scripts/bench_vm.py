@@ -196,6 +196,8 @@ def floor_source(program: bytes) -> bytes:
     then the reboot a node's VM ends with."""
     import ast
 
+    from aleph_runtime.guest.linux import RB_AUTOBOOT
+
     imports = [
         ast.unparse(node)
         for node in ast.parse(program).body
@@ -207,7 +209,7 @@ def floor_source(program: bytes) -> bytes:
         "import os, time",
         f"os.write(1, b'{FLOOR_MARKER} %.3f s\\n' % time.clock_gettime(time.CLOCK_BOOTTIME))",
         "import ctypes",
-        "ctypes.CDLL(None).reboot(0x01234567)",
+        f"ctypes.CDLL(None).reboot({RB_AUTOBOOT:#x})",
         "",
     ]).encode()  # fmt: skip
 
