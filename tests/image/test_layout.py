@@ -92,6 +92,19 @@ def test_legacy_aleph_client_imports_under_image_python(mounted_rootfs: Path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_aleph_sdk_finds_libmagic(mounted_rootfs: Path):
+    # Without libmagic, every import of aleph.sdk searches for it (ldconfig -p, then gcc
+    # and ld where the image has them: seconds of a cold start under emulation) and
+    # aleph-sdk's MIME detection is silently off.
+    code = (
+        "import ctypes.util, aleph.sdk.utils as utils; print(ctypes.util.find_library('magic')); "
+        "print(utils.magic.from_buffer(b'%PDF-1.4\\n%\\xe2\\xe3\\xcf\\xd3\\n', mime=True))"
+    )
+    result = chroot(mounted_rootfs, "python3", "-OO", "-c", code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["libmagic.so.1", "application/pdf"]
+
+
 def test_every_py_has_bytecode(mounted_rootfs: Path):
     missing = []
     for top in PYTHON_DIRS:
