@@ -16,9 +16,9 @@ init could do: the kernel starts Python itself (no init0, no ready signal, no co
 which imports what an init speaking the protocol with asyncio needs (FLOOR_MODULES) and
 the program's own imports, then powers off. `floor`: seconds from QEMU's start to the
 end of those imports, as the host sees the console line (and `floor_ratios`: ours and
-each other side's first response against it). No init can answer sooner than that on
-the same boot; across boots, TCG's noise (about 15% here) can put one run's init under
-the floor, so read `floor_ratios` near 1 as "at the floor".
+each other side's first response against it). No init does less than that; the floor
+and the inits are separate boots, though, and TCG's noise between boots (about 15% here)
+can put one run's init under the floor: read `floor_ratios` near 1 as "at the floor".
 
 `--against DIR` (repeatable) boots other inits beside ours, alternating, from one image
 derived from the base (`--profile`, full by default then: today's init0.sh runs
