@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import traceback
 
 import aiohttp
 import redis.asyncio
@@ -33,24 +32,6 @@ async def stop_cleanly(cli) -> None:
     assert sockets_under(cli.state_dir) == []
     assert list((cli.state_dir / "run").iterdir()) == []
     assert "stopped" in cli.output()
-
-
-class Checks:
-    """Independent checks over one running example: each runs even when an earlier one
-    failed, and the test fails at the end with every failure, not just the first."""
-
-    def __init__(self) -> None:
-        self.failures: list[str] = []
-
-    async def run(self, name: str, check, *arguments) -> object:
-        try:
-            return await check(*arguments)
-        except Exception:  # noqa: BLE001 - an assertion or an error: reported at the end either way
-            self.failures.append(f"--- {name} ---\n{traceback.format_exc()}")
-            return None
-
-    def assert_all_passed(self, output: str = "") -> None:
-        assert not self.failures, "\n".join(self.failures) + ("\n--- output ---\n" + output if output else "")
 
 
 async def _index(http, url: str) -> str:
@@ -152,26 +133,34 @@ async def _after_restart(http, url: str, sender: str | None) -> None:
 
 
 async def check_default_example(
-    cli_factory, mode: str, fake_api, port: int, url_timeout: float = 120
+    cli_factory, subtests, mode: str, fake_api, port: int, url_timeout: float = 120
 ) -> None:
     """The example without PATH: every feature over plain HTTP, Ctrl-C, then a restart.
 
-    One run serves every check (a VM boot takes minutes); each check is reported on its own.
+    One run serves every check (a VM boot takes minutes); each is a subtest of its own,
+    run even when an earlier one failed. The command's output is printed at the end:
+    pytest shows it when the test failed.
     """
-    checks = Checks()
     cli = await cli_factory("--mode", mode, "--port", str(port), "--api-server", fake_api.url)
     url = await cli.wait_url(url_timeout)
     assert url == f"http://127.0.0.1:{port}/"
+    sender = None
     async with aiohttp.ClientSession() as http:
         vm_hash = await _index(http, url)  # the others need the hash
-        await checks.run("lifespan", check_lifespan, http, url, vm_hash)
-        # Redis under the state directory.
-        await checks.run("cache", check_cache, http, url, f"unix://{cli.state_dir}/redis/redis.sock", vm_hash)
-        sender = await checks.run("signing", _signing, http, url, cli, vm_hash)
-        await checks.run("posting through the node", _posting, http, url, fake_api, vm_hash)
-        await checks.run("errors", check_errors, http, url)
-        await checks.run("event", check_event, http, url)
-        await checks.run("counter", check_counter, http, url, [1, 2])
+        with subtests.test("lifespan"):
+            await check_lifespan(http, url, vm_hash)
+        with subtests.test("cache"):  # Redis under the state directory
+            await check_cache(http, url, f"unix://{cli.state_dir}/redis/redis.sock", vm_hash)
+        with subtests.test("signing"):
+            sender = await _signing(http, url, cli, vm_hash)
+        with subtests.test("posting through the node"):
+            await _posting(http, url, fake_api, vm_hash)
+        with subtests.test("errors"):
+            await check_errors(http, url)
+        with subtests.test("event"):
+            await check_event(http, url)
+        with subtests.test("counter"):
+            await check_counter(http, url, [1, 2])
     await stop_cleanly(cli)
     if mode == "dev":
         assert (cli.state_dir / "volumes" / "example" / "counter.txt").read_text() == "2"
@@ -182,10 +171,12 @@ async def check_default_example(
     cli = await cli_factory("--mode", mode, "--port", str(port), "--api-server", fake_api.url)
     url = await cli.wait_url(url_timeout)
     async with aiohttp.ClientSession() as http:
-        await checks.run("counter after a restart", check_counter, http, url, [3])
-        await checks.run("state after a restart", _after_restart, http, url, sender)
+        with subtests.test("counter after a restart"):
+            await check_counter(http, url, [3])
+        with subtests.test("state after a restart"):
+            await _after_restart(http, url, sender)
     await stop_cleanly(cli)
-    checks.assert_all_passed(cli.output())
+    print(cli.output())
 
 
 async def check_legacy_example(cli_factory, mode: str, fake_api, url_timeout: float = 120) -> None:

@@ -22,8 +22,8 @@ pytestmark = [
 ]
 
 
-async def test_default_example_in_dev_mode(cli_factory, fake_api):
-    await check_default_example(cli_factory, "dev", fake_api, free_port())
+async def test_default_example_in_dev_mode(cli_factory, subtests, fake_api):
+    await check_default_example(cli_factory, subtests, "dev", fake_api, free_port())
 
 
 async def test_legacy_aleph_client_example_in_dev_mode(cli_factory, fake_api):

@@ -28,8 +28,8 @@ pytestmark = [
 BOOT_TIMEOUT = 600  # TCG on a loaded machine: generous, never asserted
 
 
-async def test_default_example_in_a_vm(images, cli_factory, fake_api):
-    await check_default_example(cli_factory, "vm", fake_api, free_port(), url_timeout=BOOT_TIMEOUT)
+async def test_default_example_in_a_vm(images, cli_factory, subtests, fake_api):
+    await check_default_example(cli_factory, subtests, "vm", fake_api, free_port(), url_timeout=BOOT_TIMEOUT)
 
 
 async def test_legacy_aleph_client_example_in_a_vm(images, cli_factory, fake_api):

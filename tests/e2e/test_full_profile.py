@@ -13,7 +13,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import shutil
 import tarfile
 import zipfile
@@ -25,7 +24,8 @@ from aleph_runtime.host.program import program_config, zip_directory
 
 from .test_qemu_vm import NET, NET_CONFIG, boot, halt_and_exit
 
-pytestmark = pytest.mark.e2e
+# Building the full image (debootstrap, chroot) needs root.
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 # An ASGI program whose one route runs the shell script it is sent and answers its
 # status and output: each check below is one request.
@@ -105,8 +105,6 @@ def busybox_image_tar(path: Path) -> Path:
 def full_images():
     from aleph_runtime.host.vmm import image
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root: building the image (debootstrap, chroot)")
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     kernel = image.ensure_kernel()

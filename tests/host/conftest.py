@@ -61,12 +61,23 @@ async def guest_api_factory(short_dir, redis_server, signer):
         await server.stop()
 
 
-def make_message(address: str, content: dict | None = None, chain: str = "ETH") -> dict:
+def make_message(
+    address: str,
+    content: dict | None = None,
+    chain: str = "ETH",
+    post_type: str = "test",
+    ref: str | None = None,
+) -> dict:
     """An unsigned POST message as aleph-sdk-python builds one (inline item_content)."""
-    item_content = json.dumps(
-        {"address": address, "time": time.time(), "type": "test", "content": content or {"hello": "world"}},
-        separators=(",", ":"),
-    )
+    post = {
+        "address": address,
+        "time": time.time(),
+        "type": post_type,
+        "content": content or {"hello": "world"},
+    }
+    if ref is not None:
+        post["ref"] = ref
+    item_content = json.dumps(post, separators=(",", ":"))
     return {
         "chain": chain,
         "type": "POST",

@@ -21,6 +21,7 @@ from aleph.sdk.chains.remote import RemoteAccount
 from aleph.sdk.vm.cache import VmCache
 
 from aleph_runtime.host.services.guest_api import CACHE_EXPIRES_AFTER
+from tests.fake_aleph_api import DOCS_MESSAGE_HASH
 from tests.host.conftest import VM_HASH, make_message
 
 # What the init sets in a program's environment: the SDK talks HTTP to "localhost"
@@ -343,6 +344,92 @@ async def test_pubsub_pub_answers_502_when_the_api_server_is_unreachable(guest_a
     ):
         assert response.status == 502
         assert (await response.text()).count("\n") == 1
+
+
+async def publish(session, message: dict) -> aiohttp.ClientResponse:
+    """POST `message` to the pubsub route as aleph-client does; the answer, read."""
+    payload = {"topic": "ALEPH-TEST", "data": json.dumps(message)}
+    async with session.post(f"{API_HOST}/api/v0/ipfs/pubsub/pub", json=payload) as response:
+        await response.read()
+        return response
+
+
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        (make_message(address="beef" * 16), "Message address does not match VM item_hash"),
+        (
+            dict(make_message(address=VM_HASH), item_hash="ab" * 32),
+            "Invalid message: item_hash is not the sha256",
+        ),
+        (dict(make_message(address=VM_HASH), item_type="storage"), "Invalid message: only inline messages"),
+    ],
+    ids=["another address", "another hash", "not inline"],
+)
+async def test_pubsub_publishes_only_under_the_rule_of_sign(guest_api_factory, fake_api, message, reason):
+    """The node's key publishes only what /sign would sign: a message in the VM's name."""
+    server = await guest_api_factory(api_server=fake_api.url)
+    async with unix_session(server.socket_path) as session:
+        response = await publish(session, message)
+        assert response.status == 400
+        assert (await response.text()).startswith(reason)
+    assert fake_api.posted == []
+
+
+async def test_pubsub_amends_only_the_posts_the_vm_published(guest_api_factory, fake_api, signer):
+    """Every VM's posts are the node's (its key signs them): a VM may amend its own, published
+    through this guest API in this run, and no other, another VM's on the node included."""
+    server = await guest_api_factory(api_server=fake_api.url)
+    other_vm = "d00d" * 16
+    other = await guest_api_factory(vm_hash=other_vm, api_server=fake_api.url)
+    async with unix_session(server.socket_path) as session, unix_session(other.socket_path) as other_session:
+        response = await publish(session, make_message(address=VM_HASH, content={"v": 1}))
+        assert response.status == 200
+        original = (await response.json())["item_hash"]
+        response = await publish(other_session, make_message(address=other_vm, content={"theirs": 1}))
+        theirs = (await response.json())["item_hash"]
+        assert len(fake_api.posted) == 2
+
+        for ref in (theirs, fake_api.posted[0]["message"]["item_hash"][::-1], DOCS_MESSAGE_HASH, None, ["x"]):
+            amend = make_message(address=VM_HASH, content={"v": 2}, post_type="amend", ref=ref)
+            response = await publish(session, amend)
+            assert response.status == 403, ref
+            assert "ref must be a post this VM published" in (await response.json())["error"]
+        # The other VM cannot amend this VM's post either.
+        response = await publish(
+            other_session, make_message(other_vm, {"v": 3}, post_type="amend", ref=original)
+        )
+        assert response.status == 403
+        assert len(fake_api.posted) == 2
+
+        response = await publish(session, make_message(VM_HASH, {"v": 2}, post_type="amend", ref=original))
+        assert response.status == 200, await response.text()
+    [amend] = [body["message"] for body in fake_api.posted[2:]]
+    published = json.loads(amend["item_content"])
+    assert (published["type"], published["ref"], published["content"]) == ("amend", original, {"v": 2})
+    assert amend["sender"] == await signer.address()
+    verify_signature(amend["signature"], amend["sender"], get_verification_buffer(amend))
+
+
+async def test_pubsub_remembers_the_latest_posts_only(guest_api_factory, fake_api):
+    """The memory of a VM's posts is bounded: past `published_posts_kept`, the oldest is
+    forgotten, and amending it is refused like any other post."""
+    server = await guest_api_factory(api_server=fake_api.url, published_posts_kept=2)
+    async with unix_session(server.socket_path) as session:
+        hashes = []
+        for index in range(3):
+            response = await publish(session, make_message(address=VM_HASH, content={"n": index}))
+            hashes.append((await response.json())["item_hash"])
+        for ref, status in ((hashes[0], 403), (hashes[1], 200), (hashes[2], 200)):
+            response = await publish(
+                session, make_message(VM_HASH, {"amended": ref}, post_type="amend", ref=ref)
+            )
+            assert response.status == status, ref
+        # Amends are not posts to amend: the two kept are still the latest two posts.
+        response = await publish(
+            session, make_message(VM_HASH, {"again": 1}, post_type="amend", ref=hashes[1])
+        )
+        assert response.status == 200
 
 
 # --- as a program configures the SDK: through the init's environment variables ---

@@ -350,3 +350,31 @@ async def test_an_answer_that_cannot_be_sent_is_a_502(scripted, caplog, status, 
     assert body == b"Invalid response from VM\n"
     assert (second[0], second[2]) == (200, b"ok")  # the connection still serves what follows
     assert "invalid answer from the init" in caplog.text
+
+
+#: What HTTP forbids in a header value (RFC 9110 5.5): every control character but TAB.
+CONTROL_CHARACTERS = [*(chr(code) for code in range(0x20) if code != 0x09), "\x7f"]
+
+
+async def test_a_control_character_in_a_value_is_a_502_and_the_connection_goes_on(scripted, caplog):
+    """Each one, on one pipelining connection: a 502 for each, then the request after them."""
+    init, front = scripted
+    requests = []
+    for character in CONTROL_CHARACTERS:
+        path = f"/bad{ord(character):02x}"
+        init.answers[path] = protocol.run_answer(200, [[b"x-value", f"a{character}b".encode()]], b"body")
+        requests.append(("GET", path))
+    with caplog.at_level("ERROR", logger="aleph_runtime.host.services.http_front"):
+        *answers, second = await pipelined(front, [*requests, ("GET", "/second")])
+    for (_, path), (status, headers, body) in zip(requests, answers, strict=True):
+        assert (status, body, "x-value" in headers) == (502, b"Invalid response from VM\n", False), path
+    assert (second[0], second[2]) == (200, b"ok")
+    assert caplog.text.count("invalid answer from the init") == len(CONTROL_CHARACTERS)
+
+
+async def test_a_tab_in_a_value_is_sent_as_it_is(scripted):
+    init, front = scripted
+    init.answers["/tab"] = protocol.run_answer(200, [[b"x-value", b"a\tb"]], b"body")
+    (status, headers, body), second = await pipelined(front, [("GET", "/tab"), ("GET", "/second")])
+    assert (status, headers["x-value"], body) == (200, ["a\tb"], b"body")
+    assert (second[0], second[2]) == (200, b"ok")

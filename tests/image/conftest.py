@@ -4,7 +4,6 @@ read-only from a loop device."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,20 +15,15 @@ from aleph_runtime.host.vmm import image
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: building the image (debootstrap, chroot) and loop-mounting it")
-
-
+# Building the image (debootstrap, chroot) and loop-mounting it need root: the tests
+# that use these fixtures are marked `root` (tests/conftest.py skips them otherwise).
 @pytest.fixture(scope="session")
 def rootfs() -> Path:
-    _require_root()
     return image.ensure_rootfs()
 
 
 @pytest.fixture(scope="session")
 def kernel() -> image.KernelFiles:
-    _require_root()
     return image.ensure_kernel()
 
 

@@ -7,16 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from aleph_runtime.host.machines.sandbox import Sandbox, require_root
+from aleph_runtime.host.machines.sandbox import Sandbox
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 INIT1 = REPOSITORY / "init" / "init1.py"
-ROOT_REASON = require_root()
-
-#: Every test here needs root; the reason is printed when it is skipped.
-needs_root = [pytest.mark.root, pytest.mark.skipif(ROOT_REASON is not None, reason=ROOT_REASON or "")]
 
 
 def guest_env(**extra: str) -> dict[str, str]:

@@ -79,9 +79,8 @@ async def test_lifespan_shutdown_runs_at_halt_and_not_before(init, tmp_path, nam
 
 
 async def test_lifespan_state_and_variables_reach_the_app(init):
-    await init.configure(
-        program_config(program("starlette_app.py"), "main:app", variables={"GREETING": "hi"})
-    )
+    config = program_config(program("starlette_app.py"), "main:app", variables={"GREETING": "hi"})
+    await init.configure(config)
     assert json_body(await init.client.http("GET", "/")) == {"state": "lifespan", "env": "hi"}
     env = json_body(await init.client.http("GET", "/env"))
     assert env["ALEPH_API_HOST"] == "http://localhost"
@@ -89,7 +88,7 @@ async def test_lifespan_state_and_variables_reach_the_app(init):
     assert env["ALEPH_REMOTE_CRYPTO_UNIX_SOCKET"] == env["ALEPH_API_UNIX_SOCKET"]
     assert env["ALEPH_INIT_VERSION"] == "2.0.0"
     # The VM's item hash in hex, as the guest API requires in a signed message's address.
-    assert len(env["ALEPH_ADDRESS_TO_USE"]) == 64 and int(env["ALEPH_ADDRESS_TO_USE"], 16) >= 0
+    assert env["ALEPH_ADDRESS_TO_USE"] == config["vm_hash"]
     # The guest API socket exists before the program is imported.
     assert Path(env["ALEPH_API_UNIX_SOCKET"]).is_socket()
 

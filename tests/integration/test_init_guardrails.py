@@ -23,18 +23,11 @@ from aleph_runtime import protocol
 from aleph_runtime.host.machines.dev import DevInit
 from aleph_runtime.host.program import program_config
 from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
-from tests.integration.nsguest import needs_root as _needs_root
 
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 APP = (PROGRAMS / "guardrails_app.py").read_bytes()
 SERVER = (PROGRAMS / "guardrails_server.py").read_bytes()
 CAP = 1 << 20
-
-
-def needs_root(test):
-    for mark in _needs_root:
-        test = mark(test)
-    return test
 
 
 #: `unshare -n` before the init: loopback only, so an executable's port 8080 is the test's own.
@@ -57,9 +50,8 @@ async def init(tmp_path, request):
 
 @pytest.fixture
 async def executable_init(tmp_path, short_dir):
-    """The init in its own network namespace, running guardrails_server.py as its program."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for a network namespace")
+    """The init in its own network namespace (its users are marked `root`), running
+    guardrails_server.py as its program."""
     instance = DevInit(short_dir / "vm", env={"ALEPH_MAX_RESPONSE_BYTES": str(CAP)}, **PRIVATE_NETWORK)
     await instance.start()
     code = zip_bytes(
@@ -161,7 +153,7 @@ async def test_a_half_closed_call_is_still_answered(init):
     assert answer["body"]["body"] == b"ok"
 
 
-@needs_root
+@pytest.mark.root
 async def test_abandoned_executable_calls_close_their_connection_to_the_program(executable_init):
     init = executable_init
     await abandon(init, "/hang", 10)
@@ -218,7 +210,7 @@ async def test_an_endless_asgi_stream_ends_with_an_error_naming_the_cap(init):
     assert await halts(init)
 
 
-@needs_root
+@pytest.mark.root
 @pytest.mark.parametrize("path", ["/endless-chunked", "/endless-eof", "/huge-length", "/endless-head"])
 async def test_an_endless_executable_answer_is_an_error_and_no_longer_read(executable_init, path):
     init = executable_init
@@ -328,7 +320,7 @@ async def app(scope, receive, send):
     assert await halts(init)
 
 
-@needs_root
+@pytest.mark.root
 async def test_a_plain_executable_in_a_subdirectory_runs(short_dir):
     async with DevInit(short_dir / "vm", **PRIVATE_NETWORK) as init:
         code = b"#!" + sys.executable.encode() + b"\n" + SERVER

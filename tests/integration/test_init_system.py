@@ -32,10 +32,9 @@ from tests.integration.nsguest import (
     host_file_snapshot,
     make_ext4,
     make_squashfs,
-    needs_root,
 )
 
-pytestmark = needs_root
+pytestmark = pytest.mark.root
 
 PROGRAMS = REPOSITORY / "tests" / "programs"
 APP = (PROGRAMS / "system_app.py").read_bytes()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.nsguest import host_file_snapshot, needs_root, python_sandbox, run_python
+import pytest
 
-pytestmark = needs_root
+from tests.integration.nsguest import host_file_snapshot, python_sandbox, run_python
+
+pytestmark = pytest.mark.root
 
 SCRIPT = r"""
 import ipaddress, sys, time

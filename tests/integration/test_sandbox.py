@@ -6,10 +6,12 @@ import os
 import subprocess
 import time
 
-from aleph_runtime.host.machines.sandbox import Sandbox
-from tests.integration.nsguest import host_file_snapshot, make_ext4, needs_root
+import pytest
 
-pytestmark = needs_root
+from aleph_runtime.host.machines.sandbox import Sandbox
+from tests.integration.nsguest import host_file_snapshot, make_ext4
+
+pytestmark = pytest.mark.root
 
 WRITER = r"""
 echo "nameserver 192.0.2.1" > /etc/resolv.conf

@@ -12,11 +12,10 @@ from tests.integration.nsguest import (
     host_file_snapshot,
     make_ext4,
     make_squashfs,
-    needs_root,
     run_python,
 )
 
-pytestmark = needs_root
+pytestmark = pytest.mark.root
 
 SCRIPT = r"""
 import json, os, sys

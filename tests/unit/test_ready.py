@@ -84,8 +84,18 @@ def test_listening_twice_on_one_path_replaces_a_stale_socket_file(short_dir):
     base = str(short_dir / "v.sock")
     first = ready.listen(base)
     first.close()  # a previous init's file, left behind
-    second = ready.listen(base)
-    second.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client, pytest.raises(ConnectionRefusedError):
+        client.connect(base)  # stale: nobody listens behind it
+    second = ready.adopt(ready.listen(base))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(base)
+            client.sendall(b"CONNECT 52\n")
+            accepted, _ = second.accept()  # the new listener holds the path
+            with accepted:
+                assert accepted.recv(64) == b"CONNECT 52\n"
+    finally:
+        second.close()
 
 
 async def test_a_transport_with_no_early_listener_listens_itself(short_dir):

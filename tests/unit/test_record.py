@@ -54,4 +54,8 @@ def test_the_init_imports_no_dataclasses():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
-    assert Network().dns_servers == ()
+
+
+def test_a_default_argument_is_the_field_value():
+    assert Point(1).y == 0
+    assert Network().dns_servers == () and Network().ipv4 is None

@@ -13,7 +13,10 @@ aleph-vm's own guest API (docs/protocol.md, section 8):
   `^[\\w?*^\\-]+$`, else 400.
 - `POST /api/v0/ipfs/pubsub/pub`, `POST /api/v0/p2p/pubsub/pub`: the program's POST
   message (its JSON, or the object as aleph-sdk-python 2 sends it) is re-published
-  through the node, signed by the node's account.
+  through the node, signed by the node's account, under the rule of `/sign` (400
+  otherwise). An `amend` is re-published only when its `ref` is a post the node
+  published for this VM in this run (the latest `published_posts_kept` of them), 403
+  otherwise: the node's key must not amend another VM's posts, nor the node's own.
 - `POST /api/v0/messages`: 405, as on a node, but in JSON so the SDK falls back to pubsub.
 - any other `GET|HEAD|OPTIONS /<path>`: proxied to the aleph API server, so programs
   can read the network with internet disabled.
@@ -54,10 +57,14 @@ KEY_RE = re.compile(r"\w+")
 PATTERN_RE = re.compile(r"[\w?*^\-]+")
 #: aleph-vm reposts pubsub messages with this channel when the message has none.
 DEFAULT_CHANNEL = "ALEPH-CLOUDSOLUTIONS"
+#: How many of a VM's published posts are remembered as amendable: bounded, since a
+#: program may post without end.
+PUBLISHED_POSTS_KEPT = 4096
 
 VM_HASH = web.AppKey("vm_hash", str)
 SETTINGS = web.AppKey("guest_api_settings", object)
 REDIS = web.AppKey("redis", object)
+PUBLISHED_POSTS = web.AppKey("published_posts", object)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 
 
@@ -70,6 +77,8 @@ class GuestAPISettings:
     #: Upper bound of one proxied request, connection included: never a hang.
     proxy_timeout: float = 30.0
     connect_timeout: float = 5.0
+    #: How many of the posts published for the VM it may amend (the latest ones).
+    published_posts_kept: int = PUBLISHED_POSTS_KEPT
 
 
 def guest_api_socket_path(uds_path: str | os.PathLike) -> str:
@@ -229,6 +238,24 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return _unreachable(request, error)
 
 
+class PublishedPosts:
+    """The item hashes of the posts the node published for one VM in this run, the latest
+    `kept` of them: the only posts that VM may amend. The node's key signs every VM's
+    posts, so the network alone cannot tell which VM made one; the host can."""
+
+    def __init__(self, kept: int):
+        self.kept = kept
+        self._hashes: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
+
+    def add(self, item_hash: str) -> None:
+        self._hashes[item_hash] = None
+        while len(self._hashes) > self.kept:
+            del self._hashes[next(iter(self._hashes))]
+
+    def __contains__(self, item_hash: object) -> bool:
+        return isinstance(item_hash, str) and item_hash in self._hashes  # a program's ref: any JSON
+
+
 def _pubsub_message(body: object) -> dict:
     """The program's message from a pubsub body: `data` is its JSON (aleph-client, aleph-vm's
     own guest API) or the message object itself (aleph-sdk-python 2's fallback)."""
@@ -246,8 +273,11 @@ async def repost(request: web.Request) -> web.StreamResponse:
 
     The program sends `{"topic": str, "data": message}`; the message's content is
     published as a new POST signed by the node's account (the program has no key of its
-    own). The answer is `{"status": "success", "item_hash": ...}`; an API server that
-    refuses the new message is answered with its own status and a one-line reason.
+    own). The message must pass `/sign`'s rule (check_message: in the VM's name, its hash
+    its content's), else 400; an amend must name in `ref` a post published here for this
+    VM (PublishedPosts), else 403 in JSON. The answer is `{"status": "success",
+    "item_hash": ...}`; an API server that refuses the new message is answered with its
+    own status and a one-line reason.
     """
     try:
         message = _pubsub_message(parse_json(await request.read()))
@@ -260,6 +290,16 @@ async def repost(request: web.Request) -> web.StreamResponse:
         post_content, post_type = content["content"], content["type"]
     except (ValueError, KeyError, TypeError) as error:
         return _error(400, f"Invalid pubsub message: {type(error).__name__}: {error}")
+    problem = check_message(message, request.app[VM_HASH])
+    if problem:
+        return _error(400, problem)
+    published: PublishedPosts = request.app[PUBLISHED_POSTS]
+    if post_type == "amend" and content.get("ref") not in published:
+        return web.json_response(
+            {"error": f"an amend's ref must be a post this VM published in this run (one of its latest "
+                      f"{published.kept}); {str(content.get('ref'))[:80]!r} is not"},
+            status=403,
+        )  # fmt: skip
     channel = message.get("channel") or DEFAULT_CHANNEL
 
     from aleph.sdk.client import AuthenticatedAlephHttpClient
@@ -298,6 +338,8 @@ async def repost(request: web.Request) -> web.StreamResponse:
                     )
     except (aiohttp.ClientConnectionError, TimeoutError, OSError) as error:
         return _unreachable(request, error)
+    if post_type != "amend":  # an amend's ref names the original post, never an amend
+        published.add(signed.item_hash)
     return web.json_response({"status": "success", "item_hash": signed.item_hash})
 
 
@@ -343,6 +385,7 @@ def create_guest_api_app(settings: GuestAPISettings) -> web.Application:
     app = web.Application(middlewares=[redis_errors])
     app[SETTINGS] = settings
     app[VM_HASH] = settings.vm_hash or "_"
+    app[PUBLISHED_POSTS] = PublishedPosts(settings.published_posts_kept)
     app.cleanup_ctx.append(_open_clients)
 
     app.router.add_route("GET", "/properties", properties)

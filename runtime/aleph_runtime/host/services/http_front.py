@@ -16,9 +16,9 @@ framing headers describe its own connection, not the client's, and a wrong one l
 body be read as the next response of a pipelining client: Content-Length is always the
 body's length (the program's is dropped, except on a HEAD where it describes the body
 not sent), Transfer-Encoding and the other hop-by-hop headers never pass. An answer the
-front cannot send as HTTP (a header name that is not a token, CR, LF or NUL in a value,
-a status outside 200-599) is a 502 "Invalid response from VM", as the supervisor
-answers an unreadable one, with the reason logged.
+front cannot send as HTTP (a header name that is not a token, a control character but
+TAB in a value, a status outside 200-599) is a 502 "Invalid response from VM", as the
+supervisor answers an unreadable one, with the reason logged.
 
 Routes, as a node serves them:
 - `* /vm/<vm_hash>/<path>`: the program, at `/<path>` (another hash: 404);
@@ -65,7 +65,9 @@ HOP_BY_HOP_HEADERS = (
 )
 #: RFC 9110 5.6.2: what a header name may hold.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_UNSENDABLE_IN_VALUE = re.compile(r"[\r\n\x00]")
+#: RFC 9110 5.5: a value holds no control character but TAB. aiohttp refuses these only
+#: when it writes the response, after the handler: too late for a 502, the connection dies.
+_UNSENDABLE_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: Distinct 502 answers remembered, so each is shown once; and how much of one is shown.
 MAX_BAD_GATEWAYS_REMEMBERED = 64
 MAX_BAD_GATEWAY_SHOWN = 8192
@@ -123,7 +125,7 @@ def answer_to_response(
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"header name {name[:100]!r} is not an HTTP token")
         if _UNSENDABLE_IN_VALUE.search(value):
-            raise ValueError(f"header {name!r} has CR, LF or NUL in its value {value[:100]!r}")
+            raise ValueError(f"header {name!r} has a control character in its value {value[:100]!r}")
         headers.add(name, value)
     lengths = headers.getall("content-length", [])
     for header in DROPPED_HEADERS + HOP_BY_HOP_HEADERS:
