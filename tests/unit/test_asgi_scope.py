@@ -67,6 +67,11 @@ def test_query_string_never_raises(value):
         assert result.isascii() and b" " not in result and b"#" not in result
 
 
+def test_a_query_given_as_bytes_is_kept_but_cannot_end_the_request_line():
+    assert query_bytes(b"raw=%FF+x&a=%C3%BC") == b"raw=%FF+x&a=%C3%BC"
+    assert query_bytes(b"a=b c\r\nx-injected: 1#frag\xff") == b"a=b%20c%0D%0Ax-injected:%201%23frag%FF"
+
+
 @pytest.mark.parametrize(
     "target",
     [
