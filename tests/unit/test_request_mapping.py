@@ -145,3 +145,11 @@ async def test_an_asgi_app_and_an_executable_see_the_same_requests(echo_program)
             if seen != asgi_saw:
                 disagreements.append((method, target, asgi_saw, seen))
     assert not disagreements, disagreements
+
+
+async def test_a_scope_no_supervisor_sends_is_the_inits_failure_for_both_kinds(echo_program):
+    scope = supervisor_scope("/")
+    scope["method"] = "GET / HTTP/1.1\r\nx-injected: 1\r\n\r\nGET"
+    for answer in (await run_cycle(echo_app, scope), await echo_program.handle(scope)):
+        answer = protocol.unpack(answer)
+        assert protocol.is_init_failure(answer) and "not an HTTP token" in answer["error"], answer

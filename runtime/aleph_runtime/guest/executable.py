@@ -165,7 +165,8 @@ class ExecutableProgram:
         self._output: _OutputCopier | None = None
         #: Whether the current run's server has accepted a connection yet.
         self._accepted_a_connection = False
-        #: The last run that ended before it ever served: (exit status, its last output lines).
+        #: The last run that ended before its server accepted a connection: (exit status,
+        #: its last output lines).
         self.failed_start: tuple[int, str] | None = None
         #: Set by the init when the program has /data: each answer then carries its zip.
         self.data_export = None
