@@ -2,8 +2,9 @@
 mapping for both kinds of program.
 
 The supervisor sends aiohttp's view of the request: the path and query string already
-decoded (`+` as a space, every escape resolved except those of `+ & = ;` and those
-that are not UTF-8), lower-case header names, the body inside the scope.
+decoded (every escape of the path resolved; in the query `+` as a space, every escape
+resolved except those of `+ & = ;` and those that are not UTF-8), lower-case header
+names, the body inside the scope.
 `request_from_scope()` turns it into a `Request`: the method, the decoded path, and the
 bytes a client would have sent (`raw_path`, `query_string`, the header pairs).
 An ASGI app gets them in its scope (`asgi.asgi_scope`); an executable's server gets the
