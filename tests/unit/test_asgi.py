@@ -11,9 +11,10 @@ from aleph_runtime.guest.asgi import (
     Lifespan,
     LifespanFailure,
     LifespanState,
-    http_scope,
+    asgi_scope,
     run_cycle,
 )
+from aleph_runtime.guest.request import request_from_scope
 
 
 def supervisor_scope(**overrides):
@@ -23,8 +24,9 @@ def supervisor_scope(**overrides):
 
 
 def test_supervisor_scope_is_completed():
-    scope, body = http_scope(supervisor_scope())
-    assert body == b"hello" and "body" not in scope
+    request = request_from_scope(supervisor_scope())
+    scope = asgi_scope(request)
+    assert request.body == b"hello" and "body" not in scope
     assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
     assert scope["http_version"] == "1.1" and scope["scheme"] == "http"
     assert scope["query_string"] == b"a=1&b=2" and scope["raw_path"] == b"/echo"
@@ -177,7 +179,7 @@ async def test_startup_failed_carries_the_apps_message():
 
 
 async def test_http_cycle_rejects_body_after_completion():
-    cycle = HTTPCycle(http_scope(supervisor_scope())[0], b"")
+    cycle = HTTPCycle(asgi_scope(request_from_scope(supervisor_scope())), b"")
     await cycle.send({"type": "http.response.start", "status": 204})
     await cycle.send({"type": "http.response.body"})
     with pytest.raises(RuntimeError, match="after its response was complete"):

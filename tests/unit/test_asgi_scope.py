@@ -1,5 +1,6 @@
-"""The scope the init builds from the supervisor's: query string, raw path and headers as
-a server (uvicorn) would give them, from what the supervisor really sends.
+"""The request the init maps the supervisor's scope to (guest/request.py), and the ASGI
+scope made of it: query string, raw path and headers as a server (uvicorn) would give
+them, from what the supervisor really sends.
 
 The supervisor's query string and path come from aiohttp, that is from yarl: the tests
 decode real request targets with yarl, as the supervisor does, and check that parsing the
@@ -13,7 +14,14 @@ import pytest
 from yarl import URL
 
 from aleph_runtime import protocol
-from aleph_runtime.guest.asgi import ScopeError, http_scope, query_bytes, raw_path_bytes, run_cycle
+from aleph_runtime.guest.asgi import asgi_scope, run_cycle
+from aleph_runtime.guest.request import ScopeError, query_bytes, raw_path_bytes, request_from_scope
+
+
+def http_scope(raw: dict) -> dict:
+    """The ASGI scope an app gets for the supervisor's `raw` scope."""
+    return asgi_scope(request_from_scope(raw))
+
 
 #: Request targets' query parts, as clients send them.
 CLIENT_QUERIES = [
@@ -59,6 +67,11 @@ def test_query_string_never_raises(value):
         assert result.isascii() and b" " not in result and b"#" not in result
 
 
+def test_a_query_given_as_bytes_is_kept_but_cannot_end_the_request_line():
+    assert query_bytes(b"raw=%FF+x&a=%C3%BC") == b"raw=%FF+x&a=%C3%BC"
+    assert query_bytes(b"a=b c\r\nx-injected: 1#frag\xff") == b"a=b%20c%0D%0Ax-injected:%201%23frag%FF"
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -76,7 +89,7 @@ def test_raw_path_is_the_encoded_decoded_path(target):
     raw = raw_path_bytes(path)
     assert raw.isascii() and not set(raw) & set(b" ?#")
     assert unquote_to_bytes(raw).decode("utf-8") == path
-    scope, _ = http_scope({"type": "http", "path": path})
+    scope = http_scope({"type": "http", "path": path})
     assert scope["path"] == path and scope["raw_path"] == raw
 
 
@@ -95,7 +108,7 @@ def test_headers_are_tuples_of_bytes_with_accept_encoding_identity():
     )
     raw = protocol.unpack(protocol.pack(sent))  # msgpack turns the pairs into lists
     assert all(isinstance(pair, list) for pair in raw["headers"])
-    scope, _ = http_scope(raw)
+    scope = http_scope(raw)
     assert scope["headers"] == [
         (b"content-type", b"text/plain"),
         (b"accept-encoding", b"identity"),
@@ -105,20 +118,29 @@ def test_headers_are_tuples_of_bytes_with_accept_encoding_identity():
 
 
 def test_header_values_given_as_text_never_fail():
-    scope, _ = http_scope({"type": "http", "path": "/", "headers": [["x-latin", "café"], ["x-euro", "€"]]})
+    scope = http_scope({"type": "http", "path": "/", "headers": [["x-latin", "café"], ["x-euro", "€"]]})
     assert scope["headers"] == [(b"x-latin", "café".encode("latin-1")), (b"x-euro", "€".encode())]
 
 
 @pytest.mark.parametrize(
     "field",
-    [{"path": 5}, {"headers": "nope"}, {"headers": [[b"a"]]}, {"headers": [[b"a", 5]]}, {"body": 3.5}],
+    [
+        {"path": 5},
+        {"headers": "nope"},
+        {"headers": [[b"a"]]},
+        {"headers": [[b"a", 5]]},
+        {"body": 3.5},
+        {"method": 5},
+        {"method": "GET / HTTP/1.1\r\nx-injected: 1\r\n\r\nGET"},
+        {"method": "GÉT"},
+    ],
 )
 async def test_a_scope_of_the_wrong_shape_is_the_inits_failure(field):
     async def app(scope, receive, send):  # pragma: no cover - never called
         raise AssertionError("the app must not see a broken scope")
 
     with pytest.raises(ScopeError):
-        http_scope({"type": "http", "path": "/", **field})
+        request_from_scope({"type": "http", "path": "/", **field})
     answer = protocol.unpack(await run_cycle(app, {"type": "http", "path": "/", **field}))
     assert protocol.is_init_failure(answer), answer
     assert answer["traceback"].startswith(protocol.INIT_FAILURE)  # what a node shows as the 500's body

@@ -13,7 +13,7 @@ from aleph_runtime.guest.asgi import run_cycle
 from aleph_runtime.guest.executable import (
     MAX_RESPONSE_HEAD_BYTES,
     HTTPProtocolError,
-    ResponseTooLarge,
+    ProgramResponseTooLarge,
     read_response,
 )
 
@@ -99,14 +99,14 @@ async def test_an_executable_body_at_the_cap_passes_and_one_byte_more_is_refused
 
     _, _, read = await read_response(reader_of(response(CAP)), max_bytes=CAP)
     assert read == body * CAP
-    with pytest.raises(ResponseTooLarge, match="larger than 4096 bytes"):
+    with pytest.raises(ProgramResponseTooLarge, match="larger than 4096 bytes"):
         await read_response(reader_of(response(CAP + 1)), max_bytes=CAP)
 
 
 async def test_a_huge_content_length_is_refused_before_reading_the_body():
     # No body bytes and no EOF: reading any of it would wait forever.
     reader = reader_of(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n", eof=False)
-    with pytest.raises(ResponseTooLarge):
+    with pytest.raises(ProgramResponseTooLarge):
         await asyncio.wait_for(read_response(reader, max_bytes=CAP), 5)
 
 

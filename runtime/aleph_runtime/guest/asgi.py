@@ -4,10 +4,11 @@ One small class per cycle with an explicit state enum: `HTTPCycle` for an HTTP c
 `EventCycle` for an `aleph.message` event, `Lifespan` for the app's whole life.
 What the supervisor sends is not a full ASGI scope (no asgi, http_version, scheme,
 raw_path, root_path, server, client; query_string as a decoded str; the body inside it;
-header pairs as lists), so `http_scope()` completes it into what uvicorn would give the
-app, and the body is delivered through `receive()`.
+header pairs as lists): `request.request_from_scope()` maps it to the request a server
+would have received (the same mapping an executable's server gets), `asgi_scope()` makes
+that the scope uvicorn would give the app, and the body is delivered through `receive()`.
 Errors are mapped to the supervisor's `{"error", "traceback", "output"}` answer in one
-place, `run_cycle()`: the app's as the program's error, a scope that cannot be completed
+place, `run_cycle()`: the app's as the program's error, a scope that cannot be mapped
 (`ScopeError`) as the init's own.
 """
 
@@ -20,10 +21,9 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
 
 from aleph_runtime import protocol
-from aleph_runtime.guest.config import HEX_DIGITS
+from aleph_runtime.guest.request import Request, ScopeError, as_bytes, request_from_scope
 from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 
 logger = logging.getLogger("aleph_runtime.asgi")
@@ -43,147 +43,26 @@ class CycleError(RuntimeError):
     """The application broke the ASGI protocol (e.g. a body before the response start)."""
 
 
-class ScopeError(CycleError):
-    """The supervisor's scope cannot be completed (a field of the wrong type): the init's
-    failure, not the program's."""
-
-
-class ResponseTooLarge(CycleError):
+class AppResponseTooLarge(CycleError):
     """The application's response outgrew the cap: it is dropped, and its stream no longer read."""
 
     def __init__(self, limit: int):
         super().__init__(protocol.response_too_large(limit))
 
 
-def _as_bytes(value: object, what: str, error: type[CycleError] = CycleError) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        # Header values are latin-1 on the wire; anything else arrived as text and goes
-        # out as UTF-8 rather than failing the call.
-        try:
-            return value.encode("latin-1")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogatepass")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise error(f"{what} is {type(value).__name__}, not bytes")
-
-
-#: The delimiters yarl leaves percent-encoded in the query string it decodes (its `QS`),
-#: so that `a=x%26y` still means one field: their escapes must stay escapes.
-_KEPT_QUERY_ESCAPES = frozenset(b"+&=;")
-#: What a browser leaves as is in a query (WHATWG's query percent-encode set is the
-#: complement), less `%` and `+`, which would change what the string parses to.
-_QUERY_PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('"#%+<>')
-#: Likewise for a path: `?` and `#` would end it, and the backtick and braces too.
-_PATH_PLAIN = _QUERY_PLAIN - set("?`{}") | {"+"}
-
-
-#: The same sets as `safe` arguments of urllib.parse.quote, which keeps letters, digits
-#: and `_.-~` too (all plain in both). quote() rather than a regular expression: the two
-#: character classes cost more to compile, at every start, than the rest of the module.
-_QUERY_SAFE = "".join(sorted(_QUERY_PLAIN))
-_PATH_SAFE = "".join(sorted(_PATH_PLAIN))
-
-
-def _percent_encode(text: str, safe: str) -> bytes:
-    """`text` with every character outside `safe` percent-encoded as its UTF-8 bytes
-    (surrogates from undecodable input included); ASCII only."""
-    return quote(text, safe=safe, errors="surrogatepass").encode("ascii")
-
-
-def query_bytes(query: object) -> bytes:
-    """The query string as a client sent it, from the supervisor's decoded one.
-
-    The supervisor sends aiohttp's `request.query_string`: yarl has turned `+` into a
-    space and resolved every escape except those of the delimiters `+&=;` and those that
-    are not UTF-8 (`%FF`), which it keeps as they came. Re-encoded as UTF-8 with those
-    escapes kept and every other `%` escaped, the string parses (`parse_qsl`, Django's
-    QueryDict...) to exactly the values the supervisor's own parsing gives. Never raises.
-    """
-    if isinstance(query, (bytes, bytearray, memoryview)):
-        return bytes(query)  # already what a client sent
-    if not isinstance(query, str) or not query:
-        return b""
-    out = bytearray()
-    plain_run_start = 0
-    position = query.find("%")
-    while position != -1:
-        out += _percent_encode(query[plain_run_start:position], _QUERY_SAFE)
-        digits = query[position + 1 : position + 3]
-        if len(digits) == 2 and digits[0] in HEX_DIGITS and digits[1] in HEX_DIGITS:
-            byte = int(digits, 16)
-            if byte in _KEPT_QUERY_ESCAPES or byte >= 0x80:
-                out += b"%" + digits.upper().encode("ascii")
-                plain_run_start = position + 3
-                position = query.find("%", plain_run_start)
-                continue
-        out += b"%25"  # a literal percent sign (the client's `%25`)
-        plain_run_start = position + 1
-        position = query.find("%", plain_run_start)
-    out += _percent_encode(query[plain_run_start:], _QUERY_SAFE)
-    return bytes(out)
-
-
-def raw_path_bytes(path: str) -> bytes:
-    """The path as a server receives it: the decoded path percent-encoded as UTF-8, ASCII only.
-
-    The supervisor resolved every escape, `%2F` included, so `/a%2Fb` comes back as `/a/b`.
-    """
-    return _percent_encode(path, _PATH_SAFE)
-
-
-#: Replaces the client's Accept-Encoding (see `http_scope`).
-IDENTITY = b"identity"
-
-
-def _request_headers(raw_headers: object) -> list[tuple[bytes, bytes]]:
-    if not isinstance(raw_headers, (list, tuple)):
-        raise ScopeError(
-            f"the supervisor's scope has headers that are {type(raw_headers).__name__}, not a list"
-        )
-    headers = []
-    for pair in raw_headers:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ScopeError("the supervisor's scope has a header that is not a (name, value) pair")
-        name, value = pair
-        if type(name) is not bytes:
-            name = _as_bytes(name, "the supervisor's scope has a header name that", ScopeError)
-        if type(value) is not bytes:
-            value = _as_bytes(value, "the supervisor's scope has a header value that", ScopeError)
-        name = name.lower()
-        if name == b"accept-encoding":
-            # The supervisor drops the answer's Content-Encoding but keeps its body: a
-            # compressed body would reach the client as binary. Saying the client only
-            # takes `identity` makes compression middleware (GZipMiddleware...) leave
-            # the body alone, which also spares the VM compressing what nobody decodes.
-            value = IDENTITY
-        # Tuples, as a server gives them: msgpack made them lists, and some frameworks
-        # (BlackSheep) refuse anything else.
-        headers.append((name, value))
-    return headers
-
-
-def http_scope(raw: dict, state: dict | None = None) -> tuple[dict, bytes]:
-    """A complete ASGI HTTP scope from the supervisor's, and the body taken out of it.
-
-    Raises ScopeError when a field has a type no supervisor sends.
-    """
-    path = raw.get("path") or "/"
-    if not isinstance(path, str):
-        raise ScopeError(f"the supervisor's scope has a path that is {type(path).__name__}, not str")
+def asgi_scope(request: Request, state: dict | None = None) -> dict:
+    """The ASGI HTTP scope uvicorn would give the app for `request` (body not included)."""
     scope = {
         "type": "http",
         "asgi": ASGI_VERSION,
-        "http_version": raw.get("http_version") or "1.1",
-        "method": str(raw.get("method") or "GET").upper(),
-        "scheme": raw.get("scheme") or "http",
-        "path": path,
-        "raw_path": raw_path_bytes(path),
-        "query_string": query_bytes(raw.get("query_string")),
-        "root_path": raw.get("root_path") or "",
-        "headers": _request_headers(raw.get("headers") or ()),
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.path,
+        "raw_path": request.raw_path,
+        "query_string": request.query_string,
+        "root_path": "",
+        "headers": request.headers,
         "server": SERVER,
         "client": CLIENT,
         "extensions": {},
@@ -191,7 +70,7 @@ def http_scope(raw: dict, state: dict | None = None) -> tuple[dict, bytes]:
     if state is not None:
         # Lifespan state, copied per request as the spec says.
         scope["state"] = dict(state)
-    return scope, _as_bytes(raw.get("body") or b"", "the supervisor's scope has a body that", ScopeError)
+    return scope
 
 
 class HTTPCycleState(enum.Enum):
@@ -234,8 +113,8 @@ class HTTPCycle:
             self.status = int(message["status"])
             self.headers = [
                 [
-                    _as_bytes(n, "the application's header name"),
-                    _as_bytes(v, "the application's header value"),
+                    as_bytes(n, "the application's header name", CycleError),
+                    as_bytes(v, "the application's header value", CycleError),
                 ]
                 for n, v in message.get("headers", ())
             ]
@@ -251,7 +130,7 @@ class HTTPCycle:
                 self.state = HTTPCycleState.COMPLETE
                 self._complete.set()
         elif self.too_large:
-            raise ResponseTooLarge(self.max_bytes)
+            raise AppResponseTooLarge(self.max_bytes)
         elif self.state is HTTPCycleState.COMPLETE and kind == "http.response.body":
             raise CycleError("the application sent a body after its response was complete")
         else:
@@ -266,7 +145,7 @@ class HTTPCycle:
         self.chunks.clear()
         self.state = HTTPCycleState.COMPLETE
         self._complete.set()
-        raise ResponseTooLarge(self.max_bytes)
+        raise AppResponseTooLarge(self.max_bytes)
 
     async def run(self, app: ASGIApp) -> None:
         # An exception is the call's answer even after a complete response: Starlette
@@ -277,7 +156,7 @@ class HTTPCycle:
         finally:
             self._complete.set()
         if self.too_large:
-            raise ResponseTooLarge(self.max_bytes)  # even when the app swallowed it
+            raise AppResponseTooLarge(self.max_bytes)  # even when the app swallowed it
         if self.state is not HTTPCycleState.COMPLETE:
             raise CycleError(
                 f"the application returned without completing its response (state {self.state.name})"
@@ -338,18 +217,19 @@ async def run_cycle(
     kind = raw_scope.get("type")
     try:
         if kind == "http":
-            scope, body = http_scope(raw_scope, state)
+            request = request_from_scope(raw_scope)
+            scope = asgi_scope(request, state)
         elif kind != "aleph.message":
             raise ScopeError(f"unsupported scope type {kind!r}: expected 'http' or 'aleph.message'")
     except ScopeError as error:
         logger.error("Refused a call: %s", error)
         return protocol.init_error_answer(str(error))
     except Exception as error:  # a bug of ours: still an answer, and labelled as ours
-        logger.exception("Completing the supervisor's scope failed")
+        logger.exception("Mapping the supervisor's scope failed")
         return protocol.init_error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
     try:
         if kind == "http":
-            cycle = HTTPCycle(scope, body, max_response_bytes)
+            cycle = HTTPCycle(scope, request.body, max_response_bytes)
             await cycle.run(app)
             data = await output_data() if output_data else None
             body = b"".join(cycle.chunks)
@@ -359,7 +239,7 @@ async def run_cycle(
         await event.run(app)
         data = await output_data() if output_data else None
         return protocol.event_answer(event.result, output_data=data)
-    except ResponseTooLarge as error:
+    except AppResponseTooLarge as error:
         logger.warning("Refused a response: %s", error)
         return protocol.error_answer(str(error), "")
     except Exception as error:  # noqa: BLE001 - whatever the program raised becomes its 500

@@ -11,9 +11,12 @@ a bad argument) makes requests answer 502 at once with its exit status and last 
 lines, instead of each waiting for a server that will never come. At halt: SIGTERM to
 the group, SIGKILL after the grace period.
 
-The HTTP client is a few asyncio stream calls (request with Content-Length and
-`Connection: close`; response with Content-Length, chunked, or until EOF): importing
-aiohttp would cost more than the whole init.
+Each call's scope is mapped by `request.request_from_scope()`, the mapping an ASGI app's
+scope comes from too, so the program's server reads the same request target and headers
+as an ASGI app would see. The HTTP client is a few asyncio stream calls (request with
+Content-Length and `Connection: close`; response with Content-Length, chunked, or until
+EOF): importing aiohttp would cost more than the whole init, and h11 (uvicorn's parser)
+more than this module and half again as much CPU per call.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ import termios
 import threading
 import time
 import traceback
-from urllib.parse import quote
 
 from aleph_runtime import protocol
 from aleph_runtime.guest.config import ConfigError
+from aleph_runtime.guest.request import Request, ScopeError, request_from_scope
 from aleph_runtime.guest.settings import DEFAULT_MAX_RESPONSE_BYTES
 
 logger = logging.getLogger(__name__)
 
-#: Request headers not passed on: hop-by-hop, or rewritten by us.
+#: Request headers not passed on: hop-by-hop, or rewritten by us (`request_head`).
 _DROPPED_REQUEST_HEADERS = frozenset(
     {
         b"connection",
@@ -52,7 +55,6 @@ _DROPPED_REQUEST_HEADERS = frozenset(
 )
 #: Response headers not passed back: the body is given whole, de-chunked.
 _DROPPED_RESPONSE_HEADERS = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 LOADING_PAGE = (
     b"<!DOCTYPE html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='2'>"
@@ -125,7 +127,7 @@ class _OutputCopier:
         return "\n".join(lines[-count:])
 
 
-class ResponseTooLarge(HTTPProtocolError):
+class ProgramResponseTooLarge(HTTPProtocolError):
     """The program's response outgrew the cap: the rest of it is not read."""
 
     def __init__(self, limit: int):
@@ -162,8 +164,9 @@ class ExecutableProgram:
         self._command = [path]
         self._output: _OutputCopier | None = None
         #: Whether the current run's server has accepted a connection yet.
-        self._served = False
-        #: The last run that ended before it ever served: (exit status, its last output lines).
+        self._accepted_a_connection = False
+        #: The last run that ended before its server accepted a connection: (exit status,
+        #: its last output lines).
         self.failed_start: tuple[int, str] | None = None
         #: Set by the init when the program has /data: each answer then carries its zip.
         self.data_export = None
@@ -209,7 +212,7 @@ class ExecutableProgram:
         finally:
             output.close_child_end()
         self._output = output
-        self._served = False
+        self._accepted_a_connection = False
         self._started_at = time.monotonic()
         _register(self.process.pid)
         logger.info("started %s (pid %d)", self.path, self.process.pid)
@@ -237,7 +240,7 @@ class ExecutableProgram:
             self.exit_statuses.append(status)
             if self._output is not None:
                 await self._output.finish()
-                if not self._served:
+                if not self._accepted_a_connection:
                     self.failed_start = (status, self._output.last_lines())
             if self._stopping.is_set():
                 return
@@ -297,9 +300,12 @@ class ExecutableProgram:
         """Proxy one supervisor scope to the program; the packed answer for the supervisor."""
         try:
             status, headers, body = await self.request(scope)
-        except ResponseTooLarge as error:
+        except ProgramResponseTooLarge as error:
             logger.warning("Refused a response: %s", error)
             return protocol.error_answer(str(error), "")
+        except ScopeError as error:
+            logger.error("Refused a call: %s", error)
+            return protocol.init_error_answer(str(error))
         except Exception as error:  # noqa: BLE001 - every failure is an answer, never a crash
             return protocol.error_answer(f"{type(error).__name__}: {error}", traceback.format_exc())
         output_data = None
@@ -312,15 +318,15 @@ class ExecutableProgram:
 
     async def request(self, scope: dict) -> tuple[int, list[list[bytes]], bytes]:
         """Proxy one scope; (status, headers, body). 503 with a loading page while the
-        server does not accept connections within `connect_timeout`."""
+        server does not accept connections within `connect_timeout`. ScopeError for a
+        scope no supervisor sends."""
         if scope.get("type") != "http":
             raise ValueError(
                 f"an executable program answers HTTP calls only, not {scope.get('type')!r} scopes"
             )
-        method = str(scope.get("method") or "GET").upper()
-        if not method or not set(method.encode()) <= _TOKEN_CHARS:
-            raise ValueError(f"invalid HTTP method {method!r}")
-        request = self._request_bytes(scope, method)
+        request = request_from_scope(scope)
+        method = request.method
+        message = request_head(request, self.port) + request.body
         # A connection that a dying server's kernel had queued in its backlog is reset
         # without the server ever reading it: an idempotent request is sent again.
         attempts = 3 if method in _IDEMPOTENT_METHODS else 1
@@ -336,7 +342,7 @@ class ExecutableProgram:
                 )
             reader, writer = connection
             try:
-                writer.write(request)
+                writer.write(message)
                 await writer.drain()
                 return await read_response(reader, head=method == "HEAD", max_bytes=self.max_response_bytes)
             except (ConnectionResetError, BrokenPipeError):
@@ -372,7 +378,7 @@ class ExecutableProgram:
                     connection = await asyncio.open_connection(host, self.port, limit=1 << 20)
                 except OSError:
                     continue
-                self._served = True
+                self._accepted_a_connection = True
                 self.failed_start = None
                 return connection
             if self.failed_start is not None and not self._running():
@@ -383,37 +389,24 @@ class ExecutableProgram:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
 
-    def _request_bytes(self, scope: dict, method: str) -> bytes:
-        path = scope.get("path") or "/"
-        if not path.startswith("/"):
-            path = "/" + path
-        target = quote(path, safe="/:@!$&'()*+,;=~")
-        query = scope.get("query_string") or ""
-        if isinstance(query, bytes):
-            query = query.decode("latin-1")
-        if query:
-            target += "?" + quote(query, safe="/:@!$&'()*+,;=~?%")
-        body = scope.get("body") or b""
-        if isinstance(body, str):
-            body = body.encode()
-        lines = [f"{method} {target} HTTP/1.1".encode()]
-        has_host = False
-        for name, value in scope.get("headers") or ():
-            name = name.encode("latin-1") if isinstance(name, str) else bytes(name)
-            value = value.encode("latin-1") if isinstance(value, str) else bytes(value)
-            lowered = name.lower()
-            if lowered in _DROPPED_REQUEST_HEADERS or not name or not set(name) <= _TOKEN_CHARS:
-                continue
-            if b"\r" in value or b"\n" in value:
-                continue  # no header injection
-            has_host |= lowered == b"host"
-            lines.append(name + b": " + value)
-        if not has_host:
-            lines.append(b"host: 127.0.0.1:%d" % self.port)
-        if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(b"content-length: %d" % len(body))
-        lines.append(b"connection: close")
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+def request_head(request: Request, port: int) -> bytes:
+    """The request line and header block for `request`, framed for one call on its own
+    connection: the request's own hop-by-hop headers give way to a Content-Length and
+    `Connection: close`, and a request without Host gets the program's address."""
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.target)]
+    has_host = False
+    for name, value in request.headers:
+        if name in _DROPPED_REQUEST_HEADERS:
+            continue
+        has_host |= name == b"host"
+        lines.append(name + b": " + value)
+    if not has_host:
+        lines.append(b"host: 127.0.0.1:%d" % port)
+    if request.body or request.method in ("POST", "PUT", "PATCH"):
+        lines.append(b"content-length: %d" % len(request.body))
+    lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 async def read_response(
@@ -421,7 +414,7 @@ async def read_response(
 ) -> tuple[int, list[list[bytes]], bytes]:
     """An HTTP/1.x response: status, header pairs (names as sent), the whole body.
 
-    A body larger than `max_bytes` raises ResponseTooLarge as soon as that is known (a
+    A body larger than `max_bytes` raises ProgramResponseTooLarge as soon as that is known (a
     Content-Length over it is refused before a byte of the body is read)."""
     head_bytes = 0
 
@@ -467,7 +460,7 @@ async def read_response(
     length = fields.get(b"content-length")
     if length is not None and length.strip().isdigit():
         if int(length) > max_bytes:
-            raise ResponseTooLarge(max_bytes)
+            raise ProgramResponseTooLarge(max_bytes)
         try:
             return status, kept, await reader.readexactly(int(length))
         except asyncio.IncompleteReadError as error:
@@ -482,7 +475,7 @@ async def _read_until_eof(reader: asyncio.StreamReader, max_bytes: int) -> bytes
     while chunk := await reader.read(_READ_CHUNK):
         body += chunk
         if len(body) > max_bytes:
-            raise ResponseTooLarge(max_bytes)
+            raise ProgramResponseTooLarge(max_bytes)
     return bytes(body)
 
 
@@ -507,7 +500,7 @@ async def _read_chunked(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
                     )
             return bytes(body)
         if len(body) + size > max_bytes:
-            raise ResponseTooLarge(max_bytes)
+            raise ProgramResponseTooLarge(max_bytes)
         try:
             body += await reader.readexactly(size)
         except asyncio.IncompleteReadError:
