@@ -38,8 +38,8 @@ def images() -> tuple[Path, Path | None, Path]:
     """(kernel, initramfs or None, rootfs): ALEPH_KERNEL/ALEPH_ROOTFS (and ALEPH_INITRAMFS
     for a kernel that needs one), or built through the caches (minutes when cold): the
     node-like kernel unless ALEPH_VM_KERNEL=debian. A build that fails fails the test."""
+    from aleph_runtime.host.machines.qemu import find_images
     from aleph_runtime.host.machines.sandbox import require_root
-    from aleph_runtime.host.vmm.qemu import find_images
 
     if not all(os.environ.get(name) for name in ("ALEPH_KERNEL", "ALEPH_ROOTFS")):
         reason = require_root()

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from aleph_runtime.host.machines.sandbox import read_from_image
 from tests.integration.nsguest import (
     guest_env,
     host_file_snapshot,
@@ -15,6 +14,7 @@ from tests.integration.nsguest import (
     needs_root,
     run_python,
 )
+from tests.sandbox_tools import read_from_image
 
 pytestmark = needs_root
 

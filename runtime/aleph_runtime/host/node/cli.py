@@ -29,8 +29,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-# The wire format (msgpack) and the image's names (stdlib only): the rest is imported when
-# a command runs, so --help stays fast.
+# The protocol's names and the image's (stdlib only): the rest is imported when a command
+# runs, so --help stays fast.
 from aleph_runtime import __version__
 from aleph_runtime.host.vmm.image import COMPRESSIONS, KERNELS
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
@@ -302,6 +302,40 @@ class LogTail:
         self.flush(final=True)
 
 
+class Terminal:
+    """What the node shows on stderr: its progress and access lines, and the machine's log
+    (followed once `follow` is called), each after what the machine said before it."""
+
+    def __init__(self, output_filter: OutputFilter | None):
+        self.output_filter = output_filter
+        self.tail: LogTail | None = None
+
+    def follow(self, log_path: Path) -> None:
+        self.tail = LogTail(log_path, line_filter=self.output_filter).start()
+
+    def flush(self) -> None:
+        if self.tail is not None:
+            self.tail.flush()
+
+    def progress(self, message: str) -> None:
+        self.flush()  # what the machine said first: a crash line follows its last words
+        say(message)
+
+    def access(self, line: str) -> None:
+        self.flush()  # the program's output for that request first, as a terminal would show it
+        say_access(line)
+
+    def on_boot(self) -> None:
+        if self.output_filter is not None:
+            self.flush()  # the last machine's last words, still shown
+            self.output_filter.new_boot()  # its firmware and kernel lines are hidden too
+
+    async def stop(self) -> None:
+        if self.tail is not None:
+            await self.tail.stop()
+            self.tail = None
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -317,10 +351,9 @@ def _options(args: argparse.Namespace):
         DEFAULT_EXAMPLE,
         DEFAULT_EXAMPLE_ENV,
         DEFAULT_EXAMPLE_VOLUME,
-        NodeOptions,
         check_port_free,
-        default_state_dir,
     )
+    from aleph_runtime.host.node.provision import NodeOptions, default_state_dir
     from aleph_runtime.host.node.volumes import parse_env, parse_env_file, parse_volume
 
     volumes = [parse_volume(text) for text in args.volume]
@@ -407,9 +440,10 @@ def report_failed_start(error: BaseException, what: str, log_path: Path, verbose
     return exit_status(error)
 
 
-async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
+async def run_node(node, terminal: Terminal, verbose: bool, watch_from: dict | None = None) -> int:
     """Start the node, print its URL, run until Ctrl-C/SIGTERM or until the node gives up; stop it.
-    `watch_from`: with --watch, the program's files as they were before it was packed."""
+    `terminal`: the node's callbacks, which now follow its log; `watch_from`: with --watch, the
+    program's files as they were before it was packed."""
     from aleph_runtime.host.node.local import MAX_FAILED_STARTS
     from aleph_runtime.host.services.redis_server import RedisServerError
     from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
@@ -435,30 +469,7 @@ async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    output_filter = None if verbose else OutputFilter(node.options.mode == "vm")
-    tail = LogTail(node.log_path, line_filter=output_filter).start()
-    if output_filter is not None:
-
-        def on_boot() -> None:
-            tail.flush()  # the last machine's last words, still shown
-            output_filter.new_boot()
-
-        node.on_boot = on_boot
-    if node.access_log is not None:
-        write_access_line = node.access_log
-
-        def access_log(line: str) -> None:
-            tail.flush()  # the program's output for that request first, as a terminal would show it
-            write_access_line(line)
-
-        node.access_log = access_log
-    report = node.progress
-
-    def progress(message: str) -> None:
-        tail.flush()  # what the machine said first: a crash line follows its last words
-        report(message)
-
-    node.progress = progress
+    terminal.follow(node.log_path)
     what = "VM" if node.options.mode == "vm" else "init"
     status = EXIT_OK
     try:
@@ -513,8 +524,7 @@ async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
         except Exception as error:  # noqa: BLE001 - reported; the rest of the cleanup goes on
             say(f"error while stopping: {type(error).__name__}: {error}")
             status = EXIT_FAILED
-        if tail is not None:
-            await tail.stop()
+        await terminal.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     if status == EXIT_OK:
@@ -534,7 +544,11 @@ def run(args: argparse.Namespace) -> int:
         options = _options(args)
         say(f"program {options.program.describe()} ({options.program.why})")
         check_port_free(options.host, options.port)
-        node = LocalNode(options, progress=say, access_log=None if args.quiet else say_access)
+        terminal = Terminal(None if args.verbose else OutputFilter(options.mode == "vm"))
+        node = LocalNode(
+            options, progress=terminal.progress, access_log=None if args.quiet else terminal.access,
+            on_boot=terminal.on_boot,
+        )  # fmt: skip
         # Before packing: an edit made while the machine starts is not missed.
         watch_from = snapshot(options.program.source) if args.watch else None
         node.prepare()
@@ -547,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"error while preparing: {type(error).__name__}: {error}")
         return exit_status(error)
     try:
-        return asyncio.run(serve(node, args.verbose, watch_from))
+        return asyncio.run(run_node(node, terminal, args.verbose, watch_from))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place
         node.cleanup()
         return EXIT_OK
@@ -595,7 +609,8 @@ def build_event(args: argparse.Namespace) -> dict:
 MAX_EVENT_BYTES = 1 << 20
 
 
-async def post_event(url: str, message: dict, timeout: float) -> int:
+async def send_event(url: str, message: dict, timeout: float) -> int:
+    """`aleph-runtime event`: post the message to a running node's /control/event; print the answer."""
     import json
 
     import aiohttp
@@ -634,7 +649,7 @@ def event(args: argparse.Namespace) -> int:
     except NodeError as error:
         say(f"error: {error}")
         return exit_status(error)
-    return asyncio.run(post_event(args.url, message, args.timeout))
+    return asyncio.run(send_event(args.url, message, args.timeout))
 
 
 def main(argv: list[str] | None = None) -> int:
