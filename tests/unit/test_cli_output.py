@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aleph_runtime.host.errors import NodeError
-from aleph_runtime.host.node.cli import OutputFilter
+from aleph_runtime.host.node.output import OutputFilter
 from aleph_runtime.host.node.volumes import MAX_ENV_FILE_BYTES, parse_env_file
 
 VM_CONSOLE = [

@@ -12,8 +12,8 @@ runtime image in QEMU with our vsock backend; both present Firecracker's hybrid-
 layout on `uds_path`, so the supervisor client and the host services work unchanged, and
 the node asks nothing else of them than what `Machine` declares. What a start needs (the
 machine with its drives or places, the configuration) is node/provision.py's; program
-inference node/inference.py's; `--volume` and `--env` node/volumes.py's; cli.py parses
-and prints.
+inference node/inference.py's; `--volume` and `--env` node/volumes.py's; cli.py parses,
+node/output.py shows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from aleph_runtime.host.errors import NodeError
 from aleph_runtime.host.machines.base import Machine
 from aleph_runtime.host.machines.qemu import CONFIGURE_TIMEOUT
 from aleph_runtime.host.node.inference import Program
+from aleph_runtime.host.node.output import is_boot_noise
 from aleph_runtime.host.node.provision import NodeOptions, Progress, Provision
 
 REPOSITORY = Path(__file__).resolve().parents[4]
@@ -48,13 +48,6 @@ MAX_FAILED_STARTS = 3
 RESTART_BACKOFF = (1.0, 2.0, 4.0)
 #: The longest last log line shown with a crash.
 CRASH_LINE_CHARS = 200
-_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] (?!init1 )")
-_BOOT_SCRIPT_LINE = re.compile(r"^\d+\.\d+ (init0|initramfs): ")
-
-
-def is_boot_noise(line: str) -> bool:
-    """A line of the kernel's or the boot scripts' (init0, initramfs) on the console."""
-    return bool(_KERNEL_LINE.match(line) or _BOOT_SCRIPT_LINE.match(line))
 
 
 def _no_progress(message: str) -> None:
