@@ -95,16 +95,10 @@ class QemuMachine(Machine):
             kernel, initramfs, rootfs, self.vhost_path, list(drives), memory_mb=memory_mb, vcpus=vcpus,
             network=network, init=init, cmdline=list(cmdline), qemu_binary=qemu_binary, machine=machine,
         )  # fmt: skip
+        self._console_to = console_to
         self.console_log = Path(console_to) if console_to else self.workdir / "console.log"
         self.backend = VsockBackend(self.vhost_path, self.uds_path)
         self.console: list[ConsoleLine] = []
-        self.images: tuple[Path, Path | None, Path] = (
-            self.qemu.kernel,
-            self.qemu.initramfs,
-            self.qemu.rootfs,
-        )
-        self._node: tuple[Path, Path, int, int] | None = None
-        """for_node's run directory, log, memory and vCPUs, for `renew`."""
         self._t0 = 0.0
         self._console_task: asyncio.Task | None = None
         self._stderr_task: asyncio.Task | None = None
@@ -119,38 +113,37 @@ class QemuMachine(Machine):
         memory_mb: int,
         vcpus: int,
         kernel: str | None = None,
-        images: tuple[Path, Path | None, Path] | None = None,
         profile: str | None = None,
         compression: str | None = None,
     ) -> QemuMachine:
         """The local node's VM, drives in the order the config names them. `kernel`: "node"
         (the node-like kernel on microvm, the default) or "debian" (Debian's kernel and
-        initramfs on q35). `images`: a restarted machine reuses its predecessor's, so no
-        cache check runs on the loop."""
+        initramfs on q35), with the `profile` image packed with `compression` (see
+        find_images). Its `renew` reuses the images: no cache check runs on the loop."""
         if shutil.which(QEMU_BINARY) is None:
             raise SetupError(f"{QEMU_BINARY} is not installed (Debian's qemu-system-x86; scripts/setup.sh)")
-        if images is None:
-            try:
-                images = find_images(kernel, profile, compression)
-            except Exception as error:  # noqa: BLE001 - a build failure, reported as such
-                raise SetupError(f"could not build or find the runtime image and kernel: {error}") from None
-        machine = cls(
+        try:
+            images = find_images(kernel, profile, compression)
+        except Exception as error:  # noqa: BLE001 - a build failure, reported as such
+            raise SetupError(f"could not build or find the runtime image and kernel: {error}") from None
+        return cls(
             *images, drives, memory_mb=memory_mb, vcpus=vcpus, network=UserNetwork(ip=VM_IP, route=VM_ROUTE),
             workdir=run_dir / "vm", console_to=log_path,
             # A node allows 60 s to start a program, with KVM; QEMU emulates here, many times slower.
             ready_timeout=NODE_READY_TIMEOUT, configure_timeout=CONFIGURE_TIMEOUT_EMULATED,
         )  # fmt: skip
-        machine._node = (run_dir, log_path, memory_mb, vcpus)
-        return machine
 
     # --- what the node asks of it ---
 
     def renew(self) -> QemuMachine:
-        """A new VM with the same images and drives, for a restart (this one is stopped)."""
-        if self._node is None:
-            return super().renew()
-        run_dir, log_path, memory_mb, vcpus = self._node
-        return QemuMachine.for_node(run_dir, log_path, self.drives, memory_mb, vcpus, images=self.images)
+        """A new VM with the same images, drives and command line, for a restart (this one is stopped)."""
+        line = self.qemu
+        return QemuMachine(
+            line.kernel, line.initramfs, line.rootfs, line.drives, memory_mb=line.memory_mb, vcpus=line.vcpus,
+            network=line.network, init=line.init, cmdline=line.cmdline, qemu_binary=line.qemu_binary,
+            machine=line.machine, workdir=None if self._own_workdir else self.workdir, console_to=self._console_to,
+            ready_timeout=self.ready_timeout, configure_timeout=self.configure_timeout,
+        )  # fmt: skip
 
     def describe_exit(self, status: int | None) -> str:
         return f"the VM powered off (status {status})"
