@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from aleph_runtime import protocol
-from aleph_runtime.host.machines.dev import INIT1, DevInit
+from aleph_runtime.host.machines.dev import INIT1, DevMachine
 from aleph_runtime.host.program import program_config, zip_directory
 from aleph_runtime.host.supervisor import SupervisorClient
 
@@ -126,7 +126,7 @@ def rss_mb(pid: int) -> float:
 async def measure(server, requests: int, concurrency: int, config: dict | None = None) -> dict:
     await server.start()
     await server.configure(config or program_config(TRIVIAL_APP, "main:app", vm_hash="ab" * 32))
-    if isinstance(server, DevInit):
+    if isinstance(server, DevMachine):
         pid = server.process.pid
 
         def server_cpu_ns() -> int:
@@ -187,10 +187,10 @@ async def bench_dev(requests: int, concurrency: int, python: str, pycache: Path)
 
         def servers(name: str):
             return (
-                DevInit(
+                DevMachine(
                     Path(workdir) / f"init-{name}", python=python, env=env, stderr=asyncio.subprocess.DEVNULL
                 ),
-                DevInit(
+                DevMachine(
                     Path(workdir) / f"baseline-{name}", python=python, env=env, init_path=baseline_script
                 ),
             )

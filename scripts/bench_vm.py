@@ -56,9 +56,10 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "runtime"))
 
+from aleph_runtime.host.machines.qemu import QemuMachine, find_images  # noqa: E402
 from aleph_runtime.host.program import program_config  # noqa: E402
 from aleph_runtime.host.vmm.image import COMPRESSIONS  # noqa: E402
-from aleph_runtime.host.vmm.qemu import Network, QemuVM, find_images  # noqa: E402
+from aleph_runtime.host.vmm.qemu import UserNetwork  # noqa: E402
 
 # The hello example's lifespan, with requests answered by the benchmark's own handler.
 HELLO = (REPOSITORY / "examples" / "hello" / "main.py").read_bytes()
@@ -321,8 +322,8 @@ def guest_stages(console) -> dict:
 async def cold_start(kernel, initramfs, rootfs, side: Side, code: bytes, args) -> dict:
     from bench_dev import cpu_ns
 
-    network = Network(ip="172.16.9.2", route="172.16.9.1")
-    vm = QemuVM(kernel, initramfs, rootfs, network=network, init=side.init, cmdline=side.cmdline,
+    network = UserNetwork(ip="172.16.9.2", route="172.16.9.1")
+    vm = QemuMachine(kernel, initramfs, rootfs, network=network, init=side.init, cmdline=side.cmdline,
                 memory_mb=args.memory, vcpus=args.vcpus, machine=args.machine)  # fmt: skip
     try:
         await vm.start(timeout=args.boot_timeout)
@@ -356,7 +357,7 @@ async def floor_start(kernel, initramfs, rootfs, program: bytes, args) -> dict:
     """One boot of the floor (`floor_source`): seconds from QEMU's start to its console line."""
     from aleph_runtime.host.machines.base import MachineExited
 
-    vm = QemuVM(kernel, initramfs, rootfs, init="/usr/bin/python3", cmdline=floor_cmdline(program),
+    vm = QemuMachine(kernel, initramfs, rootfs, init="/usr/bin/python3", cmdline=floor_cmdline(program),
                 memory_mb=args.memory, vcpus=args.vcpus, machine=args.machine)  # fmt: skip
     try:
         # It sends no ready signal: the boot ends when it powers off.
@@ -456,8 +457,8 @@ async def throughput(args) -> dict:
         from aleph_runtime.host.vmm import image
 
         rootfs = image.ensure_rootfs(args.profile or "lean", args.compression or image.DEFAULT_COMPRESSION)
-    network = Network(ip="172.16.9.2", route="172.16.9.1")
-    vm = QemuVM(
+    network = UserNetwork(ip="172.16.9.2", route="172.16.9.1")
+    vm = QemuMachine(
         kernel, initramfs, rootfs, network=network, init=args.init,
         memory_mb=args.memory, vcpus=args.vcpus, machine=args.machine,
         cmdline=[*(args.cmdline or ()), *(["PYTHONPROFILEIMPORTTIME=1"] if args.importtime else [])],

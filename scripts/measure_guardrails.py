@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "runtime"))
 
-from aleph_runtime.host.machines.dev import DevInit  # noqa: E402
+from aleph_runtime.host.machines.dev import DevMachine  # noqa: E402
 from aleph_runtime.host.program import program_config  # noqa: E402
 
 APP = (HERE / "tests" / "programs" / "guardrails_app.py").read_bytes()
@@ -40,7 +40,7 @@ RSS_STOP = 3 << 30
 
 
 def limited(repository: Path) -> dict:
-    """A DevInit of that checkout, with PID 1's usual descriptor limit."""
+    """A DevMachine of that checkout, with PID 1's usual descriptor limit."""
     return {
         "init_path": repository / "init" / "init1.py",
         "python": "prlimit",
@@ -60,7 +60,7 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def answered(init: DevInit, path: str = "/", timeout: float = 10) -> bool:
+async def answered(init: DevMachine, path: str = "/", timeout: float = 10) -> bool:
     try:
         answer = await init.client.http("GET", path, timeout=timeout)
     except (TimeoutError, OSError, Exception):  # noqa: BLE001 - any failure is "no"
@@ -68,7 +68,7 @@ async def answered(init: DevInit, path: str = "/", timeout: float = 10) -> bool:
     return "headers" in answer
 
 
-async def hanging(init: DevInit) -> int:
+async def hanging(init: DevMachine) -> int:
     try:
         answer = await init.client.http("GET", "/stats", timeout=10)
         return json.loads(answer["body"]["body"])["hanging"]
@@ -76,7 +76,7 @@ async def hanging(init: DevInit) -> int:
         return -1
 
 
-async def abandon_batch(init: DevInit, count: int, body: bytes) -> None:
+async def abandon_batch(init: DevMachine, count: int, body: bytes) -> None:
     """`count` calls, given up (their connections closed) once they all reached the program
     or after 10 s, whichever comes first; at least 0.3 s after they were made."""
     # Calls an init did not release are still hanging: count from there.
@@ -96,7 +96,8 @@ async def abandon_batch(init: DevInit, count: int, body: bytes) -> None:
 
 
 async def measure_abandoned(repository: Path, calls: int, workdir: Path) -> dict:
-    init = DevInit(workdir / "abandoned", stderr=open(workdir / "abandoned.log", "wb"), **limited(repository))  # noqa: SIM115 - the init holds it
+    log = open(workdir / "abandoned.log", "wb")  # noqa: SIM115 - the init holds it
+    init = DevMachine(workdir / "abandoned", stderr=log, **limited(repository))
     await init.start()
     try:
         await init.configure(program_config(APP, "main:app"))
@@ -117,7 +118,7 @@ async def measure_abandoned(repository: Path, calls: int, workdir: Path) -> dict
 
 
 async def measure_endless(repository: Path, workdir: Path) -> dict:
-    init = DevInit(workdir / "endless", stderr=open(workdir / "endless.log", "wb"), **limited(repository))  # noqa: SIM115 - the init holds it
+    init = DevMachine(workdir / "endless", stderr=open(workdir / "endless.log", "wb"), **limited(repository))  # noqa: SIM115 - the init holds it
     await init.start()
     try:
         await init.configure(program_config(APP, "main:app"))
@@ -148,7 +149,7 @@ async def measure_extraction(repository: Path, entries: int, workdir: Path) -> d
         for index in range(entries):
             archive.writestr(f"d{index // 1000}/f{index}", b"")
     code = buffer.getvalue()
-    init = DevInit(
+    init = DevMachine(
         workdir / "extraction",
         stderr=open(workdir / "extraction.log", "wb"),  # noqa: SIM115 - the init holds it
         **limited(repository),

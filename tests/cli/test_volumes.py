@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from aleph_runtime.host.node.inference import infer_program
-from aleph_runtime.host.node.local import LocalNode, NodeOptions
+from aleph_runtime.host.node.provision import NodeOptions, Provision
 from aleph_runtime.host.node.volumes import parse_volume
 from tests.cli.conftest import EXAMPLES
 
@@ -20,17 +20,17 @@ pytestmark = pytest.mark.skipif(
 
 def test_ext4_image_seeded_from_the_dev_directory(tmp_path):
     volume = parse_volume("mount=/var/lib/example,persistent=example,size=16M")
-    node = LocalNode(NodeOptions(infer_program(EXAMPLES / "hello"), [volume], state_dir=tmp_path))
-    directory = node.persistent_path("example")
+    provision = Provision(NodeOptions(infer_program(EXAMPLES / "hello"), [volume]), tmp_path, "0" * 64, print)
+    directory = provision.persistent_path("example")
     directory.mkdir(parents=True)
     (directory / "counter.txt").write_text("41")
-    image = node._persistent_image(volume)
+    image = provision.persistent_image(volume)
     assert image == tmp_path / "volumes" / "example.ext4"
     assert image.stat().st_size == 16 << 20
     seen = subprocess.run(["debugfs", "-R", "cat /counter.txt", str(image)], capture_output=True, text=True)
     assert seen.stdout == "41"
     # Created once: later runs keep the image (and what the VM wrote in it).
     (directory / "counter.txt").write_text("0")
-    assert node._persistent_image(volume) == image
+    assert provision.persistent_image(volume) == image
     seen = subprocess.run(["debugfs", "-R", "cat /counter.txt", str(image)], capture_output=True, text=True)
     assert seen.stdout == "41"

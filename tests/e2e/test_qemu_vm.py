@@ -22,14 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from aleph_runtime.host.machines.qemu import QemuMachine
 from aleph_runtime.host.program import program_config, squashfs_directory, tar_directory, zip_directory
 from aleph_runtime.host.supervisor import ConfigurationRejected
-from aleph_runtime.host.vmm.qemu import NODE_BOOT_ARGS, Drive, Network, QemuVM
+from aleph_runtime.host.vmm.qemu import NODE_BOOT_ARGS, Drive, UserNetwork
 
 pytestmark = pytest.mark.e2e
 
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
-NET = Network(ip="172.16.7.2", route="172.16.7.1", ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1")
+NET = UserNetwork(ip="172.16.7.2", route="172.16.7.1", ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1")
 NET_CONFIG = {
     "ip": "172.16.7.2",
     "route": "172.16.7.1",
@@ -50,12 +51,12 @@ def qemu_installed():
 
 @contextlib.asynccontextmanager
 async def boot(
-    images, tmp_path: Path, drives=(), network: Network | None = NET, name: str = "vm", **vm_options
+    images, tmp_path: Path, drives=(), network: UserNetwork | None = NET, name: str = "vm", **vm_options
 ):
     kernel, initramfs, rootfs = images
     workdir = Path(f"/tmp/aleph-e2e-{os.getpid()}-{name}")
     shutil.rmtree(workdir, ignore_errors=True)
-    vm = QemuVM(kernel, initramfs, rootfs, list(drives), network=network, workdir=workdir,
+    vm = QemuMachine(kernel, initramfs, rootfs, list(drives), network=network, workdir=workdir,
                 console_to=tmp_path / f"{name}-console.log", **vm_options)  # fmt: skip
     try:
         await vm.start()
@@ -72,7 +73,7 @@ async def boot(
         assert not [name for name in leftovers if "sock" in name], leftovers
 
 
-async def halt_and_exit(vm: QemuVM) -> None:
+async def halt_and_exit(vm: QemuMachine) -> None:
     """Halt as the supervisor does; QEMU must then exit by itself (no kill)."""
     result = await vm.client.halt()
     assert result.lines == [b"STOP\n", b"STOPZ\n"]

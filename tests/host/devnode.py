@@ -1,12 +1,12 @@
 """A whole local node around the real init in dev mode, for the tests: a private Redis,
-the guest API on `<uds>_53`, the init as a local process (`DevInit`), and the HTTP
+the guest API on `<uds>_53`, the init as a local process (`DevMachine`), and the HTTP
 front. The aleph network is stood in for by a local server speaking its JSON."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from aleph_runtime.host.machines.dev import INIT1, DevInit
+from aleph_runtime.host.machines.dev import INIT1, DevMachine
 from aleph_runtime.host.services.guest_api import GuestAPIServer, GuestAPISettings, guest_api_socket_path
 from aleph_runtime.host.services.http_front import HTTPFront, create_front_app
 from aleph_runtime.host.services.signer import LocalSigner
@@ -29,7 +29,7 @@ class DevNode:
         self.directory = directory
         self.config = config
         self.log = open(directory / "init.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.init = DevInit(directory, stdout=self.log, stderr=self.log)
+        self.init = DevMachine(directory, stdout=self.log, stderr=self.log)
         self.guest_api = GuestAPIServer(
             guest_api_socket_path(self.init.uds_path),
             GuestAPISettings(

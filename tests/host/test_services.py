@@ -10,7 +10,7 @@ import shutil
 import aiohttp
 import pytest
 
-from aleph_runtime.host.machines.dev import DevInit
+from aleph_runtime.host.machines.dev import DevMachine
 from aleph_runtime.host.program import program_config, zip_directory
 from aleph_runtime.host.services.host_services import HostServices
 from tests.host.conftest import VM_HASH
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="re
 
 
 async def run_once(state_dir, work_dir, fake_api, requests):
-    init = DevInit(work_dir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    init = DevMachine(work_dir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     services = HostServices(state_dir, init.uds_path, VM_HASH, seconds=30, api_server=fake_api.url, port=0)
     await services.start()
     redis_pid = services.redis.process.pid

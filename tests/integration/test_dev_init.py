@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aleph_runtime import protocol
-from aleph_runtime.host.machines.dev import DevInit
+from aleph_runtime.host.machines.dev import DevMachine
 from aleph_runtime.host.program import program_config, tar_directory, zip_directory
 from aleph_runtime.host.supervisor import ConfigurationRejected
 
@@ -22,7 +22,7 @@ PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 async def init(tmp_path, request):
     """The init under both event loops: uvloop in the image, the stdlib's wherever uvloop is missing."""
     env = {"MARKER_FILE": str(tmp_path / "markers"), "ALEPH_EVENT_LOOP": request.param}
-    instance = DevInit(tmp_path / "vm", env=env)
+    instance = DevMachine(tmp_path / "vm", env=env)
     await instance.start()
     yield instance
     await instance.stop()
@@ -52,7 +52,7 @@ async def test_the_ready_signal_comes_before_the_imports_and_the_config_still_la
     imported; the configuration sent at once waits in the backlog and is answered."""
     log = tmp_path / "init.log"
     with open(log, "wb") as stderr:
-        instance = DevInit(tmp_path / "vm", stderr=stderr)
+        instance = DevMachine(tmp_path / "vm", stderr=stderr)
         await instance.start()
     try:
         await instance.configure(program_config(program("starlette_app.py"), "main:app"))
@@ -259,7 +259,7 @@ async def test_missing_module_in_an_archive(init, tmp_path):
 
 
 async def test_malformed_and_oversized_calls_get_error_answers(tmp_path):
-    async with DevInit(tmp_path / "vm", env={"ALEPH_MAX_REQUEST_BYTES": str(1 << 20)}) as init:
+    async with DevMachine(tmp_path / "vm", env={"ALEPH_MAX_REQUEST_BYTES": str(1 << 20)}) as init:
         await init.configure(program_config(PLAIN_WITH_HELPER, "main:app"))
         for payload in (b"\x81\xa5scope\xc1", protocol.pack({"scope": "not a map"}), protocol.pack([1, 2])):
             reader, writer = await asyncio.open_unix_connection(init.uds_path)

@@ -24,7 +24,7 @@ from aleph_runtime.guest.code import Paths
 from aleph_runtime.guest.config import ConfigError, parse_config
 from aleph_runtime.guest.data import DataExport
 from aleph_runtime.guest.init import Init, InitState
-from aleph_runtime.host.machines.dev import DevInit
+from aleph_runtime.host.machines.dev import DevMachine
 from aleph_runtime.host.program import program_config
 
 SEED = 20269
@@ -211,7 +211,7 @@ async def test_mutated_run_requests_always_get_a_msgpack_answer(serving_init):
 # --- through a real dev-mode init ---
 
 
-async def exchange(init: DevInit, data: bytes, timeout: float = 20) -> bytes:
+async def exchange(init: DevMachine, data: bytes, timeout: float = 20) -> bytes:
     """Send as the supervisor does, then half-close (so a truncated request ends), read to EOF."""
     reader, writer = await asyncio.open_unix_connection(init.uds_path)
     try:
@@ -238,7 +238,7 @@ async def test_a_dev_init_answers_hundreds_of_mutated_requests_and_still_halts(s
     rng = random.Random(SEED + 2)
     bases = base_configs()
     seen = {"config refused": 0, "configured": 0, "call answered": 0, "call error": 0}
-    async with DevInit(short_dir / "vm") as init:
+    async with DevMachine(short_dir / "vm") as init:
         for index in range(THROUGH_THE_INIT):
             # The first config that reaches the init decides (one per boot): the program's.
             if index == 0:

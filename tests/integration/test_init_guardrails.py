@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from aleph_runtime import protocol
-from aleph_runtime.host.machines.dev import DevInit
+from aleph_runtime.host.machines.dev import DevMachine
 from aleph_runtime.host.program import program_config
 from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
 
@@ -39,7 +39,7 @@ PRIVATE_NETWORK = {
 
 @pytest.fixture(params=["uvloop", "asyncio"])
 async def init(tmp_path, request):
-    instance = DevInit(
+    instance = DevMachine(
         tmp_path / "vm", env={"ALEPH_EVENT_LOOP": request.param, "ALEPH_MAX_RESPONSE_BYTES": str(CAP)},
         stderr=open(tmp_path / "init.log", "wb"),  # noqa: SIM115 - the init holds it
     )  # fmt: skip
@@ -52,7 +52,7 @@ async def init(tmp_path, request):
 async def executable_init(tmp_path, short_dir):
     """The init in its own network namespace (its users are marked `root`), running
     guardrails_server.py as its program."""
-    instance = DevInit(short_dir / "vm", env={"ALEPH_MAX_RESPONSE_BYTES": str(CAP)}, **PRIVATE_NETWORK)
+    instance = DevMachine(short_dir / "vm", env={"ALEPH_MAX_RESPONSE_BYTES": str(CAP)}, **PRIVATE_NETWORK)
     await instance.start()
     code = zip_bytes(
         {"run.sh": b'#!/bin/sh\nexec python3 "$(dirname "$0")/server.py" 8080\n', "server.py": SERVER}
@@ -88,7 +88,7 @@ async def eventually(check, timeout: float = 15):
         await asyncio.sleep(0.05)
 
 
-async def abandon(init: DevInit, path: str, count: int, body: bytes = b"") -> None:
+async def abandon(init: DevMachine, path: str, count: int, body: bytes = b"") -> None:
     """`count` calls the host gives up on once all of them reached the program, as the
     supervisor gives up at `seconds`: it closes each connection."""
     calls = [
@@ -101,16 +101,16 @@ async def abandon(init: DevInit, path: str, count: int, body: bytes = b"") -> No
     assert reached, f"the {count} calls did not all reach the program"
 
 
-async def _hanging(init: DevInit, count: int) -> bool:
+async def _hanging(init: DevMachine, count: int) -> bool:
     return (await stats(init))["hanging"] == count
 
 
-async def stats(init: DevInit) -> dict:
+async def stats(init: DevMachine) -> dict:
     answer = await init.client.http("GET", "/stats")
     return json.loads(answer["body"]["body"])
 
 
-async def halts(init: DevInit) -> bool:
+async def halts(init: DevMachine) -> bool:
     result = await init.client.halt()
     return result.stopped and result.shut_down and await asyncio.wait_for(init.process.wait(), 10) == 0
 
@@ -132,7 +132,7 @@ async def test_abandoned_asgi_calls_are_cancelled_and_their_descriptors_closed(i
     assert await halts(init)
 
 
-async def _settled(init: DevInit) -> dict | None:
+async def _settled(init: DevMachine) -> dict | None:
     counts = await stats(init)
     picked = {"hanging": counts["hanging"], "cancelled": counts["cancelled"]}
     return picked if picked == {"hanging": 0, "cancelled": 40} else None
@@ -162,7 +162,7 @@ async def test_abandoned_executable_calls_close_their_connection_to_the_program(
     assert await halts(init)
 
 
-async def _server_settled(init: DevInit, closed: int) -> dict | None:
+async def _server_settled(init: DevMachine, closed: int) -> dict | None:
     counts = await stats(init)
     return counts if counts["hanging"] == 0 and counts["closed"] == closed else None
 
@@ -224,7 +224,7 @@ async def test_an_endless_executable_answer_is_an_error_and_no_longer_read(execu
     assert (await init.client.http("GET", "/"))["body"]["body"] == b"ok"
 
 
-async def _server_reset(init: DevInit) -> dict | None:
+async def _server_reset(init: DevMachine) -> dict | None:
     counts = await stats(init)
     return counts if counts["reset"] >= 1 else None
 
@@ -253,7 +253,7 @@ async def test_a_program_closing_stdout_and_stderr_does_not_get_them_onto_connec
 async def test_halt_is_answered_during_a_long_extraction(tmp_path):
     entries = 30_000
     files = {"main.py": APP, **{f"d{index // 1000}/f{index}": b"" for index in range(entries)}}
-    async with DevInit(tmp_path / "vm") as init:
+    async with DevMachine(tmp_path / "vm") as init:
         configure = asyncio.ensure_future(
             init.configure(program_config(zip_bytes(files), "main:app", encoding="zip"))
         )
@@ -322,7 +322,7 @@ async def app(scope, receive, send):
 
 @pytest.mark.root
 async def test_a_plain_executable_in_a_subdirectory_runs(short_dir):
-    async with DevInit(short_dir / "vm", **PRIVATE_NETWORK) as init:
+    async with DevMachine(short_dir / "vm", **PRIVATE_NETWORK) as init:
         code = b"#!" + sys.executable.encode() + b"\n" + SERVER
         await init.configure(program_config(code, "bin/server", encoding="plain", interface="executable"))
         assert (await init.client.http("GET", "/"))["body"]["body"] == b"ok"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from aleph_runtime.host.machines.sandbox import Sandbox, SandboxMachine, read_from_image
+from aleph_runtime.host.machines.sandbox import Sandbox, SandboxMachine
 from aleph_runtime.host.program import program_config
 from aleph_runtime.host.supervisor import ConfigurationRejected
 from tests.helpers import zip_bytes
@@ -33,6 +33,7 @@ from tests.integration.nsguest import (
     make_ext4,
     make_squashfs,
 )
+from tests.sandbox_tools import read_from_image
 
 pytestmark = pytest.mark.root
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from aleph_runtime.host.machines.sandbox import read_from_image
 from tests.integration.nsguest import (
     guest_env,
     host_file_snapshot,
@@ -14,6 +13,7 @@ from tests.integration.nsguest import (
     make_squashfs,
     run_python,
 )
+from tests.sandbox_tools import read_from_image
 
 pytestmark = pytest.mark.root
 

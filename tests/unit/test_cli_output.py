@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aleph_runtime.host.errors import NodeError
-from aleph_runtime.host.node.cli import OutputFilter
+from aleph_runtime.host.node.output import OutputFilter
 from aleph_runtime.host.node.volumes import MAX_ENV_FILE_BYTES, parse_env_file
 
 VM_CONSOLE = [
@@ -53,10 +53,15 @@ def test_each_boot_is_hidden_and_dev_mode_has_none():
 def test_env_file_errors(tmp_path):
     path = tmp_path / "bad.env"
     path.write_text('GOOD=1\nQUOTED="never closed\n')
-    with pytest.raises(NodeError, match='line 2: the quote " is not closed'):
+    with pytest.raises(
+        NodeError, match=r"""line 2: expected KEY=VALUE \(its quotes closed\), not 'QUOTED="never closed'"""
+    ):
         parse_env_file(path)
     path.write_text("KEY='value' trailing\n")
-    with pytest.raises(NodeError, match="unexpected 'trailing'"):
+    with pytest.raises(NodeError, match=r"line 1: expected KEY=VALUE .*, not \"KEY='value' trailing\""):
+        parse_env_file(path)
+    path.write_text("ALONE\n")
+    with pytest.raises(NodeError, match="line 1: expected KEY=VALUE"):
         parse_env_file(path)
     path.write_text("1KEY=x\n")
     with pytest.raises(NodeError, match="line 1: expected KEY=VALUE"):
@@ -72,9 +77,9 @@ def test_env_file_values(tmp_path):
     path = tmp_path / "ok.env"
     path.write_text(
         "# comment\n\nexport A=1\nB = spaced value   # comment\nC='single # kept \\n'\n"
-        'D="escaped \\" quote\\tand tab"\nE="first\nsecond"\nF=\nG=a#b\nA=2\n'
+        'D="escaped \\" quote\\tand tab"\nE="first\nsecond"\nF=\nG=a#b\nA=2\nH=${A}\n'
     )
     assert parse_env_file(path) == {
         "A": "2", "B": "spaced value", "C": "single # kept \\n", "D": 'escaped " quote\tand tab',
-        "E": "first\nsecond", "F": "", "G": "a#b",
+        "E": "first\nsecond", "F": "", "G": "a#b", "H": "${A}",
     }  # fmt: skip

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from aleph_runtime.host.vmm.qemu import NODE_BOOT_ARGS, Drive, Network, QemuVM
+from aleph_runtime.host.machines.qemu import QemuMachine
+from aleph_runtime.host.vmm.qemu import NODE_BOOT_ARGS, Drive, UserNetwork
 
 
-def vm(tmp_path, **kwargs) -> QemuVM:
-    return QemuVM("/k/vmlinuz", "/k/initramfs.cpio.gz", "/img/rootfs.squashfs", workdir=tmp_path, **kwargs)
+def vm(tmp_path, **kwargs) -> QemuMachine:
+    return QemuMachine(
+        "/k/vmlinuz", "/k/initramfs.cpio.gz", "/img/rootfs.squashfs", workdir=tmp_path, **kwargs
+    )
 
 
 def test_memory_is_a_shared_memfd_backing_the_machine(tmp_path):
@@ -55,13 +58,13 @@ def test_kernel_cmdline_and_another_init(tmp_path):
 @pytest.mark.parametrize(
     "network, expected",
     [
-        (Network(ip="172.16.7.2", route="172.16.7.1"), ["net=172.16.7.0/24", "host=172.16.7.1"]),
-        (Network(ip="10.1.2.66/26", route="10.1.2.65"), ["net=10.1.2.64/26", "host=10.1.2.65"]),
+        (UserNetwork(ip="172.16.7.2", route="172.16.7.1"), ["net=172.16.7.0/24", "host=172.16.7.1"]),
+        (UserNetwork(ip="10.1.2.66/26", route="10.1.2.65"), ["net=10.1.2.64/26", "host=10.1.2.65"]),
         (
-            Network(ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1"),
+            UserNetwork(ipv6="fc00:1:2:3::2/64", ipv6_gateway="fc00:1:2:3::1"),
             ["ipv6-net=fc00:1:2:3::/64", "ipv6-host=fc00:1:2:3::1"],
         ),
-        (Network(ipv6="fc00:1:2:3:4::2/80"), ["ipv6-net=fc00:1:2:3::/64"]),
+        (UserNetwork(ipv6="fc00:1:2:3:4::2/80"), ["ipv6-net=fc00:1:2:3::/64"]),
     ],
 )
 def test_user_network_matches_the_config(network, expected):
@@ -77,7 +80,7 @@ def test_user_network_matches_the_config(network, expected):
 
 
 def test_microvm_uses_mmio_devices(tmp_path):
-    cmd = " ".join(vm(tmp_path, machine="microvm", network=Network(ip="10.0.0.2")).command())
+    cmd = " ".join(vm(tmp_path, machine="microvm", network=UserNetwork(ip="10.0.0.2")).command())
     assert "microvm,acpi=off,pit=on,pic=on,rtc=on,memory-backend=mem" in cmd
     assert "vhost-user-vsock-device,chardev=vsock" in cmd
     assert "virtio-blk-device,drive=vd0" in cmd and "virtio-net-device,netdev=net0" in cmd
@@ -88,22 +91,22 @@ def test_microvm_has_an_rtc_unless_a_virtio_device_needs_its_irq(tmp_path):
     """Transports get IRQs 12, 11, 10... in creation order; the RTC's is 8: rootfs, vsock and
     network leave room for one more drive, and a second would put the network card on 8."""
     one_drive = [Drive(tmp_path / "a.img", True)]
-    command = " ".join(vm(tmp_path, machine="microvm", network=Network(), drives=one_drive).command())
+    command = " ".join(vm(tmp_path, machine="microvm", network=UserNetwork(), drives=one_drive).command())
     assert ",rtc=on," in command
     two_drives = [*one_drive, Drive(tmp_path / "b.img", False)]
-    command = " ".join(vm(tmp_path, machine="microvm", network=Network(), drives=two_drives).command())
+    command = " ".join(vm(tmp_path, machine="microvm", network=UserNetwork(), drives=two_drives).command())
     assert ",rtc=off," in command
     command = " ".join(vm(tmp_path, machine="microvm", drives=two_drives).command())
     assert ",rtc=on," in command  # no network card: vsock is the fourth device, on IRQ 9
 
 
-def node_vm(tmp_path, **kwargs) -> QemuVM:
-    return QemuVM("/k/vmlinux", None, "/img/rootfs.squashfs", workdir=tmp_path, **kwargs)
+def node_vm(tmp_path, **kwargs) -> QemuMachine:
+    return QemuMachine("/k/vmlinux", None, "/img/rootfs.squashfs", workdir=tmp_path, **kwargs)
 
 
 def test_node_kernel_boots_as_a_node_does(tmp_path):
     """No initramfs: microvm, virtio-mmio, and the node's boot arguments verbatim, in order."""
-    machine = node_vm(tmp_path, network=Network(ip="10.0.0.2"))
+    machine = node_vm(tmp_path, network=UserNetwork(ip="10.0.0.2"))
     cmd = machine.command()
     assert machine.machine == "microvm"
     assert cmd[cmd.index("-machine") + 1].startswith("microvm,acpi=off,")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aleph_runtime import protocol
+from aleph_runtime.host.unix import close_unix_server
 
 
 class InitError(RuntimeError):
@@ -37,16 +38,6 @@ class HaltResult:
     shut_down: bool
     """The init answered `STOPZ`: volumes are synced and unmounted, the VM is going down."""
     lines: list[bytes] = field(default_factory=list)
-
-
-async def close_unix_server(server: asyncio.AbstractServer | None, path: str | os.PathLike) -> None:
-    """Stop a Unix-socket server and remove its socket file (both may already be gone)."""
-    if server is None:
-        return
-    server.close()
-    await server.wait_closed()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 class ReadySignal:

@@ -4,15 +4,18 @@ One life for every machine, written once here (as Firecracker's tests/framework 
 one `Microvm`): listen for the ready signal on `<uds>_52`, as the supervisor does
 before it boots a VM; launch; wait for the signal or the machine's death, whichever
 comes first; configure; halt through the protocol, then make sure nothing is left.
-What differs is only how a machine is launched, waited for and killed:
+What differs is only how a machine is launched, waited for and killed, and what the
+local node asks of it (`renew`, `guest_path`, `exit_grace`, `describe_exit`,
+`boot_phases`). The machines:
 
-- `CommandMachine`: any command that ends up running the init with the `<uds>` layout
-  (the image's Python in namespaces, say);
-- `DevInit` (machines/dev.py): `init/init1.py` as a local process in dev mode;
-- `QemuVM` (vmm/qemu.py): the runtime image in QEMU with our vsock backend;
-- `SandboxMachine` (machines/sandbox.py): the init as PID 1 of private namespaces.
+- `CommandMachine` (here): any command that ends up running the init with the `<uds>`
+  layout (the image's Python in namespaces, say);
+- `DevMachine` (dev.py): `init/init1.py` as a local process in dev mode, optionally
+  chrooted into a private overlay of this machine's / (the VM's paths);
+- `QemuMachine` (qemu.py): the runtime image in QEMU with our vsock backend;
+- `SandboxMachine` (sandbox.py): the init as PID 1 of private namespaces (tests, benchmarks).
 
-    async with DevInit(workdir) as machine:        # listens, launches, waits for ready
+    async with DevMachine(workdir) as machine:     # listens, launches, waits for ready
         await machine.configure(config)
         await machine.client.http("GET", "/")
     # halted, and gone
@@ -28,7 +31,6 @@ import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 from aleph_runtime.host.supervisor import HaltResult, ReadySignal, SupervisorClient
 
@@ -42,7 +44,23 @@ class MachineExited(RuntimeError):
 class Machine(abc.ABC):
     """One init behind Firecracker's hybrid-vsock layout on `uds_path`."""
 
-    def __init__(self, uds_path: str | os.PathLike):
+    #: How long `start` waits for the ready signal, and `configure` for the program to start.
+    ready_timeout: float = 30
+    configure_timeout: float = 60
+    #: How long a machine that stopped answering may take to end, for its exit status.
+    exit_grace: float = 2
+
+    def __init__(
+        self,
+        uds_path: str | os.PathLike,
+        *,
+        ready_timeout: float | None = None,
+        configure_timeout: float | None = None,
+    ):
+        if ready_timeout is not None:
+            self.ready_timeout = ready_timeout
+        if configure_timeout is not None:
+            self.configure_timeout = configure_timeout
         self.uds_path = Path(uds_path)
         self.client = SupervisorClient(self.uds_path)
         self.ready: dict | None = None
@@ -75,10 +93,29 @@ class Machine(abc.ABC):
         """What the machine said, for an error message (its console's last lines, say)."""
         return ""
 
+    # --- what the local node asks of any machine ---
+
+    def renew(self) -> Machine:
+        """A new machine like this one (same drives or places), for a restart; this one is stopped."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be renewed")
+
+    def guest_path(self, path: str) -> str:
+        """Where the program finds the guest path `path` (the same path, in a VM)."""
+        return path
+
+    def describe_exit(self, status: int | None) -> str:
+        """The machine's end, for a crash report."""
+        return f"the init exited (status {status})"
+
+    def boot_phases(self, ready: float) -> dict[str, float]:
+        """How the `ready` seconds until the ready signal were spent, phase by phase."""
+        return {"init ready": ready}
+
     # --- the one life every machine shares ---
 
-    async def start(self, timeout: float = 30) -> dict:
+    async def start(self, timeout: float | None = None) -> dict:
         """Listen for the ready signal, launch, and return the signal; kill on any failure."""
+        timeout = self.ready_timeout if timeout is None else timeout
         ready = await self.client.ready_signal().start()
         try:
             await self._launch()
@@ -114,8 +151,9 @@ class Machine(abc.ABC):
                 f"no ready signal within {timeout} s" + (f"\n{detail}" if detail else "")
             ) from None
 
-    async def configure(self, config: dict, timeout: float = 60) -> dict:
+    async def configure(self, config: dict, timeout: float | None = None) -> dict:
         """Send the configuration; ConfigurationRejected when the program cannot start."""
+        timeout = self.configure_timeout if timeout is None else timeout
         return await self.client.configure(config, timeout=timeout)
 
     async def wait_exit(self, timeout: float) -> int | None:
@@ -156,8 +194,10 @@ class CommandMachine(Machine):
         stderr=None,
         new_session: bool = False,
         preexec_fn=None,
+        ready_timeout: float | None = None,
+        configure_timeout: float | None = None,
     ):
-        super().__init__(uds_path)
+        super().__init__(uds_path, ready_timeout=ready_timeout, configure_timeout=configure_timeout)
         self.command = list(command)
         self.env = env
         self.stdout = stdout
@@ -167,9 +207,13 @@ class CommandMachine(Machine):
         self.new_session = new_session
         self.preexec_fn = preexec_fn
 
+    def launch_command(self) -> list[str]:
+        """The command started: `command`, as given."""
+        return self.command
+
     async def _launch(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *self.command,
+            *self.launch_command(),
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self.stdout,
@@ -184,27 +228,3 @@ class CommandMachine(Machine):
                 self.process.send_signal(signal.SIGKILL)
         if self.process is not None:
             await self.process.wait()
-
-
-class NodeMachine(Protocol):
-    """What the local node (node/local.py) needs of its machine: `DevMachine` or `QemuMachine`."""
-
-    uds_path: Path
-    client: SupervisorClient
-    log_path: Path
-    """The init's log (dev mode) or the VM's serial console (QEMU)."""
-
-    async def start(self) -> dict:
-        """Boot; return the ready signal. Host services must already listen on `<uds>_53`."""
-
-    async def configure(self, config: dict) -> dict:
-        """Send the configuration; raise ConfigurationRejected when the program cannot start."""
-
-    async def wait(self) -> int | None:
-        """Return when the machine has died on its own (its exit status)."""
-
-    async def stop(self) -> None:
-        """Halt through the protocol, then make sure nothing is left (kill if needed)."""
-
-    async def kill(self) -> None:
-        """Stop at once, without the protocol (a second Ctrl-C)."""

@@ -1,13 +1,21 @@
 """The guest init as a local process in dev transport mode: a `Machine` (base.py).
 
-The same harness serves the tests, the benchmark and `aleph-runtime run --mode dev`:
+The same machine serves the tests, the benchmarks and `aleph-runtime run --mode dev`:
 `init/init1.py` started with `ALEPH_VSOCK_UDS` and `ALEPH_INIT_ROOT`, with the life
 every machine shares (ready signal first, halt through the protocol, kill last).
+
+Namespaced (`namespaced=True`: as root or with user namespaces), the init runs
+chrooted into a private overlay of this machine's / (overlay.py), where every
+`place`d directory is bind-mounted at its guest path: the program sees /opt/code,
+/opt/packages, its volumes and /tmp/socat-socket where a VM has them, and its writes
+outside its volumes vanish with it. Otherwise the init's private root (`root`) stands
+for the VM's filesystem: a placed directory is a symlink at `<root>/<mount>`, and
+`guest_path` says where the program finds a guest path. How the init is launched is
+one method, `launch_command`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -18,13 +26,18 @@ from pathlib import Path
 
 from aleph_runtime.host.children import die_with_parent
 from aleph_runtime.host.machines.base import CommandMachine
+from aleph_runtime.host.machines.overlay import overlay_arguments
 
 REPOSITORY = Path(__file__).resolve().parents[4]
 INIT1 = REPOSITORY / "init" / "init1.py"
 
 
-class DevInit(CommandMachine):
-    """One init process in dev mode, with its socket and private root in `workdir`."""
+class DevMachine(CommandMachine):
+    """One init process in dev mode, with its socket and private root in `workdir`.
+
+    `log_path`: the init's output goes there (opened at each launch, closed once it
+    has ended) instead of `stdout` and `stderr`.
+    """
 
     def __init__(
         self,
@@ -37,19 +50,34 @@ class DevInit(CommandMachine):
         stdout=None,
         stderr=None,
         new_session: bool = False,
+        *,
+        log_path: str | os.PathLike | None = None,
+        namespaced: bool = False,
+        ready_timeout: float | None = None,
+        configure_timeout: float | None = None,
     ):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aleph-dev-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         uds_path = self.workdir / "v.sock"
         self.root = Path(root) if root else self.workdir / "root"
         self.init_path = Path(init_path)
+        self.log_path = Path(log_path) if log_path else None
+        self.namespaced = namespaced
+        self.placed: list[tuple[str, Path, bool]] = []
+        self._log = None
+        self._renewal = {
+            "python": python, "init_path": init_path, "env": env, "root": root, "python_flags": python_flags,
+            "stdout": stdout, "stderr": stderr, "new_session": new_session, "log_path": log_path,
+            "namespaced": namespaced, "ready_timeout": ready_timeout, "configure_timeout": configure_timeout,
+        }  # fmt: skip
         super().__init__(
             [python, *python_flags, str(self.init_path)],
             uds_path,
             env={
                 **os.environ,
                 "ALEPH_VSOCK_UDS": str(uds_path),
-                "ALEPH_INIT_ROOT": str(self.root),
+                # Namespaced, the init's root is the overlay's /, where a VM has its files.
+                "ALEPH_INIT_ROOT": "/" if namespaced else str(self.root),
                 **(env or {}),
             },
             stdout=stdout,
@@ -57,46 +85,72 @@ class DevInit(CommandMachine):
             new_session=new_session,
             # In a session of its own, nothing else takes it down if we are killed outright.
             preexec_fn=die_with_parent() if new_session else None,
+            ready_timeout=ready_timeout,
+            configure_timeout=configure_timeout,
         )
+
+    # --- the guest's paths ---
+
+    def place(self, mount: str, target: Path, read_only: bool = False) -> Path:
+        """Make `target` (a directory) visible at the guest path `mount`; where the program sees it."""
+        self.placed.append((mount, Path(target), read_only))
+        if self.namespaced:
+            return Path(mount)
+        link = self.root / mount.lstrip("/")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
+        link.symlink_to(target, target_is_directory=True)
+        return link
+
+    def guest_path(self, path: str) -> str:
+        return path if self.namespaced else str(self.root / path.lstrip("/"))
+
+    def renew(self) -> DevMachine:
+        """A new machine with the same layout, for a restart (this one is stopped)."""
+        shutil.rmtree(self.root, ignore_errors=True)  # symlinks only: their targets stay
+        machine = DevMachine(self.workdir, **self._renewal)
+        for mount, target, read_only in self.placed:
+            machine.place(mount, target, read_only)
+        return machine
+
+    # --- launching ---
+
+    def launch_command(self) -> list[str]:
+        """The init's command; namespaced, behind `unshare ... chroot`, which execs it in the
+        VM's layout: the same process."""
+        if not self.namespaced:
+            return self.command
+        mounts = self.workdir / "mnt"
+        mounts.mkdir(exist_ok=True)
+        binds = []
+        # The init's own files, when a mount below / hides them from the overlay, or the
+        # guest's own /tmp and /run do (a checkout cloned into /tmp, say).
+        needed = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent, REPOSITORY}
+        for path in sorted(needed):
+            if _separate_filesystem(path) or path.parts[1:2] in (("tmp",), ("run",)):
+                binds.append((path, path, True))
+        # The sockets, at the same path on both sides.
+        binds.append((self.workdir, self.workdir, False))
+        binds += [(target, mount, read_only) for mount, target, read_only in self.placed]
+        return [*_unshare_command(), *overlay_arguments(mounts, "host", "/", binds, self.command)]
 
     async def _launch(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.log_path is not None:
+            self._log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - closed in kill()
+            self.stdout = self.stderr = self._log
         await super()._launch()
 
-
-# Runs as the init's wrapper in a new mount namespace (and user namespace when not
-# root), then execs the init chrooted into an overlay of the machine's / whose writes
-# land in a tmpfs: the program's /opt, /data, /tmp (with /tmp/socat-socket) and the
-# volumes' mount points are where a VM has them, and no file of the machine changes.
-# Arguments: the mount directory, then "SOURCE TARGET rw|ro" triples, "--", the command.
-_NAMESPACE_SCRIPT = r"""
-set -eu
-M=$1; shift
-mount -t tmpfs -o mode=0755 aleph-dev "$M"
-mkdir "$M/upper" "$M/work" "$M/root"
-mount -t overlay overlay -o "${ALEPH_DEV_OVERLAY_OPTIONS:-}lowerdir=/,upperdir=$M/upper,workdir=$M/work" "$M/root"
-R=$M/root
-mount --rbind /proc "$R/proc"
-mount --rbind /sys "$R/sys"
-mount --rbind /dev "$R/dev"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$R/tmp"
-mount -t tmpfs -o mode=0755,nosuid,nodev run "$R/run"
-while [ "$1" != "--" ]; do
-  src=$1; dst=$2; mode=$3; shift 3
-  if [ -d "$src" ]; then mkdir -p "$R$dst"; else mkdir -p "$R$(dirname "$dst")"; : > "$R$dst"; fi
-  mount --bind "$src" "$R$dst"
-  if [ "$mode" = ro ]; then mount -o remount,bind,ro "$R$dst"; fi
-done
-shift
-exec chroot "$R" /bin/sh -c 'cd / && exec "$@"' sh "$@"
-"""
-
-_PROBE_SCRIPT = r"""
-set -eu
-mount -t tmpfs probe "$1"
-mkdir "$1/u" "$1/w" "$1/r"
-mount -t overlay overlay -o "${ALEPH_DEV_OVERLAY_OPTIONS:-}lowerdir=/,upperdir=$1/u,workdir=$1/w" "$1/r"
-"""
+    async def kill(self) -> None:
+        try:
+            await super().kill()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
 
 
 def _unshare_command() -> list[str]:
@@ -106,7 +160,7 @@ def _unshare_command() -> list[str]:
         # kernel that locks /'s submounts refuses them still, and dev mode falls back.
         command = [
             "env",
-            "ALEPH_DEV_OVERLAY_OPTIONS=userxattr,",
+            "ALEPH_OVERLAY_OPTIONS=userxattr,",
             "unshare",
             "--user",
             "--map-root-user",
@@ -117,14 +171,14 @@ def _unshare_command() -> list[str]:
 
 def namespaces_unavailable(scratch: Path) -> str | None:
     """Why the dev init cannot have the VM's layout here (None when it can): tried for real,
-    in a throwaway namespace, with a mount point under `scratch`."""
+    `true` in a throwaway overlay, with its mount point under `scratch`."""
     for tool in ("unshare", "chroot"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     probe = scratch / "probe"
     probe.mkdir(parents=True, exist_ok=True)
     try:
-        result = subprocess.run([*_unshare_command(), "/bin/sh", "-c", _PROBE_SCRIPT, "sh", str(probe)],
+        result = subprocess.run([*_unshare_command(), *overlay_arguments(probe, "host", "/", (), ["true"])],
                                 capture_output=True, text=True, timeout=30)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as error:
         return str(error)
@@ -143,106 +197,3 @@ def _separate_filesystem(path: Path) -> bool:
         return os.stat(path).st_dev != os.stat("/").st_dev
     except OSError:
         return False
-
-
-class DevMachine:
-    """The init as a local process (`DevInit`): no VM, no system duties.
-
-    With namespaces (`namespaced`, as root or with user namespaces), the init runs
-    chrooted into a private overlay of the machine's /, where every `place`d directory
-    is bind-mounted at its guest path: the program sees /opt/code, /opt/packages, its
-    volumes and /tmp/socat-socket where a VM has them, and its writes outside its
-    volumes vanish with it. Without them, the init's private root `<run>/root` stands
-    for the VM's filesystem: volumes are symlinks at `<root>/<mount>`, and `--env`
-    values naming a mount point are rewritten there (`guest_path`).
-    """
-
-    def __init__(self, run_dir: Path, log_path: Path, namespaced: bool = False):
-        self.run_dir = run_dir
-        self.log_path = log_path
-        self.namespaced = namespaced
-        self.root = run_dir / "root"
-        self.placed: list[tuple[str, Path, bool]] = []
-        self._log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
-        self.init = DevInit(run_dir, root=self.root, stdout=self._log, stderr=self._log, new_session=True)
-        self.uds_path = self.init.uds_path
-        self.client = self.init.client
-
-    def place(self, mount: str, target: Path, read_only: bool = False) -> Path:
-        """Make `target` (a directory) visible at the guest path `mount`."""
-        self.placed.append((mount, Path(target), read_only))
-        if self.namespaced:
-            return Path(mount)
-        link = self.root / mount.lstrip("/")
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.is_file():
-            link.unlink()
-        elif link.is_dir():
-            shutil.rmtree(link)
-        link.symlink_to(target, target_is_directory=True)
-        return link
-
-    def guest_path(self, path: str) -> str:
-        """Where the program finds the guest path `path`."""
-        return path if self.namespaced else str(self.root / path.lstrip("/"))
-
-    def renew(self) -> DevMachine:
-        """A new machine with the same layout, for a restart (this one is stopped)."""
-        self.close()
-        shutil.rmtree(self.root, ignore_errors=True)  # symlinks only: their targets stay
-        machine = DevMachine(self.run_dir, self.log_path, self.namespaced)
-        for mount, target, read_only in self.placed:
-            machine.place(mount, target, read_only)
-        return machine
-
-    def _wrapper(self) -> tuple[str, ...]:
-        mounts = self.run_dir / "mnt"
-        mounts.mkdir(exist_ok=True)
-        binds: list[str] = []
-        # The init's own files, when a mount below / hides them from the overlay, or the
-        # guest's own /tmp and /run do (a checkout cloned into /tmp, say).
-        needed = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent, REPOSITORY}
-        for path in sorted(needed):
-            if _separate_filesystem(path) or path.parts[1:2] in (("tmp",), ("run",)):
-                binds += [str(path), str(path), "ro"]
-        # The sockets, at the same path on both sides.
-        binds += [str(self.run_dir), str(self.run_dir), "rw"]
-        for mount, target, read_only in self.placed:
-            binds += [str(target), mount, "ro" if read_only else "rw"]
-        return (
-            *_unshare_command(),
-            "/bin/sh",
-            "-c",
-            _NAMESPACE_SCRIPT,
-            "aleph-dev",
-            str(mounts),
-            *binds,
-            "--",
-        )
-
-    async def start(self) -> dict:
-        if self.namespaced:
-            # `unshare ... chroot` execs the init: the same process, in the VM's layout.
-            self.init.command = [*self._wrapper(), *self.init.command]
-            self.init.env["ALEPH_INIT_ROOT"] = "/"
-        return await self.init.start(timeout=60)
-
-    async def configure(self, config: dict) -> dict:
-        return await self.init.configure(config)
-
-    async def wait(self) -> int | None:
-        while self.init.process is None:
-            await asyncio.sleep(0.1)
-        return await self.init.process.wait()
-
-    async def kill(self) -> None:
-        await self.init.kill()
-
-    async def stop(self) -> None:
-        try:
-            await self.init.stop()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._log.close()

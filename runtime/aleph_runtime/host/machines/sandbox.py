@@ -1,13 +1,11 @@
 """Run a command (normally the init) as PID 1 of private namespaces, as a VM would run it.
 
-The command gets new mount, PID, UTS and network namespaces, and a private root: an
-overlay of the machine's / whose writes land in a tmpfs that vanishes with the
-sandbox. A new mount namespace alone protects nothing (a write to /etc/resolv.conf
-would still reach the machine's file); with the overlay root, everything the init and
-the program write (/etc/resolv.conf, /etc/hostname, /root/.ssh, /etc/ssh host keys,
-/opt, /data, mount points...) stays private. /tmp, /run and /dev are fresh tmpfs; /dev
-holds only the usual character devices plus the sandbox's volumes: loop devices
-bind-mounted as /dev/vdX. The work directory (where the dev-mode vsock sockets live)
+The command gets new mount, PID, UTS and network namespaces, and a private root
+(overlay.py): an overlay of the machine's / whose writes land in a tmpfs that vanishes
+with the sandbox, so everything the init and the program write (/etc/resolv.conf,
+/etc/hostname, /root/.ssh, /etc/ssh host keys, /opt, /data, mount points...) stays
+private. /tmp, /run and /dev are fresh tmpfs; /dev holds only the usual character
+devices plus the sandbox's volumes: loop devices bind-mounted as /dev/vdX. The work directory (where the dev-mode vsock sockets live)
 is bind-mounted at the same path inside, so both sides reach `<base>_<port>`.
 
 Optionally a veth pair gives the sandbox an `eth0` (the `dummy` link type is not
@@ -15,7 +13,7 @@ available everywhere; veth is). Stopping kills the namespace's PID 1 (the kernel
 kills everything in it), detaches the loop devices and removes the host end of the
 veth and the work directory: no leftovers.
 
-Used by the integration tests and by the CLI's dev mode; needs root.
+Used by the integration tests and the benchmarks (scripts/bench_dev.py); needs root.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import subprocess
@@ -35,51 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aleph_runtime.host.machines.base import Machine
-
-# Runs in the new namespaces as their PID 1 until it execs the command.
-# Arguments: work dir, cwd, then "vdX=/dev/loopN" items, "--", bind paths, "--", the command.
-_SETUP_SCRIPT = r"""
-set -eu
-W=$1; CWD=$2; shift 2
-M=$W/mnt
-mount -t tmpfs -o mode=0755 sandbox "$M"
-mkdir "$M/upper" "$M/work" "$M/root"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$M/upper,workdir=$M/work" "$M/root"
-R=$M/root
-mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
-mount -t sysfs -o nosuid,nodev,noexec sysfs "$R/sys" 2>/dev/null || mount --rbind /sys "$R/sys"
-mount -t tmpfs -o mode=0755,nosuid dev "$R/dev"
-for node in null zero full random urandom tty; do
-  touch "$R/dev/$node"; mount --bind "/dev/$node" "$R/dev/$node"
-done
-mkdir "$R/dev/pts" "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
-ln -s pts/ptmx "$R/dev/ptmx"
-mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
-ln -s /proc/self/fd "$R/dev/fd"
-ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
-while [ "$1" != "--" ]; do
-  name=${1%%=*}; device=${1#*=}
-  touch "$R/dev/$name"; mount --bind "$device" "$R/dev/$name"
-  shift
-done
-shift
-mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$R/tmp"
-mount -t tmpfs -o mode=0755,nosuid,nodev run "$R/run"
-while [ "$1" != "--" ]; do
-  if [ -d "$1" ]; then mkdir -p "$R$1"; else mkdir -p "$R$(dirname "$1")"; touch "$R$1"; fi
-  mount --bind "$1" "$R$1"
-  shift
-done
-shift
-mkdir -p "$R$W"; mount --bind "$W" "$R$W"
-if [ -n "${SANDBOX_GATE_FD:-}" ]; then
-  read -r _ <&3 || true
-  exec 3<&-
-  unset SANDBOX_GATE_FD
-fi
-exec chroot "$R" /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$CWD" "$@"
-"""
+from aleph_runtime.host.machines.overlay import overlay_arguments
 
 
 def require_root() -> str | None:
@@ -190,11 +143,13 @@ class Sandbox:
         gate_read, gate_write = os.pipe() if self.veth else (None, None)
         env = dict(self.env)
         if gate_read is not None:
-            env["SANDBOX_GATE_FD"] = "3"
+            env["ALEPH_OVERLAY_GATE_FD"] = "3"
+        binds = [(loop.device, f"/dev/{loop.name}", False) for loop in self.loops]
+        binds += [(path, path, False) for path in self.binds]
+        binds.append((self.workdir, self.workdir, False))  # the sockets, at the same path on both sides
         args = [
             "unshare", "--fork", "--kill-child", "--pid", "--mount", "--uts", "--net", "--propagation", "private",
-            "/bin/sh", "-c", _SETUP_SCRIPT, "sandbox-setup", str(self.workdir), self.cwd,
-            *[f"{loop.name}={loop.device}" for loop in self.loops], "--", *self.binds, "--", *self.command,
+            *overlay_arguments(self.workdir / "mnt", "fresh", self.cwd, binds, self.command),
         ]  # fmt: skip
         preexec = None
         if gate_read is not None:
@@ -351,67 +306,3 @@ class SandboxMachine(Machine):
 
     async def kill(self) -> None:
         await asyncio.to_thread(self.box.stop, 0)
-
-
-def read_from_image(image: str | os.PathLike, path: str, fstype: str | None = None) -> bytes:
-    """A file's content from a filesystem image, mounted read-only in a throwaway mount
-    namespace (nothing stays mounted on the machine)."""
-    # The mount dies with the namespace; the mount point is ours to remove.
-    fstype_option = f"-t {shlex.quote(fstype)} " if fstype else ""
-    script = (
-        'd=$(mktemp -d) || exit 1; trap \'umount "$d" 2>/dev/null; rmdir "$d"\' EXIT; '
-        f'mount {fstype_option}-o ro "$1" "$d" && cat "$d$2"'
-    )
-    result = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "/bin/sh",
-            "-c",
-            script,
-            "sh",
-            os.fspath(image),
-            path,
-        ],
-        capture_output=True,
-    )
-    if result.returncode != 0:
-        raise FileNotFoundError(f"{path} in {image}: {result.stderr.decode(errors='replace').strip()}")
-    return result.stdout
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m aleph_runtime.host.machines.sandbox [--veth] [--volume vdc=IMAGE[:ro]] [--bind PATH] -- COMMAND...`
-
-    Runs COMMAND as PID 1 of a sandbox until it exits (or Ctrl-C), then cleans up.
-    The dev-mode vsock base path is printed and exported to COMMAND as ALEPH_VSOCK_UDS.
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="aleph-sandbox", description=main.__doc__)
-    parser.add_argument("--veth", action="store_true", help="give the sandbox an eth0 (veth pair)")
-    parser.add_argument("--volume", action="append", default=[], metavar="vdX=IMAGE[:ro]")
-    parser.add_argument("--bind", action="append", default=[], metavar="PATH")
-    parser.add_argument("--cwd", default="/")
-    parser.add_argument("command", nargs="+")
-    arguments = parser.parse_args(argv)
-    volumes = dict(item.split("=", 1) for item in arguments.volume)
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-    for name in ("PYTHONPATH", "ALEPH_LOG_LEVEL", "TERM", "LANG"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    box = Sandbox(arguments.command, env=env, cwd=arguments.cwd, volumes=volumes, veth=arguments.veth,
-                  binds=arguments.bind)  # fmt: skip
-    box.env["ALEPH_VSOCK_UDS"] = box.base
-    print(f"sandbox: vsock base {box.base}", flush=True)
-    with box:
-        try:
-            return box.wait()
-        except KeyboardInterrupt:
-            return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,16 +22,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-# The wire format (msgpack) and the image's names (stdlib only): the rest is imported when
-# a command runs, so --help stays fast.
+# The protocol's names and the image's (stdlib only): the rest is imported when a command
+# runs, so --help stays fast.
 from aleph_runtime import __version__
+from aleph_runtime.host.node.output import OutputFilter, Terminal, log_tail, say
 from aleph_runtime.host.vmm.image import COMPRESSIONS, KERNELS
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
@@ -78,14 +78,6 @@ cache and key); after 3 failed starts in a row the command stops with exit statu
 without PATH: the bundled FastAPI example, with
   --volume mount=/var/lib/example,persistent=example --env EXAMPLE_VOLUME=/var/lib/example
 """
-
-
-def say(message: str) -> None:
-    print(f"aleph-runtime: {message}", file=sys.stderr, flush=True)
-
-
-def say_access(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,109 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_INIT_LINE = re.compile(r"^\[\s*\d+\.\d+\] init1 (DEBUG|INFO|WARNING|ERROR|CRITICAL): (.*)$")
-
-
-class OutputFilter:
-    """What an author wants from the machine's log: the program's own output and the init's
-    warnings and errors (one line each: a traceback the init logged is cut to its last
-    line), without the kernel's, the boot scripts' or the init's progress lines."""
-
-    def __init__(self, vm: bool):
-        # A VM's console starts with firmware and kernel lines: nothing before the init's first.
-        self.vm = vm
-        self.booting = vm
-
-    def new_boot(self) -> None:
-        """A machine starts (again): its firmware and kernel lines are hidden too."""
-        self.booting = self.vm
-
-    def __call__(self, line: str) -> str | None:
-        from aleph_runtime.host.node.local import is_boot_noise
-
-        match = _INIT_LINE.match(line)
-        if match is None:
-            if self.booting or is_boot_noise(line):
-                return None
-            return line
-        self.booting = False
-        level, message = match.groups()
-        if level in ("DEBUG", "INFO") or message.startswith("Configuration failed:"):
-            return None  # a start that failed is reported by the node itself, with its traceback
-        if " | Traceback" in message:
-            head, _, rest = message.partition(" | Traceback")
-            message = f"{head} ({rest.rsplit(' | ', 1)[-1].strip()})"
-        return f"init {level.lower()}: {message}"
-
-
-class LogTail:
-    """Streams a growing log file (the VM console, the init's log) to stderr, through a
-    line filter when one is given."""
-
-    def __init__(self, path: Path, out=None, line_filter=None):
-        self.path = path
-        self.out = out or sys.stderr
-        self.line_filter = line_filter
-        self.offset = 0
-        self._partial = b""
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> LogTail:
-        with contextlib.suppress(OSError):
-            self.offset = self.path.stat().st_size  # what an earlier run left is not news
-        self._task = asyncio.create_task(self._follow())
-        return self
-
-    def flush(self, final: bool = False) -> None:
-        try:
-            with open(self.path, "rb") as file:
-                file.seek(self.offset)
-                data = file.read(4 << 20)
-        except FileNotFoundError:
-            return
-        self.offset += len(data)
-        if self.line_filter is None:
-            if data:
-                self.out.write(data.decode(errors="replace"))
-                self.out.flush()
-            return
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = b"" if final else lines.pop()
-        if len(self._partial) > 65536:  # a line without end: shown in pieces
-            lines.append(self._partial)
-            self._partial = b""
-        shown = [
-            kept
-            for line in lines
-            if line and (kept := self.line_filter(line.decode(errors="replace"))) is not None
-        ]
-        if shown:
-            self.out.write("\n".join(shown) + "\n")
-            self.out.flush()
-
-    async def _follow(self) -> None:
-        while True:
-            self.flush()
-            await asyncio.sleep(0.2)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self.flush(final=True)
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _options(args: argparse.Namespace):
     from aleph_runtime.host.errors import NodeError
     from aleph_runtime.host.node.inference import infer_program
@@ -317,10 +206,9 @@ def _options(args: argparse.Namespace):
         DEFAULT_EXAMPLE,
         DEFAULT_EXAMPLE_ENV,
         DEFAULT_EXAMPLE_VOLUME,
-        NodeOptions,
         check_port_free,
-        default_state_dir,
     )
+    from aleph_runtime.host.node.provision import NodeOptions, default_state_dir
     from aleph_runtime.host.node.volumes import parse_env, parse_env_file, parse_volume
 
     volumes = [parse_volume(text) for text in args.volume]
@@ -407,9 +295,10 @@ def report_failed_start(error: BaseException, what: str, log_path: Path, verbose
     return exit_status(error)
 
 
-async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
+async def run_node(node, terminal: Terminal, verbose: bool, watch_from: dict | None = None) -> int:
     """Start the node, print its URL, run until Ctrl-C/SIGTERM or until the node gives up; stop it.
-    `watch_from`: with --watch, the program's files as they were before it was packed."""
+    `terminal`: the node's callbacks, which now follow its log; `watch_from`: with --watch, the
+    program's files as they were before it was packed."""
     from aleph_runtime.host.node.local import MAX_FAILED_STARTS
     from aleph_runtime.host.services.redis_server import RedisServerError
     from aleph_runtime.host.supervisor import ConfigurationRejected, InitError
@@ -435,30 +324,7 @@ async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    output_filter = None if verbose else OutputFilter(node.options.mode == "vm")
-    tail = LogTail(node.log_path, line_filter=output_filter).start()
-    if output_filter is not None:
-
-        def on_boot() -> None:
-            tail.flush()  # the last machine's last words, still shown
-            output_filter.new_boot()
-
-        node.on_boot = on_boot
-    if node.access_log is not None:
-        write_access_line = node.access_log
-
-        def access_log(line: str) -> None:
-            tail.flush()  # the program's output for that request first, as a terminal would show it
-            write_access_line(line)
-
-        node.access_log = access_log
-    report = node.progress
-
-    def progress(message: str) -> None:
-        tail.flush()  # what the machine said first: a crash line follows its last words
-        report(message)
-
-    node.progress = progress
+    terminal.follow(node.log_path)
     what = "VM" if node.options.mode == "vm" else "init"
     status = EXIT_OK
     try:
@@ -513,8 +379,7 @@ async def serve(node, verbose: bool, watch_from: dict | None = None) -> int:
         except Exception as error:  # noqa: BLE001 - reported; the rest of the cleanup goes on
             say(f"error while stopping: {type(error).__name__}: {error}")
             status = EXIT_FAILED
-        if tail is not None:
-            await tail.stop()
+        await terminal.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     if status == EXIT_OK:
@@ -534,7 +399,11 @@ def run(args: argparse.Namespace) -> int:
         options = _options(args)
         say(f"program {options.program.describe()} ({options.program.why})")
         check_port_free(options.host, options.port)
-        node = LocalNode(options, progress=say, access_log=None if args.quiet else say_access)
+        terminal = Terminal(None if args.verbose else OutputFilter(options.mode == "vm"))
+        node = LocalNode(
+            options, progress=terminal.progress, access_log=None if args.quiet else terminal.access,
+            on_boot=terminal.on_boot,
+        )  # fmt: skip
         # Before packing: an edit made while the machine starts is not missed.
         watch_from = snapshot(options.program.source) if args.watch else None
         node.prepare()
@@ -547,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"error while preparing: {type(error).__name__}: {error}")
         return exit_status(error)
     try:
-        return asyncio.run(serve(node, args.verbose, watch_from))
+        return asyncio.run(run_node(node, terminal, args.verbose, watch_from))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place
         node.cleanup()
         return EXIT_OK
@@ -595,7 +464,8 @@ def build_event(args: argparse.Namespace) -> dict:
 MAX_EVENT_BYTES = 1 << 20
 
 
-async def post_event(url: str, message: dict, timeout: float) -> int:
+async def send_event(url: str, message: dict, timeout: float) -> int:
+    """`aleph-runtime event`: post the message to a running node's /control/event; print the answer."""
     import json
 
     import aiohttp
@@ -634,7 +504,7 @@ def event(args: argparse.Namespace) -> int:
     except NodeError as error:
         say(f"error: {error}")
         return exit_status(error)
-    return asyncio.run(post_event(args.url, message, args.timeout))
+    return asyncio.run(send_event(args.url, message, args.timeout))
 
 
 def main(argv: list[str] | None = None) -> int:

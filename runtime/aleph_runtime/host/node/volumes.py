@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from aleph_runtime.host.errors import NodeError
 
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|[kmgt])?$", re.IGNORECASE)
 
 
@@ -87,7 +88,7 @@ def parse_env(items: list[str]) -> dict[str, str]:
     variables = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not sep or not _VARIABLE.match(key):
             raise NodeError(f"--env {item!r}: expected KEY=VALUE with KEY a variable name")
         variables[key] = value
     return variables
@@ -95,37 +96,18 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 #: An env file larger than this is not a list of variables.
 MAX_ENV_FILE_BYTES = 1 << 20
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
-
-
-def _unquote(value: str, where: str) -> str:
-    """A dotenv value: 'single' (literal), "double" (\\n \\t \\" \\\\ escapes), or bare
-    (a ` #` starts a comment; surrounding spaces are dropped)."""
-    value = value.strip()
-    if value[:1] in ("'", '"'):
-        quote = value[0]
-        end = 1
-        out = []
-        while end < len(value) and value[end] != quote:
-            if quote == '"' and value[end] == "\\" and end + 1 < len(value):
-                out.append(_ESCAPES.get(value[end + 1], "\\" + value[end + 1]))
-                end += 2
-                continue
-            out.append(value[end])
-            end += 1
-        if end >= len(value):
-            raise NodeError(f"{where}: the quote {quote} is not closed")
-        rest = value[end + 1 :].strip()
-        if rest and not rest.startswith("#"):
-            raise NodeError(f"{where}: unexpected {rest!r} after the quoted value")
-        return "".join(out)
-    comment = re.search(r"\s#", value)
-    return (value[: comment.start()] if comment else value).strip()
 
 
 def parse_env_file(path: str | Path) -> dict[str, str]:
-    """`--env-file`: dotenv syntax, one `KEY=VALUE` a line (`export ` allowed), `#` comments,
-    blank lines, quoted values (a double-quoted value may span lines)."""
+    """`--env-file`: dotenv syntax as python-dotenv reads it (`dotenv_values`, without
+    `${VAR}` interpolation): one `KEY=VALUE` a line (`export ` allowed), `#` comments, blank
+    lines, quoted values (a double-quoted one may span lines). A line it cannot read is an
+    error here, where python-dotenv would skip it with a warning."""
+    import io
+
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
     path = Path(path).expanduser()
     try:
         if path.stat().st_size > MAX_ENV_FILE_BYTES:
@@ -135,37 +117,11 @@ def parse_env_file(path: str | Path) -> dict[str, str]:
         raise NodeError(f"--env-file {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise NodeError(f"--env-file {path}: cannot read it ({error})") from None
-    variables: dict[str, str] = {}
-    lines = text.splitlines()
-    number = 0
-    while number < len(lines):
-        line = lines[number].strip()
-        number += 1
-        where = f"--env-file {path}, line {number}"
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+    for binding in parse_stream(io.StringIO(text)):
+        where = f"--env-file {path}, line {binding.original.line}"
+        if binding.error:
+            first = binding.original.string.splitlines()[0] if binding.original.string.strip() else ""
+            raise NodeError(f"{where}: expected KEY=VALUE (its quotes closed), not {first!r}")
+        if binding.key is not None and (binding.value is None or not _VARIABLE.match(binding.key)):
             raise NodeError(f"{where}: expected KEY=VALUE with KEY a variable name")
-        value = value.strip()
-        # A double-quoted value may go on over the next lines until its closing quote.
-        while value.startswith(('"', "'")) and not _closed(value) and number < len(lines):
-            value += "\n" + lines[number]
-            number += 1
-        variables[key] = _unquote(value, where)
-    return variables
-
-
-def _closed(value: str) -> bool:
-    quote, index = value[0], 1
-    while index < len(value):
-        if quote == '"' and value[index] == "\\":
-            index += 2
-            continue
-        if value[index] == quote:
-            return True
-        index += 1
-    return False
+    return dict(dotenv_values(stream=io.StringIO(text), interpolate=False))

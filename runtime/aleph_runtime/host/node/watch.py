@@ -1,17 +1,21 @@
-"""`--watch`: notice when a file of the program changes, as `uvicorn --reload` does.
+"""`--watch`: notice when a file of the program changes, as `uvicorn --reload` does, with the
+same library (watchfiles: inotify here, polling where inotify cannot watch the tree).
 
-Polls modification times (no inotify: it works the same on every filesystem, and a
-program is small), waits until the files have been quiet for a moment (an editor's
-save is several writes; a `git checkout` many), then reports what changed. Python's
-caches, version control directories and editors' swap and backup files are ignored.
+Waits until the files have been quiet for a moment (an editor's save is several writes;
+a `git checkout` many), then reports what changed. Python's caches, version control
+directories and editors' swap and backup files are ignored. `snapshot` records the
+program's files before it is packed, so an edit made while the machine starts is not missed.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 IGNORED_DIRECTORIES = frozenset(
     {
@@ -28,8 +32,11 @@ IGNORED_DIRECTORIES = frozenset(
     }
 )
 IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", ".swo", ".swx", ".swpx", "~", ".tmp", ".kate-swp")
-#: Above this many files, the rest is not watched (a program is not a home directory).
+#: Above this many files, the rest is not snapshot (a program is not a home directory).
 MAX_FILES = 20_000
+#: How long the files must be quiet before a burst of edits is reported, and the longest burst.
+QUIET_MS = 300
+LONGEST_BURST_MS = 1600
 
 Snapshot = dict[str, tuple[int, int]]
 
@@ -81,30 +88,76 @@ def describe_changes(before: Snapshot, after: Snapshot) -> list[str]:
     return changes
 
 
+def _program_filter(path: Path):
+    """watchfiles' filter for the program at `path`: its files (or the file itself), not the ignored."""
+    from watchfiles import DefaultFilter
+
+    class ProgramFilter(DefaultFilter):
+        ignore_dirs = tuple(IGNORED_DIRECTORIES)
+        ignore_entity_patterns = (
+            r"^\.#",
+            r"^4913$",
+            *(re.escape(suffix) + "$" for suffix in IGNORED_SUFFIXES),
+        )
+
+        def __call__(self, change, changed: str) -> bool:
+            if not path.is_dir() and changed != str(path):
+                return False  # a single file is watched through its directory (editors replace it)
+            return super().__call__(change, changed)
+
+    return ProgramFilter()
+
+
+def _describe(root: Path, events: set) -> list[str]:
+    """watchfiles' (change, path) events of one burst as `name changed|added|removed`, by name."""
+    from watchfiles import Change
+
+    kinds: dict[str, set] = {}
+    for change, changed in events:
+        kinds.setdefault(changed, set()).add(change)
+    described = []
+    for changed in sorted(kinds):
+        name = os.path.relpath(changed, root) if root.is_dir() else Path(changed).name
+        seen = kinds[changed]
+        if not os.path.lexists(changed):
+            if seen != {Change.added}:  # a file made and removed within the burst was never there
+                described.append(f"{name} removed")
+        elif seen == {Change.added}:
+            described.append(f"{name} added")
+        else:
+            described.append(f"{name} changed")
+    return described
+
+
 async def watch(
     path: Path,
     on_change: Callable[[list[str]], Awaitable[None]],
-    interval: float = 0.25,
-    quiet_for: float = 0.3,
     initial: Snapshot | None = None,
+    force_polling: bool | None = None,
 ) -> None:
     """Call `on_change(changes)` after each burst of edits under `path`, until cancelled.
     Edits made while `on_change` runs are seen afterwards, not lost; so are those made
     since `initial` was taken (before the code was packed, say)."""
-    current = initial if initial is not None else await asyncio.to_thread(snapshot, path)
-    while True:
-        await asyncio.sleep(interval)
-        latest = await asyncio.to_thread(snapshot, path)
-        if latest == current:
-            continue
-        # Debounce: wait until nothing has moved for `quiet_for`.
-        while True:
-            await asyncio.sleep(quiet_for)
-            settled = await asyncio.to_thread(snapshot, path)
-            if settled == latest:
-                break
-            latest = settled
-        changes = describe_changes(current, latest)
-        current = latest
-        if changes:
-            await on_change(changes)
+    from watchfiles import awatch
+
+    path = Path(path).resolve()
+    directory = path if path.is_dir() else path.parent
+    try:
+        # yield_on_timeout: the first (empty) answer says the watcher runs: then `initial` is compared.
+        async for events in awatch(
+            directory, watch_filter=_program_filter(path), debounce=LONGEST_BURST_MS, step=QUIET_MS,
+            rust_timeout=QUIET_MS, yield_on_timeout=True, recursive=path.is_dir(), force_polling=force_polling,
+        ):  # fmt: skip
+            if initial is not None:
+                changes = describe_changes(initial, snapshot(path))
+                initial = None
+            else:
+                changes = _describe(path, events)
+            if changes:
+                await on_change(changes)
+    except OSError as error:
+        if force_polling:
+            raise
+        # Too many directories for inotify's watches (fs.inotify.max_user_watches), say.
+        log.warning("cannot watch %s with inotify (%s): polling it instead", path, error)
+        await watch(path, on_change, initial, force_polling=True)

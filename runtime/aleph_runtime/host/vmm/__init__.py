@@ -1,3 +1,3 @@
-"""The VM device stack: virtqueues, the vhost-user server, the vsock device behind
-Firecracker's hybrid-vsock layout, QEMU (`QemuVM`, a `machines.base.Machine`) and the
-runtime image and kernel builds."""
+"""The VM device stack, below the machines: virtqueues, the vhost-user server, the vsock
+device behind Firecracker's hybrid-vsock layout, QEMU's command line (machines/qemu.py runs
+it) and the runtime image and kernel builds. Nothing here imports machines/."""

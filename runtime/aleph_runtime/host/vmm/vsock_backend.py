@@ -36,7 +36,7 @@ import struct
 from collections.abc import Callable
 
 from aleph_runtime import protocol
-from aleph_runtime.host.supervisor import close_unix_server
+from aleph_runtime.host.unix import close_unix_server
 from aleph_runtime.host.vmm.vhost_user import VhostUserServer
 from aleph_runtime.host.vmm.virtqueue import Chain, SplitQueue, VirtqueueError
 
@@ -691,12 +691,12 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
 
-    async def serve() -> None:
+    async def run_backend() -> None:
         async with VsockBackend(args.socket, args.uds, args.cid):
             await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+        asyncio.run(run_backend())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,260 @@
+"""What one start of the local node's machine needs: the machine, with the program's code
+and volumes as drives (vm mode) or placed directories (dev mode), and the configuration
+that names them.
+
+    provision = Provision(options, state_dir, vm_hash, progress)
+    machine = provision.machine(run_dir, log_path)   # packs, builds; QemuMachine or DevMachine
+    config = provision.config(machine)               # the volumes as the machine has them
+    ... after an edit: provision.repack(run_dir); config = provision.config(last_machine)
+
+The code is the first drive (vdb) when it is a squashfs image, the volumes follow in the
+order given (`volume_device`), as a node attaches them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from aleph_runtime.host.errors import NodeError, SetupError
+from aleph_runtime.host.machines.base import Machine
+from aleph_runtime.host.machines.dev import DevMachine, namespaces_unavailable
+from aleph_runtime.host.machines.qemu import VM_IP, VM_ROUTE, QemuMachine
+from aleph_runtime.host.node.inference import Program, is_squashfs
+from aleph_runtime.host.node.volumes import VolumeSpec
+from aleph_runtime.host.program import program_config, squashfs_directory, tar_directory, zip_directory
+from aleph_runtime.host.vmm.image import DEFAULT_COMPRESSION
+from aleph_runtime.host.vmm.qemu import Drive
+from aleph_runtime.protocol import Encoding
+
+Progress = Callable[[str], None]
+#: How long the dev init may take to send its ready signal.
+DEV_READY_TIMEOUT = 60
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("ALEPH_RUNTIME_STATE"):
+        return Path(os.environ["ALEPH_RUNTIME_STATE"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/aleph-runtime")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "aleph-runtime"
+
+
+@dataclasses.dataclass
+class NodeOptions:
+    program: Program
+    volumes: list[VolumeSpec] = dataclasses.field(default_factory=list)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    mode: str = "vm"
+    memory_mb: int = 512
+    vcpus: int = 1
+    seconds: float = 30
+    host: str = "127.0.0.1"
+    port: int = 8080
+    state_dir: Path = dataclasses.field(default_factory=default_state_dir)
+    api_server: str | None = None
+    redis_url: str | None = None
+    vm_hash: str | None = None
+    #: The runtime image's profile and compression (None: lean and lz4, or ALEPH_ROOTFS).
+    profile: str | None = None
+    compression: str | None = None
+    kernel: str | None = None
+    """vm mode: "node" (the node-like kernel, default) or "debian"."""
+
+
+def volume_device(index: int) -> str:
+    """The guest device of the `index`th drive after the root: vdb, vdc, ..."""
+    return f"vd{chr(ord('b') + index)}"
+
+
+class Provision:
+    """The options made into a machine and its configuration, for every start of the node."""
+
+    def __init__(self, options: NodeOptions, state_dir: Path, vm_hash: str, progress: Progress):
+        self.options = options
+        self.state_dir = state_dir
+        self.vm_hash = vm_hash
+        self.progress = progress
+        self.volumes: list[dict] = []
+        """The configuration's volumes, as the last `machine` attached them."""
+
+    def persistent_path(self, name: str) -> Path:
+        return self.state_dir / "volumes" / name
+
+    def machine(self, run_dir: Path, log_path: Path) -> Machine:
+        """The machine for the mode, with the program's code and volumes attached."""
+        if self.options.mode == "dev":
+            return self.dev_machine(run_dir, log_path)
+        return self.vm_machine(run_dir, log_path)
+
+    def config(self, machine: Machine) -> dict:
+        """The program's configuration for `machine` (its code packed now)."""
+        program = self.options.program
+        network = {"ip": VM_IP, "route": VM_ROUTE} if self.options.mode == "vm" else {}
+        return program_config(
+            self._code(), program.entrypoint, encoding=program.encoding, interface=program.interface,
+            vm_hash=self.vm_hash, volumes=self.volumes, variables=self._variables(machine.guest_path), **network,
+        )  # fmt: skip
+
+    def repack(self, run_dir: Path) -> None:
+        """Read or pack the program's code again (after an edit): the next `config` sends it."""
+        program = self.options.program
+        if program.directory is None and program.code is not None:
+            program.code = program.source.read_bytes()  # a .py file, a zip or tar archive
+        elif (
+            program.encoding is Encoding.SQUASHFS
+            and self.options.mode == "vm"
+            and program.directory is not None
+        ):
+            squashfs_directory(program.directory, run_dir / "code.squashfs")
+        elif program.encoding is Encoding.SQUASHFS and program.image is not None:
+            raise NodeError("--watch cannot follow a squashfs image: restart the command after rebuilding it")
+
+    # --- the code and the variables ---
+
+    def _code(self) -> bytes | None:
+        program = self.options.program
+        if program.code is not None or program.directory is None or program.encoding is Encoding.SQUASHFS:
+            return program.code
+        if program.encoding is Encoding.TAR:
+            code = tar_directory(program.directory)
+        else:
+            code = zip_directory(program.directory)
+        self.progress(f"packed {program.directory} as {program.encoding} ({len(code) / 1024:.0f} KiB)")
+        return code
+
+    def _variables(self, guest_path: Callable[[str], str]) -> dict[str, str] | None:
+        """`--env` values naming a volume's mount point (or a path under it), where the program finds it."""
+        variables = dict(self.options.env)
+        for key, value in variables.items():
+            for volume in self.options.volumes:
+                if value == volume.mount or value.startswith(volume.mount + "/"):
+                    variables[key] = guest_path(volume.mount) + value[len(volume.mount) :]
+                    break
+        return variables or None
+
+    # --- dev mode: directories placed at the guest's paths ---
+
+    def dev_machine(self, run_dir: Path, log_path: Path) -> DevMachine:
+        why_not = namespaces_unavailable(run_dir)
+        machine = DevMachine(
+            run_dir, root=run_dir / "root", new_session=True, log_path=log_path, namespaced=why_not is None,
+            ready_timeout=DEV_READY_TIMEOUT,
+        )  # fmt: skip
+        if why_not is not None:
+            self.progress(f"dev mode without private namespaces ({why_not}): the program's files are under "
+                          f"{machine.root}, not at the VM's paths (/opt/code, volumes, /tmp/socat-socket)")  # fmt: skip
+        program = self.options.program
+        machine.root.mkdir(parents=True, exist_ok=True)
+        volumes: list[dict] = []
+        if program.encoding is Encoding.SQUASHFS:
+            machine.place("/opt/code", program.directory or self._unsquash(program.image), read_only=True)
+            volumes.append({"mount": "/opt/code", "device": volume_device(len(volumes)), "read_only": True})
+        for volume in self.options.volumes:
+            if volume.persistent:
+                target = self.persistent_path(volume.persistent)
+                target.mkdir(parents=True, exist_ok=True)
+            elif volume.source.is_dir():
+                target = volume.source
+            elif is_squashfs(volume.source):
+                target = self._unsquash(volume.source)
+            else:
+                raise NodeError(f"--volume {volume.mount}: dev mode takes a directory or a squashfs image, "
+                                f"not {volume.source}")  # fmt: skip
+            machine.place(volume.mount, target, volume.read_only)
+            volumes.append(
+                {"mount": volume.mount, "device": volume_device(len(volumes)), "read_only": volume.read_only}
+            )
+            where = "" if machine.namespaced else f" (visible at {machine.guest_path(volume.mount)})"
+            self.progress(f"volume {volume.mount}: {target}{where}")
+        self.volumes = volumes
+        return machine
+
+    def _unsquash(self, image: Path) -> Path:
+        """A squashfs image unpacked once into the state directory's cache (dev mode)."""
+        info = image.stat()
+        key = hashlib.sha256(f"{image}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = self.state_dir / "cache" / "unsquashed" / key
+        if not target.is_dir():
+            self.progress(f"unpacking {image} (dev mode cannot mount it)")
+            partial = target.with_name(key + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                subprocess.run(["unsquashfs", "-q", "-n", "-no-xattrs", "-d", str(partial), str(image)],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+            except FileNotFoundError:
+                raise SetupError("unsquashfs is not installed (squashfs-tools; scripts/setup.sh)") from None
+            except subprocess.CalledProcessError as error:
+                raise NodeError(
+                    f"unsquashfs {image} failed: {error.stderr.decode(errors='replace').strip()}"
+                ) from None
+            partial.rename(target)
+        return target
+
+    # --- vm mode: drives ---
+
+    def vm_machine(self, run_dir: Path, log_path: Path) -> QemuMachine:
+        program = self.options.program
+        # The machine first: a missing QEMU or image is reported before anything is packed.
+        image = f"the {self.options.profile or 'lean'} runtime image ({self.options.compression or DEFAULT_COMPRESSION})"
+        chosen = self.options.profile is not None or self.options.compression is not None
+        if not chosen and os.environ.get("ALEPH_ROOTFS"):
+            image = "the runtime image (ALEPH_ROOTFS)"
+        self.progress(f"finding {image} and the kernel (built through their caches when missing)")
+        machine = QemuMachine.for_node(
+            run_dir, log_path, [], self.options.memory_mb, self.options.vcpus,
+            kernel=self.options.kernel, profile=self.options.profile, compression=self.options.compression,
+        )  # fmt: skip
+        volumes: list[dict] = []
+
+        def add(path: Path, mount: str, read_only: bool) -> None:
+            machine.drives.append(Drive(path, read_only=read_only))
+            volumes.append({"mount": mount, "device": volume_device(len(volumes)), "read_only": read_only})
+
+        if program.encoding is Encoding.SQUASHFS:
+            code_image = program.image
+            if code_image is None:
+                self.progress(f"packing {program.directory} as squashfs")
+                code_image = squashfs_directory(program.directory, run_dir / "code.squashfs")
+            add(code_image, "/opt/code", True)
+        for i, volume in enumerate(self.options.volumes):
+            if volume.persistent:
+                add(self.persistent_image(volume), volume.mount, False)
+            elif volume.source.is_dir():
+                self.progress(f"packing {volume.source} as squashfs for {volume.mount}")
+                add(squashfs_directory(volume.source, run_dir / f"volume{i}.squashfs"), volume.mount, True)
+            else:
+                add(volume.source, volume.mount, True)
+        self.volumes = volumes
+        return machine
+
+    def persistent_image(self, volume: VolumeSpec) -> Path:
+        """The persistent volume's ext4 image, made once (seeded from its dev-mode directory)."""
+        directory = self.persistent_path(volume.persistent)
+        image = directory.with_name(volume.persistent + ".ext4")
+        if image.exists():
+            return image
+        image.parent.mkdir(parents=True, exist_ok=True)
+        self.progress(f"creating the persistent volume {volume.persistent} ({volume.size_mib} MiB ext4)")
+        partial = image.with_name(image.name + ".partial")
+        with open(partial, "wb") as file:
+            file.truncate(volume.size_mib << 20)
+        command = ["mkfs.ext4", "-q", "-F", "-L", volume.persistent[:16]]
+        if directory.is_dir() and any(directory.iterdir()):
+            command += ["-d", str(directory)]  # seeded from the dev-mode directory
+        try:
+            subprocess.run([*command, str(partial)], check=True, capture_output=True)
+        except FileNotFoundError:
+            raise SetupError("mkfs.ext4 is not installed (e2fsprogs; scripts/setup.sh)") from None
+        except subprocess.CalledProcessError as error:
+            partial.unlink()
+            raise NodeError(f"mkfs.ext4 failed: {error.stderr.decode(errors='replace').strip()}") from None
+        partial.rename(image)
+        return image
