@@ -51,15 +51,9 @@ def short_dir():
 def images() -> tuple[Path, Path | None, Path]:
     """(kernel, initramfs or None, rootfs): ALEPH_KERNEL/ALEPH_ROOTFS (and ALEPH_INITRAMFS
     for a kernel that needs one), or built through the caches (minutes when cold): the
-<<<<<<< HEAD
     node-like kernel unless ALEPH_VM_KERNEL=debian. A build that fails fails the test.
     Building needs root: pytest_collection_modifyitems marks its users `root` then."""
-    from aleph_runtime.host.vmm.qemu import find_images
-=======
-    node-like kernel unless ALEPH_VM_KERNEL=debian. A build that fails fails the test."""
     from aleph_runtime.host.machines.qemu import find_images
-    from aleph_runtime.host.machines.sandbox import require_root
->>>>>>> refs/heads/seam
 
     found = find_images()
     missing = [str(path) for path in found if path is not None and not Path(path).exists()]
