@@ -34,7 +34,9 @@ def test_supervisor_scope_is_completed():
     # README: whatever the client used, the program sees these two (a VM has no other view).
     assert scope["server"] == ("127.0.0.1", 80) and scope["client"] == ("127.0.0.1", 0)
     assert scope["headers"] == [(b"content-type", b"text/plain")]
-    relayed, _ = http_scope(supervisor_scope(server=["10.0.0.1", 8080], client=["203.0.113.9", 51000]))
+    relayed = asgi_scope(
+        request_from_scope(supervisor_scope(server=["10.0.0.1", 8080], client=["203.0.113.9", 51000]))
+    )
     assert relayed["server"] == ("127.0.0.1", 80) and relayed["client"] == ("127.0.0.1", 0)
 
 
