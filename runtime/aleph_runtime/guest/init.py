@@ -348,7 +348,15 @@ class Init:
     async def _answer_command(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
     ) -> None:
-        command = first[1:].decode("utf-8", "replace")
+        try:
+            command = await debug_command.read_command(reader, writer, first, self.watches.half_close_passes)
+        except debug_command.CommandRefused as error:
+            logger.warning("Refused a debug command: %s", error)
+            await self._send(writer, debug_command.refusal(error))
+            return
+        if command is None:
+            logger.info("The host left before its debug command was whole: nothing run")
+            return
         await self._answer_watched(
             reader, writer, debug_command.command_output(command, self.settings.max_response_bytes)
         )
