@@ -46,6 +46,9 @@ PROTOCOL_VERSION = "2.0.0"
 INIT_PORT = 52
 #: The host port of the guest API (cache, signing, aleph API proxy).
 GUEST_API_PORT = 53
+#: Where a program reaches the guest API inside the VM (the init bridges it to
+#: GUEST_API_PORT); programs and the SDK write this path literally.
+GUEST_API_SOCKET = "/tmp/socat-socket"
 #: Firecracker's fixed CIDs: the guest is 3, the host is VMADDR_CID_HOST.
 GUEST_CID = 3
 HOST_CID = 2

@@ -20,10 +20,9 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-logger = logging.getLogger(__name__)
+from aleph_runtime import protocol
 
-SOCKET_PATH = "/tmp/socat-socket"
-GUEST_API_PORT = 53
+logger = logging.getLogger(__name__)
 
 OpenHostConnection = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
@@ -108,9 +107,9 @@ class _Pair:
     async def connect(self, open_host_connection: OpenHostConnection) -> None:
         await self.client.made  # connection_made comes after the protocol factory returns
         try:
-            reader, writer = await open_host_connection(GUEST_API_PORT)
+            reader, writer = await open_host_connection(protocol.GUEST_API_PORT)
         except Exception as error:  # noqa: BLE001 - the host API is down: drop this client only
-            logger.warning("guest API: cannot reach the host on port %d: %s", GUEST_API_PORT, error)
+            logger.warning("guest API: cannot reach the host on port %d: %s", protocol.GUEST_API_PORT, error)
             self.close()
             return
         transport = writer.transport
@@ -131,7 +130,7 @@ class _Pair:
 
 
 async def start_guest_api_bridge(
-    open_host_connection: OpenHostConnection, socket_path: str = SOCKET_PATH
+    open_host_connection: OpenHostConnection, socket_path: str = protocol.GUEST_API_SOCKET
 ) -> asyncio.AbstractServer:
     """Listen on `socket_path` (replacing a stale socket); forward each connection to host port 53."""
     loop = asyncio.get_running_loop()
