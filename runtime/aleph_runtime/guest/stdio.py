@@ -9,7 +9,10 @@ would get it. The program's own print() would then write into a supervisor's ans
   logs through the duplicate of 2, a descriptor no program knows about;
 - `reserve()` puts the duplicate back on any of 0, 1, 2 found closed. The init calls it
   before it accepts connections and after each call, so a freed slot is refilled before
-  anything of the init's can land there. It costs one poll() call.
+  anything of the init's can land there. It costs one poll() call;
+- a program can still free one just before the init gets a socket (from a thread, or
+  during a call before the init connects to the host): `move_above_standard` moves a
+  socket found there off the slot; guest/sockets.py calls it for every socket of the init.
 """
 
 from __future__ import annotations
@@ -63,3 +66,14 @@ def reserve() -> None:
 
 
 _poller: select.poll | None = None
+
+
+def move_above_standard(fd: int) -> int:
+    """`fd`'s open file on a descriptor above 2 (close-on-exec), `fd` closed and
+    refilled (`reserve`); the new descriptor. For an init's socket found on 0, 1 or 2."""
+    import fcntl  # only ever needed after a program closed one of them
+
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    reserve()
+    return moved
