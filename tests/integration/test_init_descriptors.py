@@ -1,10 +1,13 @@
 """Descriptors 0-2 of a real dev-mode init (guest/stdio.py, guest/sockets.py): no host
-connection lands on one a program has closed."""
+connection lands on one a program has closed, and the ones the init fills when it
+starts without them are inherited by the program's children."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 
 import pytest
 
@@ -86,3 +89,18 @@ async def test_calls_made_while_the_program_holds_stdout_closed_answer_cleanly(i
             assert not os.readlink(f"/proc/{init.process.pid}/fd/{fd}").startswith("socket:"), fd
     assert (await init.client.http("GET", "/release", timeout=10))["body"]["body"] == b"released"
     assert (await held)["body"]["body"] == b"released"
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_an_init_started_without_0_1_2_gives_children_open_ones(tmp_path, event_loop):
+    instance = DevInit(
+        tmp_path / "vm", python="sh", env={"ALEPH_EVENT_LOOP": event_loop},
+        python_flags=("-c", 'exec "$0" "$@" <&- >&- 2>&-', sys.executable, "-OO"),
+    )  # fmt: skip
+    await instance.start()
+    try:
+        await instance.configure(program_config(HOLDS_STDOUT_CLOSED, "main:app"))
+        answer = await instance.client.http("GET", "/child-stdio")
+        assert json.loads(answer["body"]["body"]) == 0, "a child started with 0, 1 or 2 closed"
+    finally:
+        await instance.stop()

@@ -13,6 +13,9 @@ would get it. The program's own print() would then write into a supervisor's ans
 - a program can still free one just before the init gets a socket (from a thread, or
   during a call before the init connects to the host): `move_above_standard` moves a
   socket found there off the slot; guest/sockets.py calls it for every socket of the init.
+
+Whatever fills 0, 1 and 2 is inherited: children (the executable, the program's own
+subprocesses) start with them open, as they would under any other init.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ _originals: dict[int, int] = {}
 def _open_devnull_on(fd: int) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     if devnull != fd:
-        os.dup2(devnull, fd)
+        os.dup2(devnull, fd)  # inheritable, as dup2 makes it
         os.close(devnull)
+    else:
+        # os.open made it close-on-exec: children would start with `fd` closed.
+        os.set_inheritable(fd, True)
 
 
 def setup() -> int:
