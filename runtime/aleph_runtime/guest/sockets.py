@@ -34,8 +34,8 @@ def above_standard(sock: socket.socket) -> socket.socket:
 
 
 class Acceptor:
-    """Accepts on a listening socket from the running loop; each connection, above 2 and
-    non-blocking, goes to `on_connection`, which must not block."""
+    """Accepts on a listening socket from the running loop; each connection, above 2, goes
+    to `on_connection`, which must not block (the loop's transports make it non-blocking)."""
 
     def __init__(self, listener: socket.socket, on_connection: Callable[[socket.socket], None], name: str):
         self.listener: socket.socket | None = above_standard(listener)
@@ -43,24 +43,23 @@ class Acceptor:
         self.on_connection = on_connection
         self.name = name
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.listener.fileno(), self._accept_all)
+        self._loop.add_reader(self.listener.fileno(), self._accept_one)
 
-    def _accept_all(self) -> None:
+    def _accept_one(self) -> None:
         # A program may have closed 0, 1 or 2: refill them first, so that its print()
         # still reaches the console and the connections need no moving.
         stdio.reserve()
-        # Drain the backlog: one readiness event may stand for several connections.
-        while self.listener is not None:
-            try:
-                connection, _address = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                logger.error("%s: accept failed: %s", self.name, error)
-                return
-            connection = above_standard(connection)
-            connection.setblocking(False)
-            self.on_connection(connection)
+        # One connection per readiness event: the loop calls again while more wait, and
+        # trying for another would cost a failed accept() per connection when they come
+        # one by one.
+        try:
+            connection, _address = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            logger.error("%s: accept failed: %s", self.name, error)
+            return
+        self.on_connection(above_standard(connection))
 
     def close(self) -> None:
         """Stop accepting and close the listening socket (connections already accepted go on)."""

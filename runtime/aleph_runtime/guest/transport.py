@@ -48,6 +48,15 @@ async def _streams_for(sock: socket.socket) -> tuple[asyncio.StreamReader, async
     return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
 
 
+async def _streams_for_accepted(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An accepted connection's streams, as the loop's own servers make them."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _protocol = await loop.connect_accepted_socket(lambda: protocol, sock)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 def _as_stream_socket(sock: socket.socket) -> socket.socket:
     """The same descriptor, labelled AF_UNIX so any event loop accepts it as a stream."""
     sock.setblocking(False)
@@ -73,7 +82,7 @@ class Transport:
 
         async def serve_streams(connection: socket.socket) -> None:
             try:
-                reader, writer = await _streams_for(self._stream_socket(connection))
+                reader, writer = await _streams_for_accepted(self._stream_socket(connection))
             except OSError as error:
                 logger.error("Could not set up a stream for a host connection: %s", error)
                 connection.close()
