@@ -24,7 +24,7 @@ import os
 import signal
 
 from aleph_runtime import protocol
-from aleph_runtime.guest import linux
+from aleph_runtime.guest import linux, stdio
 from aleph_runtime.guest.call_watch import peer_hung_up
 
 logger = logging.getLogger("aleph_runtime.init")
@@ -83,6 +83,7 @@ async def command_output(command: str, limit: int) -> bytes:
     """A debug command's combined output, cut at `limit` bytes; killed (with its process
     group) when it outgrows it, or when the awaiting task is cancelled."""
     logger.info("Debug command: %s", command.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    stdio.reserve()  # the command's pipes must not land on a 0, 1 or 2 a program closed
     process = await asyncio.create_subprocess_shell(
         command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
