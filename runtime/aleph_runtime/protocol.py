@@ -46,6 +46,9 @@ PROTOCOL_VERSION = "2.0.0"
 INIT_PORT = 52
 #: The host port of the guest API (cache, signing, aleph API proxy).
 GUEST_API_PORT = 53
+#: Where a program reaches the guest API inside the VM (the init bridges it to
+#: GUEST_API_PORT); programs and the SDK write this path literally.
+GUEST_API_SOCKET = "/tmp/socat-socket"
 #: Firecracker's fixed CIDs: the guest is 3, the host is VMADDR_CID_HOST.
 GUEST_CID = 3
 HOST_CID = 2
@@ -57,6 +60,14 @@ HALT = b"halt"
 STOP_LINE = b"STOP\n"
 STOPZ_LINE = b"STOPZ\n"
 COMMAND_PREFIX = b"!"
+#: A debug command has no length and its host does not half-close: it has arrived whole
+#: once no byte came for this long (docs/protocol.md, section 7, says why).
+COMMAND_QUIET_SECONDS = 0.25
+#: The longest wait for a whole debug command, however its bytes trickle in.
+COMMAND_READ_SECONDS = 10.0
+#: The longest debug command: `sh -c` takes it as one argument, and Linux refuses an
+#: argument longer than MAX_ARG_STRLEN (32 pages of 4 KiB, its NUL included).
+MAX_COMMAND_BYTES = 32 * 4096 - 1
 
 #: The longest "CONNECT <port>\n" or "OK <port>\n" line we accept; anything longer is garbage.
 MAX_CONTROL_LINE = 64

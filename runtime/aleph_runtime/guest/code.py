@@ -23,6 +23,7 @@ import traceback
 import types
 from pathlib import Path
 
+from aleph_runtime import protocol
 from aleph_runtime.guest import collector
 from aleph_runtime.guest.archive import DEFAULT_MAX_UNPACKED, extract_tar, extract_zip
 from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface, is_ascii_identifier
@@ -69,7 +70,7 @@ class Paths(Record):
 
     @property
     def guest_api_socket(self) -> Path:
-        return self.inside("/tmp/socat-socket")
+        return self.inside(protocol.GUEST_API_SOCKET)
 
 
 def split_entrypoint(entrypoint: str, encoding: Encoding) -> tuple[str, str]:

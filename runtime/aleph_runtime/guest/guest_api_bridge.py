@@ -10,6 +10,9 @@ The pipe works at the protocol level: each side's data_received writes straight 
 the other side's transport, and a full write buffer pauses reading on the other side
 (flow control), with no stream objects or tasks per chunk. That halves the CPU per
 forwarded request against a StreamReader/StreamWriter loop.
+
+The bridge accepts its clients itself (guest/sockets.py's `Acceptor`), and the host
+connections come from the transport: no socket of either side sits on descriptors 0-2.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 
-logger = logging.getLogger(__name__)
+from aleph_runtime import protocol
+from aleph_runtime.guest.sockets import Acceptor
 
-SOCKET_PATH = "/tmp/socat-socket"
-GUEST_API_PORT = 53
+logger = logging.getLogger(__name__)
 
 OpenHostConnection = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
@@ -31,9 +35,8 @@ OpenHostConnection = Callable[[int], Awaitable[tuple[asyncio.StreamReader, async
 class _Half(asyncio.Protocol):
     """One side of a forwarded connection; `peer` is the other side."""
 
-    def __init__(self, pair: _Pair, made: asyncio.Future | None = None):
+    def __init__(self, pair: _Pair):
         self.pair = pair
-        self.made = made
         self.peer: _Half | None = None
         self.transport: asyncio.Transport | None = None
         self.got_eof = False
@@ -43,8 +46,6 @@ class _Half(asyncio.Protocol):
     # Data from this side goes to the peer's transport.
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self.made is not None and not self.made.done():
-            self.made.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
@@ -64,8 +65,6 @@ class _Half(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.made is not None and not self.made.done():
-            self.made.set_result(None)
         self.pair.close()
 
     # The peer's transport buffers too much of what we send it: stop reading from it.
@@ -96,8 +95,8 @@ def _write_eof(transport: asyncio.Transport) -> None:
 
 
 class _Pair:
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.client = _Half(self, loop.create_future())
+    def __init__(self):
+        self.client = _Half(self)
         self.host = _Half(self)
 
     def close(self) -> None:
@@ -105,12 +104,21 @@ class _Pair:
             if half.transport is not None and not half.transport.is_closing():
                 half.transport.close()
 
-    async def connect(self, open_host_connection: OpenHostConnection) -> None:
-        await self.client.made  # connection_made comes after the protocol factory returns
+    async def connect(self, client: socket.socket, open_host_connection: OpenHostConnection) -> None:
+        """Serve the accepted `client` socket, then open its host connection and link them."""
         try:
-            reader, writer = await open_host_connection(GUEST_API_PORT)
+            transport, _protocol = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: self.client, client
+            )
+        except OSError as error:
+            logger.warning("guest API: could not serve a client connection: %s", error)
+            client.close()
+            return
+        self.client.transport = self.client.transport or transport  # connection_made may come later
+        try:
+            reader, writer = await open_host_connection(protocol.GUEST_API_PORT)
         except Exception as error:  # noqa: BLE001 - the host API is down: drop this client only
-            logger.warning("guest API: cannot reach the host on port %d: %s", GUEST_API_PORT, error)
+            logger.warning("guest API: cannot reach the host on port %d: %s", protocol.GUEST_API_PORT, error)
             self.close()
             return
         transport = writer.transport
@@ -130,28 +138,38 @@ class _Pair:
             self.host.eof_received()
 
 
+#: Clients the kernel queues on the bridge's socket before the init accepts them.
+BACKLOG = 128
+
+
 async def start_guest_api_bridge(
-    open_host_connection: OpenHostConnection, socket_path: str = SOCKET_PATH
-) -> asyncio.AbstractServer:
-    """Listen on `socket_path` (replacing a stale socket); forward each connection to host port 53."""
+    open_host_connection: OpenHostConnection, socket_path: str = protocol.GUEST_API_SOCKET
+) -> Acceptor:
+    """Listen on `socket_path` (replacing a stale socket); forward each connection to host
+    port 53. close() on the result stops it."""
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task] = set()
 
-    def new_connection() -> _Half:
-        pair = _Pair(loop)
-        task = loop.create_task(pair.connect(open_host_connection))
-        tasks.add(task)
+    def new_connection(client: socket.socket) -> None:
+        task = loop.create_task(_Pair().connect(client, open_host_connection))
+        tasks.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(tasks.discard)
-        return pair.client
 
     directory = os.path.dirname(socket_path)
     if directory:
         os.makedirs(directory, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)
-    server = await loop.create_unix_server(new_connection, path=socket_path)
-    # Programs may drop privileges; the old socat socket was reachable by all.
-    with contextlib.suppress(OSError):
-        os.chmod(socket_path, 0o777)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(socket_path)
+        # Programs may drop privileges; the old socat socket was reachable by all.
+        with contextlib.suppress(OSError):
+            os.chmod(socket_path, 0o777)
+        listener.listen(BACKLOG)
+        acceptor = Acceptor(listener, new_connection, "guest API bridge")
+    except BaseException:
+        listener.close()
+        raise
     logger.debug("guest API bridge listening on %s", socket_path)
-    return server
+    return acceptor

@@ -6,6 +6,10 @@ SIGTERM/SIGINT), and finally syncs, unmounts and reboots (in a VM) or exits (dev
 mode). Nothing that arrives on a connection may kill it: every handler maps its
 failure to an answer, and anything that escapes is logged.
 
+`Init.handle_connection` dispatches each connection by its first byte; a call or a
+debug command the host gives up on is cancelled (guest/call_watch.py), and debug
+commands are read and run by guest/debug_command.py.
+
 System duties (hostname, volumes, network, SSH, reboot) run only when the init owns a
 system: PID 1, in a VM or in a test's private namespaces. As an ordinary process (dev
 mode) it touches no system file: its files live under a private root directory.
@@ -18,7 +22,6 @@ import contextlib
 import enum
 import logging
 import os
-import select
 import signal
 import threading
 import time
@@ -27,7 +30,8 @@ import typing
 from pathlib import Path
 
 from aleph_runtime import __version__, protocol
-from aleph_runtime.guest import linux, stdio
+from aleph_runtime.guest import debug_command, linux, stdio
+from aleph_runtime.guest.call_watch import CallWatches
 from aleph_runtime.guest.code import Paths, executable_path, load_asgi_app, unpack_code
 from aleph_runtime.guest.config import Config, ConfigError, Interface, parse_config
 from aleph_runtime.guest.settings import Settings
@@ -80,13 +84,13 @@ class Init:
         self.bridge = None
         self.halted = asyncio.Event()
         self._halt_task: asyncio.Task | None = None
-        #: The calls in progress, each with its watch (see _watch_lasting_calls).
-        self._calls: set[_CallWatch] = set()
+        #: The calls in progress, each with its watch (guest/call_watch.py).
+        self.watches = CallWatches(getattr(transport, "half_close_passes", True))
 
     # --- the connection loop ---
 
     async def serve(self) -> None:
-        watcher = asyncio.get_running_loop().create_task(self._watch_lasting_calls())
+        watcher = asyncio.get_running_loop().create_task(self.watches.watch_lasting_calls())
         try:
             await self.transport.start_server(self.handle_connection)
             logger.info("Listening on %s", self.transport.description)
@@ -301,37 +305,11 @@ class Init:
         await self._answer_watched(reader, writer, self.run(request))
 
     async def _answer_watched(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, work) -> None:
-        """Send what the coroutine `work` returns, watching the connection meanwhile: when
-        the host closes it (its `seconds` passed, its client went away), the work is
-        cancelled, which drops a call's body and response buffers and closes an
-        executable's connection to the program."""
-        handler = asyncio.current_task()
-        watch = _CallWatch(reader, writer, handler, getattr(self.transport, "half_close_passes", True))
-        self._calls.add(watch)
-        try:
-            answer = await work
-        except asyncio.CancelledError:
-            if not watch.host_gone:
-                raise
-            handler.uncancel()
-            logger.info("The host closed a call's connection before the answer: the call is cancelled")
-            return
-        finally:
-            self._calls.discard(watch)
-            watch.stop()
-        await self._send(writer, answer)
-
-    async def _watch_lasting_calls(self) -> None:
-        """Start watching each call that has run for WATCH_AFTER to 2 x WATCH_AFTER
-        seconds: most calls answer sooner, and for them the watch costs a set insertion
-        instead of a task or a timer."""
-        while True:
-            await asyncio.sleep(WATCH_AFTER)
-            for watch in list(self._calls):
-                if watch.aged:
-                    watch.start()
-                else:
-                    watch.aged = True
+        """Send what the coroutine `work` returns, unless the host closed the connection
+        first: then `work` is cancelled (guest/call_watch.py)."""
+        answer = await self.watches.answer_of(reader, writer, work)
+        if answer is not None:
+            await self._send(writer, answer)
 
     async def _discard_rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Let the host finish writing a refused request, so it reads our answer, not a reset.
@@ -370,43 +348,18 @@ class Init:
     async def _answer_command(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
     ) -> None:
-        await self._answer_watched(reader, writer, self._command_output(first[1:].decode("utf-8", "replace")))
-
-    async def _command_output(self, command: str) -> bytes:
-        """A debug command's combined output, bounded like a response; killed (with its
-        process group) when it outgrows it, or when the host gives up on it."""
-        logger.info("Debug command: %s", command)
-        process = await asyncio.create_subprocess_shell(
-            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        linux.MANAGED_CHILDREN.add(process.pid)  # its status is the loop's watcher's, not the reaper's
-        limit = self.settings.max_response_bytes
-        output = bytearray()
         try:
-            while chunk := await process.stdout.read(protocol.READ_CHUNK):
-                output += chunk
-                if len(output) > limit:
-                    del output[limit:]
-                    output += f"\n[output cut: {protocol.response_too_large(limit)}]\n".encode()
-                    _kill_group(process.pid)
-                    # Its pipe stops being read here, maybe paused by flow control with
-                    # the EOF unseen, and asyncio's wait() also waits for the pipes to
-                    # close: close them, or wait() can hang on a full buffer.
-                    process._transport.close()
-                    break
-            await process.wait()
-        except asyncio.CancelledError:
-            _kill_group(process.pid)
-            raise
-        finally:
-            linux.MANAGED_CHILDREN.discard(process.pid)
-        if process.returncode:
-            # Today's runtime prefixes a failing command's output with the error.
-            output[0:0] = (
-                f"Command '{command}' returned non-zero exit status {process.returncode}.\n".encode()
-            )
-        return bytes(output)
+            command = await debug_command.read_command(reader, writer, first, self.watches.half_close_passes)
+        except debug_command.CommandRefused as error:
+            logger.warning("Refused a debug command: %s", error)
+            await self._send(writer, debug_command.refusal(error))
+            return
+        if command is None:
+            logger.info("The host left before its debug command was whole: nothing run")
+            return
+        await self._answer_watched(
+            reader, writer, debug_command.command_output(command, self.settings.max_response_bytes)
+        )
 
     # --- halt ---
 
@@ -504,88 +457,3 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval)
         reaper.sweep(loop.time())
-
-
-#: A call is watched for its host's going away once it has run this long (up to twice).
-WATCH_AFTER = 0.25
-
-
-class _CallWatch:
-    """Cancels a call's task when the host has closed the call's connection."""
-
-    __slots__ = ("aged", "call", "half_close_passes", "host_gone", "reader", "task", "writer")
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        call: asyncio.Task,
-        half_close_passes: bool,
-    ):
-        self.reader = reader
-        self.writer = writer
-        self.call = call
-        self.half_close_passes = half_close_passes
-        self.aged = False
-        self.task: asyncio.Task | None = None
-        self.host_gone = False
-
-    def start(self) -> None:
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        try:
-            await _host_gone(self.reader, self.writer, self.half_close_passes)
-        except Exception:
-            # A bug of ours must not cost the call its answer.
-            logger.exception("Watching a call's connection failed")
-            return
-        self.host_gone = True
-        self.call.cancel()
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-async def _host_gone(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, half_close_passes: bool
-) -> None:
-    """Return when the host has closed the connection; bytes it sends meanwhile are dropped.
-
-    The supervisor never half-closes a call, but where a half-close can arrive (a Unix
-    socket, in dev mode) a client that shuts down only its writing side still reads
-    the answer: there EOF is not enough, the peer must have hung up (POLLHUP), which a
-    half-closed connection shows only once it is closed.
-    """
-    try:
-        while await reader.read(protocol.READ_CHUNK):
-            pass
-    except OSError:
-        return  # reset: gone
-    if not half_close_passes:
-        return
-    while not _peer_hung_up(writer):
-        await asyncio.sleep(HALF_CLOSED_POLL_INTERVAL)
-
-
-#: How often a half-closed call's connection is checked for the host's full close.
-HALF_CLOSED_POLL_INTERVAL = 1.0
-
-
-def _peer_hung_up(writer: asyncio.StreamWriter) -> bool:
-    sock = writer.get_extra_info("socket")
-    if sock is None or writer.is_closing():
-        return True
-    poller = select.poll()
-    try:
-        poller.register(sock.fileno(), select.POLLIN)
-    except (OSError, ValueError):
-        return True  # no descriptor left: closed
-    return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _fd, events in poller.poll(0))

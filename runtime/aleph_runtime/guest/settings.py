@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 
 from aleph_runtime.guest.record import Record
+from aleph_runtime.protocol import MAX_RESPONSE_VARIABLE
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before the signal
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class Settings(Record):
             debug=environ.get("ALEPH_LOG_LEVEL", "").upper() == "DEBUG"
             or "aleph.debug" in kernel_cmdline.split(),
             max_request_bytes=_number(environ, "ALEPH_MAX_REQUEST_BYTES", int, DEFAULT_MAX_REQUEST_BYTES),
-            max_response_bytes=_number(environ, "ALEPH_MAX_RESPONSE_BYTES", int, DEFAULT_MAX_RESPONSE_BYTES),
+            max_response_bytes=_number(environ, MAX_RESPONSE_VARIABLE, int, DEFAULT_MAX_RESPONSE_BYTES),
             lifespan_startup_timeout=_number(
                 environ, "ALEPH_LIFESPAN_STARTUP_TIMEOUT", float, DEFAULT_LIFESPAN_STARTUP_TIMEOUT
             ),

@@ -9,7 +9,13 @@ would get it. The program's own print() would then write into a supervisor's ans
   logs through the duplicate of 2, a descriptor no program knows about;
 - `reserve()` puts the duplicate back on any of 0, 1, 2 found closed. The init calls it
   before it accepts connections and after each call, so a freed slot is refilled before
-  anything of the init's can land there. It costs one poll() call.
+  anything of the init's can land there. It costs one poll() call;
+- a program can still free one just before the init gets a socket (from a thread, or
+  during a call before the init connects to the host): `move_above_standard` moves a
+  socket found there off the slot; guest/sockets.py calls it for every socket of the init.
+
+Whatever fills 0, 1 and 2 is inherited: children (the executable, the program's own
+subprocesses) start with them open, as they would under any other init.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ _originals: dict[int, int] = {}
 def _open_devnull_on(fd: int) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     if devnull != fd:
-        os.dup2(devnull, fd)
+        os.dup2(devnull, fd)  # inheritable, as dup2 makes it
         os.close(devnull)
+    else:
+        # os.open made it close-on-exec: children would start with `fd` closed.
+        os.set_inheritable(fd, True)
 
 
 def setup() -> int:
@@ -63,3 +72,14 @@ def reserve() -> None:
 
 
 _poller: select.poll | None = None
+
+
+def move_above_standard(fd: int) -> int:
+    """`fd`'s open file on a descriptor above 2 (close-on-exec), `fd` closed and
+    refilled (`reserve`); the new descriptor. For an init's socket found on 0, 1 or 2."""
+    import fcntl  # only ever needed after a program closed one of them
+
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    reserve()
+    return moved

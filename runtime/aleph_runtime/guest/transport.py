@@ -17,6 +17,9 @@ socket; in dev mode the init owns it. It listens on `<base>`, answers the host's
 `CONNECT 52\\n` with `OK <n>\\n` as Firecracker does, and reaches host port P at the
 Unix socket `<base>_P`. One host-side client drives Firecracker, the QEMU backend
 and dev mode alike.
+
+Both accept connections themselves (guest/sockets.py's `Acceptor`) and pass every socket
+they open through `above_standard`: none may sit on descriptors 0-2 (guest/stdio.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from aleph_runtime import protocol
-from aleph_runtime.guest import ready, stdio
+from aleph_runtime.guest import ready
+from aleph_runtime.guest.sockets import Acceptor, above_standard
 
 logger = logging.getLogger("aleph_runtime.transport")
 
@@ -42,6 +46,15 @@ STREAM_LIMIT = 2**20
 
 async def _streams_for(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+
+
+async def _streams_for_accepted(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An accepted connection's streams, as the loop's own servers make them."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _protocol = await loop.connect_accepted_socket(lambda: protocol, sock)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def _as_stream_socket(sock: socket.socket) -> socket.socket:
@@ -59,6 +72,34 @@ class Transport:
     half_close_passes = True
     #: Set once guest/ready.py has signalled the host, before the loop existed.
     ready_sent = False
+    _acceptor: Acceptor | None = None
+    _listener: socket.socket | None = None
+
+    def _accept(self, listener: socket.socket, serve: Handler) -> None:
+        """Accept on `listener` from the loop; `serve` each connection's streams in a task of its own."""
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task] = set()
+
+        async def serve_streams(connection: socket.socket) -> None:
+            try:
+                reader, writer = await _streams_for_accepted(self._stream_socket(connection))
+            except OSError as error:
+                logger.error("Could not set up a stream for a host connection: %s", error)
+                connection.close()
+                return
+            await serve(reader, writer)
+
+        def on_connection(connection: socket.socket) -> None:
+            task = loop.create_task(serve_streams(connection))
+            tasks.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(tasks.discard)
+
+        self._acceptor = Acceptor(listener, on_connection, self.description)
+
+    @staticmethod
+    def _stream_socket(connection: socket.socket) -> socket.socket:
+        """An accepted connection as the loop's streams take it."""
+        return connection
 
     async def start_server(self, handler: Handler) -> None:
         raise NotImplementedError
@@ -81,7 +122,12 @@ class Transport:
             await writer.wait_closed()
 
     def close(self) -> None:
-        raise NotImplementedError
+        if self._listener is not None:  # never adopted: the loop did not get to serve
+            self._listener.close()
+            self._listener = None
+        if self._acceptor is not None:
+            self._acceptor.close()
+            self._acceptor = None
 
 
 class VsockTransport(Transport):
@@ -92,45 +138,18 @@ class VsockTransport(Transport):
     def __init__(self, listener: socket.socket | None = None):
         self.port = protocol.INIT_PORT
         self.description = f"vsock port {self.port}"
-        self._listener: socket.socket | None = listener
-        self._tasks: set[asyncio.Task] = set()
+        self._listener = listener
 
     async def start_server(self, handler: Handler) -> None:
         # Listening already, unless guest/ready.py could not before the imports.
         listener = ready.adopt(self._listener or ready.listen(None))
-        listener.setblocking(False)
-        self._listener = listener
-        loop = asyncio.get_running_loop()
+        self._listener = None
+        self._accept(listener, handler)
 
-        def on_readable() -> None:
-            # A program may have closed 0, 1 or 2: refill them, or accept() hands one out.
-            stdio.reserve()
-            # Drain the backlog: one readiness event may stand for several connections.
-            while True:
-                try:
-                    connection, _address = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as error:
-                    logger.error("vsock accept failed: %s", error)
-                    return
-                task = loop.create_task(self._serve(connection, handler))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-        loop.add_reader(listener.fileno(), on_readable)
-
-    async def _serve(self, connection: socket.socket, handler: Handler) -> None:
-        try:
-            reader, writer = await _streams_for(_as_stream_socket(connection))
-        except OSError as error:
-            logger.error("Could not set up a stream for a vsock connection: %s", error)
-            connection.close()
-            return
-        await handler(reader, writer)
+    _stream_socket = staticmethod(_as_stream_socket)
 
     async def open_host_connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        sock = above_standard(socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM))
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         try:
@@ -153,13 +172,6 @@ class VsockTransport(Transport):
             raise
         return await _streams_for(_as_stream_socket(sock))
 
-    def close(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._listener.fileno())
-            self._listener.close()
-            self._listener = None
-
 
 class UnixTransport(Transport):
     def __init__(self, base_path: str, listener: socket.socket | None = None):
@@ -167,7 +179,6 @@ class UnixTransport(Transport):
         self.port = protocol.INIT_PORT
         self.description = f"Unix socket {base_path} (dev mode)"
         self._listener = listener
-        self._server: asyncio.AbstractServer | None = None
         # Firecracker names each host connection by a local port number; so do we.
         self._local_ports = itertools.count(1 << 30)
 
@@ -190,18 +201,20 @@ class UnixTransport(Transport):
         # Listening already, unless guest/ready.py could not before the imports.
         listener = ready.adopt(self._listener or ready.listen(self.base_path))
         self._listener = None
-        self._server = await asyncio.start_unix_server(accept, sock=listener, limit=STREAM_LIMIT)
+        self._accept(listener, accept)
 
     async def open_host_connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_unix_connection(f"{self.base_path}_{port}", limit=STREAM_LIMIT)
+        sock = above_standard(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, f"{self.base_path}_{port}")
+        except BaseException:
+            sock.close()
+            raise
+        return await _streams_for(sock)
 
     def close(self) -> None:
-        if self._listener is not None:  # never adopted: the loop did not get to serve
-            self._listener.close()
-            self._listener = None
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        super().close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.base_path)
 
