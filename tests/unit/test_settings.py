@@ -139,3 +139,10 @@ def test_the_process_settings_warn_on_stderr_and_keep_the_usable_knobs():
     assert result.stdout.split() == ["50.0", "2048", str(DEFAULT_MAX_UNPACKED_BYTES)]
     assert "init1: ALEPH_LIFESPAN_STARTUP_TIMEOUT must be at most" in result.stderr
     assert "init1: ALEPH_MAX_UNPACKED_BYTES must be at most" in result.stderr
+
+
+def test_the_orphan_grace_is_a_setting():
+    assert Settings.read({}).orphan_grace == 10.0
+    assert Settings.read({"ALEPH_ORPHAN_GRACE": "0.5"}).orphan_grace == 0.5
+    with pytest.raises(SettingsError, match="ALEPH_ORPHAN_GRACE"):
+        Settings.read({"ALEPH_ORPHAN_GRACE": "nan"})

@@ -15,6 +15,7 @@ and the init's behaviour cannot change under it while it runs.
 | `ALEPH_MAX_RESPONSE_BYTES`       | 256 MiB        | a larger response body is an error answer; the program's stream is no longer read |
 | `ALEPH_LIFESPAN_STARTUP_TIMEOUT` | 50 s           | how long an ASGI app's lifespan startup may take |
 | `ALEPH_MAX_UNPACKED_BYTES`       | 4 GiB          | the most one archive (code, input data) may unpack to, or the free space less 1/16 when smaller |
+| `ALEPH_ORPHAN_GRACE`             | 10 s           | how long an orphan's zombie waits before PID 1 reaps it (linux.OrphanReaper) |
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
 DEFAULT_LIFESPAN_STARTUP_TIMEOUT = 50.0
 #: The root filesystem is a tmpfs in RAM: one archive may not fill it.
 DEFAULT_MAX_UNPACKED_BYTES = 4 * 2**30
+#: linux.ORPHAN_GRACE, without importing linux here.
+DEFAULT_ORPHAN_GRACE = 10.0
 #: The largest number a knob takes: C's ssize_t, which a byte count reaches in msgpack's
 #: buffer size, read() and mmap (a larger one raises OverflowError there, at every call).
 MAX_SETTING = 2**63 - 1
@@ -62,6 +65,7 @@ class Settings(Record):
         "max_request_bytes",
         "max_response_bytes",
         "max_unpacked_bytes",
+        "orphan_grace",
         "root",
         "uds",
     )  # fmt: skip
@@ -78,6 +82,7 @@ class Settings(Record):
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         lifespan_startup_timeout: float = DEFAULT_LIFESPAN_STARTUP_TIMEOUT,
         max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+        orphan_grace: float = DEFAULT_ORPHAN_GRACE,
     ):
         self._fill(locals())
 
@@ -93,6 +98,7 @@ class Settings(Record):
     max_response_bytes: int
     lifespan_startup_timeout: float
     max_unpacked_bytes: int
+    orphan_grace: float
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Settings are read once, at start: {name} cannot change")
@@ -130,6 +136,7 @@ class Settings(Record):
                 "ALEPH_LIFESPAN_STARTUP_TIMEOUT", float, DEFAULT_LIFESPAN_STARTUP_TIMEOUT
             ),
             max_unpacked_bytes=number("ALEPH_MAX_UNPACKED_BYTES", int, DEFAULT_MAX_UNPACKED_BYTES),
+            orphan_grace=number("ALEPH_ORPHAN_GRACE", float, DEFAULT_ORPHAN_GRACE),
         )
 
 
