@@ -50,9 +50,11 @@ DEFAULT_MAX_UNPACKED = DEFAULT_MAX_UNPACKED_BYTES
 MAX_ARCHIVE_ENTRIES = 100_000
 #: Share of the free space an archive may not take: the program needs room to run.
 FREE_SPACE_MARGIN_DIVISOR = 16
-#: A tar extended header or GNU long name larger than this is refused before tarfile
-#: reads it into memory (a path is at most 4 KiB; a compressed one can expand to GiBs).
-MAX_TAR_HEADER_BYTES = 1 << 20
+#: The most header bytes tarfile may read whole for one entry (extended headers, GNU
+#: long names), and for the archive's global headers, refused before it reads them: a
+#: path is at most 4 KiB, and a compressed header can expand to GiBs. tarfile parses
+#: them into a dict of about 25 bytes per byte in the worst case (distinct keys).
+MAX_TAR_HEADER_BYTES = 256 << 10
 MAX_LINK_TARGET_BYTES = 4096
 #: The kernel's PATH_MAX; deeper nesting than this also keeps the walk and the cleanup cheap.
 MAX_NAME_BYTES = 4096
