@@ -240,8 +240,9 @@ class OrphanReaper:
     steals its status from the program: Popen.wait() then answers 0, multiprocessing's
     is_alive() stays True for ever, asyncio answers 255. So a zombie is reaped only when
     this process did not create it (record_created_children, which the reaper starts)
-    and is not MANAGED_CHILDREN, and only once it has waited `grace` seconds: that
-    covers a child whose creator has not recorded it yet, and one created by C code.
+    and is not MANAGED_CHILDREN, and only once it has waited `grace` seconds: a child
+    whose creator has not recorded it yet is recorded by then, and one created by C
+    code (not recorded) has that long to be collected by its owner.
     """
 
     def __init__(self, grace: float = ORPHAN_GRACE):
