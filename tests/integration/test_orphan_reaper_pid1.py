@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from aleph_runtime.host.machines.sandbox import Sandbox, SandboxMachine
 from aleph_runtime.host.program import program_config
-from tests.integration.nsguest import INIT1, REPOSITORY, guest_env, needs_root
+from tests.integration.nsguest import INIT1, REPOSITORY, guest_env
 
-pytestmark = needs_root
+pytestmark = pytest.mark.root
 
 APP = b"""
 import json, multiprocessing, os, subprocess
