@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     import msgpack as _msgpack_module
 
 _msgpack = None
-#: What msgpack raises on bytes that are not one complete msgpack object (set with _msgpack).
+#: What msgpack raises on bytes that are not one complete msgpack object, or whose map
+#: has a key Python cannot hash (an array or a map: TypeError). Set with _msgpack.
 _unpack_errors: tuple[type[Exception], ...] = ()
 
 
@@ -33,7 +34,7 @@ def _codec():
     if _msgpack is None:
         import msgpack
 
-        _unpack_errors = (ValueError, msgpack.UnpackException)
+        _unpack_errors = (ValueError, TypeError, msgpack.UnpackException)
         _msgpack = msgpack
     return _msgpack
 
@@ -308,7 +309,7 @@ async def read_run_request(reader: asyncio.StreamReader, first: bytes, max_bytes
             pass
         except msgpack.BufferFull:
             raise RequestTooLarge("request", max_bytes) from None
-        except unpack_errors as error:  # FormatError, StackError...
+        except unpack_errors as error:  # FormatError, StackError, an unhashable map key...
             raise ProtocolError(f"malformed run request: {type(error).__name__}: {error}") from None
         chunk = await reader.read(READ_CHUNK)
         if not chunk:

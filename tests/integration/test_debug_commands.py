@@ -9,24 +9,24 @@ import asyncio
 import pytest
 
 from aleph_runtime import protocol
-from aleph_runtime.host.machines.dev import DevInit
+from aleph_runtime.host.machines.dev import DevMachine
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])
 async def init(tmp_path, request):
-    instance = DevInit(tmp_path / "vm", env={"ALEPH_EVENT_LOOP": request.param})
+    instance = DevMachine(tmp_path / "vm", env={"ALEPH_EVENT_LOOP": request.param})
     await instance.start()
     yield instance
     await instance.stop()
 
 
-async def connect(init: DevInit) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def connect(init: DevMachine) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_unix_connection(init.uds_path)
     writer.write(protocol.connect_line(protocol.INIT_PORT))
     return reader, writer
 
 
-async def command_in_segments(init: DevInit, segments: list[bytes], pause: float) -> bytes:
+async def command_in_segments(init: DevMachine, segments: list[bytes], pause: float) -> bytes:
     """Write the segments with a pause between them, as a host's write can reach the
     guest; then read the answer until EOF, as host/supervisor.py's `command` does."""
     reader, writer = await connect(init)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from aleph_runtime.host.machines.dev import DevInit
+from aleph_runtime.host.machines.dev import DevMachine
 from aleph_runtime.host.program import program_config
 
 HOLDS_STDOUT_CLOSED = b"""
@@ -57,7 +57,7 @@ async def app(scope, receive, send):
 
 @pytest.fixture(params=["uvloop", "asyncio"])
 async def init(tmp_path, request):
-    instance = DevInit(tmp_path / "vm", env={"ALEPH_EVENT_LOOP": request.param})
+    instance = DevMachine(tmp_path / "vm", env={"ALEPH_EVENT_LOOP": request.param})
     await instance.start()
     await instance.configure(program_config(HOLDS_STDOUT_CLOSED, "main:app"))
     yield instance
@@ -93,7 +93,7 @@ async def test_calls_made_while_the_program_holds_stdout_closed_answer_cleanly(i
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 async def test_an_init_started_without_0_1_2_gives_children_open_ones(tmp_path, event_loop):
-    instance = DevInit(
+    instance = DevMachine(
         tmp_path / "vm", python="sh", env={"ALEPH_EVENT_LOOP": event_loop},
         python_flags=("-c", 'exec "$0" "$@" <&- >&- 2>&-', sys.executable, "-OO"),
     )  # fmt: skip

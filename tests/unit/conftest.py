@@ -21,11 +21,12 @@ def program(tmp_path):
     code = tmp_path / "code"
     code.mkdir()
 
-    def load(source: str, attribute: str = "app"):
+    def load(source: str, attribute: str | None = "app"):
+        """attribute None: an entrypoint naming only the module, as aleph-vm may send it."""
         module = f"program_{uuid.uuid4().hex[:12]}"
         (code / f"{module}.py").write_text(textwrap.dedent(source))
         config = Config(
-            vm_hash="0" * 64, interface=Interface.ASGI, encoding=Encoding.ZIP, entrypoint=f"{module}:{attribute}",
+            vm_hash="0" * 64, interface=Interface.ASGI, encoding=Encoding.ZIP, entrypoint=module if attribute is None else f"{module}:{attribute}",
             code=None, input_data=None, network=Network(),
         )  # fmt: skip
         return load_asgi_app(config, paths, code)

@@ -618,3 +618,203 @@ def test_a_zip_needing_a_newer_version_is_an_archive_error(tmp_path):
     data[central + 6 : central + 8] = (217).to_bytes(2, "little")
     with pytest.raises(ArchiveError, match=r"not a valid zip archive: zip file version 21\.7"):
         extract_zip(bytes(data), tmp_path / "dest")
+
+
+# --- headers tarfile reads whole, built byte by byte (tarfile cannot write these) ---
+
+
+def tar_block(name: bytes, size: int, kind: bytes, raw_size: bytes | None = None, extra=()) -> bytes:
+    """One ustar header block: `raw_size` replaces the octal size field (base-256 sizes),
+    `extra` is (offset, bytes) written over the block before the checksum."""
+    block = bytearray(512)
+    block[0 : len(name)] = name
+    block[100:108] = b"0000644\0"
+    block[108:116] = block[116:124] = b"0000000\0"
+    block[124:136] = raw_size if raw_size is not None else b"%011o\0" % size
+    block[136:148] = b"00000000000\0"
+    block[156:157] = kind
+    block[257:265] = b"ustar\x0000"
+    for offset, data in extra:
+        block[offset : offset + len(data)] = data
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def pax_records(fields: dict[str, str]) -> bytes:
+    records = b""
+    for key, value in fields.items():
+        body = f" {key}={value}\n".encode()
+        length = len(body) + 1
+        while len(str(length)) + len(body) != length:
+            length += 1
+        records += str(length).encode() + body
+    return records
+
+
+def compressed_tar(*parts: bytes, compress=None) -> bytes:
+    import gzip
+
+    return (compress or gzip.compress)(b"".join(parts) + b"\0" * 1024)
+
+
+def sparse_10_tar(entries: int) -> bytes:
+    """GNU sparse 1.0 (pax GNU.sparse.major=1): the map, `entries` (offset, size) pairs as
+    decimal lines, sits at the start of the member's data; tarfile reads it whole in next()."""
+    records = pax_records(
+        {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "f", "GNU.sparse.realsize": "1"}
+    )
+    sparse_map = b"%d\n" % entries + b"0\n" * (2 * entries)
+    return compressed_tar(
+        tar_block(b"./PaxHeaders/f", len(records), b"x"),
+        padded(records),
+        tar_block(b"./GNUSparseFile.0/f", len(sparse_map), b"0"),
+        padded(sparse_map),
+    )
+
+
+def old_gnu_sparse_tar(extension_blocks: int) -> bytes:
+    """The old GNU 'S' type: 4 (offset, size) pairs in the header, 21 more in each
+    extension block that follows while its last byte says so; tarfile reads them all."""
+    pair = b"%011o\0%011o\0" % (1, 1)
+    header = tar_block(b"f", 0, b"S", extra=((386, pair * 4), (482, b"\x01"), (483, b"%011o\0" % 1)))
+    extension = bytearray(pair * 21 + b"\0" * (512 - 21 * 24))
+    extension[504] = 1
+    last = bytearray(extension)
+    last[504] = 0
+    return compressed_tar(header, bytes(extension) * (extension_blocks - 1), bytes(last))
+
+
+def negative_size_long_name_tar(zeros: int) -> bytes:
+    """A GNU long name whose size field is a negative base-256 number: tarfile reads
+    `size` rounded to blocks, and bz2's negative read is the whole rest of the stream."""
+    import bz2
+
+    negative = b"\xff" * 10 + b"\xfc\x00"  # -1024
+    return compressed_tar(
+        tar_block(b"././@LongLink", 0, b"L", raw_size=negative), b"\0" * zeros, compress=bz2.compress
+    )
+
+
+#: Extracts argv[1] (a tar) with max_unpacked 64 KiB; prints the refusal (or None) and how
+#: much the process's peak resident memory grew meanwhile, as JSON.
+EXTRACT_MEASURED = r"""
+import json, resource, sys
+from aleph_runtime.guest import archive
+archive._tar()  # tarfile imported before the measure
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+error = None
+try:
+    archive.extract_tar(data, sys.argv[2], max_unpacked=64 << 10)
+except archive.ArchiveError as e:
+    error = str(e)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"error": error, "growth_kib": after - before}))
+"""
+
+
+def extract_measured(tmp_path: Path, data: bytes) -> dict:
+    (tmp_path / "hostile.tar").write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-c", EXTRACT_MEASURED, str(tmp_path / "hostile.tar"), str(tmp_path / "dest")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY / "runtime")},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [lambda: sparse_10_tar(2_000_000), lambda: old_gnu_sparse_tar(40_000)],
+    ids=["gnu-sparse-1.0", "old-gnu-sparse"],
+)
+def test_a_sparse_map_is_refused_before_tarfile_reads_it(tmp_path, hostile):
+    """Issue 28: 8 KB of gzip made the extracting process grow by 312 MiB, then succeed."""
+    data = hostile()
+    assert len(data) < 100_000
+    outcome = extract_measured(tmp_path, data)
+    print(f"{len(data)} bytes: {outcome}")
+    assert outcome["error"] is not None and "is a sparse file" in outcome["error"], outcome
+    assert outcome["growth_kib"] < 8 << 10, outcome  # KiB: the refusal's cost, not the map's
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"GNU.sparse.map": "0,1," * 1000 + "0,1"}, {"GNU.sparse.size": "1", "GNU.sparse.offset": "0"}],
+    ids=["pax-0.1", "pax-0.0"],
+)
+def test_every_pax_sparse_format_is_refused(tmp_path, fields):
+    records = pax_records({**fields, "GNU.sparse.name": "disk.img"})
+    data = compressed_tar(
+        tar_block(b"PaxHeaders/f", len(records), b"x"), padded(records), tar_block(b"f", 0, b"0")
+    )
+    with pytest.raises(ArchiveError, match="is a sparse file"):
+        extract_tar(data, tmp_path / "dest")
+
+
+def test_a_global_sparse_key_is_refused(tmp_path):
+    records = pax_records({"GNU.sparse.realsize": "1000000000"})
+    data = compressed_tar(tar_block(b"g", len(records), b"g"), padded(records), tar_block(b"f", 0, b"0"))
+    with pytest.raises(ArchiveError, match="is a sparse file"):
+        extract_tar(data, tmp_path / "dest")
+
+
+def test_a_negative_size_is_refused_at_once(tmp_path):
+    """A base-256 size of -512 sent tarfile back onto the same header: 100,000 times, 9 s of
+    CPU for 100 bytes (and a gzip rewind per step on a big archive), then a wrong reason."""
+    minus_512 = b"\xff" * 10 + b"\xfe\x00"
+    data = compressed_tar(
+        tar_block(b"a", 1, b"0"), padded(b"a"), tar_block(b"b", 0, b"0", raw_size=minus_512)
+    )
+    with pytest.raises(ArchiveError, match="'b' has a negative size"):
+        extract_tar(data, tmp_path / "dest")
+    records = pax_records({"size": "-512"})
+    data = compressed_tar(
+        tar_block(b"PaxHeaders/c", len(records), b"x"), padded(records), tar_block(b"c", 0, b"0")
+    )
+    with pytest.raises(ArchiveError, match="'c' has a negative size"):
+        extract_tar(data, tmp_path / "dest2")
+
+
+def test_header_bytes_count_against_the_limit(tmp_path):
+    """Each long name and pax header is bytes unpacked into PID 1's memory: a 64 KiB limit
+    stops an archive of small files with big headers."""
+    members = []
+    for index in range(10):
+        info = tar_info(f"f{index}")
+        info.pax_headers = {"comment": "x" * 8000}
+        members.append((info, b"x"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in members:
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    extract_tar(buffer.getvalue(), tmp_path / "roomy", max_unpacked=1 << 20)
+    with pytest.raises(
+        ArchiveError, match=r"more than 65536 bytes, the limit \(stopped at entry '\(the header"
+    ):
+        extract_tar(buffer.getvalue(), tmp_path / "dest", max_unpacked=64 << 10)
+
+
+def test_headers_before_one_entry_are_bounded_together(tmp_path):
+    """Each under the size limit, many together are held at once (tarfile recurses)."""
+    records = pax_records({"comment": "x" * 200_000})
+    chain = [tar_block(b"PaxHeaders/f", len(records), b"x") + padded(records)] * 6
+    with pytest.raises(ArchiveError, match="bytes of extended headers before one entry"):
+        extract_tar(compressed_tar(*chain, tar_block(b"f", 0, b"0")), tmp_path / "a")
+    small = pax_records({"comment": "x"})
+    chain = [tar_block(b"PaxHeaders/f", len(small), b"x") + padded(small)] * 20
+    with pytest.raises(ArchiveError, match="more than 16 headers before one entry"):
+        extract_tar(compressed_tar(*chain, tar_block(b"f", 0, b"0")), tmp_path / "b")
+    glob = [tar_block(b"g", len(records), b"g") + padded(records), tar_block(b"f", 0, b"0")] * 6
+    with pytest.raises(ArchiveError, match="bytes of extended headers in global headers"):
+        extract_tar(compressed_tar(*glob), tmp_path / "c")

@@ -54,6 +54,26 @@ def test_app_wins_over_application(program):
     assert app.__name__ == "app"
 
 
+@pytest.mark.parametrize("name", ["app", "application"])
+def test_an_entrypoint_naming_only_the_module_serves_its_app_then_its_application(program, name):
+    # aleph-vm sends the message's entrypoint as it is: `main` for a zip or squashfs program.
+    app = program(f"async def {name}(scope, receive, send):\n    pass\n", attribute=None)
+    assert app.__name__ == name
+
+
+def test_an_entrypoint_naming_only_the_module_says_what_it_tried(program):
+    with pytest.raises(ConfigError) as caught:
+        program(ASGI_APPS, attribute=None)
+    message = str(caught.value)
+    assert "has no 'app' nor 'application'; its ASGI applications are 'handler', 'server'" in message
+    assert message.startswith("the entrypoint 'program_") and "\n" not in message
+
+
+def test_a_missing_app_names_the_fallback_it_tried_too(program):
+    with pytest.raises(ConfigError, match="has no 'app' nor 'application'; it defines no ASGI application"):
+        program("x = 1\n")
+
+
 def test_a_missing_attribute_lists_the_modules_asgi_apps(program):
     with pytest.raises(ConfigError) as caught:
         program(ASGI_APPS, attribute="apps")

@@ -193,3 +193,19 @@ def test_entrypoint_paths_are_ascii_dotted_identifiers(entrypoint, accepted):
     else:
         with pytest.raises(ConfigError):
             split_entrypoint(entrypoint, Encoding.ZIP)
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "encoding", "expected"),
+    [
+        ("main", Encoding.ZIP, ("main", "app")),
+        ("pkg.server", Encoding.SQUASHFS, ("pkg.server", "app")),
+        ("main", Encoding.TAR, ("main", "app")),
+        ("main:api", Encoding.ZIP, ("main", "api")),
+        ("handler", Encoding.PLAIN, ("main", "handler")),
+    ],
+)
+def test_an_entrypoint_without_a_colon_names_the_module_of_an_archive(entrypoint, encoding, expected):
+    from aleph_runtime.guest.code import split_entrypoint
+
+    assert split_entrypoint(entrypoint, encoding) == expected

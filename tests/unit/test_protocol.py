@@ -102,6 +102,21 @@ async def test_read_run_request_bounds_and_names_what_it_refuses():
         await protocol.read_run_request(_reader(b"\xc1" * 10), b"\x81\xc1", 1 << 20)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"\x81\x91\x01\x01", b"\x81\xa5scope\x81\x81\x01\x01\x01"],
+    ids=["array key", "map key inside the scope"],
+)
+async def test_a_map_key_python_cannot_hash_is_a_malformed_request(data):
+    """msgpack raises TypeError for it: the init answered nothing, and the supervisor killed the VM."""
+    with pytest.raises(protocol.ProtocolError, match="malformed run request: TypeError: unhashable"):
+        await protocol.read_run_request(_reader(data[3:]), data[:3], 1 << 20)
+    with pytest.raises(protocol.ProtocolError, match="malformed run request: TypeError: unhashable"):
+        await protocol.read_run_request(_reader(), data, 1 << 20)
+    with pytest.raises(protocol.UNPACK_ERRORS):
+        protocol.unpack(data)
+
+
 async def test_read_halt():
     await protocol.read_halt(_reader(b"lt"), b"ha")
     with pytest.raises(protocol.ProtocolError, match="unknown request"):

@@ -18,8 +18,11 @@ Bombs are bounded by what the machine has: the bytes written (rounded up to the
 filesystem's blocks) stay under its free space less a margin, and the entry count under
 both a limit and its free inodes. Declared sizes are checked before anything is written
 (a zip's total, each tar entry's), a zip's entries are counted before zipfile parses its
-central directory, and tar headers that tarfile would read whole are bounded. On any
-failure, what the extraction created is removed.
+central directory, and the tar headers tarfile reads whole inside next() (extended
+headers, long names) are bounded before it reads them and counted against the byte
+limit. Sparse tar members are refused as their header is read: tarfile would read their
+map whole, and a few KB of gzip make hundreds of MB of it. On any failure, what the
+extraction created is removed.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ DEFAULT_MAX_UNPACKED = DEFAULT_MAX_UNPACKED_BYTES
 MAX_ARCHIVE_ENTRIES = 100_000
 #: Share of the free space an archive may not take: the program needs room to run.
 FREE_SPACE_MARGIN_DIVISOR = 16
-#: A tar extended header or GNU long name larger than this is refused before tarfile
-#: reads it into memory (a path is at most 4 KiB; a compressed one can expand to GiBs).
-MAX_TAR_HEADER_BYTES = 1 << 20
+#: The most header bytes tarfile may read whole for one entry (extended headers, GNU
+#: long names), and for the archive's global headers, refused before it reads them: a
+#: path is at most 4 KiB, and a compressed header can expand to GiBs. tarfile parses
+#: them into a dict of about 25 bytes per byte in the worst case (distinct keys).
+MAX_TAR_HEADER_BYTES = 256 << 10
 MAX_LINK_TARGET_BYTES = 4096
 #: The kernel's PATH_MAX; deeper nesting than this also keeps the walk and the cleanup cheap.
 MAX_NAME_BYTES = 4096
@@ -161,7 +166,11 @@ class _Extraction:
     def count(self, size: int, name: str) -> None:
         # What the filesystem spends, not the content's length: 100,000 one-byte files take 400 MB
         # (directories and links, a few hundred bytes of kernel memory each, are bounded by the count).
-        self.unpacked += -(-size // self.block) * self.block
+        self.count_exact(-(-size // self.block) * self.block, name)
+
+    def count_exact(self, size: int, name: str) -> None:
+        """Count `size` bytes as they are (a tar header's, which costs memory, not blocks)."""
+        self.unpacked += size
         if self.unpacked > self.max_unpacked:
             raise ArchiveError(
                 f"archive unpacks to more than {self.max_unpacked} bytes, {self.limit_reason} "
@@ -459,13 +468,68 @@ def extract_zip(
 
 #: Compressions tarfile reads, by their magic bytes.
 _TAR_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+_TAR_BLOCK = 512
 #: tarfile's XHDTYPE, XGLTYPE, SOLARIS_XHDTYPE, GNUTYPE_LONGNAME and GNUTYPE_LONGLINK.
 _HEADERS_READ_WHOLE = (b"x", b"g", b"X", b"L", b"K")
+_GLOBAL_HEADER = b"g"
+#: tarfile's GNUTYPE_SPARSE: the old GNU sparse format, its map in extension blocks.
+_OLD_GNU_SPARSE = b"S"
+#: Headers before one entry: a long name, a long link and a pax header are three.
+MAX_TAR_HEADERS_PER_ENTRY = 16
+
+
+class _TarHeaderBudget:
+    """What one archive's headers may cost PID 1 while tarfile parses them.
+
+    tarfile reads an extended header or a GNU long name whole, then the next header,
+    recursively, before next() returns: the headers before one entry are held at once
+    (bounded together), global headers are kept for the whole archive (bounded
+    together), and every one of them is counted against the extraction's byte limit.
+    """
+
+    def __init__(self, extraction: _Extraction):
+        self.extraction = extraction
+        self.chain_bytes = 0
+        self.chain_headers = 0
+        self.global_bytes = 0
+
+    def header(self, size: int, kind: bytes, offset: int) -> None:
+        cost = _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
+        self.chain_bytes += cost
+        self.chain_headers += 1
+        if kind == _GLOBAL_HEADER:
+            self.global_bytes += cost
+        if self.chain_headers > MAX_TAR_HEADERS_PER_ENTRY:
+            raise ArchiveError(
+                f"archive has more than {MAX_TAR_HEADERS_PER_ENTRY} headers before one entry (at byte {offset})"
+            )
+        if self.chain_bytes > MAX_TAR_HEADER_BYTES or self.global_bytes > MAX_TAR_HEADER_BYTES:
+            raise ArchiveError(
+                f"archive has more than {MAX_TAR_HEADER_BYTES} bytes of extended headers "
+                f"{'in global headers' if self.global_bytes > MAX_TAR_HEADER_BYTES else 'before one entry'} "
+                f"(at byte {offset})"
+            )
+        self.extraction.count_exact(cost, f"(the header at byte {offset})")
+
+    def entry(self) -> None:
+        self.chain_bytes = self.chain_headers = 0
+
+
+def _sparse_refused(name: object) -> ArchiveError:
+    return ArchiveError(f"archive entry {name!r} is a sparse file (a GNU tar format), which is not supported")
+
+
+def _sparse_name(member, arguments: tuple) -> object:
+    """The name a sparse member's pax headers give it, else its header's."""
+    for argument in arguments:
+        if isinstance(argument, dict) and "GNU.sparse.name" in argument:
+            return argument["GNU.sparse.name"]
+    return member.name
 
 
 @functools.cache
 def _tar():
-    """tarfile, a TarInfo that bounds what it reads whole, and the read errors with tar's.
+    """tarfile, a TarInfo that bounds what tarfile reads whole, and the read errors with tar's.
 
     Imported by the first tar to unpack, not at boot: most programs come as zip or
     squashfs, and PID 1 keeps what it imports (tarfile: 0.3 MB, and its import time).
@@ -473,14 +537,51 @@ def _tar():
     import tarfile
 
     class BoundedTarInfo(tarfile.TarInfo):
-        """tarfile reads an extended header or a GNU long name whole into memory: bound it first."""
+        """Checks every header as tarfile has parsed its 512 bytes, before it reads what
+        follows: an extended header or a long name is bounded (`budget`, set by each
+        extraction on its own subclass), a sparse file's map is never read.
+
+        A sparse map is refused rather than bounded: tarfile reads the old format's
+        extension blocks and version 1.0's map whole inside next(), a few KB of gzip
+        expanding to hundreds of MB of tuples, and sparse members (`tar --sparse`) are
+        disk images, not code.
+        """
+
+        budget: _TarHeaderBudget
 
         def _proc_member(self, tarfile_):
-            if self.type in _HEADERS_READ_WHOLE and self.size > MAX_TAR_HEADER_BYTES:
-                raise tarfile.HeaderError(
-                    f"a {self.size}-byte extended header (more than {MAX_TAR_HEADER_BYTES})"
-                )
+            if self.size < 0:
+                # A base-256 size field can be negative: tarfile would read the rest of
+                # the stream, or step back onto this header for ever.
+                raise ArchiveError(f"archive entry {self.name!r} has a negative size (at byte {self.offset})")
+            if self.type == _OLD_GNU_SPARSE:
+                raise _sparse_refused(self.name)
+            if self.type in _HEADERS_READ_WHOLE:
+                self.budget.header(self.size, self.type, self.offset)
+            else:
+                self.budget.entry()
             return super()._proc_member(tarfile_)
+
+        # tarfile calls these on the pax header that announces a sparse file, before
+        # version 1.0's map (in the member's data) is read; their other arguments differ
+        # between Python releases.
+        def _proc_gnusparse_00(self, next_, *arguments):
+            raise _sparse_refused(_sparse_name(next_, arguments))
+
+        def _proc_gnusparse_01(self, next_, *arguments):
+            raise _sparse_refused(_sparse_name(next_, arguments))
+
+        def _proc_gnusparse_10(self, next_, *arguments):
+            raise _sparse_refused(_sparse_name(next_, arguments))
+
+        def _apply_pax_info(self, pax_headers, encoding, errors):
+            # Any GNU.sparse key (in an extended or a global header) announces one, even
+            # when its version is one tarfile does not handle.
+            if any(key.startswith("GNU.sparse.") for key in pax_headers):
+                raise _sparse_refused(pax_headers.get("GNU.sparse.name", self.name))
+            super()._apply_pax_info(pax_headers, encoding, errors)
+            if self.size < 0:  # a pax `size` record, read after _proc_member's check
+                raise ArchiveError(f"archive entry {self.name!r} has a negative size")
 
     return tarfile, BoundedTarInfo, (tarfile.TarError, *_READ_ERRORS)
 
@@ -502,41 +603,54 @@ def extract_tar(
     """Unpack a tar (gzip, bzip2, xz or uncompressed, told from its bytes) into dest."""
     compression = tar_compression(data)
     tarfile, bounded_tarinfo, read_errors = _tar()
-    try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}", tarinfo=bounded_tarinfo)
-    except read_errors as error:
-        raise ArchiveError(f"not a valid tar archive: {error}") from None
-    with archive, _Extraction(dest, max_unpacked, max_entries) as extraction:
-        name = "(the first entry)"
-        while True:
-            try:
-                member = archive.next()
-            except read_errors as error:
-                raise ArchiveError(f"the tar archive is broken after entry {name!r}: {error}") from None
-            if member is None:
-                break
-            # tarfile keeps every member it read; 100,000 of them are 100 MB of PID 1's memory.
-            archive.members.clear()
-            name = member.name
-            extraction.entry(name)
-            parts = _member_parts(name)
-            try:
-                if member.isdir():
-                    extraction.directory(parts, name, member.mode)
-                elif member.isreg():
-                    extraction.room_for(member.size, name)
-                    source = archive.extractfile(member)
-                    extraction.file(parts, name, source, member.mode)
-                elif member.issym():
-                    extraction.symlink(parts, name, member.linkname)
-                elif member.islnk():
-                    extraction.hard_link(parts, name, member.linkname)
-                else:
-                    raise ArchiveError(f"archive entry {name!r} is a device, FIFO or socket")
-            except ArchiveError:
-                raise
-            except OSError as error:  # reads raise ArchiveError (see _read): this is a write's
-                raise _errors_named(name, error) from None
-            except read_errors as error:
-                raise ArchiveError(f"the tar archive is broken at entry {name!r}: {error}") from None
-        extraction.finish()
+    with _Extraction(dest, max_unpacked, max_entries) as extraction:
+        # Its own subclass, so its own budget: tarfile.open() already parses the first entry.
+        tarinfo = type("ArchiveTarInfo", (bounded_tarinfo,), {"budget": _TarHeaderBudget(extraction)})
+        try:
+            archive = tarfile.open(fileobj=io.BytesIO(data), mode=f"r:{compression}", tarinfo=tarinfo)
+        except ArchiveError:
+            raise  # a ValueError, as read errors are: BoundedTarInfo's refusal of the first entry
+        except read_errors as error:
+            raise ArchiveError(f"not a valid tar archive: {error}") from None
+        with archive:
+            _extract_tar_members(archive, extraction, read_errors)
+
+
+def _extract_tar_members(archive, extraction: _Extraction, read_errors: tuple[type[Exception], ...]) -> None:
+    name = "(the first entry)"
+    while True:
+        try:
+            member = archive.next()
+        except ArchiveError:
+            raise  # BoundedTarInfo's refusal, which names what it refused
+        except read_errors as error:
+            raise ArchiveError(f"the tar archive is broken after entry {name!r}: {error}") from None
+        if member is None:
+            break
+        # tarfile keeps every member it read; 100,000 of them are 100 MB of PID 1's memory.
+        archive.members.clear()
+        name = member.name
+        extraction.entry(name)
+        parts = _member_parts(name)
+        if member.sparse is not None:  # refused as its header was read (BoundedTarInfo): never reached
+            raise _sparse_refused(name)
+        try:
+            if member.isdir():
+                extraction.directory(parts, name, member.mode)
+            elif member.isreg():
+                extraction.room_for(member.size, name)
+                source = archive.extractfile(member)
+                extraction.file(parts, name, source, member.mode)
+            elif member.issym():
+                extraction.symlink(parts, name, member.linkname)
+            elif member.islnk():
+                extraction.hard_link(parts, name, member.linkname)
+            else:
+                raise ArchiveError(f"archive entry {name!r} is a device, FIFO or socket")
+        except ArchiveError:
+            raise
+        except OSError as error:  # reads raise ArchiveError (see _read): this is a write's
+            raise _errors_named(name, error) from None
+        except read_errors as error:
+            raise ArchiveError(f"the tar archive is broken at entry {name!r}: {error}") from None
+    extraction.finish()

@@ -74,13 +74,19 @@ class Paths(Record):
 
 
 def split_entrypoint(entrypoint: str, encoding: Encoding) -> tuple[str, str]:
-    """(module, attribute path) from `module.sub:attr.sub`; a plain program may name only the attribute."""
+    """(module, attribute path) from `module.sub:attr.sub`.
+
+    Without a colon, a plain program's entrypoint names the attribute (of PLAIN_MODULE);
+    an archive's or a squashfs's names the module, and the app is inferred as `app`
+    (then `application`, load_asgi_app): aleph-vm passes the message's entrypoint as it
+    is, and `main` is how people name the module that holds `app`.
+    """
     if ":" in entrypoint:
         module, attribute = entrypoint.split(":", 1)
     elif encoding is Encoding.PLAIN:
         module, attribute = PLAIN_MODULE, entrypoint
     else:
-        raise ConfigError(f"the entrypoint {entrypoint!r} must be 'module:attribute' for an ASGI program")
+        module, attribute = entrypoint, INFERRED_ATTRIBUTES[0]
     if not _is_dotted_name(module):
         raise ConfigError(f"the entrypoint's module {module!r} is not a valid Python module path")
     if not _is_dotted_name(attribute):
@@ -123,8 +129,9 @@ def executable_path(config: Config, paths: Paths) -> Path:
     return paths.code / relative
 
 
-#: Django's convention (`asgi.py` exposes `application`): tried when `app` is absent.
-FALLBACK_ATTRIBUTE = ("app", "application")
+#: What `app` may also be found as: Django's convention (`asgi.py` exposes `application`).
+#: The first is also the attribute of an entrypoint that names only a module.
+INFERRED_ATTRIBUTES = ("app", "application")
 #: At most this many names are listed in a missing-attribute error.
 MAX_LISTED = 8
 
@@ -167,7 +174,9 @@ def _looks_like_asgi(value: object) -> bool:
     return len(required) <= 3 <= len(positional) or any(p.kind is p.VAR_POSITIONAL for p in parameters)
 
 
-def _missing_attribute(entrypoint: str, module_name: str, attribute: str, module: object) -> ConfigError:
+def _missing_attribute(
+    entrypoint: str, module_name: str, candidates: list[str], module: object
+) -> ConfigError:
     try:
         names = [
             name
@@ -183,11 +192,12 @@ def _missing_attribute(entrypoint: str, module_name: str, attribute: str, module
         found = f"; its ASGI applications are {listed}: name one as '{module_name}:<name>'"
     else:
         found = "; it defines no ASGI application (an async callable taking scope, receive and send)"
-    return ConfigError(f"the entrypoint {entrypoint!r}: module {module_name!r} has no {attribute!r}{found}")
+    tried = " nor ".join(repr(candidate) for candidate in candidates)
+    return ConfigError(f"the entrypoint {entrypoint!r}: module {module_name!r} has no {tried}{found}")
 
 
 def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
-    """Import the entrypoint; a missing module or attribute is a ConfigError naming it."""
+    """Import the entrypoint; a missing module or attribute is a ConfigError naming what was tried."""
     module_name, attribute = split_entrypoint(config.entrypoint, config.encoding)
     for directory in (code_directory, paths.packages):
         if str(directory) in sys.path:
@@ -214,7 +224,7 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
         ) from None
     finally:
         collector.resume(paused)
-    candidates = [attribute] + ([FALLBACK_ATTRIBUTE[1]] if attribute == FALLBACK_ATTRIBUTE[0] else [])
+    candidates = list(INFERRED_ATTRIBUTES) if attribute == INFERRED_ATTRIBUTES[0] else [attribute]
     for candidate in candidates:
         target: object = module
         try:
@@ -231,7 +241,7 @@ def load_asgi_app(config: Config, paths: Paths, code_directory: Path):
             )
         break
     else:
-        raise _missing_attribute(config.entrypoint, module_name, attribute, module) from None
+        raise _missing_attribute(config.entrypoint, module_name, candidates, module) from None
     if not callable(target):
         raise ConfigError(
             f"the entrypoint {config.entrypoint!r} is not callable (it is a {type(target).__name__})"

@@ -449,10 +449,10 @@ def install_signal_handlers(init: Init) -> None:
         loop.add_signal_handler(signum, init.request_halt, signal.Signals(signum).name)
 
 
-async def reap_orphans_forever(interval: float = 1.0) -> None:
+async def reap_orphans_forever(interval: float = 1.0, grace: float = linux.ORPHAN_GRACE) -> None:
     """PID 1 adopts every orphan; reap those nobody else waits for (`linux.OrphanReaper`:
     the program's own children are left to the program)."""
-    reaper = linux.OrphanReaper()
+    reaper = linux.OrphanReaper(grace)
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)

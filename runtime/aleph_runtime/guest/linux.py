@@ -1,6 +1,7 @@
 """Thin ctypes wrappers around the libc calls PID 1 needs: mount, umount, reboot,
-sethostname, sync. Each raises OSError with the call's errno on failure. Also the
-links a devtmpfs lacks.
+sethostname, sync, prctl. Each raises OSError with the call's errno on failure. Also the
+links a devtmpfs lacks, and PID 1's orphan reaper with the record of the children this
+process created, which the reaper must leave to their creator.
 
 ctypes is imported and libc loaded on first use, so importing this module costs next
 to nothing: the init's start (no volumes) never needs either (sethostname is the socket
@@ -165,27 +166,95 @@ def set_child_subreaper() -> None:
 #: executable program): PID 1's zombie reaper leaves them alone at once, whatever their age.
 MANAGED_CHILDREN: set[int] = set()
 
+#: The children this process created through Python, pid -> start time (clock ticks
+#: since boot, /proc/<pid>/stat's 22nd field, which tells the child from a later
+#: process given its pid): their creator collects them, never the orphan reaper.
+CREATED_CHILDREN: dict[int, int] = {}
+
 #: How long a zombie child may wait for its owner before PID 1 reaps it as an orphan.
 ORPHAN_GRACE = 10.0
+
+#: Where Python creates processes: (module name, function); each returns the pid, or
+#: (pid, fd). subprocess binds _posixsubprocess.fork_exec at import as _fork_exec;
+#: multiprocessing's spawn calls _posixsubprocess's; os.spawn*, pty and multiprocessing's
+#: fork call os.fork (or os.forkpty) through the module, so every path meets a wrapper.
+_CREATORS = (
+    ("os", "fork"),
+    ("os", "forkpty"),
+    ("os", "posix_spawn"),
+    ("os", "posix_spawnp"),
+    ("_posixsubprocess", "fork_exec"),
+    ("subprocess", "_fork_exec"),
+)
+_recording = False
+
+
+def record_created_children() -> None:
+    """From now on, record in CREATED_CHILDREN every child this process creates (once).
+
+    The kernel keeps no trace of who forked a process: a child this process forked and
+    an orphan re-parented to it have the same ppid, session and thread-group parent, and
+    the original parent's pid is gone with it. What the kernel cannot tell, the creator
+    can: Python's process-creating functions are wrapped to note each pid they return.
+    A process created by C code in this process (a C extension's fork()) is not seen;
+    for it the reaper's grace remains.
+    """
+    global _recording
+    if _recording:
+        return
+    _recording = True
+    import importlib
+
+    for module_name, name in _CREATORS:
+        module = importlib.import_module(module_name)
+        create = getattr(module, name, None)
+        if create is not None and not getattr(create, "_records_children", False):
+            setattr(module, name, _recording_wrapper(create))
+    # A child is not PID 1, and its own children are not ours.
+    os.register_at_fork(after_in_child=CREATED_CHILDREN.clear)
+
+
+def _recording_wrapper(create):
+    import functools
+
+    @functools.wraps(create)
+    def create_and_record(*args, **kwargs):
+        result = create(*args, **kwargs)
+        pid = result[0] if isinstance(result, tuple) else result
+        if isinstance(pid, int) and pid > 0:
+            started = _start_time(pid)
+            if started is not None:  # else another thread of its creator already collected it
+                CREATED_CHILDREN[pid] = started
+        return result
+
+    create_and_record._records_children = True
+    return create_and_record
 
 
 class OrphanReaper:
     """Reaps the zombies nobody waits for, and only those.
 
-    An in-process ASGI program's own children (subprocess.Popen, asyncio's subprocesses)
-    are PID 1's children too, indistinguishable from the orphans it adopts. Reaping every
-    exited child at once would steal their status from the program: Popen.wait() then
-    answers 0, asyncio 255, and uvloop's process.wait() never returns. So a zombie is
-    reaped only once it has waited ORPHAN_GRACE seconds: an owner collects its child on
-    SIGCHLD or when it waits, well within that; an orphan has no owner and goes then.
+    PID 1 (or a subreaper) adopts every orphan, and its zombie stays until PID 1 waits
+    for it. An in-process ASGI program's own children (subprocess.Popen,
+    multiprocessing, asyncio's subprocesses) are PID 1's children too, and reaping one
+    steals its status from the program: Popen.wait() then answers 0, multiprocessing's
+    is_alive() stays True for ever, asyncio answers 255. So a zombie is reaped only when
+    this process did not create it (record_created_children, which the reaper starts)
+    and is not MANAGED_CHILDREN, and only once it has waited `grace` seconds: a child
+    whose creator has not recorded it yet is recorded by then, and one created by C
+    code (not recorded) has that long to be collected by its owner.
     """
 
     def __init__(self, grace: float = ORPHAN_GRACE):
         self.grace = grace
         self.first_seen: dict[int, float] = {}
+        # The records are pruned when more than this many are left (the peek below
+        # skips /proc while no zombie waits): they stay in proportion to live children.
+        self.prune_above = 64
+        record_created_children()
 
     def sweep(self, now: float) -> list[tuple[int, int]]:
-        """Reap the zombies seen for `grace` seconds; [(pid, wait status)]."""
+        """Reap the orphans' zombies seen for `grace` seconds; [(pid, wait status)]."""
         try:
             # One cheap peek (WNOWAIT reaps nothing) before reading /proc.
             waiting = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -193,8 +262,17 @@ class OrphanReaper:
             waiting = None
         if waiting is None or waiting.si_pid == 0:
             self.first_seen.clear()
+            if len(CREATED_CHILDREN) > self.prune_above:
+                self._prune(dict(CREATED_CHILDREN), _children())
             return []
-        zombies = _zombie_children() - MANAGED_CHILDREN
+        recorded = dict(CREATED_CHILDREN)  # before the scan: each of these is in it, unless collected
+        children = _children()
+        self._prune(recorded, children)
+        zombies = {
+            pid
+            for pid, (state, started) in children.items()
+            if state == b"Z" and CREATED_CHILDREN.get(pid) != started and pid not in MANAGED_CHILDREN
+        }
         # A pid is not reused while it is a zombie: one seen again is the same child.
         self.first_seen = {pid: self.first_seen.get(pid, now) for pid in zombies}
         reaped = []
@@ -210,19 +288,36 @@ class OrphanReaper:
                 reaped.append((got, status))
         return reaped
 
+    def _prune(self, recorded: dict[int, int], children: dict[int, tuple[bytes, int]]) -> None:
+        """Forget the recorded children their creator collected (or whose pid is another's now)."""
+        for pid, started in recorded.items():
+            if children.get(pid, (b"", None))[1] != started and CREATED_CHILDREN.get(pid) == started:
+                del CREATED_CHILDREN[pid]
+        self.prune_above = max(64, 2 * len(CREATED_CHILDREN))
 
-def _zombie_children() -> set[int]:
-    """Our children that have exited and are not yet waited for, from /proc."""
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """/proc/<pid>/stat's fields after the command name (state first), or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            return file.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
+
+
+def _children() -> dict[int, tuple[bytes, int]]:
+    """Our children, pid -> (state, start time), from /proc."""
     me = str(os.getpid()).encode()
-    found = set()
+    found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as file:
-                fields = file.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == b"Z" and fields[1] == me:
-            found.add(int(name))
+        fields = _stat_fields(name)
+        if fields is not None and len(fields) > 19 and fields[1] == me:
+            found[int(name)] = (fields[0], int(fields[19]))
     return found

@@ -80,7 +80,8 @@ def _new_event_loop(name: str) -> asyncio.AbstractEventLoop:
 
 async def _serve(init: Init, reap: bool) -> None:
     install_signal_handlers(init)
-    reaper = asyncio.get_running_loop().create_task(reap_orphans_forever()) if reap else None
+    grace = init.settings.orphan_grace
+    reaper = asyncio.get_running_loop().create_task(reap_orphans_forever(grace=grace)) if reap else None
     try:
         await init.serve()
     finally:

@@ -15,11 +15,14 @@ and the init's behaviour cannot change under it while it runs.
 | `ALEPH_MAX_RESPONSE_BYTES`       | 256 MiB        | a larger response body is an error answer; the program's stream is no longer read |
 | `ALEPH_LIFESPAN_STARTUP_TIMEOUT` | 50 s           | how long an ASGI app's lifespan startup may take |
 | `ALEPH_MAX_UNPACKED_BYTES`       | 4 GiB          | the most one archive (code, input data) may unpack to, or the free space less 1/16 when smaller |
+| `ALEPH_ORPHAN_GRACE`             | 10 s           | how long an orphan's zombie waits before PID 1 reaps it (linux.OrphanReaper) |
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 
 from aleph_runtime.guest.record import Record
 from aleph_runtime.protocol import MAX_RESPONSE_VARIABLE
@@ -36,6 +39,15 @@ DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
 DEFAULT_LIFESPAN_STARTUP_TIMEOUT = 50.0
 #: The root filesystem is a tmpfs in RAM: one archive may not fill it.
 DEFAULT_MAX_UNPACKED_BYTES = 4 * 2**30
+#: linux.ORPHAN_GRACE, without importing linux here.
+DEFAULT_ORPHAN_GRACE = 10.0
+#: The largest number a knob takes: C's ssize_t, which a byte count reaches in msgpack's
+#: buffer size, read() and mmap (a larger one raises OverflowError there, at every call).
+MAX_SETTING = 2**63 - 1
+#: The characters of a number as people write one: int() and float() also take Unicode
+#: digits ("١٢٣"), underscores, "nan" and "inf", none of which is a sane limit.
+_INTEGER_CHARACTERS = frozenset("0123456789")
+_DECIMAL_CHARACTERS = frozenset("0123456789.eE+-")
 
 
 class SettingsError(ValueError):
@@ -54,6 +66,7 @@ class Settings(Record):
         "max_request_bytes",
         "max_response_bytes",
         "max_unpacked_bytes",
+        "orphan_grace",
         "root",
         "uds",
     )  # fmt: skip
@@ -70,6 +83,7 @@ class Settings(Record):
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         lifespan_startup_timeout: float = DEFAULT_LIFESPAN_STARTUP_TIMEOUT,
         max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+        orphan_grace: float = DEFAULT_ORPHAN_GRACE,
     ):
         self._fill(locals())
 
@@ -85,6 +99,7 @@ class Settings(Record):
     max_response_bytes: int
     lifespan_startup_timeout: float
     max_unpacked_bytes: int
+    orphan_grace: float
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Settings are read once, at start: {name} cannot change")
@@ -98,8 +113,17 @@ class Settings(Record):
         uds: str | None = None,
         root: str | None = None,
         force_vsock: bool = False,
+        problems: list[str] | None = None,
     ) -> Settings:
-        """The settings from the environment and kernel command line; arguments win over variables."""
+        """The settings from the environment and kernel command line; arguments win over variables.
+
+        A knob whose value is unusable raises SettingsError, or, given a `problems` list,
+        takes its default and adds a sentence saying so to the list.
+        """
+
+        def number(name: str, kind: type, default):
+            return _number_or_default(environ, name, kind, default, problems)
+
         return cls(
             uds=uds or environ.get("ALEPH_VSOCK_UDS") or None,
             root=root or environ.get("ALEPH_INIT_ROOT") or None,
@@ -107,12 +131,13 @@ class Settings(Record):
             event_loop=environ.get("ALEPH_EVENT_LOOP", "uvloop"),
             debug=environ.get("ALEPH_LOG_LEVEL", "").upper() == "DEBUG"
             or "aleph.debug" in kernel_cmdline.split(),
-            max_request_bytes=_number(environ, "ALEPH_MAX_REQUEST_BYTES", int, DEFAULT_MAX_REQUEST_BYTES),
-            max_response_bytes=_number(environ, MAX_RESPONSE_VARIABLE, int, DEFAULT_MAX_RESPONSE_BYTES),
-            lifespan_startup_timeout=_number(
-                environ, "ALEPH_LIFESPAN_STARTUP_TIMEOUT", float, DEFAULT_LIFESPAN_STARTUP_TIMEOUT
+            max_request_bytes=number("ALEPH_MAX_REQUEST_BYTES", int, DEFAULT_MAX_REQUEST_BYTES),
+            max_response_bytes=number(MAX_RESPONSE_VARIABLE, int, DEFAULT_MAX_RESPONSE_BYTES),
+            lifespan_startup_timeout=number(
+                "ALEPH_LIFESPAN_STARTUP_TIMEOUT", float, DEFAULT_LIFESPAN_STARTUP_TIMEOUT
             ),
-            max_unpacked_bytes=_number(environ, "ALEPH_MAX_UNPACKED_BYTES", int, DEFAULT_MAX_UNPACKED_BYTES),
+            max_unpacked_bytes=number("ALEPH_MAX_UNPACKED_BYTES", int, DEFAULT_MAX_UNPACKED_BYTES),
+            orphan_grace=number("ALEPH_ORPHAN_GRACE", float, DEFAULT_ORPHAN_GRACE),
         )
 
 
@@ -125,19 +150,48 @@ def read_kernel_cmdline(path: str = "/proc/cmdline") -> str:
         return ""
 
 
-def _number(environ: Mapping[str, str], name: str, kind: type, default):
+def _number_or_default(
+    environ: Mapping[str, str], name: str, kind: type, default, problems: list[str] | None
+):
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = kind(raw)
+        return _number(name, raw, kind)
+    except SettingsError as error:
+        if problems is None:
+            raise
+        problems.append(f"{error}: using its default, {default}")
+        return default
+
+
+def _number(name: str, raw: str, kind: type):
+    """A positive, finite ASCII number no larger than MAX_SETTING, else SettingsError."""
+    text = raw.strip(" \t\n")
+    try:
+        if not text or not (_INTEGER_CHARACTERS if kind is int else _DECIMAL_CHARACTERS).issuperset(text):
+            raise ValueError
+        value = kind(text)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+        whole = "a whole " if kind is int else "a "
+        raise SettingsError(f"{name} must be {whole}number in ASCII digits, not {raw[:40]!r}") from None
+    if not math.isfinite(value) or value > MAX_SETTING:
+        raise SettingsError(f"{name} must be at most {MAX_SETTING}, not {raw[:40]!r}")
     if value <= 0:
-        raise SettingsError(f"{name} must be positive, not {raw!r}")
+        raise SettingsError(f"{name} must be positive, not {raw[:40]!r}")
     return value
 
 
 def from_process(uds: str | None = None, root: str | None = None, force_vsock: bool = False) -> Settings:
-    """The running process's settings: its environment and the kernel's command line."""
-    return Settings.read(os.environ, read_kernel_cmdline(), uds=uds, root=root, force_vsock=force_vsock)
+    """The running process's settings: its environment and the kernel's command line.
+
+    PID 1 must come up whatever its environment holds: an unusable knob takes its
+    default, said on stderr (the console), and the other knobs keep their values.
+    """
+    problems: list[str] = []
+    settings = Settings.read(
+        os.environ, read_kernel_cmdline(), uds=uds, root=root, force_vsock=force_vsock, problems=problems
+    )
+    for problem in problems:
+        print(f"init1: {problem}", file=sys.stderr)
+    return settings
