@@ -11,7 +11,7 @@ function minutes(seconds) {
   return "about " int((seconds + 30) / 60) " min"
 }
 function draw(   text, pct, rate, left) {
-  if (total > 0 && done <= total) {
+  if (total > 0 && done < total) {
     pct = int(100 * done / total)
     text = sprintf("%s: %d/%d objects (%d%%)", label, done, total, pct)
     # A rate from a few seconds of compiling at least: the first objects say little.
@@ -20,6 +20,8 @@ function draw(   text, pct, rate, left) {
       left = (total - done) / rate
       text = text ", " minutes(left) " left"
     }
+  } else if (total > 0) {  # the dry run's count reached: what is left is the link
+    text = sprintf("%s: %d objects compiled, linking", label, done)
   } else {
     text = sprintf("%s: %d objects", label, done)
   }

@@ -56,6 +56,7 @@ START_TIMEOUT = {"dev": 120.0, "vm": 3600.0}
 STOP_TIMEOUT = 60.0
 #: The command's output lines kept (the oldest are dropped).
 MAX_OUTPUT_LINES = 20_000
+MAX_LINE_BYTES = 64 << 10
 _URL_LINE = re.compile(r"Program running at (http://\S+/)")
 _PORT = re.compile(r":(\d+)/$")
 
@@ -184,7 +185,7 @@ class AlephProgram:
             raise AlephProgramError(f"aleph_program: {self.path} is not a program: {error}") from None
 
     def _read(self, stream) -> None:
-        for raw in iter(stream.readline, b""):
+        for raw in iter(lambda: stream.readline(MAX_LINE_BYTES), b""):  # a longer line comes in pieces
             line = raw.decode(errors="replace").rstrip("\r\n")
             with self._changed:
                 self._lines.append(line)

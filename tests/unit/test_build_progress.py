@@ -64,6 +64,11 @@ def test_on_a_terminal_a_line_that_moves():
     assert err.endswith("\r\x1b[K")
 
 
+def test_past_the_total_the_link():
+    _, err = progress(RECORDED.read_bytes(), "1", "1", "compiling vmlinux")
+    assert err.split("\r")[0] == "  compiling vmlinux: 1 objects compiled, linking\x1b[K"
+
+
 def test_without_a_total_the_count_alone():
     _, err = progress(RECORDED.read_bytes(), "1", "0", "compiling vmlinux")
     assert err.split("\r")[0] == "  compiling vmlinux: 1 objects\x1b[K"
