@@ -12,7 +12,7 @@
 # gcc versions) do not change. Progress goes to stderr; the last line on stdout is the
 # output directory, which holds vmlinux, config (the full .config) and kernel.txt.
 # Needs linux-source-6.1, gcc, make, flex, bison, bc, libelf-dev, libssl-dev (setup.sh).
-# A cold build takes about 12 min on 2 cores (its first line says how long on this many),
+# A cold build takes about 13 min on 2 cores (its first line says how long on this many),
 # under `nice`; on a terminal a moving line counts the objects compiled out of the total
 # (make-progress.sh), with the time left.
 set -eu
@@ -61,7 +61,7 @@ if [ -z "$force" ] && [ -f "$out/.complete" ]; then  # built meanwhile by anothe
 fi
 # What a cold build costs, said before it starts: measured, compiling alone took 11 min at
 # -j2 on a 2-core VM (about 22 core-minutes), unpacking and configuring 1-2 min more.
-estimate=$(( (1320 / jobs + 90 + 30) / 60 ))
+estimate=$(( (1320 / jobs + 90 + 30) / 60 ))  # minutes, rounded
 step "node kernel: not in the cache: building $srcpkg $srcver (gcc $gccver, recipe $RECIPE) into $out; about $estimate min with -j$jobs on $(nproc) cores"
 
 mkdir -p "$CACHE_DIR/tmp"

@@ -8,7 +8,7 @@ the standard library only; the node's code runs in the `aleph-runtime run` subpr
     # my_app/test_app.py: without a marker the program is the test file's directory
     def test_index(aleph_program):
         assert aleph_program.client.get("/").status_code == 200
-        assert aleph_program.event({"hello": "world"}) == {"handled": True, ...}
+        assert aleph_program.event({"hello": "world"})["handled"] is True
 
     # options, for the whole module (paths relative to the test file's directory)
     pytestmark = pytest.mark.aleph_program(
