@@ -116,6 +116,7 @@ else
   reuse_tree=
   base=$stages/base-$profile-$base_key
   if [ ! -f "$base.complete" ]; then
+    step "base: not in the cache: debootstrap and the $profile packages, the image's longest step (1-3 min, mostly downloads)"
     rm -rf "$base" "$base.new"
     "$BUILD_DIR/stage-base.sh" "$base.new" "$profile"
     [ "$profile" = lean ] || "$BUILD_DIR/stage-$profile.sh" "$base.new"
@@ -129,6 +130,7 @@ else
 
   pylibs=$stages/python-$profile-$python_key
   if [ -n "$rebuild_python" ] || [ ! -f "$pylibs.complete" ]; then
+    step "python: not in the cache: pip installs the image's Python packages (about a minute, mostly downloads)"
     if [ -n "$update_reqs" ]; then
       "$BUILD_DIR/stage-python.sh" "$root" "$reqs" --resolve
     else

@@ -425,9 +425,7 @@ def run(args: argparse.Namespace) -> int:
 def build_event(args: argparse.Namespace) -> dict:
     """The message to post: the FILE's JSON, or one built from --type, --channel, --content
     in the shape of an aleph message (inline content, its hash as item_hash)."""
-    import hashlib
     import json
-    import time
 
     from aleph_runtime.host.errors import NodeError
 
@@ -449,12 +447,23 @@ def build_event(args: argparse.Namespace) -> dict:
         content = json.loads(args.content)
     except ValueError as error:
         raise NodeError(f"--content is not JSON: {error}") from None
+    return aleph_message(content, args.type, args.channel)
+
+
+def aleph_message(content, message_type: str = "POST", channel: str = "TEST") -> dict:
+    """An aleph message in the network's shape carrying `content` inline, its hash as
+    item_hash (a dict content gets the zero address and the time, as a real one has);
+    also what the pytest fixture's `event()` sends."""
+    import hashlib
+    import json
+    import time
+
     now = time.time()
     if isinstance(content, dict):
         content = {"address": "0x" + "0" * 40, "time": now, **content}
     item_content = json.dumps(content, separators=(",", ":"))
     return {
-        "chain": "ETH", "sender": "0x" + "0" * 40, "type": args.type, "channel": args.channel,
+        "chain": "ETH", "sender": "0x" + "0" * 40, "type": message_type, "channel": channel,
         "item_type": "inline", "item_content": item_content,
         "item_hash": hashlib.sha256(item_content.encode()).hexdigest(), "time": now,
         "content": content, "signature": "", "confirmed": False,

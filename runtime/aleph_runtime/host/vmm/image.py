@@ -99,22 +99,30 @@ def cache_dir() -> Path:
 
 def _run(script: str, args: list[str], progress: TextIO | None, env: dict[str, str] | None) -> Path:
     """Run a build script; progress (its stderr) goes to `progress` (default: our
-    stderr; None keeps it quiet unless it fails). Returns the directory it printed last."""
+    stderr; None keeps it quiet unless it fails). Returns the directory it printed last.
+    Its stderr is relayed as it comes, carriage returns included: when `progress` is a
+    terminal the script is told (ALEPH_RUNTIME_PROGRESS=1) and draws its moving lines."""
+    import codecs
+
     cmd = [str(BUILD_DIR / script), *args]
-    full_env = {**os.environ, **(env or {})}
     stream = sys.stderr if progress is None else progress
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=REPO_DIR
-    )
+    on_terminal = {"ALEPH_RUNTIME_PROGRESS": "1"} if getattr(stream, "isatty", bool)() else {}
+    full_env = {**os.environ, **on_terminal, **(env or {})}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=REPO_DIR)
     assert proc.stderr is not None and proc.stdout is not None
-    tail: list[str] = []
-    for line in proc.stderr:
-        tail = [*tail, line][-40:]
-        stream.write(line)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    tail = ""
+    while chunk := proc.stderr.read1(1 << 16):
+        text = decoder.decode(chunk)
+        tail = (tail + text)[-16384:]
+        stream.write(text)
         stream.flush()
-    out = proc.stdout.read()
+    out = proc.stdout.read().decode(errors="replace")
     if proc.wait() != 0:
-        raise BuildError(f"{script} {' '.join(args)} failed (exit {proc.returncode}):\n{''.join(tail)}")
+        # The last lines as a terminal showed them: a moving line's last state only.
+        lines = tail.replace("\x1b[K", "").split("\n")[-41:]
+        shown = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines if line.strip()]
+        raise BuildError(f"{script} {' '.join(args)} failed (exit {proc.returncode}):\n" + "\n".join(shown))
     lines = out.strip().splitlines()
     if not lines:
         raise BuildError(f"{script} printed no output directory")
