@@ -106,7 +106,7 @@ async def test_plain_program_network_and_halt(images, tmp_path):
         # The kernel's own line for the init's reboot(RB_AUTOBOOT); `reboot=k` on the
         # command line it echoes at boot must not count.
         assert "reboot: Restarting system" in vm.console_text(), vm.console_tail()
-        if vm.initramfs is None:
+        if vm.qemu.initramfs is None:
             # Booted as a node boots: its command line, and no initramfs.
             console = vm.console_text()
             command_line = next(line for line in console.splitlines() if "Command line:" in line)
