@@ -465,7 +465,7 @@ async def throughput(args) -> dict:
     )  # fmt: skip
     result: dict = {"kernel": str(kernel), "initramfs": str(initramfs) if initramfs else None,
                     "rootfs": str(rootfs), "init": args.init or "/sbin/init", "memory_mb": args.memory,
-                    "vcpus": args.vcpus, "machine": vm.machine, "cmdline": vm.kernel_cmdline()}  # fmt: skip
+                    "vcpus": args.vcpus, "machine": vm.qemu.machine, "cmdline": vm.kernel_cmdline()}  # fmt: skip
     try:
         ready = await vm.start(timeout=args.boot_timeout)
         t_ready = vm.elapsed()
