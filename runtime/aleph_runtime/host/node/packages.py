@@ -400,6 +400,21 @@ def size_warning(size: int) -> str | None:
     return None
 
 
+#: What a build that needed a compiler or Python's headers says when the image has none.
+COMPILER_MISSING = ("'cc'", "'gcc'", "x86_64-linux-gnu-gcc", "cc: not found", "gcc: not found", "Python.h")
+
+
+def compiler_hint(output: str, profile: str | None) -> str:
+    """A hint when pip failed building from source for want of a compiler (the lean image has none)."""
+    if (profile or "lean") != "lean" or not any(marker in output for marker in COMPILER_MISSING):
+        return ""
+    return (
+        "\n(a package was built from source and needs a C compiler or Python's headers: the lean image "
+        "has neither; --profile full has gcc and the headers, or pin a version with a wheel for "
+        "CPython 3.11 on manylinux)"
+    )
+
+
 def _tail(output: str, lines: int = ERROR_LINES) -> str:
     kept = [line for line in output.rstrip().splitlines() if line.strip()]
     return "\n".join("  " + line for line in kept[-lines:])
@@ -455,7 +470,8 @@ def build_packages(
             binds=binds, env=env, cwd=requirements.directory,
         )  # fmt: skip
         if installed.returncode != 0:
-            raise PackagesError(f"pip could not install {requirements.source}:\n{_tail(installed.stdout)}")
+            message = f"pip could not install {requirements.source}:\n{_tail(installed.stdout)}"
+            raise PackagesError(message + compiler_hint(installed.stdout, profile))
         progress("writing bytecode (levels 0 and 2, unchecked-hash) with the image's Python")
         compiled = run_in_image(
             tree, compile_bytecode_command(site, PACKAGES_MOUNT), binds=[(work, False)], env={}, cwd=work
