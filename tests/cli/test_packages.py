@@ -7,7 +7,9 @@ The VM test boots the image once and imports the C extension from the built volu
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -238,6 +240,57 @@ async def test_run_builds_caches_and_mounts_the_volume_in_dev_mode(wheelhouse, c
     assert await cli.wait(300) == 2, cli.output()
     assert "No matching distribution found for no-such-package-here" in cli.output()
     assert sorted(cache.iterdir()) == before
+
+
+def test_build_writes_the_code_with_bytecode_and_the_volume(wheelhouse, tmp_path):
+    program = program_with_requirements(tmp_path / "app", "tinylib\n")
+    out = tmp_path / "publish"
+    result = subprocess.run(
+        [sys.executable, "-m", "aleph_runtime.host.node.cli", "build", str(program), "-o", str(out)],
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY / "runtime"), "PIP_NO_INDEX": "1",
+             "PIP_FIND_LINKS": str(wheelhouse)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(out / "code.zip") as archive:
+        assert f"__pycache__/main.{sys.implementation.cache_tag}.opt-2.pyc" in archive.namelist()
+    assert "tinyext.cpython-311-x86_64-linux-gnu.so" in listing(out / "packages.squashfs")
+    assert f"aleph file upload {out}/packages.squashfs" in result.stdout
+    assert (
+        f"aleph program upload {out}/code.zip main:app --immutable-volume mount=/opt/packages,ref="
+        in result.stdout
+    )
+
+
+async def test_watch_rebuilds_the_volume_when_the_requirements_change(wheelhouse, cli_factory, short_dir):
+    program = short_dir / "app"
+    program.mkdir()
+    (program / "main.py").write_text(
+        "import importlib.util\n\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n        return\n"
+        "    body = str(importlib.util.find_spec('tinylib') is not None).encode()\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': body})\n"
+    )
+    (program / "requirements.txt").write_text("tinyext\n")
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)}
+    cli = await cli_factory("--mode", "dev", "--port", "0", "--watch", str(program), env=env)
+    url = await cli.wait_url(300)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            assert await response.text() == "False"
+        (program / "requirements.txt").write_text("tinylib\n")
+        for _ in range(240):
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url) as response:
+                    if await response.text() == "True":
+                        break
+        else:
+            raise AssertionError(f"the new requirements were never installed:\n{cli.output()}")
+    assert "2 distributions from" in cli.output()
+    await stop_cleanly(cli)
 
 
 @pytest.mark.e2e

@@ -217,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     packages.add_argument("--no-index", action="store_true", help="only --find-links: no package index")
 
+    build = commands.add_parser(
+        "build",
+        help="write a program directory's code (with bytecode) and packages volume as files to publish",
+        description="Pack PATH's code as `run` does (zip or squashfs, with the runtime's bytecode) and build "
+        "its packages volume from its requirements.txt or pyproject.toml, into DIR; print aleph-client's "
+        "command lines publishing both.",
+    )
+    build.add_argument("path", metavar="PATH", help="the program's directory")
+    build.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="where the files go")
+    build.add_argument("--encoding", choices=("zip", "squashfs"), help="the code's encoding (zip)")
+    _add_runtime_options(build)
+
     event = commands.add_parser(
         "event",
         help="post an aleph message to a running program's /control/event and print its answer",
@@ -588,12 +600,34 @@ def build_packages_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def build_command(args: argparse.Namespace) -> int:
+    """`aleph-runtime build PATH -o DIR`: the files to publish, and how."""
+    from aleph_runtime.host.errors import NodeError
+    from aleph_runtime.host.node.packages import build_for_publishing
+
+    try:
+        lines = build_for_publishing(
+            Path(args.path), args.output.expanduser().resolve(), encoding=args.encoding, runtime=args.runtime,
+            profile=args.profile, progress=say,
+        )  # fmt: skip
+    except NodeError as error:
+        say(f"error: {error}")
+        return exit_status(error)
+    except Exception as error:  # noqa: BLE001 - a failed image build or mksquashfs: one line
+        say(f"error: {type(error).__name__}: {error}")
+        return EXIT_FAILED
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return run(args)
     if args.command == "packages":
         return build_packages_command(args)
+    if args.command == "build":
+        return build_command(args)
     if args.command == "event":
         return event(args)
     return EXIT_USAGE

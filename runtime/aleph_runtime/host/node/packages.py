@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import tomllib
 from collections.abc import Callable
@@ -522,11 +523,68 @@ def cached_packages(
     return volume, False
 
 
+#: aleph-vm refuses code sent inline (zip, tar) above this size ("Program file too large to
+#: pass as an inline zip": settings.MAX_PROGRAM_ARCHIVE_SIZE, src/aleph/vm/conf.py); squashfs
+#: code is a drive and is not limited.
+MAX_INLINE_CODE_BYTES = 10_000_000
+
+
+def build_for_publishing(
+    source: Path, out: Path, *, encoding: str | None = None, runtime: str = DEFAULT_RUNTIME,
+    profile: str | None = None, progress: Progress = lambda message: None,
+) -> list[str]:  # fmt: skip
+    """`aleph-runtime build`: the program's code archive (with bytecode) and its packages volume
+    written into `out`, as files to publish; the lines to print (what was written, how to publish)."""
+    from aleph_runtime.host.node.inference import infer_program
+    from aleph_runtime.host.program import bytecode_matches, squashfs_directory, zip_directory
+    from aleph_runtime.protocol import Encoding
+
+    if runtime not in RUNTIMES:
+        raise NodeError(f"--runtime {runtime}: one of {', '.join(RUNTIMES)}")
+    program = infer_program(source, encoding=encoding)
+    if program.directory is None:
+        raise NodeError(f"{source} is not a directory: `aleph program upload` takes the file as it is")
+    if program.encoding not in (Encoding.ZIP, Encoding.SQUASHFS):
+        raise NodeError("aleph-client publishes a directory as zip or squashfs: --encoding zip|squashfs")
+    out.mkdir(parents=True, exist_ok=True)
+    bytecode = bytecode_matches(RUNTIME_PYTHON[runtime])
+    if not bytecode:
+        progress(f"this Python ({sys.version.split()[0]}) does not write the bytecode of the runtime's "
+                 f"({RUNTIME_PYTHON[runtime]}): the code is packed without it")  # fmt: skip
+    lines = []
+    if program.encoding is Encoding.SQUASHFS:
+        code = squashfs_directory(program.directory, out / "code.squashfs", bytecode=bytecode)
+    else:
+        code = out / "code.zip"
+        code.write_bytes(zip_directory(program.directory, bytecode=bytecode))
+    size = code.stat().st_size
+    with_bytecode = ", with bytecode" if bytecode else ""
+    lines.append(f"{code}: {program.encoding}{with_bytecode}, {size / 1024:.0f} KiB, sha256 {_sha256(code)}")
+    if program.encoding is Encoding.ZIP and size > MAX_INLINE_CODE_BYTES:
+        lines.append(f"warning: over the {MAX_INLINE_CODE_BYTES // 10**6} MB a node takes as inline code: "
+                     "use --encoding squashfs")  # fmt: skip
+    requirements = find_requirements(program.directory)
+    volume_path = None
+    if requirements is not None:
+        volume = build_packages(requirements, out / "packages.squashfs", runtime=runtime, profile=profile,
+                                progress=progress)  # fmt: skip
+        volume_path = str(volume.path)
+        lines.append(f"{volume.path}: {len(volume.distributions)} distributions from {requirements.source}, "
+                     f"{volume.size / 2**20:.1f} MiB, sha256 {volume.sha256}")  # fmt: skip
+        lines += [f"warning: {warning}" for warning in volume.warnings]
+    lines.append("publish with aleph-client:")
+    if volume_path is not None:
+        lines += [f"  {line}" for line in publish_lines(volume_path, str(code), program.entrypoint)]
+    else:
+        lines.append(f"  aleph program upload {code} {program.entrypoint}")
+    return lines
+
+
 def publish_lines(volume_path: str, code_path: str | None = None, entrypoint: str = "main:app") -> list[str]:
     """aleph-client's command lines publishing the volume (and the code referencing it)."""
     code = code_path or "CODE"
     return [
-        f"aleph file upload {volume_path}                  # prints the STORE message: its item_hash is the volume's ref",
+        f"aleph file upload {volume_path}   # the item_hash of the STORE message it prints is the volume's ref",
         f"aleph program upload {code} {entrypoint} --immutable-volume mount={PACKAGES_MOUNT},ref=<item_hash>",
     ]
 

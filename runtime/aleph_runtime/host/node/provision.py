@@ -140,6 +140,8 @@ class Provision:
             requirements = find_requirements(program.directory)
             if requirements is None or requirements.text != self.requirements.text:
                 self._install_packages(requirements, run_dir)
+                if requirements is not None:
+                    self.progress(f"packages at {self.packages_origin}")
         if program.directory is None and program.code is not None:
             program.code = program.source.read_bytes()  # a .py file, a zip or tar archive
         elif (
