@@ -71,7 +71,7 @@ def test_pip_settings_from_files_then_variables(tmp_path, monkeypatch):
     assert settings["PIP_EXTRA_INDEX_URL"] == f"file://{index} https://example.org/simple"
     assert settings["PIP_FIND_LINKS"] == str(wheels)
     assert "PIP_CERT" not in settings  # the CA bundle is copied in, not named
-    assert set(local_paths(settings)) == {wheels, index}
+    assert set(local_paths(settings)) == {wheels, index.parent}
 
 
 def test_warnings_name_both_versions_and_the_size_limit():

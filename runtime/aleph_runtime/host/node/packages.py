@@ -331,7 +331,8 @@ def host_pip_settings() -> dict[str, str]:
 
 
 def local_paths(settings: dict[str, str]) -> list[Path]:
-    """The local directories the settings name (find-links, file:// indexes): bound into the image."""
+    """The local directories the settings name (find-links, file:// indexes): bound into the
+    image. An index's parent too: a local PEP 503 index links its files as ../../files/..."""
     paths = []
     for key in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
         for item in settings.get(key, "").split():
@@ -342,6 +343,8 @@ def local_paths(settings: dict[str, str]) -> list[Path]:
             else:
                 continue
             directory = path if path.is_dir() else path.parent
+            if key != "PIP_FIND_LINKS" and directory.parent != Path("/"):
+                directory = directory.parent
             if directory.is_dir():
                 paths.append(directory)
     return paths
