@@ -280,7 +280,8 @@ def _options(args: argparse.Namespace):
     if args.mode == "dev" and (args.memory is not None or args.vcpus is not None):
         say("--memory and --vcpus apply to a VM: dev mode runs the init as a local process, without limits")
     if args.mode == "dev" and (args.profile is not None or args.compression is not None):
-        say("--profile and --compression choose the VM's image: dev mode runs with this machine's programs")
+        say("--profile and --compression choose the VM's image: dev mode runs with this machine's programs "
+            "(--profile still chooses the image that builds the packages volume)")  # fmt: skip
     if args.mode == "dev" and args.kernel is not None:
         say("--kernel applies to a VM: dev mode runs the init as a local process")
     if args.runtime not in RUNTIMES:

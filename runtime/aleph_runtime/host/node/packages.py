@@ -179,14 +179,16 @@ def image_python_packages(image: Path) -> dict[str, str]:
 
 
 def image_tree(image: Path, cache: Path, progress: Progress) -> Path:
-    """The image's files, unpacked once into `cache`, keyed by the image's sha256."""
+    """The image's files, unpacked once into `cache`, keyed by its profile and sha256 (one
+    tree per profile is kept: a rebuilt image replaces its profile's)."""
     from aleph_runtime.host.vmm.image import read_manifest
 
     try:
-        digest = read_manifest(image)["sha256"]
+        manifest = read_manifest(image)
+        digest, profile = manifest["sha256"], manifest.get("profile", "image")
     except (OSError, ValueError, KeyError):
-        digest = _sha256(image)
-    tree = cache / "image-trees" / digest[:24]
+        digest, profile = _sha256(image), "image"
+    tree = cache / "image-trees" / f"{profile}-{digest[:24]}"
     if tree.is_dir():
         return tree
     progress(f"unpacking the runtime image once into {tree}")
@@ -203,8 +205,8 @@ def image_tree(image: Path, cache: Path, progress: Progress) -> Path:
             f"unsquashfs {image} failed: {error.stderr.decode(errors='replace').strip()}"
         ) from None
     partial.rename(tree)
-    # Older trees of the same cache (the image was rebuilt) are dropped.
-    for old in tree.parent.iterdir():
+    # The profile's older trees (its image was rebuilt) are dropped.
+    for old in tree.parent.glob(f"{profile}-*"):
         if old != tree and not old.name.endswith(".partial"):
             shutil.rmtree(old, ignore_errors=True)
     return tree
@@ -251,7 +253,10 @@ def run_in_image(
     Output (stdout and stderr merged) is returned, never shown. Root only: until the
     dev-mode container offers a networked run, this is the one step to swap for it."""
     if os.geteuid() != 0:
-        raise SetupError("building a packages volume runs pip inside the runtime image: run as root")
+        raise SetupError(
+            "building a packages volume runs pip inside the runtime image, which needs root here: run as "
+            "root, or mount a volume built elsewhere (--packages FILE)"
+        )
     if shutil.which("unshare") is None:
         raise SetupError("unshare is not installed (util-linux)")
     mount_dir = Path(tempfile.mkdtemp(prefix="aleph-image-"))
@@ -490,9 +495,12 @@ def build_packages(
         warnings += version_warnings(distributions, image_python_packages(image))
         progress(f"packing {len(distributions)} distributions as squashfs")
         out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".partial")
-        reproducible_squashfs(site, partial)
-        partial.replace(out)
+        partial = out.with_name(f".{out.name}.{os.getpid()}.partial")  # two builds of one key do not mix
+        try:
+            reproducible_squashfs(site, partial)
+            partial.replace(out)
+        finally:
+            partial.unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     size = out.stat().st_size
