@@ -6,6 +6,8 @@
     aleph-runtime run ./my_app --volume /opt/lib=./lib --volume mount=/data,persistent=db
     aleph-runtime run ./my_app --mode dev --watch --env-file .env   # restart on edits
     aleph-runtime event --content '{"hello": "world"}'            # an aleph message to the program
+    aleph-runtime packages requirements.txt -o packages.squashfs  # the /opt/packages volume to publish
+    aleph-runtime build ./my_app -o dist       # code.zip (with bytecode) and packages.squashfs to publish
 
 Progress goes to stderr, the URL to stdout. Exit status: 0 after a clean stop
 (Ctrl-C / SIGTERM), 1 when the node could not run (boot failure, a machine that could
