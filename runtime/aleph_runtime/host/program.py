@@ -6,6 +6,7 @@ the V2 configuration a node sends (see aleph-vm's ProgramConfiguration).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -80,10 +81,12 @@ def compile_bytecode_command(
             *levels, "-s", os.fspath(directory), "-p", guest_path, os.fspath(directory)]  # fmt: skip
 
 
-def bytecode_files(name: str, source: bytes) -> list[tuple[str, bytes]]:
+@functools.lru_cache(maxsize=4096)
+def bytecode_files(name: str, source: bytes) -> tuple[tuple[str, bytes], ...]:
     """(archive name, .pyc bytes) of `name`'s unchecked-hash bytecode at BYTECODE_LEVELS, compiled
-    by this Python (whose cache tag and magic must be the runtime's: `bytecode_matches`); [] for
-    a source this Python cannot compile (it fails at import as it would anyway)."""
+    by this Python (whose cache tag and magic must be the runtime's: `bytecode_matches`); () for
+    a source this Python cannot compile (it fails at import as it would anyway). Remembered:
+    `--watch` packs again after each edit, and compiles only the files that changed."""
     from importlib import _bootstrap_external
     from importlib.util import source_hash
 
@@ -96,11 +99,11 @@ def bytecode_files(name: str, source: bytes) -> list[tuple[str, bytes]]:
         try:
             code = compile(source, name, "exec", dont_inherit=True, optimize=level)
         except (SyntaxError, ValueError):
-            return []
+            return ()
         pyc = _bootstrap_external._code_to_hash_pyc(code, source_hash(source), checked=False)
         suffix = f".opt-{level}" if level else ""
         files.append((f"{prefix}{stem}.{tag}{suffix}.pyc", bytes(pyc)))
-    return files
+    return tuple(files)
 
 
 def bytecode_matches(python_version: str | None) -> bool:
