@@ -266,7 +266,7 @@ def run_in_image(
             "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", **env,
         }  # fmt: skip
         argv = [
-            "unshare", "--mount", "--pid", "--fork", "--propagation", "private",
+            "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
             "/bin/sh", "-c", IN_IMAGE_SCRIPT, "aleph-image", str(mount_dir), str(tree), str(cwd), *pairs, "--",
             "env", "-i", *(f"{key}={value}" for key, value in inside_env.items()), *command,
         ]  # fmt: skip
