@@ -326,3 +326,19 @@ async def test_packages_option_and_the_volume_in_a_vm(images, wheelhouse, cli_fa
     assert body.endswith(" bytecode")
     assert f"packages at /opt/packages: {volume} (--packages)" in cli.output()
     await stop_cleanly(cli)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
+async def test_run_builds_the_volume_for_a_vm(images, wheelhouse, cli_factory, short_dir):
+    """One boot: PATH's requirements.txt built into the volume, a drive at /opt/packages."""
+    program = program_with_requirements(short_dir / "app", "tinylib\n")
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)}
+    cli = await cli_factory("--port", "0", str(program), env=env)
+    url = await cli.wait_url(600)
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        body = await response.text()
+    assert response.status == 200, body
+    assert body.startswith("42 /opt/packages/tinyext.cpython-311-x86_64-linux-gnu.so ")
+    assert f"packages at /opt/packages: 2 distributions from {program}/requirements.txt" in cli.output()
+    await stop_cleanly(cli)

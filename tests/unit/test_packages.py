@@ -18,6 +18,7 @@ from aleph_runtime.host.node.packages import (
     find_requirements,
     host_pip_settings,
     local_paths,
+    prune_cache,
     read_requirements,
     size_warning,
     version_warnings,
@@ -126,3 +127,20 @@ def test_bytecode_matches_the_runtimes_minor_version():
     assert bytecode_matches(f"{major}.{minor}.2")
     assert not bytecode_matches(f"{major}.{minor + 1}")
     assert not bytecode_matches(None)
+
+
+def test_the_cache_keeps_the_newest_volumes(tmp_path):
+    import os
+
+    for age in range(5):
+        for suffix in (".squashfs", ".json"):
+            path = tmp_path / f"key{age}{suffix}"
+            path.write_text("x")
+            os.utime(path, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
+    prune_cache(tmp_path, keep=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "key0.json",
+        "key0.squashfs",
+        "key1.json",
+        "key1.squashfs",
+    ]

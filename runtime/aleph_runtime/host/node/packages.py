@@ -59,6 +59,8 @@ BUILD_VERSION = "1"
 #: The pip settings passed into the image (a setting's file:// or local paths are bound in).
 PIP_SETTINGS = ("index-url", "extra-index-url", "find-links", "trusted-host", "default-timeout", "no-index")
 PIP_INSTALL_TIMEOUT = 1800
+#: How many built volumes `run`'s cache keeps (the most recently built).
+CACHED_VOLUMES = 8
 
 
 class PackagesError(NodeError):
@@ -531,7 +533,16 @@ def cached_packages(
             pass
     volume = build_packages(requirements, path, runtime=runtime, profile=profile, progress=progress)
     manifest.write_text(json.dumps(volume.manifest(), indent=1))
+    prune_cache(cache)
     return volume, False
+
+
+def prune_cache(cache: Path, keep: int = CACHED_VOLUMES) -> None:
+    """Each edit of the requirements is a new volume: all but the `keep` newest go."""
+    built = sorted(cache.glob("*.squashfs"), key=lambda item: item.stat().st_mtime_ns, reverse=True)
+    for old in built[keep:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
 
 
 #: aleph-vm refuses code sent inline (zip, tar) above this size ("Program file too large to

@@ -195,6 +195,11 @@ class Provision:
         requirements = find_requirements(program.directory)
         if requirements is None:
             return None
+        if self.options.mode == "dev" and os.geteuid() != 0:
+            # pip runs inside the runtime image, which needs root here; dev mode can do without.
+            self.progress(f"{requirements.source.name}: not installed (building the packages volume needs root): "
+                          "the program gets this machine's virtualenv packages")  # fmt: skip
+            return None
         return self._install_packages(requirements, run_dir)
 
     def _install_packages(self, requirements: Requirements | None, run_dir: Path) -> Path | None:
