@@ -1,7 +1,7 @@
 """The packages volume: a program's Python dependencies as the network loads them.
 
-    volume = build_packages(Path("requirements.txt"), Path("packages.squashfs"))
-    print(volume.sha256, volume.size)
+    volume = build_packages(read_requirements(Path("requirements.txt")), Path("packages.squashfs"))
+    print(volume.sha256, volume.size, volume.warnings)
 
 A program ships its libraries as an immutable volume mounted at /opt/packages, first on
 the init's sys.path. Built here:
@@ -15,6 +15,8 @@ the init's sys.path. Built here:
 
 `run` builds it through a cache keyed by the requirements, runtime and profile
 (`cached_packages`); nothing is cached when pip fails, and its last lines are the error.
+`aleph-runtime build` (`build_for_publishing`) writes it beside the code archive, with
+aleph-client's command lines publishing both.
 """
 
 from __future__ import annotations
