@@ -227,10 +227,13 @@ class Provision:
             shutil.copyfile(volume.path, partial)
         partial.replace(drive)
         if self.options.mode == "dev":
-            directory = run_dir / "packages"
-            fresh = self._unsquash(drive, run_dir / "packages.new")
-            shutil.rmtree(directory, ignore_errors=True)
-            fresh.rename(directory)
+            # A directory per volume, `packages` the link to the current one: the running init
+            # keeps what it mounted until it is replaced; the next start mounts the new one.
+            unpacked = self._unsquash(drive, run_dir / f"packages-{volume.sha256[:12]}")
+            link = run_dir / "packages.link"
+            link.unlink(missing_ok=True)
+            link.symlink_to(unpacked.name)
+            link.replace(run_dir / "packages")
         self.packages_volume = volume
         how = "cached" if cached else "built"
         self.packages_origin = (
@@ -285,7 +288,7 @@ class Provision:
             self.progress(f"volume {volume.mount}: {target}{where}")
         if self._packages_source(run_dir) is not None:
             if self.requirements is not None:
-                target = run_dir / "packages"  # rebuilt in place by `repack`
+                target = run_dir / "packages"  # a link `repack` points at the rebuilt volume
             else:
                 target = self._unsquash(self.options.packages.expanduser().resolve())
             machine.place(PACKAGES_MOUNT, target, True)
@@ -298,13 +301,12 @@ class Provision:
         return machine
 
     def _unsquash(self, image: Path, target: Path | None = None) -> Path:
-        """A squashfs image unpacked once into the state directory's cache (dev mode), or into `target`."""
+        """A squashfs image unpacked once into the state directory's cache (dev mode), or into
+        `target` (named after the image's content: an existing one is kept)."""
         if target is None:
             info = image.stat()
             key = hashlib.sha256(f"{image}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
             target = self.state_dir / "cache" / "unsquashed" / key
-        else:
-            shutil.rmtree(target, ignore_errors=True)
         if not target.is_dir():
             self.progress(f"unpacking {image} (dev mode cannot mount it)")
             partial = target.with_name(target.name + ".partial")
