@@ -169,6 +169,14 @@ def test_volume_from_local_wheels_is_compiled_and_reproducible(wheelhouse, tmp_p
     assert hashlib.sha256((tmp_path / "b.squashfs").read_bytes()).hexdigest() == sha
 
 
+def test_a_requirements_file_including_another(wheelhouse, tmp_path):
+    (tmp_path / "requirements.txt").write_text("-r base.txt\n")
+    (tmp_path / "base.txt").write_text("tinyext==1.0\n")
+    result = packages_command(str(tmp_path), "-o", str(tmp_path / "i.squashfs"), *offline(wheelhouse))
+    assert result.returncode == 0, result.stderr
+    assert "1 distributions for debian-12 (lean): tinyext 1.0" in result.stdout
+
+
 def test_pyproject_dependencies_and_a_version_the_image_has_otherwise(wheelhouse, tmp_path):
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "p"\nversion = "0"\ndependencies = ["idna==9.9.9"]\n'

@@ -51,6 +51,12 @@ def test_the_cache_key_follows_requirements_runtime_and_profile(tmp_path):
     assert len(keys) == 3
     (tmp_path / "requirements.txt").write_text("six\nidna\n")
     assert find_requirements(tmp_path).key("debian-12", "lean") not in keys
+    # An included file is part of the key.
+    (tmp_path / "requirements.txt").write_text("-r base.txt\n")
+    (tmp_path / "base.txt").write_text("six\n")
+    before = find_requirements(tmp_path).key("debian-12", "lean")
+    (tmp_path / "base.txt").write_text("six==1.16.0\n")
+    assert find_requirements(tmp_path).key("debian-12", "lean") != before
 
 
 def test_pip_settings_from_files_then_variables(tmp_path, monkeypatch):

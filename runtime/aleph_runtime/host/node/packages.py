@@ -54,6 +54,8 @@ RUNTIME_PYTHON = {"debian-12": "3.11"}
 #: download_file: "TODO: Limit max size"), but cannot fetch what the network refused.
 MAX_IMMUTABLE_VOLUME_BYTES = 1 << 30
 MAX_STORAGE_ENGINE_BYTES = 100 << 20
+#: At most this many files included by `-r`/`-c` lines are read into a cache key.
+MAX_INCLUDED_FILES = 32
 #: How many of pip's last output lines an error quotes.
 ERROR_LINES = 15
 #: Bumped when the way a volume is built changes: cached volumes are then rebuilt.
@@ -82,9 +84,30 @@ class Requirements:
         """Where relative paths in the requirements are read from (pip runs there)."""
         return self.source.parent
 
+    def identity(self) -> str:
+        """The text, with the files it includes (`-r`, `-c`) appended: what a build depends on."""
+        parts, seen = [self.text], set()
+        pending = [(self.directory, self.text)]
+        while pending and len(seen) < MAX_INCLUDED_FILES:
+            directory, text = pending.pop()
+            for line in text.splitlines():
+                words = line.split()
+                if len(words) >= 2 and words[0] in ("-r", "-c", "--requirement", "--constraint"):
+                    included = (directory / words[1]).resolve()
+                    if included in seen or not included.is_file():
+                        continue
+                    seen.add(included)
+                    try:
+                        content = included.read_text(errors="replace")
+                    except OSError:
+                        continue
+                    parts.append(f"{included}\0{content}")
+                    pending.append((included.parent, content))
+        return "\0".join(parts)
+
     def key(self, runtime: str, profile: str) -> str:
-        """The cache key: these requirements, for this runtime and profile."""
-        digest = hashlib.sha256(f"{BUILD_VERSION}\0{runtime}\0{profile}\0{self.text}".encode())
+        """The cache key: these requirements (with what they include), for this runtime and profile."""
+        digest = hashlib.sha256(f"{BUILD_VERSION}\0{runtime}\0{profile}\0{self.identity()}".encode())
         return digest.hexdigest()[:24]
 
 
@@ -469,7 +492,13 @@ def build_packages(
     try:
         site = work / "site"
         site.mkdir()
-        (work / "requirements.txt").write_text(requirements.text)
+        # A requirements file is read where it is (its `-r` and `-c` lines are relative to it);
+        # a pyproject.toml's dependencies are written out as one.
+        if requirements.source.name == "pyproject.toml":
+            requirements_file = work / "requirements.txt"
+            requirements_file.write_text(requirements.text)
+        else:
+            requirements_file = requirements.source
         binds = [(work, False), (requirements.directory, True)]
         binds += [(path, True) for path in dict.fromkeys([*links, *local_paths(settings)]) if path != work]
         progress(
@@ -479,7 +508,7 @@ def build_packages(
             tree,
             ["python3", "-m", "pip", "install", "--target", str(site), "--no-compile", "--prefer-binary",
              "--break-system-packages", "--no-warn-script-location", "--progress-bar", "off",
-             "-r", str(work / "requirements.txt")],
+             "-r", str(requirements_file)],
             binds=binds, env=env, cwd=requirements.directory,
         )  # fmt: skip
         if installed.returncode != 0:

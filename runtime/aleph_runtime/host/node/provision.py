@@ -138,7 +138,7 @@ class Provision:
         program = self.options.program
         if self.requirements is not None and program.directory is not None:
             requirements = find_requirements(program.directory)
-            if requirements is None or requirements.text != self.requirements.text:
+            if requirements is None or requirements.identity() != self.requirements.identity():
                 self._install_packages(requirements, run_dir)
                 if requirements is not None:
                     self.progress(f"packages at {self.packages_origin}")
