@@ -143,6 +143,18 @@ def file_handle(directory):
     return True, f"the filesystem's root: {sorted(os.listdir(f'/proc/self/fd/{fd}'))[:6]}"
 
 
+def open_fds():
+    """Descriptors past stdio that the probe did not open: a host directory's would be a way out."""
+    listing = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    extra = [fd for fd in os.listdir(f"/proc/self/fd/{listing}") if int(fd) > 2 and int(fd) != listing]
+    extra = [
+        f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}"
+        for fd in extra
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    ]
+    return bool(extra), ", ".join(extra) or "none"
+
+
 def mount_tmpfs():
     """Allowed: a mount in the container's own namespace (the init mounts volumes)."""
     os.makedirs("/tmp/own", exist_ok=True)
@@ -165,6 +177,7 @@ ACTIONS = {
     "mount_device": mount_device,
     "file_handle": file_handle,
     "mount_tmpfs": mount_tmpfs,
+    "open_fds": open_fds,
 }
 
 
@@ -183,13 +196,18 @@ def run_one(name, args):
     data = b""
     while chunk := os.read(read, 65536):
         data += chunk
+    os.close(read)
     os.waitpid(pid, 0)
     return json.loads(data or b'{"ok": false, "detail": "the probe died"}')
 
 
 def main():
     asked = json.loads(sys.argv[1])
-    results = {name: run_one(name, args) for name, args in asked.items()}
+    # First, in this process: what it was started with.
+    results = (
+        {"open_fds": dict(zip(("ok", "detail"), open_fds(), strict=True))} if "open_fds" in asked else {}
+    )
+    results.update({name: run_one(name, args) for name, args in asked.items() if name != "open_fds"})
     print("PROBE " + json.dumps(results), flush=True)
 
 

@@ -189,7 +189,10 @@ class Doors:
         self.key = state / "signing.key"
         self.key.write_bytes(os.urandom(32))
         self.key.chmod(0o600)
-        self.probe_dir = base / "probe"
+        # Behind a directory only the host's root may enter (as a checkout in /root is).
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        self.probe_dir = private / "probe"
         self.probe_dir.mkdir()
         shutil.copy(PROBE, self.probe_dir / "probe.py")
         disk = os.stat(self.probe_dir).st_dev
@@ -212,6 +215,7 @@ class Doors:
             "mount_device": self.disk,
             "file_handle": ["/probe"],
             "mount_tmpfs": [],
+            "open_fds": [],
         }
 
     def seen_from_host(self) -> dict[str, bool]:
@@ -407,6 +411,8 @@ def test_root_inside_holds_no_host_capability(legacy, contained):
     assert box.spec.ids.uid != 0
     # Its own mounts are fine: the init mounts volumes, as in a VM.
     assert results["mount_tmpfs"]["ok"] is True, results["mount_tmpfs"]
+    # The binds came through descriptors (the probe's directory is behind a 0700 one): none is left open.
+    assert results["open_fds"] == {"ok": False, "detail": "none"}
 
 
 def test_network_reaches_outside_not_host_loopback(contained, outside):

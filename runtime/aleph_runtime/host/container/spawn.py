@@ -54,20 +54,45 @@ BOUNDING_SET = (
     "net_raw", "sys_chroot", "audit_write", "setfcap", "net_admin", "sys_boot",
 )  # fmt: skip
 
-# Runs as PID 1 of the new namespaces with the host's /bin/sh, until it execs the command.
+# As root, first in a mount namespace of the host's user namespace: each bind's source is
+# bound under the staging tmpfs, where the container's root can reach it (a source under
+# /root, say, it could not reach by its path). Then the container's namespaces.
+# Arguments: the mount directory, then those of _SETUP_SCRIPT from the image tree on.
+# Environment: INNER, the unshare command that makes the container's namespaces.
+_STAGE0 = r"""
+set -eu
+M=$1; shift
+mount -t tmpfs -o mode=0755,size=64k aleph-stage "$M"
+mkdir "$M/src" "$M/box"
+args=("$1" "$2" "$3"); shift 3
+i=0
+while [ "$1" != "--" ]; do
+  src=$1; dst=$2; how=$3; shift 3
+  if [ "$how" != mask ]; then
+    if [ -d "$src" ]; then mkdir "$M/src/$i"; else : > "$M/src/$i"; fi
+    mount --bind "$src" "$M/src/$i"
+    src=$M/src/$i; i=$((i + 1))
+  fi
+  args+=("$src" "$dst" "$how")
+done
+exec $INNER /bin/bash -c "$SETUP" aleph-container "$M/box" "${args[@]}" "$@"
+"""
+
+# Runs as PID 1 of the new namespaces with the host's bash, until it execs the command.
 # Arguments: the mount directory, the image tree, "ns" or "root" (user namespace or not),
-# the setgroups mode, then "SOURCE TARGET ro|rw|mask" triples, "--", the command (which
-# starts with `env -i KEY=VALUE...`: the image's env, so nothing of the host's leaks in).
+# the setgroups mode, then "SOURCE TARGET ro|rw|mask" triples ("-" for a mask's source),
+# "--", the command (which starts with `env -i KEY=VALUE...`: the image's env, so nothing
+# of the host's leaks in). Environment: GATE, the descriptor to wait on.
 _SETUP_SCRIPT = r"""
 set -eu
 # The host writes the ID maps and attaches the network, then says go.
-read -r _ <&3 || exit 111
-exec 3<&-
+read -r _ <&"$GATE" || exit 111
+eval "exec $GATE<&-"
 if [ "$3" = ns ]; then
   # Root of the user namespace from here on: the mapped ID 0, with its capabilities.
-  exec setpriv --reuid=0 --regid=0 "--$4-groups" /bin/sh -c "$STAGE2" stage2 "$@"
+  exec setpriv --reuid=0 --regid=0 "--$4-groups" /bin/bash -c "$STAGE2" stage2 "$@"
 fi
-exec /bin/sh -c "$STAGE2" stage2 "$@"
+exec /bin/bash -c "$STAGE2" stage2 "$@"
 """
 
 _STAGE2 = r"""
@@ -179,6 +204,8 @@ class Container:
         """PID 1's host PID."""
         self.warnings: list[str] = []
         """One sentence per guarantee this container lacks (and why)."""
+        self.mount_dir = spec.tree.parent / ".mnt" / self.name
+        """Where its root is put together (a tmpfs of its own mount namespace)."""
 
     # --- life ---
 
@@ -209,23 +236,37 @@ class Container:
             # --netns option is refused alongside --netns-only).
             self.warnings.append("no network: pasta cannot attach to a container without a user namespace")
             network = None
-        mounts = self.workdir / "mnt"
+        # Beside the tree: the container's root must reach it by its path, as it reaches the tree.
+        mounts = self.mount_dir
         mounts.mkdir(parents=True, exist_ok=True)
-        args = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--net", "--cgroup", "--fork", "--kill-child",
-                "--propagation", "private"]  # fmt: skip
+        inner = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--net", "--cgroup", "--fork", "--kill-child",
+                 "--propagation", "private"]  # fmt: skip
         if use_userns:
-            args[1:1] = ["--user", "--keep-caps"]
+            inner[1:1] = ["--user", "--keep-caps"]
         groups = "clear" if os.geteuid() == 0 else "keep"
-        words = [str(mounts), str(spec.tree), "ns" if use_userns else "root", groups]
+        words = [str(spec.tree), "ns" if use_userns else "root", groups]
         for bind in spec.binds:
             words += [str(bind.source or "-"), bind.target, bind.mode]
         words += ["--", "env", "-i", *(f"{key}={value}" for key, value in spec.env.items())]
+        if os.geteuid() == 0:
+            launch = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "/bin/bash",
+                "-c",
+                _STAGE0,
+                "aleph-stage",
+            ]
+        else:
+            # A user reaches what they bind by its path: no staging (nor could they make it).
+            launch = [*inner, "/bin/bash", "-c", _SETUP_SCRIPT, "aleph-container"]
         gate_read, gate_write = os.pipe()
         procs_files = self.limits.procs_files
         die = die_with_parent()
 
         def preexec() -> None:
-            os.dup2(gate_read, 3)
             # Into the cgroups before the namespaces: the cgroup namespace's root is ours.
             for procs in procs_files:
                 with open(procs, "w") as file:
@@ -234,15 +275,17 @@ class Container:
 
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "INNER": " ".join(inner),
+            "SETUP": _SETUP_SCRIPT,
             "STAGE2": _STAGE2,
+            "GATE": str(gate_read),
             "BOUNDING": ",".join("+" + c for c in BOUNDING_SET),
         }
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *args, "/bin/sh", "-c", _SETUP_SCRIPT, "aleph-container", *words, *spec.command,
+                *launch, str(mounts), *words, *spec.command,
                 env=env, stdin=asyncio.subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr,
-                # 3 too: the gate is moved there before the other descriptors are closed.
-                pass_fds=(gate_read, 3), preexec_fn=preexec, start_new_session=True,
+                pass_fds=(gate_read,), preexec_fn=preexec, start_new_session=True,
             )  # fmt: skip
         finally:
             os.close(gate_read)
@@ -324,4 +367,4 @@ class Container:
             await self.pasta.wait()
         await asyncio.to_thread(self.limits.remove)
         with contextlib.suppress(OSError):
-            (self.workdir / "mnt").rmdir()
+            self.mount_dir.rmdir()
