@@ -166,8 +166,12 @@ def shift_owners(tree: Path, ids: IdMap) -> None:
                 os.chmod(name, stat.S_IMODE(info.st_mode))
 
 
+#: The distribution this checkout's images are built on (a manifest without "runtime" is one).
+RUNTIME = "debian-12"
+
+
 def cached_images(profile: str) -> list[Path]:
-    """The complete images of `profile` in the image cache, newest first."""
+    """The complete images of `profile` (on `RUNTIME`) in the image cache, newest first."""
     from aleph_runtime.host.vmm.image import cache_dir
 
     found = []
@@ -175,7 +179,11 @@ def cached_images(profile: str) -> list[Path]:
         image = marker.parent / "rootfs.squashfs"
         with contextlib.suppress(OSError, ValueError):
             manifest = json.loads((marker.parent / "manifest.json").read_text())
-            if manifest.get("profile") == profile and image.is_file():
+            if (
+                manifest.get("profile") == profile
+                and manifest.get("runtime", RUNTIME) == RUNTIME
+                and image.is_file()
+            ):
                 found.append((marker.stat().st_mtime, image))
     return [image for _, image in sorted(found, reverse=True)]
 

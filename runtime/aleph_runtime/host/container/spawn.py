@@ -162,6 +162,18 @@ class ContainerSpec:
     """False (root only): no user namespace, a bounded capability set instead."""
 
 
+#: The host's tools the container is made with (util-linux and bash, on every Debian).
+TOOLS = ("unshare", "setpriv", "pivot_root", "mount", "bash")
+
+
+def missing_tool() -> str | None:
+    """One sentence naming the tool that is missing and the fix, or None."""
+    for tool in TOOLS:
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed: dev mode needs util-linux and bash (scripts/setup.sh installs them)"
+    return None
+
+
 def user_namespaces_unavailable() -> str | None:
     """Why this kernel refuses us a user namespace, or None (read from its settings)."""
     checks = [("/proc/sys/user/max_user_namespaces", "0")]
@@ -218,9 +230,8 @@ class Container:
 
     async def _start(self) -> None:
         spec = self.spec
-        for tool in ("unshare", "setpriv", "pivot_root"):
-            if shutil.which(tool) is None:
-                raise SetupError(f"`{tool}` is not installed: dev mode needs util-linux (scripts/setup.sh)")
+        if why := missing_tool():
+            raise SetupError(why)
         use_userns = spec.user_namespace
         if not use_userns:
             self.warnings.append("no user namespace: the container's root is the host's root, with a bounded "

@@ -4,9 +4,10 @@ A new mount namespace alone protects nothing (a write to /etc/resolv.conf would 
 reach the machine's file); chrooted into this overlay, everything the init and the
 program write (/etc/resolv.conf, /etc/hostname, /root/.ssh, /opt, /data, mount
 points...) stays private and vanishes with the namespace. /tmp and /run are fresh
-tmpfs. The one script serves the dev machine (dev.py: this machine's /proc, /sys and
-/dev, bound) and the sandbox (sandbox.py: PID and network namespaces of its own, so a
-fresh /proc and /sys, and a /dev of the usual character devices plus its volumes).
+tmpfs. It serves the test sandbox (sandbox.py: PID and network namespaces of its own,
+so a fresh /proc and /sys, and a /dev of the usual character devices plus its volumes;
+`host` binds this machine's instead). Dev mode no longer uses it: its container
+(host/container/) has the runtime image as its root, not this machine's /.
 
 It runs as the wrapper in the new mount namespace, then execs the command chrooted
 into the overlay. Arguments (`overlay_arguments`): the mount directory, `host` or
