@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 PROBE = HERE / "container_probe.py"
 IMAGE_PYTHON = "/usr/bin/python3"
 OUTSIDE_HOST, OUTSIDE_SERVER = "203.0.113.1", "203.0.113.2"
-TEST_NETWORK = NetworkSpec(ip="203.0.113.10/24", gateway=OUTSIDE_HOST, dns=None)
+TEST_NETWORK = NetworkSpec(ip="203.0.113.10/24", gateway=OUTSIDE_HOST)
 
 # Dev mode's layout before the container (machines/dev.py's _NAMESPACE_SCRIPT at 479404c):
 # a mount namespace, the host's / as an overlay's lower layer, the host's /proc /sys /dev,
@@ -130,13 +130,21 @@ class LoopbackServer:
 
 OUTSIDE_SERVER_CODE = textwrap.dedent(
     """
-    import socket, subprocess, sys, time
+    import socket, subprocess, sys, threading, time
     while subprocess.run(["ip", "link", "show", "eth0"], capture_output=True).returncode:
         time.sleep(0.01)
     for command in (["ip", "addr", "add", sys.argv[1] + "/24", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
                     ["ip", "link", "set", "lo", "up"]):
         subprocess.run(command, check=True)
     server = socket.create_server((sys.argv[1], 8000))
+    # A stand-in for a DNS resolver: answers each datagram on port 53 with its echo.
+    resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    resolver.bind((sys.argv[1], 53))
+    def answer():
+        while True:
+            data, peer = resolver.recvfrom(512)
+            resolver.sendto(b"answer:" + data, peer)
+    threading.Thread(target=answer, daemon=True).start()
     print("ready", flush=True)
     while True:
         connection, _ = server.accept()
@@ -500,6 +508,11 @@ NETWORK_PROGRAM = textwrap.dedent(
     print(subprocess.run(["ip", "-br", "addr", "show", "eth0"], capture_output=True, text=True).stdout.split()[2])
     with socket.create_connection(("203.0.113.2", 8000), timeout=5) as connection:
         print(connection.recv(64).decode().strip())
+    # UDP too (a resolver's port, as the config's DNS servers are reached).
+    query = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    query.settimeout(5)
+    query.sendto(b"query", ("203.0.113.2", 53))
+    print(query.recv(512).decode())
     """
 )
 
@@ -508,7 +521,7 @@ def test_network_like_a_vm(tree, work, outside):
     spec = ContainerSpec(tree, [IMAGE_PYTHON, "-c", NETWORK_PROGRAM], network=TEST_NETWORK)
     outcome = run_container(spec, work)
     assert outcome.status == 0, outcome.output
-    assert outcome.output.split()[:2] == ["203.0.113.10/24", "outside"], outcome.output
+    assert outcome.output.split()[:3] == ["203.0.113.10/24", "outside", "answer:query"], outcome.output
     assert not outcome.box.warnings
 
 

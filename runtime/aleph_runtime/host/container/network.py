@@ -9,10 +9,12 @@ no loopback ports forwarded from the namespace) where slirp4netns has one
 (`--disable-host-loopback`); and podman, Debian's rootless container tool, uses it.
 
 The init configures eth0 itself from the config (address, route, resolv.conf), as in
-a VM; pasta only provides the tap device and the translation, and answers DNS sent to
-the config's DNS address by forwarding it to the host's resolver. Nothing inbound
-reaches the container (`-t none -u none`): the host talks to the init over its Unix
-sockets, as the supervisor does over vsock.
+a VM; pasta only provides the tap device and the translation. The config's DNS servers
+are this machine's own resolvers (`host_resolvers`), reached through pasta like any
+address; one on this machine's loopback (systemd-resolved's 127.0.0.53) is out of reach,
+and the container goes without DNS (this pasta's --dns-forward answered nothing here).
+Nothing inbound reaches the container (`-t none -u none`): the host talks to the init
+over its Unix sockets, as the supervisor does over vsock.
 """
 
 from __future__ import annotations
@@ -34,14 +36,29 @@ INTERFACE = "eth0"
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """What the config gives the guest: its IPv4 address (with prefix), gateway and DNS server."""
+    """What the config gives the guest: its IPv4 address (with prefix) and gateway."""
 
     ip: str = "172.16.0.2/24"
     gateway: str = "172.16.0.1"
-    dns: str | None = "172.16.0.1"
-    """Queries to this address go to the host's resolver; None: no DNS."""
-    resolver: str | None = None
-    """The resolver pasta forwards DNS to (None: the host's /etc/resolv.conf's)."""
+
+
+def host_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[list[str], list[str]]:
+    """(this machine's IPv4 resolvers the container can reach, those on its loopback)."""
+    reachable, loopback = [], []
+    try:
+        lines = Path(resolv_conf).read_text().splitlines()
+    except OSError:
+        return reachable, loopback
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                address = ipaddress.ip_address(fields[1])
+            except ValueError:
+                continue
+            if address.version == 4:
+                (loopback if address.is_loopback else reachable).append(str(address))
+    return reachable, loopback
 
 
 def missing() -> str | None:
@@ -61,15 +78,9 @@ def pasta_command(spec: NetworkSpec, pid: int, pid_file: Path) -> list[str]:
         # The host's loopback stays out of reach: no gateway-to-loopback mapping, no port
         # forwarded from the namespace's loopback to the host's, and nothing inbound.
         "--no-map-gw", "--tcp-ports", "none", "--udp-ports", "none", "--tcp-ns", "none", "--udp-ns", "none",
-        "--no-dhcp",
+        "--no-dhcp", "--dns", "none",
         "--pid", str(pid_file),
     ]  # fmt: skip
-    if spec.dns:
-        command += ["--dns-forward", spec.dns]
-        if spec.resolver:
-            command += ["--dns", spec.resolver]
-    else:
-        command += ["--dns", "none"]
     if os.geteuid() == 0:
         # Started by root, pasta would become `nobody`, who may not enter a namespace owned
         # by root; it drops its capabilities and seccomp-confines itself once attached.

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aleph_runtime.host.container import rootfs
-from aleph_runtime.host.container.network import NetworkSpec
+from aleph_runtime.host.container.network import NetworkSpec, host_resolvers
 from aleph_runtime.host.container.spawn import missing_tool, plan
 from aleph_runtime.host.errors import NodeError, SetupError
 from aleph_runtime.host.machines.base import Machine
@@ -101,15 +101,15 @@ class Provision:
     def config(self, machine: Machine) -> dict:
         """The program's configuration for `machine` (its code packed now).
 
-        A VM and a container get the VM's address and route (a container also the DNS
-        address pasta answers). A container's volumes are bound by the host where the
+        A VM and a container get the VM's address and route (a container also this
+        machine's resolvers as its DNS servers). A container's volumes are bound by the host where the
         configuration mounts them: the init finds them mounted.
         """
         program = self.options.program
         network: dict = {"ip": VM_IP, "route": VM_ROUTE}
         volumes = self.volumes
-        if isinstance(machine, ContainerMachine):
-            network["dns_servers"] = [VM_ROUTE] if machine.network is not None else []
+        if isinstance(machine, ContainerMachine) and machine.network is not None:
+            network["dns_servers"] = host_resolvers()[0]
         return program_config(
             self._code(), program.entrypoint, encoding=program.encoding, interface=program.interface,
             vm_hash=self.vm_hash, volumes=volumes, variables=self._variables(machine.guest_path), **network,
@@ -166,12 +166,16 @@ class Provision:
         if why_not is not None:
             self.progress(f"dev mode without a user namespace ({why_not}): root inside is the host's root, "
                           "with a bounded capability set")  # fmt: skip
+        resolvers, on_loopback = host_resolvers()
+        if not resolvers and on_loopback:
+            self.progress(f"dev mode without DNS: this machine's resolver ({on_loopback[0]}) is on its loopback, "
+                          "out of the container's reach; name one in /etc/resolv.conf that is not")  # fmt: skip
         self.progress(f"dev mode: a container of the {profile} image {image}"
                       + (", the checkout's init bound over the image's" if checkout else ""))  # fmt: skip
         machine = ContainerMachine(
             run_dir, tree, ids=ids, user_namespace=user_namespace, log_path=log_path,
             memory_mb=self.options.memory_mb, vcpus=self.options.vcpus,
-            network=NetworkSpec(ip=f"{VM_IP}/24", gateway=VM_ROUTE, dns=VM_ROUTE), checkout=checkout,
+            network=NetworkSpec(ip=f"{VM_IP}/24", gateway=VM_ROUTE), checkout=checkout,
             ready_timeout=DEV_READY_TIMEOUT,
         )  # fmt: skip
         program = self.options.program
