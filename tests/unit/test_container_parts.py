@@ -44,3 +44,22 @@ def test_host_resolvers_split_off_the_loopback_ones(tmp_path: Path):
     )
     assert host_resolvers(str(resolv)) == (["192.0.2.53"], ["127.0.0.53"])
     assert host_resolvers(str(tmp_path / "missing")) == ([], [])
+
+
+def test_prune_removes_the_trees_unused_for_days(tmp_path: Path):
+    import os
+    import time
+
+    from aleph_runtime.host.container.rootfs import COMPLETE, prune
+
+    old, recent, partial, current = (tmp_path / name for name in ("old", "recent", ".x.1.partial", "current"))
+    for tree in (old, recent, current):
+        (tree / "usr").mkdir(parents=True)
+        (tree / COMPLETE).write_text("sha")
+    (partial / "usr").mkdir(parents=True)
+    long_ago = time.time() - 10 * 86400
+    os.utime(old / COMPLETE, (long_ago, long_ago))
+    os.utime(partial, (long_ago, long_ago))
+    os.utime(current / COMPLETE, (long_ago, long_ago))  # in use now: kept whatever its stamp
+    assert sorted(prune(tmp_path, keep=current)) == sorted([old, partial])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "recent"]

@@ -10,6 +10,8 @@ an unused range (`ROOT_ID_BASE`...); a user maps only themselves, so the tree is
 The tree is cached by the image's sha256 and the mapping, under the cache directory
 (`dev-rootfs/<sha256>-<ids>`), with a completion marker; it is unpacked beside it and
 renamed into place, so a half-unpacked tree is never used and two first runs do not clash.
+Each use touches the marker; a tree unused for `UNUSED_DAYS` is removed when another is
+unpacked (images are rebuilt as the checkout changes: each would stay, 400 MB apiece).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from aleph_runtime.host.errors import NodeError, SetupError
 ROOT_ID_BASE = 1_000_000_000
 #: IDs a container maps when started by root: 0-65535, as a Debian system has.
 ROOT_ID_COUNT = 65536
-#: Marks a complete tree; its content is the image's sha256.
+#: Marks a complete tree; its content is the image's sha256, its mtime the last use.
 COMPLETE = ".aleph-complete"
+#: A tree not used for this long goes when another is unpacked.
+UNUSED_DAYS = 3
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ def image_tree(image: Path, ids: IdMap, cache: Path | None = None, progress=None
     marker = tree / COMPLETE
     with contextlib.suppress(OSError):
         if marker.read_text() == sha:
+            os.utime(marker)
             return tree
     if shutil.which("unsquashfs") is None:
         raise SetupError("unsquashfs is not installed: install squashfs-tools (scripts/setup.sh does)")
@@ -132,7 +137,25 @@ def image_tree(image: Path, ids: IdMap, cache: Path | None = None, progress=None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    prune(cache, keep=tree)
     return tree
+
+
+def prune(cache: Path, keep: Path, unused_days: float = UNUSED_DAYS) -> list[Path]:
+    """Remove the trees (and abandoned partial ones) not used for `unused_days`; the removed."""
+    import time
+
+    cutoff = time.time() - unused_days * 86400
+    removed = []
+    for path in cache.iterdir():
+        if path == keep or not path.is_dir() or path.name == ".mnt":
+            continue
+        stamp = path / COMPLETE if (path / COMPLETE).exists() else path
+        with contextlib.suppress(OSError):
+            if stamp.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 def _unpack(image: Path, target: Path) -> None:
