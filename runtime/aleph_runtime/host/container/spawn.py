@@ -113,6 +113,8 @@ done
 mkdir "$R/dev/pts" "$R/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts "$R/dev/pts"
 ln -s pts/ptmx "$R/dev/ptmx"
+ln -s /proc/self/fd "$R/dev/fd"
+ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
 mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$R/tmp"
 mount -t tmpfs -o mode=0755,nosuid,nodev run "$R/run"
@@ -131,8 +133,8 @@ shift
 cd "$R"
 pivot_root . .
 umount -l .
-cd /
-if [ "$MODE" = ns ]; then exec "$@"; fi
+cd "$CWD"
+if [ "$MODE" = ns ] || [ -z "$BOUNDING" ]; then exec "$@"; fi
 exec setpriv --bounding-set="-all,$BOUNDING" "$@"
 """
 
@@ -160,6 +162,11 @@ class ContainerSpec:
     vcpus: int | None = None
     user_namespace: bool = True
     """False (root only): no user namespace, a bounded capability set instead."""
+    all_capabilities: bool = False
+    """Without a user namespace, keep every capability (the test sandbox: its init mounts
+    loop devices). Not a boundary then: only pivot_root and the namespaces remain."""
+    cwd: str = "/"
+    """Where the command starts."""
 
 
 #: The host's tools the container is made with (util-linux and bash, on every Debian).
@@ -198,6 +205,36 @@ def plan(user_namespace: bool = True) -> tuple[IdMap, bool, str | None]:
         raise SetupError(f"dev mode needs a user namespace as a non-root user, and {why_not}: allow them "
                          "(sysctl user.max_user_namespaces=15000) or run as root")  # fmt: skip
     return IdMap.host_root(), False, why_not
+
+
+def command_line(spec: ContainerSpec, mount_dir: Path, gate_fd: int) -> tuple[list[str], dict[str, str]]:
+    """The command that makes the container and its environment: it waits on `gate_fd`
+    (passed to it) for one line once its namespaces exist (the ID maps, the network)."""
+    inner = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--net", "--cgroup", "--fork", "--kill-child",
+             "--propagation", "private"]  # fmt: skip
+    if spec.user_namespace:
+        inner[1:1] = ["--user", "--keep-caps"]
+    groups = "clear" if os.geteuid() == 0 else "keep"
+    words = [str(spec.tree), "ns" if spec.user_namespace else "root", groups]
+    for bind in spec.binds:
+        words += [str(bind.source or "-"), bind.target, bind.mode]
+    words += ["--", "env", "-i", *(f"{key}={value}" for key, value in spec.env.items())]
+    if os.geteuid() == 0:
+        launch = ["unshare", "--mount", "--propagation", "private", "/bin/bash", "-c", _STAGE0, "aleph-stage"]
+    else:
+        # A user reaches what they bind by its path: no staging (nor could they make it).
+        launch = [*inner, "/bin/bash", "-c", _SETUP_SCRIPT, "aleph-container"]
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "INNER": " ".join(inner),
+        "SETUP": _SETUP_SCRIPT,
+        "STAGE2": _STAGE2,
+        "GATE": str(gate_fd),
+        "CWD": spec.cwd,
+        # Without a user namespace: the capabilities root keeps ("" : all of them).
+        "BOUNDING": "" if spec.all_capabilities else ",".join("+" + c for c in BOUNDING_SET),
+    }
+    return [*launch, str(mount_dir), *words, *spec.command], env
 
 
 class Container:
@@ -250,29 +287,6 @@ class Container:
         # Beside the tree: the container's root must reach it by its path, as it reaches the tree.
         mounts = self.mount_dir
         mounts.mkdir(parents=True, exist_ok=True)
-        inner = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--net", "--cgroup", "--fork", "--kill-child",
-                 "--propagation", "private"]  # fmt: skip
-        if use_userns:
-            inner[1:1] = ["--user", "--keep-caps"]
-        groups = "clear" if os.geteuid() == 0 else "keep"
-        words = [str(spec.tree), "ns" if use_userns else "root", groups]
-        for bind in spec.binds:
-            words += [str(bind.source or "-"), bind.target, bind.mode]
-        words += ["--", "env", "-i", *(f"{key}={value}" for key, value in spec.env.items())]
-        if os.geteuid() == 0:
-            launch = [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "/bin/bash",
-                "-c",
-                _STAGE0,
-                "aleph-stage",
-            ]
-        else:
-            # A user reaches what they bind by its path: no staging (nor could they make it).
-            launch = [*inner, "/bin/bash", "-c", _SETUP_SCRIPT, "aleph-container"]
         gate_read, gate_write = os.pipe()
         procs_files = self.limits.procs_files
         die = die_with_parent()
@@ -284,17 +298,10 @@ class Container:
                     file.write(str(os.getpid()))
             die()
 
-        env = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "INNER": " ".join(inner),
-            "SETUP": _SETUP_SCRIPT,
-            "STAGE2": _STAGE2,
-            "GATE": str(gate_read),
-            "BOUNDING": ",".join("+" + c for c in BOUNDING_SET),
-        }
+        argv, env = command_line(spec, mounts, gate_read)
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *launch, str(mounts), *words, *spec.command,
+                *argv,
                 env=env, stdin=asyncio.subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr,
                 pass_fds=(gate_read,), preexec_fn=preexec, start_new_session=True,
             )  # fmt: skip
