@@ -249,3 +249,42 @@ async def test_ctrl_c_in_a_terminal(cli_factory):
     assert sockets_under(cli.state_dir) == []
     log = (cli.state_dir / "volumes" / "tty" / "lifespan.log").read_text().split()
     assert log[0::2] == ["startup", "shutdown"]
+
+
+HUNGRY = b"""
+import importlib.util
+import sys
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    body = f"{sys.executable} pytest={importlib.util.find_spec('pytest') is not None}".encode()
+    if scope["path"] == "/eat":
+        body = bytes(bytearray(400 << 20))[:10]  # 400 MiB, touched
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+async def test_memory_limit_and_the_image_python(cli_factory, short_dir):
+    """The program runs on the image's Python, not this machine's virtualenv; past its
+    --memory it is killed, as a VM's init is, and the terminal says so in one line."""
+    program = short_dir / "hungry.py"
+    program.write_bytes(HUNGRY)
+    cli = await cli_factory("--mode", "dev", "--port", "0", "--memory", "128", str(program))
+    url = await cli.wait_url()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            # The image's Python, without this machine's packages (this test's pytest, say).
+            assert await response.text() == "/usr/bin/python3 pytest=False"
+        async with http.get(f"{url}eat") as response:
+            assert response.status == 502
+    for _ in range(100):
+        if "crash:" in cli.output():
+            break
+        await asyncio.sleep(0.1)
+    crashes = [line for line in cli.output().splitlines() if "crash:" in line]
+    assert len(crashes) == 1, cli.output()
+    assert "out of memory: the kernel's OOM killer ended it at its 128 MiB limit (--memory)" in crashes[0]
+    await stop_cleanly(cli)
