@@ -288,3 +288,17 @@ async def test_memory_limit_and_the_image_python(cli_factory, short_dir):
     assert len(crashes) == 1, cli.output()
     assert "out of memory: the kernel's OOM killer ended it at its 128 MiB limit (--memory)" in crashes[0]
     await stop_cleanly(cli)
+
+
+async def test_an_image_that_cannot_be_unpacked_stops_dev_mode_in_one_sentence(cli_factory, short_dir):
+    broken = short_dir / "rootfs.squashfs"
+    broken.write_bytes(b"hsqs" + b"\0" * 4096)  # a squashfs magic, and nothing behind it
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "hello" / "main.py"),
+                            env={"ALEPH_ROOTFS": str(broken), "XDG_CACHE_HOME": str(short_dir / "cache")})  # fmt: skip
+    assert await cli.wait() != 0
+    output = cli.output()
+    assert f"the runtime image {broken} could not be unpacked" in output, output
+    assert "rebuild it with rootfs-build/build-rootfs.sh --force" in output
+    assert "Traceback" not in output
+    with open("/proc/self/mountinfo") as mountinfo:
+        assert str(short_dir) not in mountinfo.read()
