@@ -1,8 +1,11 @@
 """Start a command (the image's init) as PID 1 of a container of the runtime image.
 
-`unshare` makes the namespaces in one call: user, mount, PID, IPC, UTS, network and
-cgroup; its child, PID 1 of the new PID namespace, runs `_SETUP_SCRIPT` with the host's
-shell and tools. The child first waits on a pipe (fd 3) while the host:
+As root, a first mount namespace of the host's user namespace stages each bind's source
+under a tmpfs (`_STAGE0`: the container's root could not reach a source under /root by
+its path). Then `unshare` makes the container's namespaces in one call: user, mount,
+PID, IPC, UTS, network and cgroup; its child, PID 1 of the new PID namespace, runs
+`_SETUP_SCRIPT` with the host's bash and tools. The child first waits on a pipe (the
+`GATE` descriptor) while the host:
 
 1. writes its ID maps (`rootfs.IdMap`: as root, the container's 0-65535 are an unused host
    range, so its root is no one on the host; as a user, that user alone);
@@ -14,7 +17,8 @@ RAM), a fresh /proc, /sys read-only, a minimal /dev (null zero full random urand
 its own pts and shm), tmpfs /tmp and /run, the binds (the program's code and volumes,
 the socket directory, the checkout's init if asked), then pivot_root into it and detaches
 the host's root: nothing of the host is left to reach. It execs the command with a clean
-environment, still PID 1.
+environment, still PID 1. `command_line` is that command; the test sandbox
+(machines/sandbox.py) runs it too, on this machine's / with root's every capability.
 
 Its capabilities are the user namespace's: they act on its own mounts, hostname, network
 and processes, and on nothing of the host (no module, no device, no host mount, no host
@@ -271,8 +275,12 @@ class Container:
             raise SetupError(why)
         use_userns = spec.user_namespace
         if not use_userns:
-            self.warnings.append("no user namespace: the container's root is the host's root, with a bounded "
-                                 "capability set (no mount, no device, no module, no ptrace)")  # fmt: skip
+            bounded = "a bounded capability set (no mount, no device, no module, no ptrace)"
+            if spec.all_capabilities:
+                bounded = "every capability"
+            self.warnings.append(
+                f"no user namespace: the container's root is the host's root, with {bounded}"
+            )
         self.limits.create()
         self.warnings += self.limits.missing
         network = spec.network
