@@ -72,7 +72,8 @@ def missing() -> str | None:
 def pasta_command(spec: NetworkSpec, pid: int, pid_file: Path) -> list[str]:
     iface = ipaddress.ip_interface(spec.ip if "/" in spec.ip else f"{spec.ip}/24")
     command = [
-        "pasta", "--quiet", "--ipv4-only",
+        # Errors on stderr (to our log) rather than only to a syslog that may not be there.
+        "pasta", "--quiet", "--stderr", "--ipv4-only",
         "--ns-ifname", INTERFACE, "--address", str(iface.ip), "--netmask", str(iface.network.prefixlen),
         "--gateway", spec.gateway,
         # The host's loopback stays out of reach: no gateway-to-loopback mapping, no port
@@ -119,8 +120,11 @@ class Pasta:
         deadline = asyncio.get_running_loop().time() + timeout
         while not self.pid_file.exists():
             if self.process.returncode is not None or asyncio.get_running_loop().time() > deadline:
+                why = self._last_line()  # before stop() removes the log
                 self.stop()
-                return f"pasta failed ({self._last_line()}): the program runs without network"
+                if "tun" in why:
+                    why += "; /dev/net/tun must be open to this user, as Debian makes it (mode 0666)"
+                return f"pasta failed ({why}): the program runs without network"
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.process.wait()), 0.002)
         return None
