@@ -2,7 +2,7 @@
 
     aleph-runtime run                          # the bundled FastAPI example
     aleph-runtime run ./my_app                 # a directory (main.py with `app`, or run.sh)
-    aleph-runtime run app.py --mode dev        # the init as a local process, no VM
+    aleph-runtime run app.py --mode dev        # in a container of the image, no VM
     aleph-runtime run ./my_app --volume /opt/lib=./lib --volume mount=/data,persistent=db
     aleph-runtime run ./my_app --mode dev --watch --env-file .env   # restart on edits
     aleph-runtime event --content '{"hello": "world"}'            # an aleph message to the program
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=("vm", "dev"),
         default="vm",
-        help="vm: the runtime image in QEMU (default); dev: the init as a local process, no VM",
+        help="vm: the runtime image in QEMU (default); dev: a container of the same image, no VM",
     )
     run.add_argument(
         "--kernel",

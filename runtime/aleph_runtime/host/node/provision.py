@@ -3,7 +3,7 @@ and volumes as drives (vm mode) or placed directories (dev mode), and the config
 that names them.
 
     provision = Provision(options, state_dir, vm_hash, progress)
-    machine = provision.machine(run_dir, log_path)   # packs, builds; QemuMachine or DevMachine
+    machine = provision.machine(run_dir, log_path)   # packs, builds; QemuMachine or ContainerMachine
     config = provision.config(machine)               # the volumes as the machine has them
     ... after an edit: provision.repack(run_dir); config = provision.config(last_machine)
 
