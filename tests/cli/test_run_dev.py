@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -302,3 +303,41 @@ async def test_an_image_that_cannot_be_unpacked_stops_dev_mode_in_one_sentence(c
     assert "Traceback" not in output
     with open("/proc/self/mountinfo") as mountinfo:
         assert str(short_dir) not in mountinfo.read()
+
+
+PEEKING = b"""
+import json, os, socket
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    key = os.environ["STATE_KEY"]
+    seen = {
+        "key": os.path.exists(key),
+        "host_pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())[:3],
+        "hostname": socket.gethostname(),
+        "cmdline1": open("/proc/1/cmdline").read().split("\\0")[1:3],
+    }
+    body = json.dumps(seen).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+async def test_the_program_sees_the_container_not_this_machine(cli_factory, short_dir):
+    program = short_dir / "peeking.py"
+    program.write_bytes(PEEKING)
+    state = short_dir / "state"
+    state.mkdir()
+    (state / "signing.key").write_bytes(os.urandom(32))  # the node's key, as a run leaves it
+    cli = await cli_factory("--mode", "dev", "--port", "0", "--env", f"STATE_KEY={state / 'signing.key'}",
+                            str(program))  # fmt: skip
+    url = await cli.wait_url()
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        seen = await response.json(content_type=None)
+    assert seen["key"] is False
+    assert seen["host_pids"][0] == 1 and max(seen["host_pids"]) < 100  # its own PID namespace
+    assert seen["cmdline1"] == ["-OO", "/opt/aleph/init/init1.py"]  # the image's init, PID 1
+    assert seen["hostname"] != socket.gethostname()
+    await stop_cleanly(cli)
