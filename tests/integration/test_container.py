@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -566,3 +567,46 @@ def test_runs_as_a_user_in_a_user_namespace(tree, work):
     assert "inside 0 1 ['0', '65534', '1']" in result.stdout, result.stdout + result.stderr
     assert "status 0" in result.stdout
     assert "--memory 256 MiB not enforced" in result.stdout
+
+
+def _sleeper(tree: Path, work: Path) -> tuple[Container, asyncio.AbstractEventLoop]:
+    spec = ContainerSpec(
+        tree, [IMAGE_PYTHON, "-c", "import time; time.sleep(300)"], memory_mb=64, network=None
+    )
+    box = Container(spec, work)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(box.start())
+    return box, loop
+
+
+def _gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_kill_leaves_no_process_nor_cgroup(tree, work):
+    box, loop = _sleeper(tree, work)
+    try:
+        pid1, cgroups = box.pid1, list(box.limits.directories)
+        assert Path(f"/proc/{pid1}").exists() and cgroups
+        loop.run_until_complete(box.kill())
+        assert _gone(pid1)
+        assert not any(directory.exists() for directory in cgroups)
+    finally:
+        loop.run_until_complete(box.kill())
+        loop.close()
+
+
+def test_the_container_dies_with_its_unshare_killed_outright(tree, work):
+    """As when the command is SIGKILLed: the kernel's parent-death signal, set again after
+    the change of user that clears it, takes PID 1 (and so the namespace) along."""
+    box, loop = _sleeper(tree, work)
+    try:
+        pid1 = box.pid1
+        os.kill(box.process.pid, signal.SIGKILL)
+        assert _gone(pid1), "PID 1 outlived unshare"
+    finally:
+        loop.run_until_complete(box.kill())
+        loop.close()

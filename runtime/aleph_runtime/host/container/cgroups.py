@@ -91,6 +91,7 @@ class Limits:
             if controller not in enabled:
                 with contextlib.suppress(OSError):
                     (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+        _remove_stale(parent)
         directory = parent / self.name
         try:
             directory.mkdir()
@@ -147,6 +148,7 @@ class Limits:
         if parent is None:
             self._lost([controller], f"no cgroup hierarchy has the {controller} controller")
             return None
+        _remove_stale(parent)
         directory = parent / self.name
         try:
             directory.mkdir()
@@ -206,6 +208,16 @@ class Limits:
                         break
                     time.sleep(0.01)
         self.directories = []
+
+
+def _remove_stale(parent: Path) -> None:
+    """The empty cgroups of containers whose command is gone (killed outright, say): named
+    `aleph-dev-<pid>-...` by spawn.py, and removable only once empty."""
+    for directory in parent.glob("aleph-dev-*"):
+        fields = directory.name.split("-")
+        if len(fields) > 2 and fields[2].isdigit() and not Path(f"/proc/{fields[2]}").exists():
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _read(path: Path) -> str:

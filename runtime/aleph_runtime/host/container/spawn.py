@@ -94,7 +94,9 @@ read -r _ <&"$GATE" || exit 111
 eval "exec $GATE<&-"
 if [ "$3" = ns ]; then
   # Root of the user namespace from here on: the mapped ID 0, with its capabilities.
-  exec setpriv --reuid=0 --regid=0 "--$4-groups" /bin/bash -c "$STAGE2" stage2 "$@"
+  # The kernel forgets the parent-death signal (unshare --kill-child's) at a change of
+  # user: set it again, or the container would outlive unshare killed outright.
+  exec setpriv --reuid=0 --regid=0 "--$4-groups" --pdeathsig KILL /bin/bash -c "$STAGE2" stage2 "$@"
 fi
 exec /bin/bash -c "$STAGE2" stage2 "$@"
 """
@@ -255,6 +257,7 @@ class Container:
         self.process: asyncio.subprocess.Process | None = None
         self.pid1: int | None = None
         """PID 1's host PID."""
+        self._pid1_fd: int | None = None
         self.warnings: list[str] = []
         """One sentence per guarantee this container lacks (and why)."""
         self.mount_dir = spec.tree.parent / ".mnt" / self.name
@@ -317,6 +320,8 @@ class Container:
             os.close(gate_read)
         try:
             self.pid1 = await self._wait_for_namespaces(use_userns)
+            with contextlib.suppress(OSError):
+                self._pid1_fd = os.pidfd_open(self.pid1)
             if use_userns:
                 self._write_id_maps(self.pid1)
             if network is not None:
@@ -376,8 +381,15 @@ class Container:
         return self.limits.oom_kills()
 
     async def kill(self) -> None:
-        """SIGKILL to unshare, which SIGKILLs PID 1: the kernel ends the rest. Then pasta,
-        the cgroups and the mount directory go."""
+        """SIGKILL to PID 1 and to unshare: the kernel ends the rest of the namespace. Then
+        pasta, the cgroups and the mount directory go."""
+        if self._pid1_fd is not None:
+            # PID 1 itself first (by its pidfd: never another process that took its number);
+            # the kernel then ends everything in its namespace.
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._pid1_fd, signal.SIGKILL)
+            os.close(self._pid1_fd)
+            self._pid1_fd = None
         if self.process is not None:
             if self.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
