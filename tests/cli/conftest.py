@@ -112,8 +112,21 @@ class CLI:
             await self.process.wait()
 
 
+@pytest.fixture(scope="session")
+def dev_image() -> None:
+    """Dev mode runs in a container of the runtime image: have the image built (minutes,
+    the first time) and unpacked before any command's start is timed."""
+    from aleph_runtime.host.container import rootfs
+    from aleph_runtime.host.container.spawn import plan
+
+    if os.geteuid() != 0 and not os.environ.get("ALEPH_ROOTFS") and not rootfs.cached_images("lean"):
+        pytest.skip("dev mode needs the runtime image, and only root builds it")
+    ids, _, _ = plan()
+    rootfs.image_tree(rootfs.dev_image("lean"), ids)
+
+
 @pytest.fixture
-def cli_factory(short_dir):
+def cli_factory(short_dir, dev_image):
     started: list[CLI] = []
 
     async def make(
