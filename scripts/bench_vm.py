@@ -57,6 +57,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "runtime"))
 
 from aleph_runtime.host.program import program_config  # noqa: E402
+from aleph_runtime.host.vmm import image  # noqa: E402
 from aleph_runtime.host.vmm.image import COMPRESSIONS  # noqa: E402
 from aleph_runtime.host.vmm.qemu import Network, QemuVM, find_images  # noqa: E402
 
@@ -375,10 +376,17 @@ async def floor_start(kernel, initramfs, rootfs, program: bytes, args) -> dict:
     raise RuntimeError(f"floor: no {FLOOR_MARKER!r} line\n{vm.console_tail()}")
 
 
+def runtime_image(args, profile: str) -> Path | None:
+    """`--runtime`'s image (built through the cache), or None without --runtime."""
+    if not args.runtime:
+        return None
+    return image.ensure_rootfs(profile, args.compression or image.DEFAULT_COMPRESSION, runtime=args.runtime)
+
+
 async def cold_starts(args) -> dict:
     profile = args.profile or ("full" if args.against else "lean")
     kernel, initramfs, built = find_images(args.kernel, profile, args.compression)
-    base = Path(args.rootfs) if args.rootfs else built
+    base = Path(args.rootfs) if args.rootfs else runtime_image(args, profile) or built
     sides = [Side("ours")]
     rootfs = base
     if args.against:
@@ -452,10 +460,12 @@ async def throughput(args) -> dict:
         kernel, initramfs, rootfs = args.kernel, args.initramfs, None
     if args.rootfs:
         rootfs = args.rootfs
-    elif rootfs is None:
-        from aleph_runtime.host.vmm import image
-
-        rootfs = image.ensure_rootfs(args.profile or "lean", args.compression or image.DEFAULT_COMPRESSION)
+    elif args.runtime or rootfs is None:
+        rootfs = image.ensure_rootfs(
+            args.profile or "lean",
+            args.compression or image.DEFAULT_COMPRESSION,
+            runtime=args.runtime or image.DEFAULT_RUNTIME,
+        )
     network = Network(ip="172.16.9.2", route="172.16.9.1")
     vm = QemuVM(
         kernel, initramfs, rootfs, network=network, init=args.init,
@@ -573,6 +583,11 @@ def main() -> None:
     parser.add_argument("--initramfs", help="with a kernel file: its initramfs")
     parser.add_argument("--rootfs", help="the runtime image (default: the cached lean one)")
     parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
+    parser.add_argument(
+        "--runtime",
+        choices=image.RUNTIMES,
+        help=f"the image's runtime (default {image.DEFAULT_RUNTIME}: the network's)",
+    )
     parser.add_argument("--compression", choices=COMPRESSIONS, help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
     parser.add_argument("--vcpus", type=int, default=1)

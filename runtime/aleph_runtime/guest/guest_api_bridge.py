@@ -99,6 +99,7 @@ class _Pair:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.client = _Half(self, loop.create_future())
         self.host = _Half(self)
+        self.host_writer: asyncio.StreamWriter | None = None
 
     def close(self) -> None:
         for half in (self.client, self.host):
@@ -114,6 +115,9 @@ class _Pair:
             self.close()
             return
         transport = writer.transport
+        # Python 3.12+ closes a StreamWriter's transport when the writer is collected:
+        # keep it as long as the pair lives, though only its transport is used.
+        self.host_writer = writer
         if self.client.closed:
             transport.close()
             return
