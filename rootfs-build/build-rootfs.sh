@@ -185,12 +185,9 @@ if [ -n "$update_reqs" ]; then
     echo "# Do not edit by hand."
     distributions "$root/opt/aleph/libs"
   } >"$lock_file"
-  # The same distributions, installed from the exact pins: cache them under that key too.
-  key_txt=$( { echo "$base_key"; cat "$BUILD_DIR/stage-python.sh" "$lock_file" "$init_reqs"; } | short_hash)
-  rm -rf "$stages/python-$runtime-$profile-$key_txt"
-  copy_tree "$pylibs" "$stages/python-$runtime-$profile-$key_txt"
-  touch "$stages/python-$runtime-$profile-$key_txt.complete"
-  python_key=$key_txt
+  # Not cached under the lock's key: installed from the lock (--no-deps), the same
+  # distributions differ in pip's markers (REQUESTED) and in which one's stray top-level
+  # file wins; the next build installs them from the lock, as every later build does.
 fi
 
 step "installing the init and aleph_runtime (guest side) under /opt/aleph"
