@@ -30,6 +30,10 @@ directory with init/ and runtime/, byte-compiled like ours). `ratios` divides ou
 figures by each other side's. The derived image is packed as the base is (its manifest's
 compression and level) and cached by its inputs.
 
+`--runtime debian-13` boots that runtime's image (Debian 13, Python 3.13) instead of
+debian-12's, the network's; `--runtime debian-12,debian-13` runs the cold starts on each
+in turn, each runtime's figures under `runtimes`.
+
 `--throughput` instead boots once and measures calls: per-request latency (p50/p90/p99,
 sequential) and requests/s with N in flight, MB/s for one POST of a 64 MiB body answered
 with its sha256 and for a 64 MiB response; `--init PATH` boots another init program from
@@ -410,7 +414,7 @@ async def cold_starts(args) -> dict:
                         await cold_start(kernel, initramfs, rootfs, side, programs[name], args)
                     )
     result: dict = {"kernel": str(kernel), "rootfs": str(rootfs), "base_rootfs": str(base), "runs": args.runs,
-                    "sides": {}}  # fmt: skip
+                    "runtime": None if args.rootfs else args.runtime or image.DEFAULT_RUNTIME, "sides": {}}  # fmt: skip
     for side in sides:
         result["sides"][side.name] = {}
         for name in names:
@@ -585,8 +589,9 @@ def main() -> None:
     parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
     parser.add_argument(
         "--runtime",
-        choices=image.RUNTIMES,
-        help=f"the image's runtime (default {image.DEFAULT_RUNTIME}: the network's)",
+        type=runtime_list,
+        help=f"the image's runtime (default {image.DEFAULT_RUNTIME}: the network's); cold starts take several, "
+        "comma-separated (debian-12,debian-13): each runtime's figures under `runtimes`, one after the other",
     )
     parser.add_argument("--compression", choices=COMPRESSIONS, help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
@@ -603,7 +608,27 @@ def main() -> None:
                         help="profile the init's imports in the guest (python -X importtime, through the kernel "
                              "command line): adds `imports`; the profiling slows the boot itself")  # fmt: skip
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(throughput(args) if args.throughput else cold_starts(args)), indent=2))
+    runtimes = args.runtime or [None]
+    if len(runtimes) > 1 and (args.throughput or args.rootfs):
+        parser.error("several runtimes: cold starts only, from the runtimes' own images (no --rootfs)")
+    if len(runtimes) == 1:
+        args.runtime = runtimes[0]
+        print(json.dumps(asyncio.run(throughput(args) if args.throughput else cold_starts(args)), indent=2))
+        return
+    result = {}
+    for runtime in runtimes:
+        args.runtime = runtime
+        result[runtime] = asyncio.run(cold_starts(args))
+    print(json.dumps({"runtimes": result}, indent=2))
+
+
+def runtime_list(value: str) -> list[str]:
+    """`--runtime`'s value: one runtime or several, comma-separated, each a known one."""
+    names = [name for name in value.split(",") if name]
+    for name in names:
+        if name not in image.RUNTIMES:
+            raise argparse.ArgumentTypeError(f"unknown runtime {name!r}: one of {', '.join(image.RUNTIMES)}")
+    return names
 
 
 if __name__ == "__main__":
