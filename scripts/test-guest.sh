@@ -5,6 +5,9 @@
 # library pins), in the image itself: no interpreter download.
 #
 # Usage: scripts/test-guest.sh [--runtime debian-12|debian-13] [PYTEST ARGS...]
+#        scripts/test-guest.sh [--runtime ...] --run SCRIPT [ARGS...]
+#   --run: `python3 SCRIPT ARGS` there instead of pytest (e.g. scripts/bench_dev.py: the
+#          init's process-mode CPU and memory on that Python)
 #   default runtime debian-13; when the arguments name no test file, every file of
 #   tests/unit and tests/integration that needs nothing host-only: see guest_test_files.
 #
@@ -22,8 +25,9 @@ set -eu
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 . rootfs-build/common.sh
-runtime=debian-13
+runtime=debian-13 run=
 if [ "${1:-}" = --runtime ]; then runtime=$2; shift 2; fi
+if [ "${1:-}" = --run ]; then run=1; shift; fi
 runtime_suite "$runtime" >/dev/null
 [ "$(id -u)" = 0 ] || die "scripts/test-guest.sh needs root (mounts, chroot)"
 
@@ -105,12 +109,14 @@ if [ ! -f "$libs/.complete" ]; then
 fi
 
 # No test named among the arguments (only options): the guest's tests.
-named=
+named=$run
 for arg in "$@"; do
   case $arg in -*) ;; *) [ ! -e "${arg%%::*}" ] || named=1 ;; esac
 done
 [ -n "$named" ] || set -- "$@" $(guest_test_files)
-step "test-guest: pytest under the $runtime image's Python $python_version: $*"
+command="python3 -m pytest -p no:cacheprovider"
+[ -z "$run" ] || command=python3
+step "test-guest: $command under the $runtime image's Python $python_version: $*"
 # shellcheck disable=SC2016
 rc=0
 unshare -m --propagation private sh -euc "$ROOT_SETUP"'
@@ -121,10 +127,10 @@ unshare -m --propagation private sh -euc "$ROOT_SETUP"'
   # sandbox) find /opt/aleph/libs where init0 puts it: right after PYTHONPATH.
   printf "%s\n" "import sys; \"/opt/aleph/libs\" in sys.path or sys.path.insert(next(i for i, p in enumerate(sys.path) if p.endswith(\".zip\")), \"/opt/aleph/libs\")" \
     >"$R/usr/lib/python3/dist-packages/aleph-test-libs.pth"
-  repo=$4
-  shift 5
+  repo=$4 command=$6
+  shift 6
   exec chroot "$R" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
     LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$repo/runtime:/opt/aleph/libs:/opt/test-libs" \
-    sh -c "cd \"$repo\" && exec python3 -m pytest -p no:cacheprovider \"\$@\"" pytest "$@"
-' sh "$work" "$squashfs" "$libs/layer" "$REPO" "$libs" "$@" || rc=$?
+    sh -c "cd \"$repo\" && exec $command \"\$@\"" python3 "$@"
+' sh "$work" "$squashfs" "$libs/layer" "$REPO" "$libs" "$command" "$@" || rc=$?
 exit $rc
