@@ -18,9 +18,19 @@ security=$(debian_security_mirror)
 mkdir -p "$CACHE_DIR/debs"
 
 step "base: debootstrap --variant=minbase $suite from $mirror"
-debootstrap --variant=minbase --components=main --cache-dir="$CACHE_DIR/debs" \
-  "$suite" "$root" "$mirror" >"$root.debootstrap.log" 2>&1 || {
-  tail -30 "$root.debootstrap.log" >&2; die "debootstrap failed (log: $root.debootstrap.log)"; }
+# A mirror drops a download now and then, and debootstrap does not retry: try again
+# (up to 3 times) when that is why it failed; what it fetched stays in the .deb cache.
+attempt=1
+until debootstrap --variant=minbase --components=main --cache-dir="$CACHE_DIR/debs" \
+  "$suite" "$root" "$mirror" >"$root.debootstrap.log" 2>&1; do
+  if [ $attempt -lt 3 ] && grep -q "Couldn't download" "$root.debootstrap.log"; then
+    step "base: debootstrap could not download some packages; attempt $((attempt + 1))"
+    attempt=$((attempt + 1))
+    rm -rf "$root"
+    continue
+  fi
+  tail -30 "$root.debootstrap.log" >&2; die "debootstrap failed (log: $root.debootstrap.log)"
+done
 rm -f "$root.debootstrap.log"
 
 {
