@@ -71,7 +71,7 @@ class AlephProgramError(pytest.fail.Exception):
         super().__init__(message, pytrace=False)
 
 
-def _descendants(pid: int) -> set[int]:
+def descendants(pid: int) -> set[int]:
     """Every process below `pid`, from /proc's children lists (the dev init runs in a
     session of its own, out of reach of a process-group kill)."""
     found: set[int] = set()
@@ -315,7 +315,7 @@ class AlephProgram:
 
     def _kill(self) -> None:
         assert self.process is not None
-        for pid in (*_descendants(self.process.pid), self.process.pid):
+        for pid in (*descendants(self.process.pid), self.process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()

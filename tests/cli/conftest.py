@@ -14,31 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from aleph_runtime.testing import descendants
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 EXAMPLES = REPOSITORY / "examples"
 URL_LINE = re.compile(rb"Program running at (http://127\.0\.0\.1:\d+/)")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc's children lists."""
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except FileNotFoundError:
-            continue
-        for task in tasks:
-            try:
-                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
-            except FileNotFoundError:
-                continue
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    pending.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:

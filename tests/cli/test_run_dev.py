@@ -14,7 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.cli.conftest import EXAMPLES, alive, descendants
+from aleph_runtime.testing import descendants
+from tests.cli.conftest import EXAMPLES, alive
 from tests.cli.example_checks import check_default_example, check_legacy_example, sockets_under, stop_cleanly
 from tests.helpers import free_port
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import REPOSITORY, alive, descendants
+from aleph_runtime.testing import descendants
+
+from .conftest import REPOSITORY, alive
 from .example_checks import sockets_under, stop_cleanly
 
 pytestmark = [
