@@ -5,6 +5,16 @@ CACHE_DIR=${ALEPH_RUNTIME_CACHE:-/var/cache/aleph-runtime}
 BUILD_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO_DIR=$(cd "$BUILD_DIR/.." && pwd)
 
+# The runtimes an image can be built for, and the Debian suite of each.
+RUNTIMES="debian-12 debian-13"
+runtime_suite() {
+  case $1 in
+    debian-12) echo bookworm ;;
+    debian-13) echo trixie ;;
+    *) die "unknown runtime $1 (known: $(echo $RUNTIMES | sed 's/ /, /g'))" ;;
+  esac
+}
+
 _t0=$(date +%s)
 _tstep=$_t0
 # Progress goes to stderr; stdout is kept for the one machine-readable result line.
@@ -30,6 +40,7 @@ short_hash() { sha256sum | cut -c1-16; }
 
 # The Debian mirror this machine's apt already uses (APT_ETC: another /etc/apt, for tests) (deb822 .sources or one-line
 # sources.list), unless DEBIAN_MIRROR says otherwise. Never a host name in the repo.
+# Found by its bookworm entry; one archive serves every suite (trixie's too).
 debian_mirror() {
   if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
   _m=$(

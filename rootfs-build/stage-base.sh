@@ -1,31 +1,43 @@
 #!/bin/sh
-# Stage 1 of build-rootfs.sh: `debootstrap --variant=minbase bookworm` from the machine's
-# Debian mirror, Debian's updates and security fixes applied, then the profile's
-# packages (packages-lean.txt, plus packages-full.txt for the full profile), without
-# Recommends. build-rootfs.sh caches the result keyed by a hash of this file and the
-# package lists: any change here rebuilds the stage.
+# Stage 1 of build-rootfs.sh: `debootstrap --variant=minbase SUITE` (bookworm for the
+# debian-12 runtime, trixie for debian-13) from the machine's Debian mirror, Debian's
+# updates and security fixes applied, then the packages of the runtime and profile
+# (packages-lean.txt, packages-RUNTIME.txt if it exists, plus packages-full.txt and
+# packages-full-RUNTIME.txt if it exists for the full profile), without Recommends. build-rootfs.sh caches the result keyed by a hash
+# of this file and the package lists: any change here rebuilds the stage.
 #
-# Usage: stage-base.sh ROOT PROFILE   (ROOT must not exist)
+# Usage: stage-base.sh ROOT PROFILE [RUNTIME]   (ROOT must not exist; default debian-12)
 set -eu
 . "$(cd "$(dirname "$0")" && pwd)/common.sh"
-root=$1 profile=$2
+root=$1 profile=$2 runtime=${3:-debian-12}
 [ ! -e "$root" ] || die "$root exists"
+suite=$(runtime_suite "$runtime")
 
 mirror=$(debian_mirror)
 security=$(debian_security_mirror)
 mkdir -p "$CACHE_DIR/debs"
 
-step "base: debootstrap --variant=minbase bookworm from $mirror"
-debootstrap --variant=minbase --components=main --cache-dir="$CACHE_DIR/debs" \
-  bookworm "$root" "$mirror" >"$root.debootstrap.log" 2>&1 || {
-  tail -30 "$root.debootstrap.log" >&2; die "debootstrap failed (log: $root.debootstrap.log)"; }
+step "base: debootstrap --variant=minbase $suite from $mirror"
+# A mirror drops a download now and then, and debootstrap does not retry: try again
+# (up to 3 times) when that is why it failed; what it fetched stays in the .deb cache.
+attempt=1
+until debootstrap --variant=minbase --components=main --cache-dir="$CACHE_DIR/debs" \
+  "$suite" "$root" "$mirror" >"$root.debootstrap.log" 2>&1; do
+  if [ $attempt -lt 3 ] && grep -q "Couldn't download" "$root.debootstrap.log"; then
+    step "base: debootstrap could not download some packages; attempt $((attempt + 1))"
+    attempt=$((attempt + 1))
+    rm -rf "$root"
+    continue
+  fi
+  tail -30 "$root.debootstrap.log" >&2; die "debootstrap failed (log: $root.debootstrap.log)"
+done
 rm -f "$root.debootstrap.log"
 
 {
-  printf 'Types: deb\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\n' "$mirror"
+  printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: main\n' "$mirror" "$suite" "$suite"
   printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
   if [ -n "$security" ]; then
-    printf '\nTypes: deb\nURIs: %s\nSuites: bookworm-security\nComponents: main\n' "$security"
+    printf '\nTypes: deb\nURIs: %s\nSuites: %s-security\nComponents: main\n' "$security" "$suite"
     printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
   fi
 } >"$root/etc/apt/sources.list.d/debian.sources"
@@ -46,9 +58,12 @@ EOF
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 
 pkgs=$(sed 's/#.*//' "$BUILD_DIR/packages-lean.txt")
+[ ! -f "$BUILD_DIR/packages-$runtime.txt" ] || pkgs="$pkgs $(sed 's/#.*//' "$BUILD_DIR/packages-$runtime.txt")"
 [ "$profile" = lean ] || pkgs="$pkgs $(sed 's/#.*//' "$BUILD_DIR/packages-$profile.txt")"
+[ "$profile" = lean ] || [ ! -f "$BUILD_DIR/packages-$profile-$runtime.txt" ] ||
+  pkgs="$pkgs $(sed 's/#.*//' "$BUILD_DIR/packages-$profile-$runtime.txt")"
 pkgs=$(echo $pkgs)
-step "base: apt-get dist-upgrade, then install ($profile): $pkgs"
+step "base: apt-get dist-upgrade, then install ($runtime, $profile): $pkgs"
 mkdir -p "$CACHE_DIR/apt-archives/partial"
 # A private mount namespace: /proc and the .deb cache vanish with it, even on failure.
 unshare -m sh -eu -c '

@@ -30,6 +30,10 @@ directory with init/ and runtime/, byte-compiled like ours). `ratios` divides ou
 figures by each other side's. The derived image is packed as the base is (its manifest's
 compression and level) and cached by its inputs.
 
+`--runtime debian-13` boots that runtime's image (Debian 13, Python 3.13) instead of
+debian-12's, the network's; `--runtime debian-12,debian-13` runs the cold starts on each
+in turn, each runtime's figures under `runtimes`.
+
 `--throughput` instead boots once and measures calls: per-request latency (p50/p90/p99,
 sequential) and requests/s with N in flight, MB/s for one POST of a 64 MiB body answered
 with its sha256 and for a 64 MiB response; `--init PATH` boots another init program from
@@ -66,6 +70,7 @@ sys.path.insert(0, str(REPOSITORY / "runtime"))
 
 from aleph_runtime.host.machines.qemu import QemuMachine, find_images  # noqa: E402
 from aleph_runtime.host.program import program_config  # noqa: E402
+from aleph_runtime.host.vmm import image  # noqa: E402
 from aleph_runtime.host.vmm.image import COMPRESSIONS  # noqa: E402
 from aleph_runtime.host.vmm.qemu import UserNetwork  # noqa: E402
 
@@ -384,10 +389,17 @@ async def floor_start(kernel, initramfs, rootfs, program: bytes, args) -> dict:
     raise RuntimeError(f"floor: no {FLOOR_MARKER!r} line\n{vm.console_tail()}")
 
 
+def runtime_image(args, profile: str) -> Path | None:
+    """`--runtime`'s image (built through the cache), or None without --runtime."""
+    if not args.runtime:
+        return None
+    return image.ensure_rootfs(profile, args.compression or image.DEFAULT_COMPRESSION, runtime=args.runtime)
+
+
 async def cold_starts(args) -> dict:
     profile = args.profile or ("full" if args.against else "lean")
     kernel, initramfs, built = find_images(args.kernel, profile, args.compression)
-    base = Path(args.rootfs) if args.rootfs else built
+    base = Path(args.rootfs) if args.rootfs else runtime_image(args, profile) or built
     sides = [Side("ours")]
     rootfs = base
     if args.against:
@@ -411,7 +423,7 @@ async def cold_starts(args) -> dict:
                         await cold_start(kernel, initramfs, rootfs, side, programs[name], args)
                     )
     result: dict = {"kernel": str(kernel), "rootfs": str(rootfs), "base_rootfs": str(base), "runs": args.runs,
-                    "sides": {}}  # fmt: skip
+                    "runtime": None if args.rootfs else args.runtime or image.DEFAULT_RUNTIME, "sides": {}}  # fmt: skip
     for side in sides:
         result["sides"][side.name] = {}
         for name in names:
@@ -591,10 +603,12 @@ async def throughput(args) -> dict:
         kernel, initramfs, rootfs = args.kernel, args.initramfs, None
     if args.rootfs:
         rootfs = args.rootfs
-    elif rootfs is None:
-        from aleph_runtime.host.vmm import image
-
-        rootfs = image.ensure_rootfs(args.profile or "lean", args.compression or image.DEFAULT_COMPRESSION)
+    elif args.runtime or rootfs is None:
+        rootfs = image.ensure_rootfs(
+            args.profile or "lean",
+            args.compression or image.DEFAULT_COMPRESSION,
+            runtime=args.runtime or image.DEFAULT_RUNTIME,
+        )
     network = UserNetwork(ip="172.16.9.2", route="172.16.9.1")
     vm = QemuMachine(
         kernel, initramfs, rootfs, network=network, init=args.init,
@@ -712,6 +726,12 @@ def main() -> None:
     parser.add_argument("--initramfs", help="with a kernel file: its initramfs")
     parser.add_argument("--rootfs", help="the runtime image (default: the cached lean one)")
     parser.add_argument("--profile", choices=["lean", "full"], help="the image to build or find in the cache")
+    parser.add_argument(
+        "--runtime",
+        type=runtime_list,
+        help=f"the image's runtime (default {image.DEFAULT_RUNTIME}: the network's); cold starts take several, "
+        "comma-separated (debian-12,debian-13): each runtime's figures under `runtimes`, one after the other",
+    )
     parser.add_argument("--compression", choices=COMPRESSIONS, help="its squashfs compression")
     parser.add_argument("--memory", type=int, default=512, help="MiB")
     parser.add_argument("--vcpus", type=int, default=1)
@@ -731,13 +751,34 @@ def main() -> None:
                              "the docs' way against `aleph-runtime packages`, and code packed with and without "
                              "bytecode")  # fmt: skip
     args = parser.parse_args()
-    if args.throughput:
-        result = asyncio.run(throughput(args))
-    elif args.dependencies:
-        result = asyncio.run(dependency_starts(args))
-    else:
-        result = asyncio.run(cold_starts(args))
-    print(json.dumps(result, indent=2))
+    runtimes = args.runtime or [None]
+    if args.dependencies:
+        if runtimes not in ([None], ["debian-12"]):
+            parser.error(
+                "--dependencies: debian-12's image only (this machine's Python writes the code's bytecode)"
+            )
+        print(json.dumps(asyncio.run(dependency_starts(args)), indent=2))
+        return
+    if len(runtimes) > 1 and (args.throughput or args.rootfs):
+        parser.error("several runtimes: cold starts only, from the runtimes' own images (no --rootfs)")
+    if len(runtimes) == 1:
+        args.runtime = runtimes[0]
+        print(json.dumps(asyncio.run(throughput(args) if args.throughput else cold_starts(args)), indent=2))
+        return
+    result = {}
+    for runtime in runtimes:
+        args.runtime = runtime
+        result[runtime] = asyncio.run(cold_starts(args))
+    print(json.dumps({"runtimes": result}, indent=2))
+
+
+def runtime_list(value: str) -> list[str]:
+    """`--runtime`'s value: one runtime or several, comma-separated, each a known one."""
+    names = [name for name in value.split(",") if name]
+    for name in names:
+        if name not in image.RUNTIMES:
+            raise argparse.ArgumentTypeError(f"unknown runtime {name!r}: one of {', '.join(image.RUNTIMES)}")
+    return names
 
 
 if __name__ == "__main__":

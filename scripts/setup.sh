@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # rootfs-build/containers.conf).
 packages="python3 python3-venv python3-dev gcc qemu-system-x86 qemu-utils debootstrap squashfs-tools \
   e2fsprogs busybox-static cpio zstd redis-server iproute2 util-linux socat openssh-server openssh-client \
-  curl ca-certificates git podman runc \
+  curl ca-certificates git podman runc passt \
   linux-source-6.1 make flex bison bc libelf-dev libssl-dev xz-utils"
 if ! stamp_ok apt "$packages"; then
   step "apt: installing Debian packages"

@@ -22,10 +22,11 @@ the standard library only; the node's code runs in the `aleph-runtime run` subpr
         return aleph_program_factory("my_app", mode="vm")
 
 `aleph_program` is module-scoped: one program per test module, configured by the module's
-`aleph_program` marker. The mode is the marker's, else `--aleph-mode` (dev by default:
-the init as a local process, started in a second or two; `vm` boots the runtime image in
-QEMU). Each program gets its own state directory (key, Redis data, persistent volumes)
-under pytest's temporary directory, and a free port, kept across `restart()`.
+`aleph_program` marker. The mode is the marker's, else `--aleph-mode` (dev by default: a
+container of the runtime image, started in about half a second once the image is built;
+`vm` boots the runtime image in QEMU). Each program gets its own state directory (key,
+Redis data, persistent volumes) under pytest's temporary directory, and a free port, kept
+across `restart()`.
 
 What a started program offers (`AlephProgram`): `url`, `client` (an httpx.Client bound to
 the URL), `event(content)` (an aleph message POSTed to /control/event, the answer's JSON),
@@ -49,9 +50,10 @@ from pathlib import Path
 import pytest
 
 MODES = ("dev", "vm")
-#: How long a start may take before the fixture gives up: dev mode starts in seconds; a VM
-#: boots under TCG, and its first run may build the image and the kernel (tens of minutes).
-START_TIMEOUT = {"dev": 120.0, "vm": 3600.0}
+#: How long a start may take before the fixture gives up: dev mode starts in a second, but
+#: its first run may build the runtime image (minutes); a VM boots under TCG, and its first
+#: run may build the image and the kernel (tens of minutes).
+START_TIMEOUT = {"dev": 1800.0, "vm": 3600.0}
 #: How long a stop (SIGINT: the supervisor's halt) may take before the command is killed.
 STOP_TIMEOUT = 60.0
 #: The command's output lines kept (the oldest are dropped).
@@ -69,7 +71,7 @@ class AlephProgramError(pytest.fail.Exception):
         super().__init__(message, pytrace=False)
 
 
-def _descendants(pid: int) -> set[int]:
+def descendants(pid: int) -> set[int]:
     """Every process below `pid`, from /proc's children lists (the dev init runs in a
     session of its own, out of reach of a process-group kill)."""
     found: set[int] = set()
@@ -313,7 +315,7 @@ class AlephProgram:
 
     def _kill(self) -> None:
         assert self.process is not None
-        for pid in (*_descendants(self.process.pid), self.process.pid):
+        for pid in (*descendants(self.process.pid), self.process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()

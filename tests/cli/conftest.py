@@ -14,31 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from aleph_runtime.testing import descendants
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 EXAMPLES = REPOSITORY / "examples"
 URL_LINE = re.compile(rb"Program running at (http://127\.0\.0\.1:\d+/)")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc's children lists."""
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except FileNotFoundError:
-            continue
-        for task in tasks:
-            try:
-                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
-            except FileNotFoundError:
-                continue
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    pending.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -112,8 +92,21 @@ class CLI:
             await self.process.wait()
 
 
+@pytest.fixture(scope="session")
+def dev_image() -> None:
+    """Dev mode runs in a container of the runtime image: have the image built (minutes,
+    the first time) and unpacked before any command's start is timed."""
+    from aleph_runtime.host.container import rootfs
+    from aleph_runtime.host.container.spawn import plan
+
+    if os.geteuid() != 0 and not os.environ.get("ALEPH_ROOTFS") and not rootfs.cached_images("lean"):
+        pytest.skip("dev mode needs the runtime image, and only root builds it")
+    ids, _, _ = plan()
+    rootfs.image_tree(rootfs.dev_image("lean"), ids)
+
+
 @pytest.fixture
-def cli_factory(short_dir):
+def cli_factory(short_dir, dev_image):
     started: list[CLI] = []
 
     async def make(

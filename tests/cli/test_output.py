@@ -66,7 +66,7 @@ async def test_default_output(cli_factory, short_dir):
     assert "program says hello on stdout /hello" in output
     assert "program complains on stderr" in output
     assert output.count("ValueError: raised on purpose") == 1, output  # the traceback, once
-    assert re.search(r"^aleph-runtime: started in [\d.]+ s: init ready [\d.]+ s, config answered [\d.]+ s$",
+    assert re.search(r"^aleph-runtime: started in [\d.]+ s: container [\d.]+ s, init ready [\d.]+ s, config answered [\d.]+ s$",
                      output, re.MULTILINE), output  # fmt: skip
     assert " init1 INFO" not in output and "Ready signal sent" not in output  # the init's progress: --verbose
 

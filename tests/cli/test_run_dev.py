@@ -7,13 +7,15 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.cli.conftest import EXAMPLES, alive, descendants
+from aleph_runtime.testing import descendants
+from tests.cli.conftest import EXAMPLES, alive
 from tests.cli.example_checks import check_default_example, check_legacy_example, sockets_under, stop_cleanly
 from tests.helpers import free_port
 
@@ -80,9 +82,6 @@ async def test_usage_errors(cli_factory, short_dir):
     cli = await cli_factory("--mode", "dev", "--volume", "relative=./x", str(EXAMPLES / "hello"))
     assert await cli.wait() == 2
     assert "absolute path" in cli.output()
-    cli = await cli_factory("--mode", "dev", "--port", "8080", str(EXAMPLES / "executable"))
-    assert await cli.wait() == 2
-    assert "listens on this machine's 127.0.0.1:8080" in cli.output()
 
 
 async def test_port_in_use(cli_factory):
@@ -198,7 +197,14 @@ async def test_a_dying_init_is_replaced_at_the_next_request(cli_factory):
     cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "hello" / "main.py"))
     url = await cli.wait_url()
     children = descendants(cli.process.pid)
-    init = [pid for pid in children if b"init1.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    # The init itself (python3 ... init1.py), not the container's setup that names it in its arguments.
+    init = [
+        pid
+        for pid in children
+        if (argv := Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+        and b"python" in argv[0]
+        and any(arg.endswith(b"init1.py") for arg in argv)
+    ]
     assert len(init) == 1
     os.kill(init[0], signal.SIGKILL)
     for _ in range(100):
@@ -245,3 +251,94 @@ async def test_ctrl_c_in_a_terminal(cli_factory):
     assert sockets_under(cli.state_dir) == []
     log = (cli.state_dir / "volumes" / "tty" / "lifespan.log").read_text().split()
     assert log[0::2] == ["startup", "shutdown"]
+
+
+HUNGRY = b"""
+import importlib.util
+import sys
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    body = f"{sys.executable} pytest={importlib.util.find_spec('pytest') is not None}".encode()
+    if scope["path"] == "/eat":
+        body = bytes(bytearray(400 << 20))[:10]  # 400 MiB, touched
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+async def test_memory_limit_and_the_image_python(cli_factory, short_dir):
+    """The program runs on the image's Python, not this machine's virtualenv; past its
+    --memory it is killed, as a VM's init is, and the terminal says so in one line."""
+    program = short_dir / "hungry.py"
+    program.write_bytes(HUNGRY)
+    cli = await cli_factory("--mode", "dev", "--port", "0", "--memory", "128", str(program))
+    url = await cli.wait_url()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            # The image's Python, without this machine's packages (this test's pytest, say).
+            assert await response.text() == "/usr/bin/python3 pytest=False"
+        async with http.get(f"{url}eat") as response:
+            assert response.status == 502
+    for _ in range(100):
+        if "crash:" in cli.output():
+            break
+        await asyncio.sleep(0.1)
+    crashes = [line for line in cli.output().splitlines() if "crash:" in line]
+    assert len(crashes) == 1, cli.output()
+    assert "out of memory: the kernel's OOM killer ended it at its 128 MiB limit (--memory)" in crashes[0]
+    await stop_cleanly(cli)
+
+
+async def test_an_image_that_cannot_be_unpacked_stops_dev_mode_in_one_sentence(cli_factory, short_dir):
+    broken = short_dir / "rootfs.squashfs"
+    broken.write_bytes(b"hsqs" + b"\0" * 4096)  # a squashfs magic, and nothing behind it
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(EXAMPLES / "hello" / "main.py"),
+                            env={"ALEPH_ROOTFS": str(broken), "XDG_CACHE_HOME": str(short_dir / "cache")})  # fmt: skip
+    assert await cli.wait() != 0
+    output = cli.output()
+    assert f"the runtime image {broken} could not be unpacked" in output, output
+    assert "rebuild it with rootfs-build/build-rootfs.sh --force" in output
+    assert "Traceback" not in output
+    with open("/proc/self/mountinfo") as mountinfo:
+        assert str(short_dir) not in mountinfo.read()
+
+
+PEEKING = b"""
+import json, os, socket
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    key = os.environ["STATE_KEY"]
+    seen = {
+        "key": os.path.exists(key),
+        "host_pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())[:3],
+        "hostname": socket.gethostname(),
+        "cmdline1": open("/proc/1/cmdline").read().split("\\0")[1:3],
+    }
+    body = json.dumps(seen).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+async def test_the_program_sees_the_container_not_this_machine(cli_factory, short_dir):
+    program = short_dir / "peeking.py"
+    program.write_bytes(PEEKING)
+    state = short_dir / "state"
+    state.mkdir()
+    (state / "signing.key").write_bytes(os.urandom(32))  # the node's key, as a run leaves it
+    cli = await cli_factory("--mode", "dev", "--port", "0", "--env", f"STATE_KEY={state / 'signing.key'}",
+                            str(program))  # fmt: skip
+    url = await cli.wait_url()
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        seen = await response.json(content_type=None)
+    assert seen["key"] is False
+    assert seen["host_pids"][0] == 1 and max(seen["host_pids"]) < 100  # its own PID namespace
+    assert seen["cmdline1"] == ["-OO", "/opt/aleph/init/init1.py"]  # the image's init, PID 1
+    assert seen["hostname"] != socket.gethostname()
+    await stop_cleanly(cli)

@@ -16,7 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import REPOSITORY, alive, descendants
+from aleph_runtime.testing import descendants
+
+from .conftest import REPOSITORY, alive
 from .example_checks import sockets_under, stop_cleanly
 
 pytestmark = [
@@ -55,8 +57,9 @@ async def test_crash_answers_502_and_the_next_request_gets_a_new_program(cli_fac
         await wait_for_text(cli, "crash: the init exited")
         # A fresh program, the same persistent volume: the counter goes on.
         assert await get(http, f"{url}state/increment") == (200, '{"counter": 1}')
+        # The init is PID 1 of the container, as in a VM: the same PID, a new program.
         status, new_pid = await get(http, f"{url}pid")
-        assert status == 200 and new_pid != pid
+        assert status == 200 and new_pid == pid == "1"
         # And again: a node restarts a program as often as it crashes.
         assert (await get(http, f"{url}crash"))[0] == 502
         assert await get(http, f"{url}state/increment") == (200, '{"counter": 2}')
@@ -130,32 +133,17 @@ async def test_dev_mode_has_the_vm_paths_and_touches_no_host_file(cli_factory, s
     assert json.loads((cli.state_dir / "volumes" / "example" / "storage.json").read_text()) == {"counter": 0}
 
 
-async def test_without_namespaces_dev_mode_falls_back_and_says_so(cli_factory, short_dir):
-    """No `unshare` on PATH: today's layout (a private root, --env values naming a mount
-    point rewritten into it), announced; the program still runs and keeps its data."""
+async def test_without_unshare_dev_mode_says_so_and_exits(cli_factory, short_dir):
+    """No `unshare` on PATH: dev mode cannot make its container; one sentence names the
+    tool and the fix, the command exits 1, and nothing is left running or mounted."""
     bin_dir = short_dir / "bin"
     bin_dir.mkdir()
     (bin_dir / "redis-server").symlink_to(shutil.which("redis-server"))
-    program = short_dir / "notes.py"
-    program.write_text(
-        "import os\nfrom pathlib import Path\n\n"
-        "async def app(scope, receive, send):\n"
-        "    await receive()\n"
-        "    note = Path(os.environ['DATA_DIR']) / 'note.txt'\n"
-        "    note.write_text(scope['path'])\n"
-        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
-        "    await send({'type': 'http.response.body', 'body': os.environ['DATA_DIR'].encode()})\n"
-    )
-    cli = await cli_factory("--mode", "dev", "--port", "0", "--volume", "mount=/var/lib/notes,persistent=notes",
-                            "--env", "DATA_DIR=/var/lib/notes", str(program), env={"PATH": str(bin_dir)})  # fmt: skip
-    url = await cli.wait_url()
-    async with aiohttp.ClientSession() as http:
-        status, data_dir = await get(http, f"{url}written")
-    assert status == 200
-    assert data_dir != "/var/lib/notes" and data_dir.endswith("/root/var/lib/notes")
-    assert "dev mode without private namespaces (`unshare` is not installed)" in cli.output()
-    await stop_cleanly(cli)
-    assert (cli.state_dir / "volumes" / "notes" / "note.txt").read_text() == "/written"
+    cli = await cli_factory("--mode", "dev", "--port", "0", str(DIAGNOSTIC), env={"PATH": str(bin_dir)})
+    assert await cli.wait() == 1, cli.output()
+    assert "`unshare` is not installed: dev mode needs util-linux and bash" in cli.output()
+    assert sockets_under(cli.state_dir) == []
+    assert list((cli.state_dir / "run").iterdir()) == []
 
 
 @needs_namespaces

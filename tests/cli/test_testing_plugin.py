@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from aleph_runtime.testing import AlephProgram, AlephProgramError, _descendants
+from aleph_runtime.testing import AlephProgram, AlephProgramError, descendants
 from tests.cli.conftest import EXAMPLES, alive
 
 pytest_plugins = ["pytester"]
@@ -57,12 +57,12 @@ def test_restart_keeps_the_url_and_stop_leaves_nothing(short_dir):
     try:
         url = program.url
         assert program.client.get("/json").json()["path"] == "/json"
-        first = _descendants(program.process.pid)
+        first = descendants(program.process.pid)
         program.restart()
         assert program.url == url
         assert program.client.get("/again").text == "Hello from aleph-runtime! You asked for /again\n"
         assert [pid for pid in first if alive(pid)] == []
-        children = _descendants(program.process.pid)
+        children = descendants(program.process.pid)
         assert children
     finally:
         status = program.stop()

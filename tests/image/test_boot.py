@@ -116,10 +116,10 @@ def test_debian_kernel_boots_to_init0(kernel: image.KernelFiles, rootfs: Path):
     )
 
 
-def test_node_kernel_boots_to_init1_as_a_node_does(node_kernel: image.NodeKernel, rootfs: Path):
-    """The console shows the node's command line, no initramfs, and init1 running (it then
-    finds no vsock device here, which the e2e tests provide)."""
-    lines, wall = boot_until(node_command(node_kernel, rootfs), r"init0: exec python3", BOOT_TIMEOUT,
+def test_node_kernel_boots_to_init1_as_a_node_does(node_kernel: image.NodeKernel, runtime_rootfs: Path):
+    """Each runtime's image: the console shows the node's command line, no initramfs, and
+    init1 running (it then finds no vsock device here, which the e2e tests provide)."""
+    lines, wall = boot_until(node_command(node_kernel, runtime_rootfs), r"init0: exec python3", BOOT_TIMEOUT,
                              then=r"init1 \w+:", grace=60)  # fmt: skip
     text = "\n".join(lines)
     stamped = check_init0(lines)

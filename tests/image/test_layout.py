@@ -1,7 +1,8 @@
-"""The runtime image's layout: our init where the kernel looks for it, the guest side of
-aleph_runtime and the libraries importable by the image's own Python at -OO without
-compiling anything, no .py without bytecode, nothing left that should be cleaned, and a
-manifest that tells the truth."""
+"""The runtime images' layout, for each runtime (debian-13's tests carry the `debian13`
+marker): our init where the kernel looks for it, the guest side of aleph_runtime and the
+libraries importable by the image's own Python at -OO without compiling anything, a
+program's imports resolving where they resolve on the network, no .py without bytecode,
+nothing left that should be cleaned, and a manifest that tells the truth."""
 
 from __future__ import annotations
 
@@ -18,7 +19,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.image, pytest.mark.root]
 
-PYTHON_DIRS = ("usr/lib/python3.11", "usr/lib/python3/dist-packages", "opt/aleph")
+
+def python_dirs(mnt: Path) -> tuple[str, ...]:
+    """The image's directories of Python code: its stdlib, Debian's and ours."""
+    (stdlib,) = (mnt / "usr/lib").glob("python3.[0-9]*")
+    return (f"usr/lib/{stdlib.name}", "usr/lib/python3/dist-packages", "opt/aleph")
+
+
+def cpython_tag(mnt: Path) -> str:
+    """`cpython-311` for Python 3.11: the bytecode files' tag."""
+    return "cpython-" + python_dirs(mnt)[0].removeprefix("usr/lib/python").replace(".", "")
+
+
+@pytest.fixture
+def rootfs(runtime_rootfs: Path) -> Path:
+    return runtime_rootfs
+
+
+@pytest.fixture
+def mounted_rootfs(runtime_mounted: Path) -> Path:
+    return runtime_mounted
 
 
 def chroot(mnt: Path, *cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -58,10 +78,16 @@ def test_imports_under_image_python_without_compiling(mounted_rootfs: Path):
     # Ours, the libraries of the issue, and every stripped extension module we know of.
     mods = (
         "aleph_runtime, aleph_runtime.protocol, aleph_runtime.guest, aleph.sdk, uvloop, msgpack, fastapi, "
-        "aiohttp, pydantic, aleph_message, cryptography.hazmat.bindings._rust, cytoolz, coincurve, "
-        "nacl.bindings, yarl, multidict, frozenlist, propcache, regex, ckzg, pydantic_core, bitarray, "
-        "Crypto.Cipher.AES, Cryptodome.Cipher.AES, PIL.Image, aiohttp._http_parser"
+        "aiohttp, pydantic, aleph_message, yarl, multidict, frozenlist, propcache, pydantic_core, "
+        "aiohttp._http_parser"
     )
+    # Every stripped extension module we know of, where the runtime's libraries have it.
+    for module in (
+        "cryptography.hazmat.bindings._rust", "cytoolz", "coincurve", "nacl.bindings", "regex", "ckzg",
+        "bitarray", "Crypto.Cipher.AES", "Cryptodome.Cipher.AES", "PIL.Image",
+    ):  # fmt: skip
+        if (mounted_rootfs / "opt/aleph/libs" / module.split(".")[0]).is_dir():
+            mods += f", {module}"
     if (mounted_rootfs / "opt/aleph/runtime/aleph_runtime/guest/main.py").exists():
         mods += ", aleph_runtime.guest.main, aleph_runtime.guest.serve, aleph_runtime.guest.event_loop"
     result = chroot(mounted_rootfs, "python3", "-OO", "-v", "-c", f"import {mods}")
@@ -107,10 +133,11 @@ def test_aleph_sdk_finds_libmagic(mounted_rootfs: Path):
 
 def test_every_py_has_bytecode(mounted_rootfs: Path):
     missing = []
-    for top in PYTHON_DIRS:
+    cpython = cpython_tag(mounted_rootfs)
+    for top in python_dirs(mounted_rootfs):
         for py in (mounted_rootfs / top).rglob("*.py"):
             cache = py.parent / "__pycache__"
-            for tag in (".cpython-311.opt-2.pyc", ".cpython-311.pyc"):
+            for tag in (f".{cpython}.opt-2.pyc", f".{cpython}.pyc"):
                 if not (cache / (py.stem + tag)).exists():
                     missing.append(str(py.relative_to(mounted_rootfs)) + " " + tag)
     assert not missing, f"{len(missing)} missing, e.g. {missing[:20]}"
@@ -118,11 +145,12 @@ def test_every_py_has_bytecode(mounted_rootfs: Path):
 
 def test_no_py_outside_compiled_dirs_left_uncompiled(mounted_rootfs: Path):
     """Any .py elsewhere in the image is not on a Python path; list them so they stay few."""
+    dirs, tag = python_dirs(mounted_rootfs), cpython_tag(mounted_rootfs)
     others = [
         str(p.relative_to(mounted_rootfs))
         for p in mounted_rootfs.rglob("*.py")
-        if not str(p.relative_to(mounted_rootfs)).startswith(PYTHON_DIRS)
-        and not (p.parent / "__pycache__" / (p.stem + ".cpython-311.opt-2.pyc")).exists()
+        if not str(p.relative_to(mounted_rootfs)).startswith(dirs)
+        and not (p.parent / "__pycache__" / f"{p.stem}.{tag}.opt-2.pyc").exists()
     ]
     assert len(others) < 20, others
 
@@ -141,7 +169,35 @@ def test_cleaned(mounted_rootfs: Path):
     assert not list((m / "tmp").iterdir())
 
 
-def test_manifest_matches(rootfs: Path, mounted_rootfs: Path):
+def distributions(directory: Path) -> dict[str, str]:
+    """{Name: Version} of every distribution installed in `directory`."""
+    installed = {}
+    for meta in directory.glob("*.dist-info/METADATA"):
+        fields = dict(
+            line.split(": ", 1) for line in meta.read_text().split("\n\n")[0].splitlines() if ": " in line
+        )
+        installed[fields["Name"]] = fields["Version"]
+    return installed
+
+
+def pins(path: Path) -> dict[str, str]:
+    """{normalized name: version} of a requirements file of exact pins."""
+    found = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            found[normalized(name)] = version
+    return found
+
+
+def normalized(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+PYTHON_OF_RUNTIME = {"debian-12": "3.11.", "debian-13": "3.13."}
+
+
+def test_manifest_matches(rootfs: Path, mounted_rootfs: Path, runtime: str):
     manifest = image.read_manifest(rootfs)
     data = rootfs.read_bytes()
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
@@ -150,8 +206,9 @@ def test_manifest_matches(rootfs: Path, mounted_rootfs: Path):
         manifest["compression"] == "lz4"
         and manifest["compression_level"] is None
         and manifest["profile"] == "lean"
+        and manifest["runtime"] == runtime
     )
-    assert manifest["python"].startswith("3.11.")
+    assert manifest["python"].startswith(PYTHON_OF_RUNTIME[runtime])
 
     dpkg = subprocess.run(
         ["dpkg-query", f"--admindir={mounted_rootfs}/var/lib/dpkg", "-W", "-f=${Package}\t${Version}\n"],
@@ -163,19 +220,72 @@ def test_manifest_matches(rootfs: Path, mounted_rootfs: Path):
     for pkg in ("python3", "openssh-server", "iproute2", "ca-certificates"):
         assert pkg in manifest["debian_packages"]
 
-    installed = {}
-    for meta in (mounted_rootfs / "opt/aleph/libs").glob("*.dist-info/METADATA"):
-        fields = dict(
-            line.split(": ", 1) for line in meta.read_text().split("\n\n")[0].splitlines() if ": " in line
-        )
-        installed[fields["Name"]] = fields["Version"]
+    installed = distributions(mounted_rootfs / "opt/aleph/libs")
     assert manifest["python_packages"] == installed
-    pins = {}
-    for line in (REPO / "rootfs-build/requirements.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[name.lower().replace("_", "-")] = version
-    assert {k.lower().replace("_", "-"): v for k, v in installed.items()} == pins
-    for top in ("aiohttp", "msgpack", "fastapi", "pydantic", "aleph-sdk-python", "aleph-message", "uvloop"):
-        assert top in pins
+    assert {normalized(k): v for k, v in installed.items()} == pins(
+        REPO / f"rootfs-build/requirements-{runtime}.txt"
+    )
+    for top in ("aiohttp", "fastapi", "pydantic", "aleph-sdk-python", "aleph-message"):
+        assert top in installed
+    init_installed = distributions(mounted_rootfs / "opt/aleph/init-libs")
+    assert manifest["init_python_packages"] == init_installed
+    assert {normalized(k): v for k, v in init_installed.items()} == pins(
+        REPO / f"rootfs-build/requirements-init-{runtime}.txt"
+    )
     json.dumps(manifest)
+
+
+#: What a program imports on the network's runtime, and from where: aleph-vm's
+#: init0.sh sets PYTHONPATH=/opt/aleph/libs (pip's, first), then Python's own paths and
+#: Debian's dist-packages (the python3-* packages of its create_disk_image.sh).
+NETWORK_IMPORTS = {
+    "pydantic": "/opt/aleph/libs/",  # pip's pydantic 2 over Debian's python3-pydantic 1.10
+    "fastapi": "/opt/aleph/libs/",
+    "aiohttp": "/opt/aleph/libs/",
+    "starlette": "/opt/aleph/libs/",
+    "aleph.sdk": "/opt/aleph/libs/",
+    "aleph_message": "/opt/aleph/libs/",
+    "google.protobuf": "/opt/aleph/libs/",
+    "msgpack": "/usr/lib/python3/dist-packages/",  # only Debian has it
+    "uvicorn": "/usr/lib/python3/dist-packages/",  # python3-fastapi's dependency
+    "async_timeout": "/usr/lib/python3/dist-packages/",
+}
+
+
+def test_a_program_imports_what_it_imports_on_the_network(mounted_rootfs: Path, runtime: str):
+    """Each library from the place it comes from on the network's runtime (debian-12), and
+    the init's own libraries last on sys.path, after everything a program could import."""
+    code = (
+        "import importlib, json, sys\n"
+        "names = sys.argv[1:]\n"
+        "found = {}\n"
+        "for name in names:\n"
+        "    try:\n"
+        "        found[name] = importlib.import_module(name).__file__\n"
+        "    except ImportError:\n"
+        "        found[name] = None\n"
+        "import uvloop, pydantic\n"
+        "found['uvloop'] = uvloop.__file__\n"
+        "found['pydantic.VERSION'] = pydantic.VERSION\n"
+        "found['sys.path'] = sys.path\n"
+        "print(json.dumps(found))\n"
+    )
+    # The init's environment (init0.sh) for a program's interpreter.
+    env = {"PYTHONPATH": "/opt/aleph/runtime:/opt/aleph/libs"}
+    result = chroot(mounted_rootfs, "python3", "-OO", "-c", code, *NETWORK_IMPORTS, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout)
+    assert found["pydantic.VERSION"].startswith("2.")
+    assert found["uvloop"].startswith("/opt/aleph/init-libs/")
+    assert found["sys.path"][-1] == "/opt/aleph/init-libs"
+    assert found["sys.path"].index("/opt/aleph/libs") < found["sys.path"].index(
+        "/usr/lib/python3/dist-packages"
+    )
+    if runtime == "debian-12":
+        assert {
+            name: (found[name] or "")[: len(where)] for name, where in NETWORK_IMPORTS.items()
+        } == NETWORK_IMPORTS
+    else:
+        # Ahead of the network: pip's libraries only, and the init's msgpack.
+        assert found["pydantic"].startswith("/opt/aleph/libs/")
+        assert found["msgpack"].startswith("/opt/aleph/init-libs/")

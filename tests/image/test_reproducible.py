@@ -1,4 +1,5 @@
-"""Two builds from the same commit and package versions give a bit-identical image.
+"""Two builds from the same commit and package versions give a bit-identical image, for
+each runtime (debian-13's carries the `debian13` marker).
 
 The debootstrap stage comes from the cache (it is keyed by its inputs); everything after
 it really runs again in each build: pip (--rebuild-python), the init and runtime files,
@@ -28,16 +29,17 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def test_two_builds_are_bit_identical(rootfs: Path, tmp_path_factory):
-    # `rootfs` first: the cached standard build warms the debootstrap stage.
+def test_two_builds_are_bit_identical(runtime: str, runtime_rootfs: Path, tmp_path_factory):
+    # `runtime_rootfs` first: the cached standard build warms the debootstrap stage.
+    rootfs = runtime_rootfs
     dirs = [tmp_path_factory.mktemp(f"build{i}") for i in (1, 2)]
     try:
         cold = (
             tmp_path_factory.mktemp("cold-cache") if os.environ.get("ALEPH_TEST_REPRO_COLD") == "1" else None
         )
         images = [
-            image.ensure_rootfs(out=dirs[0], rebuild_python=True),
-            image.ensure_rootfs(out=dirs[1], rebuild_python=True, cache=cold),
+            image.ensure_rootfs(runtime=runtime, out=dirs[0], rebuild_python=True),
+            image.ensure_rootfs(runtime=runtime, out=dirs[1], rebuild_python=True, cache=cold),
         ]
         hashes = [sha256(p) for p in images]
         assert hashes[0] == hashes[1], "two builds of the same inputs differ"

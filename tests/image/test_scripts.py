@@ -82,3 +82,23 @@ def test_wrapper_rejects_unknown_profile_and_compression():
 def test_kernel_cmdline_has_no_nomodule():
     assert "nomodule" not in image.KERNEL_CMDLINE.split()
     assert "root=/dev/vda" in image.KERNEL_CMDLINE.split()
+
+
+def test_unknown_runtime_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown runtime 'debian-11': one of debian-12, debian-13"):
+        image.ensure_rootfs(runtime="debian-11")
+    result = subprocess.run(
+        [str(REPO / "rootfs-build/build-rootfs.sh"), "--runtime", "debian-11"], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: unknown runtime debian-11 (known: debian-12, debian-13)"
+
+
+def test_python_and_shell_name_the_same_runtimes():
+    script = (
+        f'. "{REPO}/rootfs-build/common.sh"; echo $RUNTIMES; for r in $RUNTIMES; do runtime_suite $r; done'
+    )
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    names, *suites = result.stdout.split("\n")[:-1]
+    assert tuple(names.split()) == image.RUNTIMES
+    assert suites == ["bookworm", "trixie"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +83,34 @@ def test_workdir_is_shared_with_the_inside():
         assert target.read_text() == "hello\n"
     finally:
         box.stop(timeout=0)
+
+
+ESCAPE = r"""
+import os, sys
+# The classic chroot escape: a chroot into a subdirectory, then '..' from outside it.
+os.makedirs("/tmp/jail", exist_ok=True)
+os.chroot("/tmp/jail")
+for _ in range(64):
+    os.chdir("..")
+os.chroot(".")
+with open(sys.argv[1], "w") as marker:
+    marker.write("escaped")
+print("written")
+"""
+
+
+def test_a_chroot_escape_changes_no_file_of_the_machine():
+    """pivot_root with the machine's root detached, not chroot: climbing out of a chroot
+    lands in the sandbox's own overlay, whose writes stay private."""
+    marker = Path(f"/var/tmp/aleph-escape-{secrets.token_hex(4)}")
+    box = Sandbox([sys.executable, "-c", ESCAPE, str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    box.start()
+    try:
+        stdout, stderr = box.process.communicate(timeout=60)
+    finally:
+        box.stop()
+    try:
+        assert stdout == b"written\n", stderr
+        assert not marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)

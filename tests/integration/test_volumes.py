@@ -106,3 +106,22 @@ def test_unmountable_device_is_a_config_error(tmp_path, volume_images):
     result = run_python(SCRIPT % json.dumps(volumes), volumes={"vdc": garbage})
     report = json.loads(result.stdout)
     assert "/mnt/garbage" in report["error"] and "no known filesystem" in report["error"]
+
+
+PREMOUNTED = r"""
+import json, os, subprocess
+from aleph_runtime.guest.config import Volume
+from aleph_runtime.guest.volumes import mount_volumes
+# As dev mode's container has it: no block device, the host bound the directory in place
+# (a space in the name: mountinfo escapes it).
+os.makedirs("/mnt/bound dir", exist_ok=True)
+subprocess.run(["mount", "-t", "tmpfs", "bound", "/mnt/bound dir"], check=True)
+mounted = mount_volumes([Volume(mount="/mnt/bound dir", device="vdx", read_only=False)])
+print(json.dumps([(m.mount_point, m.fstype) for m in mounted]))
+"""
+
+
+def test_a_volume_already_mounted_without_its_device_is_taken_as_is():
+    result = run_python(PREMOUNTED)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [["/mnt/bound dir", "bind"]]

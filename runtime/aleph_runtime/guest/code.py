@@ -24,7 +24,7 @@ import types
 from pathlib import Path
 
 from aleph_runtime import protocol
-from aleph_runtime.guest import collector
+from aleph_runtime.guest import collector, python_needed
 from aleph_runtime.guest.archive import DEFAULT_MAX_UNPACKED, extract_tar, extract_zip
 from aleph_runtime.guest.config import Config, ConfigError, Encoding, Interface, is_ascii_identifier
 from aleph_runtime.guest.record import Record
@@ -138,20 +138,7 @@ MAX_LISTED = 8
 
 def _newer_python_hint(error: BaseException) -> str:
     """A hint when an import failure smells of a package written for a newer Python."""
-    version = ".".join(map(str, sys.version_info[:3]))
-    hint = f" (the runtime runs Python {version}; this package may need a newer Python)"
-    if isinstance(error, SyntaxError):
-        return hint  # new syntax (PEP 695 generics, ...) is the usual cause in a package
-    # "cannot import name 'markcoroutinefunction' from 'inspect'": a name the standard
-    # library of a later Python has.
-    if (
-        isinstance(error, ImportError)
-        and not isinstance(error, ModuleNotFoundError)
-        and error.name
-        and error.name.split(".")[0] in sys.stdlib_module_names
-    ):
-        return hint
-    return ""
+    return python_needed.hint(error)
 
 
 def is_asgi_callable(value: object) -> bool:

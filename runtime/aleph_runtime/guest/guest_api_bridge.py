@@ -98,6 +98,7 @@ class _Pair:
     def __init__(self):
         self.client = _Half(self)
         self.host = _Half(self)
+        self.host_writer: asyncio.StreamWriter | None = None
 
     def close(self) -> None:
         for half in (self.client, self.host):
@@ -122,6 +123,9 @@ class _Pair:
             self.close()
             return
         transport = writer.transport
+        # Python 3.12+ closes a StreamWriter's transport when the writer is collected:
+        # keep it as long as the pair lives, though only its transport is used.
+        self.host_writer = writer
         if self.client.closed:
             transport.close()
             return

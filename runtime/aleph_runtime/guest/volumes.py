@@ -83,6 +83,10 @@ def _mount_one(volume: Volume, dev_dir: str) -> MountedVolume:
     where = f"the volume {volume.mount!r} (device {volume.device!r})"
     device_path = os.path.join(dev_dir, volume.device)
     if not os.path.exists(device_path):
+        if _is_mount_point(volume.mount):
+            # Dev mode's container: no block device, the host bound the volume's directory here.
+            logger.info("%s is already mounted on %s (by the host: dev mode)", where, volume.mount)
+            return MountedVolume(volume, device_path, volume.mount, "bind", volume.read_only)
         raise ConfigError(f"{where} cannot be mounted: {device_path} does not exist")
     try:
         fstype = detect_filesystem(device_path)
@@ -121,6 +125,21 @@ def _mount_one(volume: Volume, dev_dir: str) -> MountedVolume:
             ) from None
     logger.info("mounted %s (%s%s) on %s", device_path, fstype, ", ro" if read_only else "", volume.mount)
     return MountedVolume(volume, device_path, volume.mount, fstype, read_only)
+
+
+def _is_mount_point(path: str) -> bool:
+    """`path` is where something is mounted (/proc/self/mountinfo: a bind of a directory of
+    the same filesystem as its parent's shows there, not in st_dev)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as mountinfo:
+            points = {line.split()[4] for line in mountinfo if len(line.split()) > 4}
+    except OSError:
+        return False
+    # Spaces, tabs, newlines and backslashes are octal escapes there.
+    escaped = os.path.normpath(path).encode().replace(b"\\", b"\\134")
+    for char in b" \t\n":
+        escaped = escaped.replace(bytes([char]), b"\\%03o" % char)
+    return escaped in points
 
 
 def mount_volumes(volumes: Sequence[Volume], dev_dir: str = "/dev") -> list[MountedVolume]:

@@ -10,8 +10,9 @@ local node asks of it (`renew`, `guest_path`, `exit_grace`, `describe_exit`,
 
 - `CommandMachine` (here): any command that ends up running the init with the `<uds>`
   layout (the image's Python in namespaces, say);
-- `DevMachine` (dev.py): `init/init1.py` as a local process in dev mode, optionally
-  chrooted into a private overlay of this machine's / (the VM's paths);
+- `ContainerMachine` (dev.py): the runtime image's init as PID 1 of a container of that
+  image (host/container/): `--mode dev`;
+- `DevMachine` (dev.py): `init/init1.py` as a local process in dev mode (tests, benchmarks);
 - `QemuMachine` (qemu.py): the runtime image in QEMU with our vsock backend;
 - `SandboxMachine` (sandbox.py): the init as PID 1 of private namespaces (tests, benchmarks).
 

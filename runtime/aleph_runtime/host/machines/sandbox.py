@@ -1,12 +1,16 @@
 """Run a command (normally the init) as PID 1 of private namespaces, as a VM would run it.
 
-The command gets new mount, PID, UTS and network namespaces, and a private root
-(overlay.py): an overlay of the machine's / whose writes land in a tmpfs that vanishes
-with the sandbox, so everything the init and the program write (/etc/resolv.conf,
-/etc/hostname, /root/.ssh, /etc/ssh host keys, /opt, /data, mount points...) stays
-private. /tmp, /run and /dev are fresh tmpfs; /dev holds only the usual character
-devices plus the sandbox's volumes: loop devices bind-mounted as /dev/vdX. The work directory (where the dev-mode vsock sockets live)
-is bind-mounted at the same path inside, so both sides reach `<base>_<port>`.
+The sandbox is dev mode's container (host/container/spawn.py) with this machine's / as
+its image and root's every capability: new mount, PID, IPC, UTS, network and cgroup
+namespaces, and a private root pivoted into (the host's detached, so no chroot escape
+leads back to it): an overlay of the machine's / whose writes land in a tmpfs that
+vanishes with the sandbox, so everything the init and the program write
+(/etc/resolv.conf, /etc/hostname, /root/.ssh, /etc/ssh host keys, /opt, /data, mount
+points...) stays private. /proc is fresh, /sys read-only; /tmp, /run and /dev are fresh
+tmpfs; /dev holds only the usual character devices plus the sandbox's volumes: loop
+devices bind-mounted as /dev/vdX (the init mounts them: hence real root, no user
+namespace). The work directory (where the dev-mode vsock sockets live) is bind-mounted
+at the same path inside, so both sides reach `<base>_<port>`.
 
 Optionally a veth pair gives the sandbox an `eth0` (the `dummy` link type is not
 available everywhere; veth is). Stopping kills the namespace's PID 1 (the kernel then
@@ -31,8 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aleph_runtime.host.container.spawn import Bind, ContainerSpec, command_line
 from aleph_runtime.host.machines.base import Machine
-from aleph_runtime.host.machines.overlay import overlay_arguments
 
 
 def require_root() -> str | None:
@@ -140,36 +144,32 @@ class Sandbox:
             read_only = image.endswith(":ro")
             image = image[:-3] if read_only else image
             self.loops.append(LoopDevice(image, attach_loop(image, read_only), name))
-        gate_read, gate_write = os.pipe() if self.veth else (None, None)
-        env = dict(self.env)
-        if gate_read is not None:
-            env["ALEPH_OVERLAY_GATE_FD"] = "3"
-        binds = [(loop.device, f"/dev/{loop.name}", False) for loop in self.loops]
-        binds += [(path, path, False) for path in self.binds]
-        binds.append((self.workdir, self.workdir, False))  # the sockets, at the same path on both sides
-        args = [
-            "unshare", "--fork", "--kill-child", "--pid", "--mount", "--uts", "--net", "--propagation", "private",
-            *overlay_arguments(self.workdir / "mnt", "fresh", self.cwd, binds, self.command),
-        ]  # fmt: skip
-        preexec = None
-        if gate_read is not None:
-            fd = gate_read
-
-            def preexec() -> None:
-                os.dup2(fd, 3)
-
-        self.process = subprocess.Popen(
-            args, env=env, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr,
-            preexec_fn=preexec, pass_fds=(gate_read,) if gate_read is not None else (),
-        )  # fmt: skip
-        if gate_read is not None:
+        binds = [Bind(Path(loop.device), f"/dev/{loop.name}", "rw") for loop in self.loops]
+        binds += [Bind(Path(path), path, "rw") for path in self.binds]
+        binds.append(
+            Bind(self.workdir, str(self.workdir), "rw")
+        )  # the sockets, at the same path on both sides
+        # The container's own setup (host/container/spawn.py) on this machine's / as its image:
+        # every capability kept (the init mounts loop devices), no user namespace, no pasta.
+        spec = ContainerSpec(Path("/"), self.command, env=self.env, binds=binds, network=None,
+                             user_namespace=False, all_capabilities=True, cwd=self.cwd)  # fmt: skip
+        gate_read, gate_write = os.pipe()
+        args, env = command_line(spec, self.workdir / "mnt", gate_read)
+        try:
+            self.process = subprocess.Popen(
+                args, env=env, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr,
+                pass_fds=(gate_read,),
+            )  # fmt: skip
+        finally:
             os.close(gate_read)
-            try:
+        try:
+            if self.veth:
                 self._wait_for_namespace()
                 self._add_veth()
-            finally:
+        finally:
+            with contextlib.suppress(OSError):
                 os.write(gate_write, b"go\n")
-                os.close(gate_write)
+            os.close(gate_write)
 
     def _wait_for_namespace(self, timeout: float = 10) -> None:
         ours = os.readlink("/proc/self/ns/net")

@@ -2,7 +2,7 @@
 
     aleph-runtime run                          # the bundled FastAPI example
     aleph-runtime run ./my_app                 # a directory (main.py with `app`, or run.sh)
-    aleph-runtime run app.py --mode dev        # the init as a local process, no VM
+    aleph-runtime run app.py --mode dev        # in a container of the image, no VM
     aleph-runtime run ./my_app --volume /opt/lib=./lib --volume mount=/data,persistent=db
     aleph-runtime run ./my_app --mode dev --watch --env-file .env   # restart on edits
     aleph-runtime event --content '{"hello": "world"}'            # an aleph message to the program
@@ -35,7 +35,7 @@ from pathlib import Path
 from aleph_runtime import __version__
 from aleph_runtime.host.node.output import OutputFilter, Terminal, log_tail, say
 from aleph_runtime.host.vmm.image import COMPRESSIONS, KERNELS
-from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
+from aleph_runtime.protocol import INTERFACE_NAMES, Encoding
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
 
@@ -82,20 +82,22 @@ without PATH: the bundled FastAPI example, with
 """
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """--runtime and --profile, as `run` and `packages` both have them."""
+def _add_runtime_options(parser: argparse.ArgumentParser, profile: bool = True) -> None:
+    """--runtime (and --profile), as `run`, `packages` and `build` have them."""
     parser.add_argument(
         "--runtime",
         default="debian-12",
         metavar="RUNTIME",
-        help="the runtime (its Python) the packages are built for: debian-12 (default)",
+        help="the runtime (its image and Python) the packages are built for: debian-12 (default, Python 3.11) "
+        "or debian-13 (Python 3.13)",
     )
-    parser.add_argument(
-        "--profile",
-        choices=("lean", "full"),
-        help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
-        "official image); built through the cache on first use",
-    )
+    if profile:
+        parser.add_argument(
+            "--profile",
+            choices=("lean", "full"),
+            help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
+            "official image); built through the cache on first use",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,9 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="a program variable"
     )
-    run.add_argument("--memory", type=int, metavar="MiB", help="the VM's memory (default 512; vm mode only)")
-    run.add_argument("--vcpus", type=int, help="the VM's vCPUs (default 1; vm mode only)")
-    _add_runtime_options(run)
+    run.add_argument(
+        "--memory",
+        type=int,
+        metavar="MiB",
+        help="the VM's memory, or the dev container's limit (default 512)",
+    )
+    run.add_argument("--vcpus", type=int, help="the VM's vCPUs, or the dev container's CPU quota (default 1)")
+    run.add_argument(
+        "--profile",
+        choices=("lean", "full"),
+        help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
+        "official image); built through the cache on first use (dev mode too: its root)",
+    )
+    _add_runtime_options(run, profile=False)
     run.add_argument(
         "--packages",
         type=Path,
@@ -149,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=("vm", "dev"),
         default="vm",
-        help="vm: the runtime image in QEMU (default); dev: the init as a local process, no VM",
+        help="vm: the runtime image in QEMU (default); dev: a container of the same image, no VM",
     )
     run.add_argument(
         "--kernel",
@@ -162,8 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         "-p",
         type=int,
-        help="the HTTP front's port (8080, or 8081 for an executable in dev "
-        "mode, which itself listens on 8080; 0 for any free one)",
+        help="the HTTP front's port (8080; 0 for any free one)",
     )
     run.add_argument(
         "--state-dir",
@@ -258,9 +270,8 @@ def _options(args: argparse.Namespace):
         DEFAULT_EXAMPLE,
         DEFAULT_EXAMPLE_ENV,
         DEFAULT_EXAMPLE_VOLUME,
-        check_port_free,
     )
-    from aleph_runtime.host.node.packages import RUNTIMES
+    from aleph_runtime.host.node.packages import RUN_RUNTIMES
     from aleph_runtime.host.node.provision import NodeOptions, default_state_dir
     from aleph_runtime.host.node.volumes import parse_env, parse_env_file, parse_volume
 
@@ -279,34 +290,17 @@ def _options(args: argparse.Namespace):
         env = {**DEFAULT_EXAMPLE_ENV, **env}
     else:
         program = infer_program(args.path, args.entrypoint, args.encoding, args.interface)
-    if args.mode == "dev" and (args.memory is not None or args.vcpus is not None):
-        say("--memory and --vcpus apply to a VM: dev mode runs the init as a local process, without limits")
-    if args.mode == "dev" and (args.profile is not None or args.compression is not None):
-        say("--profile and --compression choose the VM's image: dev mode runs with this machine's programs "
-            "(--profile still chooses the image that builds the packages volume)")  # fmt: skip
+    if args.mode == "dev" and args.compression is not None:
+        say("--compression chooses how the VM reads its image: dev mode unpacks the image once")
     if args.mode == "dev" and args.kernel is not None:
-        say("--kernel applies to a VM: dev mode runs the init as a local process")
-    if args.runtime not in RUNTIMES:
-        raise NodeError(f"--runtime {args.runtime}: one of {', '.join(RUNTIMES)}")
+        say("--kernel applies to a VM: dev mode runs on this machine's kernel")
+    if args.runtime not in RUN_RUNTIMES:
+        raise NodeError(f"--runtime {args.runtime}: `run` boots {', '.join(RUN_RUNTIMES)} only today")
     if args.vm_hash is not None and not (
         len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)
     ):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
     port = args.port
-    executable_on_host = args.mode == "dev" and program.interface is Interface.EXECUTABLE
-    if executable_on_host:
-        # The init's executables listen on 127.0.0.1:8080; in dev mode that is this machine's.
-        if port == 8080:
-            raise NodeError(
-                "in dev mode an executable program listens on this machine's 127.0.0.1:8080 itself: "
-                "give the front another --port"
-            )
-        check_port_free("127.0.0.1", 8080, "an executable program in dev mode listens on 127.0.0.1:8080")
-        if port is None:
-            port = 8081
-            say(
-                "the front listens on 8081: in dev mode the executable program itself listens on 127.0.0.1:8080"
-            )
     return NodeOptions(
         program=program, volumes=volumes, env=env, mode=args.mode,
         memory_mb=args.memory or 512, vcpus=args.vcpus or 1, seconds=args.seconds,

@@ -216,6 +216,9 @@ class LocalNode:
             ready = await machine.start()
             ready_at = loop.time()
             if first:
+                # A container says which guarantee it runs without (a cgroup controller, pasta...).
+                for warning in getattr(machine, "warnings", ()):
+                    self.progress(f"dev mode: {warning}")
                 self.progress(
                     f"the init is ready (protocol {ready.get('version', '?')}); configuring the program"
                 )

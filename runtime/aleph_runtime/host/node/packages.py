@@ -42,11 +42,13 @@ from aleph_runtime.host.program import compile_bytecode_command, reproducible_sq
 Progress = Callable[[str], None]
 
 PACKAGES_MOUNT = "/opt/packages"
-#: The runtimes a packages volume can be built for, and the default (`run`'s too).
-RUNTIMES = ("debian-12",)
+#: The runtimes a packages volume can be built for (the image's, vmm/image.py), the default,
+#: and those `run` boots today (its VM and container take no runtime yet).
+RUNTIMES = ("debian-12", "debian-13")
 DEFAULT_RUNTIME = "debian-12"
+RUN_RUNTIMES = ("debian-12",)
 #: Each runtime's Python (major.minor): its pyc magic and cache tag follow it.
-RUNTIME_PYTHON = {"debian-12": "3.11"}
+RUNTIME_PYTHON = {"debian-12": "3.11", "debian-13": "3.13"}
 #: The largest file the network stores, hence the largest immutable volume a node can
 #: fetch: pyaleph's ipfs.max_upload_file_size, 1 GiB (src/aleph/toolkit/constants.py,
 #: DEFAULT_MAX_UPLOAD_FILE_SIZE; storage.max_file_size, 100 MiB, caps the `storage`
@@ -187,11 +189,11 @@ def runtime_image(runtime: str, profile: str | None, progress: Progress) -> Path
     from aleph_runtime.host.vmm.image import ensure_rootfs
 
     if runtime not in RUNTIMES:
-        raise NodeError(f"--runtime {runtime}: this version builds packages for {', '.join(RUNTIMES)} only")
+        raise NodeError(f"--runtime {runtime}: one of {', '.join(RUNTIMES)}")
     progress(
         f"finding the {profile or 'lean'} runtime image ({runtime}; built through its cache when missing)"
     )
-    return ensure_rootfs(profile or "lean")
+    return ensure_rootfs(profile or "lean", runtime=runtime)
 
 
 def image_python_packages(image: Path) -> dict[str, str]:

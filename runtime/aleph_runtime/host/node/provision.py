@@ -3,7 +3,7 @@ and volumes as drives (vm mode) or placed directories (dev mode), and the config
 that names them.
 
     provision = Provision(options, state_dir, vm_hash, progress)
-    machine = provision.machine(run_dir, log_path)   # packs, builds; QemuMachine or DevMachine
+    machine = provision.machine(run_dir, log_path)   # packs, builds; QemuMachine or ContainerMachine
     config = provision.config(machine)               # the volumes as the machine has them
     ... after an edit: provision.repack(run_dir); config = provision.config(last_machine)
 
@@ -20,15 +20,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from aleph_runtime.host.container import rootfs
+from aleph_runtime.host.container.network import NetworkSpec, host_resolvers
+from aleph_runtime.host.container.spawn import missing_tool, plan
 from aleph_runtime.host.errors import NodeError, SetupError
 from aleph_runtime.host.machines.base import Machine
-from aleph_runtime.host.machines.dev import DevMachine, namespaces_unavailable
+from aleph_runtime.host.machines.dev import REPOSITORY, ContainerMachine
 from aleph_runtime.host.machines.qemu import VM_IP, VM_ROUTE, QemuMachine
 from aleph_runtime.host.node.inference import Program, is_squashfs
 from aleph_runtime.host.node.packages import (
@@ -124,12 +129,20 @@ class Provision:
         return self.vm_machine(run_dir, log_path)
 
     def config(self, machine: Machine) -> dict:
-        """The program's configuration for `machine` (its code packed now)."""
+        """The program's configuration for `machine` (its code packed now).
+
+        A VM and a container get the VM's address and route (a container also this
+        machine's resolvers as its DNS servers). A container's volumes are bound by the host where the
+        configuration mounts them: the init finds them mounted.
+        """
         program = self.options.program
-        network = {"ip": VM_IP, "route": VM_ROUTE} if self.options.mode == "vm" else {}
+        network: dict = {"ip": VM_IP, "route": VM_ROUTE}
+        volumes = self.volumes
+        if isinstance(machine, ContainerMachine) and machine.network is not None:
+            network["dns_servers"] = host_resolvers()[0]
         return program_config(
             self._code(), program.entrypoint, encoding=program.encoding, interface=program.interface,
-            vm_hash=self.vm_hash, volumes=self.volumes, variables=self._variables(machine.guest_path), **network,
+            vm_hash=self.vm_hash, volumes=volumes, variables=self._variables(machine.guest_path), **network,
         )  # fmt: skip
 
     def repack(self, run_dir: Path) -> None:
@@ -198,7 +211,7 @@ class Provision:
         if self.options.mode == "dev" and os.geteuid() != 0:
             # pip runs inside the runtime image, which needs root here; dev mode can do without.
             self.progress(f"{requirements.source.name}: not installed (building the packages volume needs root): "
-                          "the program gets this machine's virtualenv packages")  # fmt: skip
+                          "the program gets the image's packages only")  # fmt: skip
             return None
         return self._install_packages(requirements, run_dir)
 
@@ -254,17 +267,31 @@ class Provision:
 
     # --- dev mode: directories placed at the guest's paths ---
 
-    def dev_machine(self, run_dir: Path, log_path: Path) -> DevMachine:
-        why_not = namespaces_unavailable(run_dir)
-        machine = DevMachine(
-            run_dir, root=run_dir / "root", new_session=True, log_path=log_path, namespaced=why_not is None,
+    def dev_machine(self, run_dir: Path, log_path: Path) -> ContainerMachine:
+        """A container of the runtime image (host/container/), the code and volumes bound in."""
+        if why := missing_tool():
+            raise SetupError(why)
+        ids, user_namespace, why_not = plan()
+        profile = self.options.profile or "lean"
+        image = rootfs.dev_image(profile)
+        tree = rootfs.image_tree(image, ids, progress=self.progress)
+        checkout = _checkout_to_bind(ids)
+        if why_not is not None:
+            self.progress(f"dev mode without a user namespace ({why_not}): root inside is the host's root, "
+                          "with a bounded capability set")  # fmt: skip
+        resolvers, on_loopback = host_resolvers()
+        if not resolvers and on_loopback:
+            self.progress(f"dev mode without DNS: this machine's resolver ({on_loopback[0]}) is on its loopback, "
+                          "out of the container's reach; name one in /etc/resolv.conf that is not")  # fmt: skip
+        self.progress(f"dev mode: a container of the {profile} image {image}"
+                      + (", the checkout's init bound over the image's" if checkout else ""))  # fmt: skip
+        machine = ContainerMachine(
+            run_dir, tree, ids=ids, user_namespace=user_namespace, log_path=log_path,
+            memory_mb=self.options.memory_mb, vcpus=self.options.vcpus,
+            network=NetworkSpec(ip=f"{VM_IP}/24", gateway=VM_ROUTE), checkout=checkout,
             ready_timeout=DEV_READY_TIMEOUT,
         )  # fmt: skip
-        if why_not is not None:
-            self.progress(f"dev mode without private namespaces ({why_not}): the program's files are under "
-                          f"{machine.root}, not at the VM's paths (/opt/code, volumes, /tmp/socat-socket)")  # fmt: skip
         program = self.options.program
-        machine.root.mkdir(parents=True, exist_ok=True)
         volumes: list[dict] = []
         if program.encoding is Encoding.SQUASHFS:
             machine.place("/opt/code", program.directory or self._unsquash(program.image), read_only=True)
@@ -273,6 +300,7 @@ class Provision:
             if volume.persistent:
                 target = self.persistent_path(volume.persistent)
                 target.mkdir(parents=True, exist_ok=True)
+                _give(target, ids)
             elif volume.source.is_dir():
                 target = volume.source
             elif is_squashfs(volume.source):
@@ -284,8 +312,7 @@ class Provision:
             volumes.append(
                 {"mount": volume.mount, "device": volume_device(len(volumes)), "read_only": volume.read_only}
             )
-            where = "" if machine.namespaced else f" (visible at {machine.guest_path(volume.mount)})"
-            self.progress(f"volume {volume.mount}: {target}{where}")
+            self.progress(f"volume {volume.mount}: {target}")
         if self._packages_source(run_dir) is not None:
             if self.requirements is not None:
                 target = run_dir / "packages"  # a link `repack` points at the rebuilt volume
@@ -391,3 +418,41 @@ class Provision:
             raise NodeError(f"mkfs.ext4 failed: {error.stderr.decode(errors='replace').strip()}") from None
         partial.rename(image)
         return image
+
+
+def _give(directory: Path, ids: rootfs.IdMap) -> None:
+    """A persistent volume's directory (and what it holds) owned by the container's root,
+    who writes it (the host's root shifted; a user's own files already are theirs)."""
+    if os.geteuid() != 0 or directory.stat().st_uid == ids.uid:
+        return
+    for parent, dirnames, filenames in os.walk(directory):
+        for name in (parent, *(os.path.join(parent, n) for n in (*dirnames, *filenames))):
+            info = os.lstat(name)
+            os.lchown(name, ids.host_uid(info.st_uid), ids.host_gid(info.st_gid))
+
+
+def _checkout_to_bind(ids: rootfs.IdMap) -> bool:
+    """Whether dev mode runs the checkout's init (a checkout, readable by the container's
+    root, with bytecode at -OO for the image's Python 3.11) rather than the image's copy."""
+    init1 = REPOSITORY / "init" / "init1.py"
+    guest = REPOSITORY / "runtime" / "aleph_runtime" / "guest"
+    if not init1.is_file() or not guest.is_dir():
+        return False  # an installed package: the image's init it is
+    if (
+        os.geteuid() == 0
+        and ids.uid != 0
+        and not all(p.stat().st_mode & 0o004 for p in (init1, guest / "main.py"))
+    ):
+        return False  # not readable by others: the container's root is someone else
+    if sys.version_info[:2] == (3, 11):
+        # The image's Python reads the checkout's bytecode when it is there and fresh: a
+        # start that compiles nothing (written by this Python, the same 3.11 magic number).
+        import compileall
+
+        for path in (
+            REPOSITORY / "init",
+            REPOSITORY / "runtime" / "aleph_runtime",
+            REPOSITORY / "runtime" / "compat",
+        ):
+            compileall.compile_dir(path, quiet=2, optimize=2, rx=re.compile(r"/host/"))  # fmt: skip
+    return True

@@ -5,7 +5,7 @@ local process in dev mode) is started by the caller between `start()` and
 
     services = HostServices(state_dir, uds_path, vm_hash, seconds)
     await services.start()                  # Redis + guest API, before the VM boots
-    ...                                     # boot the VM / DevMachine on uds_path, configure it
+    ...                                     # boot the VM / dev container on uds_path, configure it
     url = await services.start_front()      # the program is reachable at url
     ...
     await services.stop()                   # front, guest API, Redis; no socket left

@@ -10,7 +10,8 @@ the CLI.
     from aleph_runtime.host.vmm import image
     node = image.ensure_node_kernel()         # NodeKernel(vmlinux, config, directory)
     kernel = image.ensure_kernel()            # KernelFiles(vmlinuz, initramfs, directory)
-    rootfs = image.ensure_rootfs()            # Path to rootfs.squashfs (lean, lz4)
+    rootfs = image.ensure_rootfs()            # Path to rootfs.squashfs (debian-12, lean, lz4)
+    rootfs = image.ensure_rootfs(runtime="debian-13")  # Debian 13, Python 3.13
     manifest = image.read_manifest(rootfs)    # dict: sha256, size, packages, ...
 
 Building needs root (debootstrap, chroot, loop-free mounts in a private namespace) and
@@ -31,6 +32,11 @@ REPO_DIR = Path(__file__).resolve().parents[4]
 BUILD_DIR = REPO_DIR / "rootfs-build"
 
 PROFILES = ("lean", "full")
+#: The runtimes an image is built for (rootfs-build/common.sh's RUNTIMES): "debian-12",
+#: the network's (Debian 12, Python 3.11, the official image's library pins), and
+#: "debian-13", ahead of it (Debian 13, Python 3.13, the newest libraries).
+RUNTIMES = ("debian-12", "debian-13")
+DEFAULT_RUNTIME = "debian-12"
 COMPRESSIONS = ("lz4", "gzip", "zstd", "xz", "lzo")
 #: The runtime image's: lz4 decompresses several times faster than gzip, and a cold
 #: start waits on the squashfs reads (QEMU under TCG, same image content: ready 0.8 s
@@ -153,10 +159,18 @@ def ensure_node_kernel(
     return NodeKernel(directory / "vmlinux", directory)
 
 
+def check_runtime(runtime: str) -> str:
+    """`runtime` itself if it is one of RUNTIMES; else ValueError naming them."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: one of {', '.join(RUNTIMES)}")
+    return runtime
+
+
 def ensure_rootfs(
     profile: str = "lean",
     compression: str = DEFAULT_COMPRESSION,
     *,
+    runtime: str = DEFAULT_RUNTIME,
     level: int | None = None,
     out: str | os.PathLike | None = None,
     force: bool = False,
@@ -165,7 +179,7 @@ def ensure_rootfs(
     cache: str | os.PathLike | None = None,
     progress: TextIO | None = None,
 ) -> Path:
-    """The runtime squashfs (rootfs-build/build-rootfs.sh); returns its path.
+    """The squashfs of `runtime` (rootfs-build/build-rootfs.sh); returns its path.
 
     With `out`, always builds into that directory (other stages still come from the
     cache unless `rebuild_python`); without, reuses the cached image for these inputs.
@@ -176,7 +190,7 @@ def ensure_rootfs(
         raise ValueError(f"unknown profile {profile!r}: one of {PROFILES}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}: one of {COMPRESSIONS}")
-    args = ["--profile", profile, "--compression", compression]
+    args = ["--runtime", check_runtime(runtime), "--profile", profile, "--compression", compression]
     if level is not None:
         args += ["--level", str(level)]
     if out is not None:
@@ -197,13 +211,15 @@ def update_init(
     profile: str = "lean",
     compression: str = DEFAULT_COMPRESSION,
     *,
+    runtime: str = DEFAULT_RUNTIME,
     level: int | None = None,
     force: bool = False,
     progress: TextIO | None = None,
 ) -> Path:
     """Re-pack the image with the current init and aleph_runtime only (fast path: the
-    last finished tree of the profile is reused; zstd level 3 packs it in seconds)."""
-    args = ["--profile", profile, "--compression", compression]
+    last finished tree of the runtime and profile is reused; zstd level 3 packs it in
+    seconds)."""
+    args = ["--runtime", check_runtime(runtime), "--profile", profile, "--compression", compression]
     if level is not None:
         args += ["--level", str(level)]
     if force:
@@ -212,13 +228,14 @@ def update_init(
 
 
 def read_manifest(rootfs: str | os.PathLike) -> dict:
-    """The manifest written beside an image: sha256, size, compression, profile,
-    source_date_epoch, commit, python, debian_packages and python_packages."""
+    """The manifest written beside an image: sha256, size, compression, runtime, profile,
+    source_date_epoch, commit, python, debian_packages, python_packages (the programs',
+    /opt/aleph/libs) and init_python_packages (the init's own, /opt/aleph/init-libs)."""
     return json.loads((Path(rootfs).parent / "manifest.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m aleph_runtime.host.vmm.image node-kernel|kernel|rootfs [profile] [compression]`:
+    """`python -m aleph_runtime.host.vmm.image node-kernel|kernel|rootfs|update-init [profile] [compression] [runtime]`:
     build (or find in the cache) and print the paths."""
     argv = list(sys.argv[1:] if argv is None else argv)
     what = argv.pop(0) if argv else "rootfs"
@@ -230,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     elif what in ("rootfs", "update-init"):
         profile = argv[0] if argv else "lean"
         compression = argv[1] if len(argv) > 1 else DEFAULT_COMPRESSION
+        runtime = argv[2] if len(argv) > 2 else DEFAULT_RUNTIME
         fn = ensure_rootfs if what == "rootfs" else update_init
-        print(fn(profile, compression))
+        print(fn(profile, compression, runtime=runtime))
     else:
         print(main.__doc__, file=sys.stderr)
         return 2
