@@ -207,38 +207,13 @@ def image_python_packages(image: Path) -> dict[str, str]:
     return {normalise(name): version for name, version in packages.items()}
 
 
-def image_tree(image: Path, cache: Path, progress: Progress) -> Path:
-    """The image's files, unpacked once into `cache`, keyed by its profile and sha256 (one
-    tree per profile is kept: a rebuilt image replaces its profile's)."""
-    from aleph_runtime.host.vmm.image import read_manifest
+def image_tree(image: Path, progress: Progress) -> Path:
+    """The image's files, owned as in the image: dev mode's cache of unpacked images
+    (container/rootfs.py, keyed by the image's sha256), shared with it."""
+    from aleph_runtime.host.container.rootfs import IdMap
+    from aleph_runtime.host.container.rootfs import image_tree as unpacked
 
-    try:
-        manifest = read_manifest(image)
-        digest, profile = manifest["sha256"], manifest.get("profile", "image")
-    except (OSError, ValueError, KeyError):
-        digest, profile = _sha256(image), "image"
-    tree = cache / "image-trees" / f"{profile}-{digest[:24]}"
-    if tree.is_dir():
-        return tree
-    progress(f"unpacking the runtime image once into {tree}")
-    partial = tree.with_name(tree.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(["unsquashfs", "-q", "-n", "-no-xattrs", "-d", str(partial), str(image)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    except FileNotFoundError:
-        raise SetupError("unsquashfs is not installed (squashfs-tools; scripts/setup.sh)") from None
-    except subprocess.CalledProcessError as error:
-        raise NodeError(
-            f"unsquashfs {image} failed: {error.stderr.decode(errors='replace').strip()}"
-        ) from None
-    partial.rename(tree)
-    # The profile's older trees (its image was rebuilt) are dropped.
-    for old in tree.parent.glob(f"{profile}-*"):
-        if old != tree and not old.name.endswith(".partial"):
-            shutil.rmtree(old, ignore_errors=True)
-    return tree
+    return unpacked(image, IdMap.host_root(), progress=progress)
 
 
 #: Runs as the wrapper in a new mount and PID namespace: an overlay of the image's tree
@@ -279,8 +254,9 @@ def run_in_image(
 ) -> subprocess.CompletedProcess:
     """Run `command` with the image's programs (chrooted into an overlay of `tree`), this
     machine's network, and the directories `binds` (path, read_only) at their own paths.
-    Output (stdout and stderr merged) is returned, never shown. Root only: until the
-    dev-mode container offers a networked run, this is the one step to swap for it."""
+    Output (stdout and stderr merged) is returned, never shown. Root only. The one step to
+    swap for dev mode's container (container/spawn.py) once a plain command there has a
+    network: today its eth0 gets its address, route and resolv.conf from the guest init."""
     if os.geteuid() != 0:
         raise SetupError(
             "building a packages volume runs pip inside the runtime image, which needs root here: run as "
@@ -474,7 +450,7 @@ def build_packages(
 
     cache = cache or cache_dir()
     image = runtime_image(runtime, profile, progress)
-    tree = image_tree(image, cache, progress)
+    tree = image_tree(image, progress)
     settings = host_pip_settings()
     if no_index:
         settings = {key: value for key, value in settings.items() if key == "PIP_DEFAULT_TIMEOUT"}
