@@ -39,6 +39,14 @@ sequential) and requests/s with N in flight, MB/s for one POST of a 64 MiB body 
 with its sha256 and for a 64 MiB response; `--init PATH` boots another init program from
 the image there (kernel `init=PATH`).
 
+`--dependencies` instead times a program importing a dependency set of fastapi's size
+(fastapi, pydantic, idna, six) from /opt/packages, alternating: the volume built the docs'
+way (this machine's `pip install --target`, then `mksquashfs`: level-0 bytecode only, so
+the init's `python3 -OO` compiles every import from source, at every boot) against the one
+`aleph-runtime packages` builds, and the program's own code (main.py and a module of 400
+functions) zipped without and with its bytecode; also the volumes' and zips' sizes and the
+time packing the bytecode adds.
+
 QEMU runs under TCG here: absolute numbers are far slower than on a node with KVM;
 compare figures of one run.
 """
@@ -453,6 +461,136 @@ async def cold_starts(args) -> dict:
     return result
 
 
+#: `--dependencies`: a dependency set of fastapi's size, shipped at /opt/packages (the image
+#: has fastapi too: /opt/packages comes first, so these copies are the ones imported).
+DEPENDENCIES = "fastapi\npydantic\nidna\nsix\n"
+DEPENDENCIES_APP = b"""
+import fastapi, idna, pydantic, six
+import handlers
+
+app = fastapi.FastAPI()
+
+
+class Item(pydantic.BaseModel):
+    name: str
+    count: int = 0
+
+
+@app.get("/")
+async def index():
+    assert fastapi.__file__.startswith("/opt/packages/"), fastapi.__file__
+    return {"item": Item(name="x").model_dump(), "handlers": handlers.total(), "from": fastapi.__file__}
+"""
+
+
+def dependencies_handlers(functions: int = 400) -> bytes:
+    """The program's own code, of a size worth compiling: `functions` small functions."""
+    body = "".join(
+        f"def handler_{i}(value, scale={i}):\n    if value > {i}:\n        return value * scale - {i}\n"
+        f"    return [value + k for k in range({i % 7})]\n\n"
+        for i in range(functions)
+    )
+    return (body + "def total():\n    return " + " + ".join(f"len(str(handler_{i}(1)))" for i in range(functions))
+            + "\n").encode()  # fmt: skip
+
+
+def dependency_volumes(work: Path, profile: str | None) -> dict[str, Path]:
+    """(a) the docs' way: this machine's pip into a directory (level-0 bytecode, timestamp
+    checked), mksquashfs's defaults; (b) `aleph-runtime packages`."""
+    import subprocess
+
+    from aleph_runtime.host.node.packages import build_packages, read_requirements
+
+    requirements = work / "requirements.txt"
+    requirements.write_text(DEPENDENCIES)
+    volumes = {"docs": work / "docs.squashfs", "command": work / "command.squashfs"}
+    target = work / "docs-target"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(target), "-r", str(requirements)],
+                   check=True)  # fmt: skip
+    subprocess.run(["mksquashfs", str(target), str(volumes["docs"]), "-noappend", "-quiet", "-no-progress"],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    build_packages(read_requirements(requirements), volumes["command"], profile=profile,
+                   progress=lambda message: print(message, file=sys.stderr))  # fmt: skip
+    return volumes
+
+
+async def dependency_start(kernel, initramfs, rootfs, volume: Path, code: bytes, args) -> dict:
+    from aleph_runtime.host.vmm.qemu import Drive
+
+    network = UserNetwork(ip="172.16.9.2", route="172.16.9.1")
+    vm = QemuMachine(kernel, initramfs, rootfs, [Drive(volume, read_only=True)], network=network,
+                     memory_mb=args.memory, vcpus=args.vcpus, machine=args.machine)  # fmt: skip
+    try:
+        await vm.start(timeout=args.boot_timeout)
+        t_ready = vm.elapsed()
+        config = program_config(code, "main:app", encoding="zip", interface="asgi", ip="172.16.9.2",
+                                route="172.16.9.1",
+                                volumes=[{"mount": "/opt/packages", "device": "vdb", "read_only": True}])  # fmt: skip
+        await vm.client.configure(config, timeout=300)
+        t_config = vm.elapsed()
+        first = await vm.client.http("GET", "/", timeout=300)
+        t_first = vm.elapsed()
+        if first.get("headers", {}).get("status") != 200:
+            raise RuntimeError(f"the first call failed: {str(first)[:2000]}\n{vm.console_tail()}")
+        return {
+            "qemu_to_ready_s": round(t_ready, 3),
+            "config_to_answer_s": round(t_config - t_ready, 3),
+            "qemu_to_first_response_s": round(t_first, 3),
+        }
+    finally:
+        await vm.stop()
+
+
+async def dependency_starts(args) -> dict:
+    """`--dependencies`: cold starts of a program importing fastapi's dependency set from
+    /opt/packages, side by side, alternating: the volume built the docs' way or by the command
+    (code without bytecode), and the command's volume with the code packed with bytecode."""
+    import tempfile
+
+    from aleph_runtime.host.program import zip_directory
+
+    kernel, initramfs, rootfs = find_images(args.kernel, args.profile or "lean", args.compression)
+    with tempfile.TemporaryDirectory(prefix="bench-deps-", dir="/var/tmp") as directory:
+        work = Path(directory)
+        volumes = dependency_volumes(work, args.profile)
+        code_dir = work / "code"
+        code_dir.mkdir()
+        (code_dir / "main.py").write_bytes(DEPENDENCIES_APP)
+        (code_dir / "handlers.py").write_bytes(dependencies_handlers())
+        codes = {"plain": zip_directory(code_dir)}
+        began = time.perf_counter()
+        codes["bytecode"] = zip_directory(code_dir, bytecode=True)
+        pack_bytecode_ms = (time.perf_counter() - began) * 1000
+        began = time.perf_counter()
+        zip_directory(code_dir)
+        pack_plain_ms = (time.perf_counter() - began) * 1000
+        cases = {
+            "docs_volume_plain_code": ("docs", "plain"),
+            "command_volume_plain_code": ("command", "plain"),
+            "command_volume_bytecode_code": ("command", "bytecode"),
+        }
+        runs: dict = {name: [] for name in cases}
+        order = list(cases)
+        for run in range(args.runs):
+            for name in order if run % 2 == 0 else order[::-1]:
+                volume, code = cases[name]
+                runs[name].append(
+                    await dependency_start(kernel, initramfs, rootfs, volumes[volume], codes[code], args)
+                )
+        result: dict = {
+            "requirements": DEPENDENCIES.split(), "runs": args.runs,
+            "volume_bytes": {name: path.stat().st_size for name, path in volumes.items()},
+            "code_bytes": {name: len(code) for name, code in codes.items()},
+            "pack_ms": {"plain": round(pack_plain_ms, 1), "bytecode": round(pack_bytecode_ms, 1)},
+            "cases": {},
+        }  # fmt: skip
+        for name, done in runs.items():
+            result["cases"][name] = {
+                key: round(statistics.median(r[key] for r in done), 3) for key in done[0]
+            } | {"each": done}
+        return result
+
+
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
@@ -608,8 +746,19 @@ def main() -> None:
     parser.add_argument("--importtime", action="store_true",
                         help="profile the init's imports in the guest (python -X importtime, through the kernel "
                              "command line): adds `imports`; the profiling slows the boot itself")  # fmt: skip
+    parser.add_argument("--dependencies", action="store_true",
+                        help="cold starts importing fastapi's dependency set from /opt/packages: a volume built "
+                             "the docs' way against `aleph-runtime packages`, and code packed with and without "
+                             "bytecode")  # fmt: skip
     args = parser.parse_args()
     runtimes = args.runtime or [None]
+    if args.dependencies:
+        if runtimes not in ([None], ["debian-12"]):
+            parser.error(
+                "--dependencies: debian-12's image only (this machine's Python writes the code's bytecode)"
+            )
+        print(json.dumps(asyncio.run(dependency_starts(args)), indent=2))
+        return
     if len(runtimes) > 1 and (args.throughput or args.rootfs):
         parser.error("several runtimes: cold starts only, from the runtimes' own images (no --rootfs)")
     if len(runtimes) == 1:

@@ -6,6 +6,8 @@
     aleph-runtime run ./my_app --volume /opt/lib=./lib --volume mount=/data,persistent=db
     aleph-runtime run ./my_app --mode dev --watch --env-file .env   # restart on edits
     aleph-runtime event --content '{"hello": "world"}'            # an aleph message to the program
+    aleph-runtime packages requirements.txt -o packages.squashfs  # the /opt/packages volume to publish
+    aleph-runtime build ./my_app -o dist       # code.zip (with bytecode) and packages.squashfs to publish
 
 Progress goes to stderr, the URL to stdout. Exit status: 0 after a clean stop
 (Ctrl-C / SIGTERM), 1 when the node could not run (boot failure, a machine that could
@@ -80,6 +82,24 @@ without PATH: the bundled FastAPI example, with
 """
 
 
+def _add_runtime_options(parser: argparse.ArgumentParser, profile: bool = True) -> None:
+    """--runtime (and --profile), as `run`, `packages` and `build` have them."""
+    parser.add_argument(
+        "--runtime",
+        default="debian-12",
+        metavar="RUNTIME",
+        help="the runtime (its image and Python) the packages are built for: debian-12 (default, Python 3.11) "
+        "or debian-13 (Python 3.13)",
+    )
+    if profile:
+        parser.add_argument(
+            "--profile",
+            choices=("lean", "full"),
+            help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
+            "official image); built through the cache on first use",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aleph-runtime", description="Run aleph.im programs locally, as a compute node runs them."
@@ -121,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("lean", "full"),
         help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
         "official image); built through the cache on first use (dev mode too: its root)",
+    )
+    _add_runtime_options(run, profile=False)
+    run.add_argument(
+        "--packages",
+        type=Path,
+        metavar="FILE",
+        help="a packages volume (`aleph-runtime packages`) to mount at /opt/packages; by default one is built "
+        "(cached) from PATH's requirements.txt or pyproject.toml dependencies",
     )
     run.add_argument(
         "--compression",
@@ -183,6 +211,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no access-log line per request")
 
+    packages = commands.add_parser(
+        "packages",
+        help="build a program's Python dependencies as the immutable volume mounted at /opt/packages",
+        description="Install SRC's requirements with the runtime image's own Python and pip (inside the "
+        "image, with this machine's network and pip settings), write their bytecode for the init's "
+        "python3 -OO, and pack them as a reproducible squashfs to publish as an immutable volume.",
+    )
+    packages.add_argument(
+        "source", metavar="SRC", help="a requirements.txt, a pyproject.toml, or a directory holding one"
+    )
+    packages.add_argument(
+        "--output", "-o", required=True, type=Path, metavar="FILE", help="the squashfs to write"
+    )
+    _add_runtime_options(packages)
+    packages.add_argument(
+        "--find-links", action="append", default=[], type=Path, metavar="DIR",
+        help="also look for wheels in this local directory (repeatable)",
+    )  # fmt: skip
+    packages.add_argument("--no-index", action="store_true", help="only --find-links: no package index")
+
+    build = commands.add_parser(
+        "build",
+        help="write a program directory's code (with bytecode) and packages volume as files to publish",
+        description="Pack PATH's code as `run` does (zip or squashfs, with the runtime's bytecode) and build "
+        "its packages volume from its requirements.txt or pyproject.toml, into DIR; print aleph-client's "
+        "command lines publishing both.",
+    )
+    build.add_argument("path", metavar="PATH", help="the program's directory")
+    build.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="where the files go")
+    build.add_argument("--encoding", choices=("zip", "squashfs"), help="the code's encoding (zip)")
+    _add_runtime_options(build)
+
     event = commands.add_parser(
         "event",
         help="post an aleph message to a running program's /control/event and print its answer",
@@ -211,6 +271,7 @@ def _options(args: argparse.Namespace):
         DEFAULT_EXAMPLE_ENV,
         DEFAULT_EXAMPLE_VOLUME,
     )
+    from aleph_runtime.host.node.packages import RUN_RUNTIMES
     from aleph_runtime.host.node.provision import NodeOptions, default_state_dir
     from aleph_runtime.host.node.volumes import parse_env, parse_env_file, parse_volume
 
@@ -233,6 +294,8 @@ def _options(args: argparse.Namespace):
         say("--compression chooses how the VM reads its image: dev mode unpacks the image once")
     if args.mode == "dev" and args.kernel is not None:
         say("--kernel applies to a VM: dev mode runs on this machine's kernel")
+    if args.runtime not in RUN_RUNTIMES:
+        raise NodeError(f"--runtime {args.runtime}: `run` boots {', '.join(RUN_RUNTIMES)} only today")
     if args.vm_hash is not None and not (
         len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)
     ):
@@ -243,7 +306,7 @@ def _options(args: argparse.Namespace):
         memory_mb=args.memory or 512, vcpus=args.vcpus or 1, seconds=args.seconds,
         host=args.host, port=8080 if port is None else port, state_dir=args.state_dir or default_state_dir(),
         api_server=args.api_server, redis_url=args.redis_url, vm_hash=args.vm_hash, kernel=args.kernel,
-        profile=args.profile, compression=args.compression,
+        profile=args.profile, compression=args.compression, runtime=args.runtime, packages=args.packages,
     )  # fmt: skip
 
 
@@ -503,10 +566,65 @@ def event(args: argparse.Namespace) -> int:
     return asyncio.run(send_event(args.url, message, args.timeout))
 
 
+def build_packages_command(args: argparse.Namespace) -> int:
+    """`aleph-runtime packages SRC -o FILE`: build the volume, say what it is and how to publish it."""
+    from aleph_runtime.host.errors import NodeError
+    from aleph_runtime.host.node.packages import build_packages, publish_lines, read_requirements
+
+    try:
+        requirements = read_requirements(Path(args.source))
+        output = args.output.expanduser().resolve()
+        volume = build_packages(
+            requirements, output, runtime=args.runtime, profile=args.profile, find_links=args.find_links,
+            no_index=args.no_index, progress=say,
+        )  # fmt: skip
+    except NodeError as error:
+        say(f"error: {error}")
+        return exit_status(error)
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as error:  # noqa: BLE001 - a failed image build or mksquashfs: one line
+        say(f"error: {type(error).__name__}: {error}")
+        return EXIT_FAILED
+    for warning in volume.warnings:
+        say(f"warning: {warning}")
+    print(f"{volume.path}: {volume.size / 2**20:.1f} MiB, sha256 {volume.sha256}")
+    print(f"{len(volume.distributions)} distributions for {volume.runtime} ({volume.profile}): "
+          + ", ".join(f"{name} {version}" for name, version in volume.distributions.items()))  # fmt: skip
+    print("publish it as the program's immutable volume at /opt/packages (aleph-client):")
+    for line in publish_lines(str(volume.path)):
+        print(f"  {line}")
+    return EXIT_OK
+
+
+def build_command(args: argparse.Namespace) -> int:
+    """`aleph-runtime build PATH -o DIR`: the files to publish, and how."""
+    from aleph_runtime.host.errors import NodeError
+    from aleph_runtime.host.node.packages import build_for_publishing
+
+    try:
+        lines = build_for_publishing(
+            Path(args.path), args.output.expanduser().resolve(), encoding=args.encoding, runtime=args.runtime,
+            profile=args.profile, progress=say,
+        )  # fmt: skip
+    except NodeError as error:
+        say(f"error: {error}")
+        return exit_status(error)
+    except Exception as error:  # noqa: BLE001 - a failed image build or mksquashfs: one line
+        say(f"error: {type(error).__name__}: {error}")
+        return EXIT_FAILED
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "packages":
+        return build_packages_command(args)
+    if args.command == "build":
+        return build_command(args)
     if args.command == "event":
         return event(args)
     return EXIT_USAGE

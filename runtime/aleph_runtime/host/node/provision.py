@@ -8,7 +8,11 @@ that names them.
     ... after an edit: provision.repack(run_dir); config = provision.config(last_machine)
 
 The code is the first drive (vdb) when it is a squashfs image, the volumes follow in the
-order given (`volume_device`), as a node attaches them.
+order given (`volume_device`), as a node attaches them, then the packages volume at
+/opt/packages: `--packages FILE`, or the one built (cached) from the program directory's
+requirements.txt or pyproject.toml dependencies (node/packages.py), rebuilt by `repack`
+when they changed. A directory's code is packed with its bytecode (program.py) when this
+Python writes what the runtime's loads.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,8 +36,23 @@ from aleph_runtime.host.machines.base import Machine
 from aleph_runtime.host.machines.dev import REPOSITORY, ContainerMachine
 from aleph_runtime.host.machines.qemu import VM_IP, VM_ROUTE, QemuMachine
 from aleph_runtime.host.node.inference import Program, is_squashfs
+from aleph_runtime.host.node.packages import (
+    DEFAULT_RUNTIME,
+    PACKAGES_MOUNT,
+    RUNTIME_PYTHON,
+    PackagesVolume,
+    Requirements,
+    cached_packages,
+    find_requirements,
+)
 from aleph_runtime.host.node.volumes import VolumeSpec
-from aleph_runtime.host.program import program_config, squashfs_directory, tar_directory, zip_directory
+from aleph_runtime.host.program import (
+    bytecode_matches,
+    program_config,
+    squashfs_directory,
+    tar_directory,
+    zip_directory,
+)
 from aleph_runtime.host.vmm.image import DEFAULT_COMPRESSION
 from aleph_runtime.host.vmm.qemu import Drive
 from aleph_runtime.protocol import Encoding
@@ -71,6 +91,9 @@ class NodeOptions:
     compression: str | None = None
     kernel: str | None = None
     """vm mode: "node" (the node-like kernel, default) or "debian"."""
+    runtime: str = DEFAULT_RUNTIME
+    packages: Path | None = None
+    """`--packages FILE`: a built packages volume; None: built from the program's requirements."""
 
 
 def volume_device(index: int) -> str:
@@ -88,6 +111,13 @@ class Provision:
         self.progress = progress
         self.volumes: list[dict] = []
         """The configuration's volumes, as the last `machine` attached them."""
+        self.requirements: Requirements | None = None
+        """The program's requirements its packages volume was built from (None: none, or --packages)."""
+        self.packages_volume: PackagesVolume | None = None
+        self.packages_origin = ""
+        """Where the packages at /opt/packages came from, for the startup line."""
+        self.bytecode = bytecode_matches(RUNTIME_PYTHON.get(options.runtime))
+        """Whether a directory's code is packed with bytecode: this Python writes the runtime's."""
 
     def persistent_path(self, name: str) -> Path:
         return self.state_dir / "volumes" / name
@@ -116,8 +146,15 @@ class Provision:
         )  # fmt: skip
 
     def repack(self, run_dir: Path) -> None:
-        """Read or pack the program's code again (after an edit): the next `config` sends it."""
+        """Read or pack the program's code again (after an edit): the next `config` sends it;
+        the packages volume is rebuilt when the requirements changed."""
         program = self.options.program
+        if self.requirements is not None and program.directory is not None:
+            requirements = find_requirements(program.directory)
+            if requirements is None or requirements.identity() != self.requirements.identity():
+                self._install_packages(requirements, run_dir)
+                if requirements is not None:
+                    self.progress(f"packages at {self.packages_origin}")
         if program.directory is None and program.code is not None:
             program.code = program.source.read_bytes()  # a .py file, a zip or tar archive
         elif (
@@ -125,7 +162,7 @@ class Provision:
             and self.options.mode == "vm"
             and program.directory is not None
         ):
-            squashfs_directory(program.directory, run_dir / "code.squashfs")
+            squashfs_directory(program.directory, run_dir / "code.squashfs", bytecode=self.bytecode)
         elif program.encoding is Encoding.SQUASHFS and program.image is not None:
             raise NodeError("--watch cannot follow a squashfs image: restart the command after rebuilding it")
 
@@ -135,12 +172,88 @@ class Provision:
         program = self.options.program
         if program.code is not None or program.directory is None or program.encoding is Encoding.SQUASHFS:
             return program.code
+        began = time.monotonic()
         if program.encoding is Encoding.TAR:
-            code = tar_directory(program.directory)
+            code = tar_directory(program.directory, bytecode=self.bytecode)
         else:
-            code = zip_directory(program.directory)
-        self.progress(f"packed {program.directory} as {program.encoding} ({len(code) / 1024:.0f} KiB)")
+            code = zip_directory(program.directory, bytecode=self.bytecode)
+        took = (time.monotonic() - began) * 1000
+        with_bytecode = ", with bytecode" if self.bytecode else ""
+        self.progress(
+            f"packed {program.directory} as {program.encoding}{with_bytecode} ({len(code) / 1024:.0f} KiB, {took:.0f} ms)"
+        )
         return code
+
+    # --- the packages volume ---
+
+    def _packages_source(self, run_dir: Path) -> Path | None:
+        """The packages volume to mount at /opt/packages (a squashfs file), if any: --packages,
+        else the one built from the program directory's requirements (cached)."""
+        if any(volume.mount == PACKAGES_MOUNT for volume in self.options.volumes):
+            if self.options.packages is not None:
+                raise NodeError(f"--packages and --volume {PACKAGES_MOUNT}=...: give one of them")
+            self.packages_origin = f"{PACKAGES_MOUNT}: the --volume given"
+            return None
+        if self.options.packages is not None:
+            path = self.options.packages.expanduser().resolve()
+            if not path.is_file() or not is_squashfs(path):
+                raise NodeError(
+                    f"--packages {self.options.packages}: not a squashfs image (aleph-runtime packages)"
+                )
+            self.packages_origin = f"{PACKAGES_MOUNT}: {path} (--packages)"
+            return path
+        program = self.options.program
+        if program.directory is None:
+            return None
+        requirements = find_requirements(program.directory)
+        if requirements is None:
+            return None
+        if self.options.mode == "dev" and os.geteuid() != 0:
+            # pip runs inside the runtime image, which needs root here; dev mode can do without.
+            self.progress(f"{requirements.source.name}: not installed (building the packages volume needs root): "
+                          "the program gets the image's packages only")  # fmt: skip
+            return None
+        return self._install_packages(requirements, run_dir)
+
+    def _install_packages(self, requirements: Requirements | None, run_dir: Path) -> Path | None:
+        """Build (or take from the cache) the volume for `requirements`; put it where the
+        machine finds it (run_dir/packages.squashfs, or run_dir/packages in dev mode)."""
+        self.requirements = requirements
+        drive = run_dir / "packages.squashfs"
+        if requirements is None:
+            # The machine's drives are fixed for this command: the last volume stays mounted.
+            self.progress(
+                f"the requirements are gone: {PACKAGES_MOUNT} keeps its packages until the command restarts"
+            )
+            return drive
+        volume, cached = cached_packages(
+            requirements, self.state_dir / "cache" / "packages", runtime=self.options.runtime,
+            profile=self.options.profile, progress=self.progress,
+        )  # fmt: skip
+        for warning in volume.warnings:
+            self.progress(f"packages: {warning}")
+        partial = drive.with_name(drive.name + ".partial")
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(volume.path, partial)
+        except OSError:
+            shutil.copyfile(volume.path, partial)
+        partial.replace(drive)
+        if self.options.mode == "dev":
+            # A directory per volume, `packages` the link to the current one: the running init
+            # keeps what it mounted until it is replaced; the next start mounts the new one.
+            unpacked = self._unsquash(drive, run_dir / f"packages-{volume.sha256[:12]}")
+            link = run_dir / "packages.link"
+            link.unlink(missing_ok=True)
+            link.symlink_to(unpacked.name)
+            link.replace(run_dir / "packages")
+        self.packages_volume = volume
+        how = "cached" if cached else "built"
+        self.packages_origin = (
+            f"{PACKAGES_MOUNT}: {len(volume.distributions)} distributions from {requirements.source} "
+            f"({how}, {volume.size / 2**20:.1f} MiB, sha256 {volume.sha256[:12]})"
+        )
+        return drive
 
     def _variables(self, guest_path: Callable[[str], str]) -> dict[str, str] | None:
         """`--env` values naming a volume's mount point (or a path under it), where the program finds it."""
@@ -200,17 +313,30 @@ class Provision:
                 {"mount": volume.mount, "device": volume_device(len(volumes)), "read_only": volume.read_only}
             )
             self.progress(f"volume {volume.mount}: {target}")
+        if self._packages_source(run_dir) is not None:
+            if self.requirements is not None:
+                target = run_dir / "packages"  # a link `repack` points at the rebuilt volume
+            else:
+                target = self._unsquash(self.options.packages.expanduser().resolve())
+            machine.place(PACKAGES_MOUNT, target, True)
+            volumes.append(
+                {"mount": PACKAGES_MOUNT, "device": volume_device(len(volumes)), "read_only": True}
+            )
+        if self.packages_origin:
+            self.progress(f"packages at {self.packages_origin}")
         self.volumes = volumes
         return machine
 
-    def _unsquash(self, image: Path) -> Path:
-        """A squashfs image unpacked once into the state directory's cache (dev mode)."""
-        info = image.stat()
-        key = hashlib.sha256(f"{image}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
-        target = self.state_dir / "cache" / "unsquashed" / key
+    def _unsquash(self, image: Path, target: Path | None = None) -> Path:
+        """A squashfs image unpacked once into the state directory's cache (dev mode), or into
+        `target` (named after the image's content: an existing one is kept)."""
+        if target is None:
+            info = image.stat()
+            key = hashlib.sha256(f"{image}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
+            target = self.state_dir / "cache" / "unsquashed" / key
         if not target.is_dir():
             self.progress(f"unpacking {image} (dev mode cannot mount it)")
-            partial = target.with_name(key + ".partial")
+            partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -249,7 +375,9 @@ class Provision:
             code_image = program.image
             if code_image is None:
                 self.progress(f"packing {program.directory} as squashfs")
-                code_image = squashfs_directory(program.directory, run_dir / "code.squashfs")
+                code_image = squashfs_directory(
+                    program.directory, run_dir / "code.squashfs", bytecode=self.bytecode
+                )
             add(code_image, "/opt/code", True)
         for i, volume in enumerate(self.options.volumes):
             if volume.persistent:
@@ -259,6 +387,11 @@ class Provision:
                 add(squashfs_directory(volume.source, run_dir / f"volume{i}.squashfs"), volume.mount, True)
             else:
                 add(volume.source, volume.mount, True)
+        packages = self._packages_source(run_dir)
+        if packages is not None:
+            add(packages, PACKAGES_MOUNT, True)
+        if self.packages_origin:
+            self.progress(f"packages at {self.packages_origin}")
         self.volumes = volumes
         return machine
 
