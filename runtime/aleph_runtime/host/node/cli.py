@@ -32,7 +32,7 @@ from pathlib import Path
 # runs, so --help stays fast.
 from aleph_runtime import __version__
 from aleph_runtime.host.node.output import OutputFilter, Terminal, log_tail, say
-from aleph_runtime.host.vmm.image import COMPRESSIONS, KERNELS
+from aleph_runtime.host.vmm.image import COMPRESSIONS, DEFAULT_RUNTIME, KERNELS, RUNTIMES
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("lean", "full"),
         help="the runtime image: lean (default) or full (+ node, docker, build tools: today's "
         "official image); built through the cache on first use (dev mode too: its root)",
+    )
+    run.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help=f"the runtime image: {DEFAULT_RUNTIME} (default: the network's, Python 3.11) or debian-13 "
+        "(Python 3.13, ahead of it); both modes; built through the cache on first use",
     )
     run.add_argument(
         "--compression",
@@ -243,7 +249,7 @@ def _options(args: argparse.Namespace):
         memory_mb=args.memory or 512, vcpus=args.vcpus or 1, seconds=args.seconds,
         host=args.host, port=8080 if port is None else port, state_dir=args.state_dir or default_state_dir(),
         api_server=args.api_server, redis_url=args.redis_url, vm_hash=args.vm_hash, kernel=args.kernel,
-        profile=args.profile, compression=args.compression,
+        runtime=args.runtime, profile=args.profile, compression=args.compression,
     )  # fmt: skip
 
 
@@ -337,6 +343,7 @@ async def run_node(node, terminal: Terminal, verbose: bool, watch_from: dict | N
             return report_failed_start(error, what, node.log_path, verbose)
         hash_url = f"{url}vm/{node.vm_hash}/"
         print(f"Program running at {url}  (also {hash_url}); Ctrl-C to stop", flush=True)
+        say(node.runtime_report())
         say(node.startup_report())
         say(f"events: POST an aleph message as JSON to {url}control/event (or `aleph-runtime event`)")
 
