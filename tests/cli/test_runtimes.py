@@ -1,12 +1,17 @@
-"""`aleph-runtime run --runtime debian-12|debian-13` in dev mode: the container runs the
+"""`aleph-runtime run --runtime debian-12|debian-13`: in dev mode the container runs the
 init on the chosen image's Python with the VM's sys.path (the official libraries from
 /opt/aleph/libs, the init's own last), the terminal names the runtime, and a program that
-needs a newer Python than debian-12's is told which runtime has it."""
+needs a newer Python than debian-12's is told which runtime has it; in VM mode (one boot,
+`e2e`) the VM boots the chosen image. debian-13's tests are marked `debian13` (a second
+image build)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -130,3 +135,62 @@ async def test_the_same_program_runs_on_debian_13(cli_factory, short_dir):
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         assert await response.text() == "3.12 syntax works"
     await stop_cleanly(cli)
+
+
+@pytest.mark.e2e
+@pytest.mark.debian13
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
+async def test_vm_mode_boots_the_chosen_runtime(images, cli_factory, short_dir):
+    """One boot of debian-13 (QEMU under TCG): the VM runs that image, and a program sees
+    the same sys.path there as in dev mode's container of it."""
+    (short_dir / "main.py").write_text(WHERE_PROGRAM)
+    seen = {}
+    for mode in ("vm", "dev"):
+        cli = await cli_factory("--mode", mode, "--port", "0", "--runtime", "debian-13", str(short_dir / "main.py"),
+                                state=f"state-{mode}")  # fmt: skip
+        url = await cli.wait_url(600)
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert response.status == 200, await response.text()
+            seen[mode] = await response.json()
+        await stop_cleanly(cli)
+        if mode == "vm":
+            output = cli.output()
+    assert seen["dev"] == seen["vm"]
+    found = seen["vm"]
+    assert found["version_info"] == [3, 13], found
+    assert found["fastapi"] == "/opt/aleph/libs/fastapi/__init__.py", found
+    assert found["fastapi_version"] == locked_version("debian-13", "fastapi")
+    assert "finding the debian-13 lean runtime image (lz4)" in output, output
+    assert re.search(r"^aleph-runtime: runtime debian-13 \(Python 3\.13\.\d+\), the lean image$",
+                     output, re.MULTILINE), output  # fmt: skip
+
+
+def test_dev_mode_picks_the_newest_image_of_the_runtime_and_profile(tmp_path, monkeypatch):
+    """By the manifest; an image from before runtimes (no "runtime") has another layout."""
+    from aleph_runtime.host.container import rootfs
+
+    monkeypatch.setenv("ALEPH_RUNTIME_CACHE", str(tmp_path))
+    monkeypatch.setenv("ALEPH_ROOTFS", "/nowhere/rootfs.squashfs")  # named runtimes ignore it
+    for age, (name, manifest) in enumerate([
+        ("debian-13-lean-lz4-new", {"runtime": "debian-13", "profile": "lean"}),
+        ("lean-lz4-newer-but-old", {"profile": "lean"}),
+        ("debian-12-lean-lz4-a", {"runtime": "debian-12", "profile": "lean"}),
+        ("debian-13-full-lz4-a", {"runtime": "debian-13", "profile": "full"}),
+        ("debian-13-lean-lz4-old", {"runtime": "debian-13", "profile": "lean"}),
+    ]):  # fmt: skip
+        directory = tmp_path / "rootfs" / name
+        directory.mkdir(parents=True)
+        (directory / "rootfs.squashfs").write_bytes(b"hsqs")
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+        (directory / ".complete").touch()
+        os.utime(directory / ".complete", (1e9 - age * 100, 1e9 - age * 100))
+    images = tmp_path / "rootfs"
+    assert rootfs.cached_images("lean", "debian-13") == [
+        images / "debian-13-lean-lz4-new" / "rootfs.squashfs",
+        images / "debian-13-lean-lz4-old" / "rootfs.squashfs",
+    ]
+    assert rootfs.cached_images("lean") == [images / "debian-12-lean-lz4-a" / "rootfs.squashfs"]
+    assert rootfs.dev_image("full", "debian-13") == images / "debian-13-full-lz4-a" / "rootfs.squashfs"
+    assert rootfs.dev_image("lean") == Path("/nowhere/rootfs.squashfs")  # no runtime named: ALEPH_ROOTFS
+    with pytest.raises(ValueError, match="debian-12, debian-13"):
+        rootfs.dev_image("lean", "debian-11")
