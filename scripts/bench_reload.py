@@ -8,7 +8,9 @@ and each the median (and max) over N rounds:
 - `crash_to_200_s`: from a request whose handler calls sys.exit(1) (answered 502) until the
   next request's 200, which boots a new program.
 
-    scripts/bench.sh reload [--rounds 5] [--mode vm]
+    scripts/bench.sh reload [--rounds 5] [--mode vm] [--runtime debian-13]
+
+`runtime` says which runtime ran the program (the command's own line).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from pathlib import Path
 import aiohttp
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY / "runtime"))
+
+from aleph_runtime.host.vmm.image import DEFAULT_RUNTIME, RUNTIMES  # noqa: E402
+
 PROGRAM = """\
 import sys
 
@@ -61,7 +67,7 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return 0, ""
 
 
-async def bench(mode: str, rounds: int, workdir: Path) -> dict:
+async def bench(mode: str, rounds: int, workdir: Path, runtime: str | None = None) -> dict:
     program = workdir / "app"
     program.mkdir()
     main = program / "main.py"
@@ -73,6 +79,7 @@ async def bench(mode: str, rounds: int, workdir: Path) -> dict:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "aleph_runtime.host.node.cli", "run", str(program), "--mode", mode,
         "--port", str(port), "--watch", "--quiet", "--state-dir", str(workdir / "state"),
+        *(["--runtime", runtime] if runtime else []),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -115,9 +122,12 @@ async def bench(mode: str, rounds: int, workdir: Path) -> dict:
     def summary(values: list[float]) -> dict:
         return {"median": round(statistics.median(values), 3), "max": round(max(values), 3)}
 
-    boot = re.search(r"started in [^\n]*", (workdir / "cli.log").read_text())
+    output = (workdir / "cli.log").read_text()
+    boot = re.search(r"started in [^\n]*", output)
+    ran_on = re.search(r"^aleph-runtime: runtime (.*)$", output, re.MULTILINE)
     return {
         "mode": mode,
+        "runtime": ran_on.group(1) if ran_on else runtime,
         "rounds": rounds,
         "command_to_first_200_s": round(first_200, 3),
         "edit_to_live_s": summary(edits),
@@ -132,9 +142,11 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mode", choices=("dev", "vm"), default="dev")
+    parser.add_argument("--runtime", choices=RUNTIMES, help=f"the runtime image (default {DEFAULT_RUNTIME})")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-reload-", dir="/tmp") as workdir:
-        print(json.dumps(asyncio.run(bench(arguments.mode, arguments.rounds, Path(workdir))), indent=2))
+        result = bench(arguments.mode, arguments.rounds, Path(workdir), arguments.runtime)
+        print(json.dumps(asyncio.run(result), indent=2))
 
 
 if __name__ == "__main__":

@@ -189,42 +189,45 @@ def shift_owners(tree: Path, ids: IdMap) -> None:
                 os.chmod(name, stat.S_IMODE(info.st_mode))
 
 
-#: The distribution this checkout's images are built on (a manifest without "runtime" is one).
-RUNTIME = "debian-12"
+def cached_images(profile: str, runtime: str | None = None) -> list[Path]:
+    """The complete images of `runtime` (default debian-12) and `profile` in the image
+    cache, newest first.
 
+    The manifest says which (the directory's name, `<runtime>-<profile>-<comp>-<key>`, is
+    not parsed); an image whose manifest names no runtime predates them, with another
+    library layout, and is skipped.
+    """
+    from aleph_runtime.host.vmm.image import DEFAULT_RUNTIME, cache_dir
 
-def cached_images(profile: str) -> list[Path]:
-    """The complete images of `profile` (on `RUNTIME`) in the image cache, newest first."""
-    from aleph_runtime.host.vmm.image import cache_dir
-
+    runtime = runtime or DEFAULT_RUNTIME
     found = []
     for marker in (cache_dir() / "rootfs").glob("*/.complete"):
         image = marker.parent / "rootfs.squashfs"
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             manifest = json.loads((marker.parent / "manifest.json").read_text())
-            if (
-                manifest.get("profile") == profile
-                and manifest.get("runtime", RUNTIME) == RUNTIME
-                and image.is_file()
-            ):
+            if manifest.get("profile") == profile and manifest.get("runtime") == runtime and image.is_file():
                 found.append((marker.stat().st_mtime, image))
     return [image for _, image in sorted(found, reverse=True)]
 
 
-def dev_image(profile: str = "lean") -> Path:
-    """The runtime squashfs dev mode runs: $ALEPH_ROOTFS; else the newest image of
-    `profile` in the image cache (dev mode binds the checkout's init over the image's, so
-    an image built from an older init serves); else the image built through the cache
-    (the first time: minutes, its progress shown)."""
+def dev_image(profile: str = "lean", runtime: str | None = None, progress=None) -> Path:
+    """The runtime squashfs dev mode runs: $ALEPH_ROOTFS unless a `runtime` is named; else
+    the newest image of `runtime` (default debian-12) and `profile` in the image cache (dev
+    mode binds the checkout's init over the image's, so an image built from an older init
+    serves); else the image built through the cache (the first time: minutes, its progress
+    shown). An unknown runtime raises ValueError naming the known ones."""
     from aleph_runtime.host.vmm import image
 
     override = os.environ.get("ALEPH_ROOTFS")
-    if override:
+    if override and runtime is None:
         return Path(override)
-    found = cached_images(profile)
+    runtime = image.check_runtime(runtime or image.DEFAULT_RUNTIME)
+    found = cached_images(profile, runtime)
     if found:
         return found[0]
+    if progress is not None:
+        progress(f"building the {runtime} {profile} runtime image (once: minutes; cached)")
     try:
-        return image.ensure_rootfs(profile)
+        return image.ensure_rootfs(profile, runtime=runtime)
     except image.BuildError as error:
-        raise NodeError(f"the {profile} runtime image could not be built: {error}") from None
+        raise NodeError(f"the {runtime} {profile} runtime image could not be built: {error}") from None

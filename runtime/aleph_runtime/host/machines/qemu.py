@@ -115,15 +115,16 @@ class QemuMachine(Machine):
         kernel: str | None = None,
         profile: str | None = None,
         compression: str | None = None,
+        runtime: str | None = None,
     ) -> QemuMachine:
         """The local node's VM, drives in the order the config names them. `kernel`: "node"
         (the node-like kernel on microvm, the default) or "debian" (Debian's kernel and
-        initramfs on q35), with the `profile` image packed with `compression` (see
-        find_images). Its `renew` reuses the images: no cache check runs on the loop."""
+        initramfs on q35), with the `runtime` and `profile` image packed with `compression`
+        (see find_images). Its `renew` reuses the images: no cache check runs on the loop."""
         if shutil.which(QEMU_BINARY) is None:
             raise SetupError(f"{QEMU_BINARY} is not installed (Debian's qemu-system-x86; scripts/setup.sh)")
         try:
-            images = find_images(kernel, profile, compression)
+            images = find_images(kernel, profile, compression, runtime)
         except Exception as error:  # noqa: BLE001 - a build failure, reported as such
             raise SetupError(f"could not build or find the runtime image and kernel: {error}") from None
         return cls(
@@ -271,22 +272,34 @@ def default_kernel() -> str:
 
 
 def find_images(
-    kernel: str | None = None, profile: str | None = None, compression: str | None = None
+    kernel: str | None = None,
+    profile: str | None = None,
+    compression: str | None = None,
+    runtime: str | None = None,
 ) -> tuple[Path, Path | None, Path]:
     """(kernel, initramfs or None, rootfs): from ALEPH_KERNEL and ALEPH_ROOTFS when both are
-    set (ALEPH_INITRAMFS with them for a kernel that needs one), else built or found
-    through the image caches (host/vmm/image.py): the node-like kernel (no initramfs) by
-    default, Debian's kernel and initramfs for kernel="debian"; the `profile` image (lean
-    by default) packed with `compression` (image.DEFAULT_COMPRESSION by default), its build's progress on stderr."""
+    set (ALEPH_INITRAMFS with them for a kernel that needs one) and no image is chosen,
+    else built or found through the image caches (host/vmm/image.py): the node-like kernel
+    (no initramfs) by default, Debian's kernel and initramfs for kernel="debian"; the
+    `runtime` (image.DEFAULT_RUNTIME by default) and `profile` (lean by default) image
+    packed with `compression` (image.DEFAULT_COMPRESSION by default), its build's progress
+    on stderr. An unknown runtime raises ValueError naming the known ones."""
     kernel = kernel or default_kernel()
     if kernel not in image.KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(image.KERNELS)}")
     path, initramfs, rootfs = (os.environ.get(k) for k in ("ALEPH_KERNEL", "ALEPH_INITRAMFS", "ALEPH_ROOTFS"))
-    if path and rootfs and profile is None and compression is None:
+    if runtime is not None:
+        image.check_runtime(runtime)
+    if path and rootfs and profile is None and compression is None and runtime is None:
         return Path(path), Path(initramfs) if initramfs else None, Path(rootfs)
 
     profile, compression = profile or "lean", compression or image.DEFAULT_COMPRESSION
+    runtime = runtime or image.DEFAULT_RUNTIME
     if kernel == "node":
-        return image.ensure_node_kernel().vmlinux, None, image.ensure_rootfs(profile, compression)
+        return (
+            image.ensure_node_kernel().vmlinux,
+            None,
+            image.ensure_rootfs(profile, compression, runtime=runtime),
+        )
     files = image.ensure_kernel()
-    return files.vmlinuz, files.initramfs, image.ensure_rootfs(profile, compression)
+    return files.vmlinuz, files.initramfs, image.ensure_rootfs(profile, compression, runtime=runtime)

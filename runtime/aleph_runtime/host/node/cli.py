@@ -34,7 +34,7 @@ from pathlib import Path
 # runs, so --help stays fast.
 from aleph_runtime import __version__
 from aleph_runtime.host.node.output import OutputFilter, Terminal, log_tail, say
-from aleph_runtime.host.vmm.image import COMPRESSIONS, KERNELS
+from aleph_runtime.host.vmm.image import COMPRESSIONS, DEFAULT_RUNTIME, KERNELS, RUNTIMES
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
@@ -86,10 +86,9 @@ def _add_runtime_options(parser: argparse.ArgumentParser, profile: bool = True) 
     """--runtime (and --profile), as `run`, `packages` and `build` have them."""
     parser.add_argument(
         "--runtime",
-        default="debian-12",
-        metavar="RUNTIME",
-        help="the runtime (its image and Python) the packages are built for: debian-12 (default, Python 3.11) "
-        "or debian-13 (Python 3.13)",
+        choices=RUNTIMES,
+        help=f"the runtime (its image and Python): {DEFAULT_RUNTIME} (default: the network's, Python 3.11) or "
+        "debian-13 (Python 3.13, ahead of it); built through the cache on first use",
     )
     if profile:
         parser.add_argument(
@@ -271,7 +270,6 @@ def _options(args: argparse.Namespace):
         DEFAULT_EXAMPLE_ENV,
         DEFAULT_EXAMPLE_VOLUME,
     )
-    from aleph_runtime.host.node.packages import RUN_RUNTIMES
     from aleph_runtime.host.node.provision import NodeOptions, default_state_dir
     from aleph_runtime.host.node.volumes import parse_env, parse_env_file, parse_volume
 
@@ -294,8 +292,6 @@ def _options(args: argparse.Namespace):
         say("--compression chooses how the VM reads its image: dev mode unpacks the image once")
     if args.mode == "dev" and args.kernel is not None:
         say("--kernel applies to a VM: dev mode runs on this machine's kernel")
-    if args.runtime not in RUN_RUNTIMES:
-        raise NodeError(f"--runtime {args.runtime}: `run` boots {', '.join(RUN_RUNTIMES)} only today")
     if args.vm_hash is not None and not (
         len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)
     ):
@@ -400,6 +396,7 @@ async def run_node(node, terminal: Terminal, verbose: bool, watch_from: dict | N
             return report_failed_start(error, what, node.log_path, verbose)
         hash_url = f"{url}vm/{node.vm_hash}/"
         print(f"Program running at {url}  (also {hash_url}); Ctrl-C to stop", flush=True)
+        say(node.runtime_report())
         say(node.startup_report())
         say(f"events: POST an aleph message as JSON to {url}control/event (or `aleph-runtime event`)")
 
@@ -575,7 +572,7 @@ def build_packages_command(args: argparse.Namespace) -> int:
         requirements = read_requirements(Path(args.source))
         output = args.output.expanduser().resolve()
         volume = build_packages(
-            requirements, output, runtime=args.runtime, profile=args.profile, find_links=args.find_links,
+            requirements, output, runtime=args.runtime or DEFAULT_RUNTIME, profile=args.profile, find_links=args.find_links,
             no_index=args.no_index, progress=say,
         )  # fmt: skip
     except NodeError as error:
@@ -604,7 +601,7 @@ def build_command(args: argparse.Namespace) -> int:
 
     try:
         lines = build_for_publishing(
-            Path(args.path), args.output.expanduser().resolve(), encoding=args.encoding, runtime=args.runtime,
+            Path(args.path), args.output.expanduser().resolve(), encoding=args.encoding, runtime=args.runtime or DEFAULT_RUNTIME,
             profile=args.profile, progress=say,
         )  # fmt: skip
     except NodeError as error:

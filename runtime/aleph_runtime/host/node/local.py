@@ -244,6 +244,10 @@ class LocalNode:
             line += "  (first call)"
         self.access_log(line)
 
+    def runtime_report(self) -> str:
+        """`runtime debian-13 (Python 3.13.5), the lean image`: what runs the program."""
+        return f"runtime {self.provision.runtime_description()}"
+
     def startup_report(self) -> str:
         """`kernel 1.20 s, init0 0.31 s, ...`: how the last start was spent."""
         parts = [f"{name} {seconds:.2f} s" for name, seconds in self.boot_times.items()]

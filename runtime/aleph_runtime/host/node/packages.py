@@ -38,15 +38,11 @@ from urllib.parse import unquote, urlparse
 
 from aleph_runtime.host.errors import NodeError, SetupError
 from aleph_runtime.host.program import compile_bytecode_command, reproducible_squashfs
+from aleph_runtime.host.vmm.image import DEFAULT_RUNTIME, RUNTIMES
 
 Progress = Callable[[str], None]
 
 PACKAGES_MOUNT = "/opt/packages"
-#: The runtimes a packages volume can be built for (the image's, vmm/image.py), the default,
-#: and those `run` boots today (its VM and container take no runtime yet).
-RUNTIMES = ("debian-12", "debian-13")
-DEFAULT_RUNTIME = "debian-12"
-RUN_RUNTIMES = ("debian-12",)
 #: Each runtime's Python (major.minor): its pyc magic and cache tag follow it.
 RUNTIME_PYTHON = {"debian-12": "3.11", "debian-13": "3.13"}
 #: The largest file the network stores, hence the largest immutable volume a node can

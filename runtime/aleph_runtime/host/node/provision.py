@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -86,12 +87,13 @@ class NodeOptions:
     api_server: str | None = None
     redis_url: str | None = None
     vm_hash: str | None = None
-    #: The runtime image's profile and compression (None: lean and lz4, or ALEPH_ROOTFS).
+    #: The runtime image's runtime, profile and compression (None: debian-12, lean and lz4,
+    #: or ALEPH_ROOTFS).
+    runtime: str | None = None
     profile: str | None = None
     compression: str | None = None
     kernel: str | None = None
     """vm mode: "node" (the node-like kernel, default) or "debian"."""
-    runtime: str = DEFAULT_RUNTIME
     packages: Path | None = None
     """`--packages FILE`: a built packages volume; None: built from the program's requirements."""
 
@@ -116,8 +118,24 @@ class Provision:
         self.packages_volume: PackagesVolume | None = None
         self.packages_origin = ""
         """Where the packages at /opt/packages came from, for the startup line."""
-        self.bytecode = bytecode_matches(RUNTIME_PYTHON.get(options.runtime))
+        self.bytecode = bytecode_matches(RUNTIME_PYTHON[options.runtime or DEFAULT_RUNTIME])
         """Whether a directory's code is packed with bytecode: this Python writes the runtime's."""
+        self.image: Path | None = None
+        """The runtime squashfs the last `machine` runs (dev mode: unpacked)."""
+
+    def runtime_description(self) -> str:
+        """`debian-13 (Python 3.13.5), the lean image`: which runtime runs the program, from
+        the image's manifest (build-rootfs.sh writes it beside the image)."""
+        if self.image is None:
+            return "unknown"
+        try:
+            manifest = json.loads((self.image.parent / "manifest.json").read_text())
+            runtime, python, profile = (manifest.get(k) for k in ("runtime", "python", "profile"))
+        except (OSError, ValueError, AttributeError):
+            return f"the image {self.image} (no manifest beside it)"
+        return (f"{runtime or 'a runtime image from before runtimes'}"
+                f"{f' (Python {python})' if isinstance(python, str) else ''}"
+                f"{f', the {profile} image' if isinstance(profile, str) else ''}")  # fmt: skip
 
     def persistent_path(self, name: str) -> Path:
         return self.state_dir / "volumes" / name
@@ -227,7 +245,7 @@ class Provision:
             )
             return drive
         volume, cached = cached_packages(
-            requirements, self.state_dir / "cache" / "packages", runtime=self.options.runtime,
+            requirements, self.state_dir / "cache" / "packages", runtime=self.options.runtime or DEFAULT_RUNTIME,
             profile=self.options.profile, progress=self.progress,
         )  # fmt: skip
         for warning in volume.warnings:
@@ -273,7 +291,7 @@ class Provision:
             raise SetupError(why)
         ids, user_namespace, why_not = plan()
         profile = self.options.profile or "lean"
-        image = rootfs.dev_image(profile)
+        image = self.image = rootfs.dev_image(profile, self.options.runtime, progress=self.progress)
         tree = rootfs.image_tree(image, ids, progress=self.progress)
         checkout = _checkout_to_bind(ids)
         if why_not is not None:
@@ -283,7 +301,7 @@ class Provision:
         if not resolvers and on_loopback:
             self.progress(f"dev mode without DNS: this machine's resolver ({on_loopback[0]}) is on its loopback, "
                           "out of the container's reach; name one in /etc/resolv.conf that is not")  # fmt: skip
-        self.progress(f"dev mode: a container of the {profile} image {image}"
+        self.progress(f"dev mode: a container of {self.runtime_description()}: {image}"
                       + (", the checkout's init bound over the image's" if checkout else ""))  # fmt: skip
         machine = ContainerMachine(
             run_dir, tree, ids=ids, user_namespace=user_namespace, log_path=log_path,
@@ -356,15 +374,20 @@ class Provision:
     def vm_machine(self, run_dir: Path, log_path: Path) -> QemuMachine:
         program = self.options.program
         # The machine first: a missing QEMU or image is reported before anything is packed.
-        image = f"the {self.options.profile or 'lean'} runtime image ({self.options.compression or DEFAULT_COMPRESSION})"
-        chosen = self.options.profile is not None or self.options.compression is not None
+        image = (f"the {self.options.runtime or DEFAULT_RUNTIME} {self.options.profile or 'lean'} runtime image "
+                 f"({self.options.compression or DEFAULT_COMPRESSION})")  # fmt: skip
+        chosen = any(
+            o is not None for o in (self.options.runtime, self.options.profile, self.options.compression)
+        )
         if not chosen and os.environ.get("ALEPH_ROOTFS"):
             image = "the runtime image (ALEPH_ROOTFS)"
         self.progress(f"finding {image} and the kernel (built through their caches when missing)")
         machine = QemuMachine.for_node(
             run_dir, log_path, [], self.options.memory_mb, self.options.vcpus,
             kernel=self.options.kernel, profile=self.options.profile, compression=self.options.compression,
+            runtime=self.options.runtime,
         )  # fmt: skip
+        self.image = Path(machine.qemu.rootfs)
         volumes: list[dict] = []
 
         def add(path: Path, mount: str, read_only: bool) -> None:
