@@ -36,6 +36,8 @@ from aleph_runtime.host.vmm.image import COMPRESSIONS, KERNELS
 from aleph_runtime.protocol import INTERFACE_NAMES, Encoding
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
+#: `--debug` without a port: debugpy's (and VS Code's attach configuration's) default.
+DEFAULT_DEBUG_PORT = 5678
 
 
 def exit_status(error: BaseException) -> int:
@@ -150,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the HTTP front's port (8080; 0 for any free one)",
     )
     run.add_argument(
+        "--debug",
+        nargs="?",
+        const=DEFAULT_DEBUG_PORT,
+        type=int,
+        metavar="PORT",
+        help=f"debugpy in the program's process, on 127.0.0.1:PORT ({DEFAULT_DEBUG_PORT}): attach "
+        "VS Code or any Debug Adapter Protocol client (README)",
+    )
+    run.add_argument(
+        "--debug-wait",
+        action="store_true",
+        help="with --debug: the program starts (is imported) once a debugger has attached",
+    )
+    run.add_argument(
         "--state-dir",
         type=Path,
         help="signing key, Redis data, persistent volumes, logs "
@@ -244,6 +260,8 @@ def _options(args: argparse.Namespace):
         host=args.host, port=8080 if port is None else port, state_dir=args.state_dir or default_state_dir(),
         api_server=args.api_server, redis_url=args.redis_url, vm_hash=args.vm_hash, kernel=args.kernel,
         profile=args.profile, compression=args.compression,
+        debug_port=args.debug if args.debug is not None or not args.debug_wait else DEFAULT_DEBUG_PORT,
+        debug_wait=args.debug_wait,
     )  # fmt: skip
 
 
@@ -386,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
         options = _options(args)
         say(f"program {options.program.describe()} ({options.program.why})")
         check_port_free(options.host, options.port)
+        if options.debug_port is not None:
+            check_port_free("127.0.0.1", options.debug_port, "--debug's port: give another (--debug=PORT)")
         terminal = Terminal(None if args.verbose else OutputFilter(options.mode == "vm"))
         node = LocalNode(
             options, progress=terminal.progress, access_log=None if args.quiet else terminal.access,

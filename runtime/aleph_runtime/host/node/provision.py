@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from aleph_runtime.guest.debugger import DEBUG_PORT_VARIABLE, DEBUG_WAIT_VARIABLE, DEBUGPY_PATH
 from aleph_runtime.host.container import rootfs
 from aleph_runtime.host.container.network import NetworkSpec, host_resolvers
 from aleph_runtime.host.container.spawn import missing_tool, plan
@@ -33,11 +34,15 @@ from aleph_runtime.host.machines.qemu import VM_IP, VM_ROUTE, QemuMachine
 from aleph_runtime.host.node.inference import Program, is_squashfs
 from aleph_runtime.host.node.volumes import VolumeSpec
 from aleph_runtime.host.program import program_config, squashfs_directory, tar_directory, zip_directory
-from aleph_runtime.host.vmm.image import DEFAULT_COMPRESSION
+from aleph_runtime.host.vmm.image import DEFAULT_COMPRESSION, cache_dir
 from aleph_runtime.host.vmm.qemu import Drive
 from aleph_runtime.protocol import Encoding
 
 Progress = Callable[[str], None]
+#: debugpy for `--debug`, installed once into the cache with the image's Python ABI (3.11).
+DEBUGPY_VERSION = "1.8.22"
+#: With `--debug-wait` the configuration is answered once a debugger attaches: a day at most.
+DEBUG_WAIT_CONFIGURE_TIMEOUT = 86400
 #: How long the dev init may take to send its ready signal.
 DEV_READY_TIMEOUT = 60
 
@@ -71,6 +76,10 @@ class NodeOptions:
     compression: str | None = None
     kernel: str | None = None
     """vm mode: "node" (the node-like kernel, default) or "debian"."""
+    debug_port: int | None = None
+    """`--debug`: debugpy in the program, this port forwarded from the host's 127.0.0.1."""
+    debug_wait: bool = False
+    """`--debug-wait`: the program starts once a debugger has attached."""
 
 
 def volume_device(index: int) -> str:
@@ -145,7 +154,11 @@ class Provision:
     def _variables(self, guest_path: Callable[[str], str]) -> dict[str, str] | None:
         """`--env` values naming a volume's mount point (or a path under it), where the program finds it."""
         variables = dict(self.options.env)
-        for key, value in variables.items():
+        if self.options.debug_port is not None:
+            variables[DEBUG_PORT_VARIABLE] = str(self.options.debug_port)
+            if self.options.debug_wait:
+                variables[DEBUG_WAIT_VARIABLE] = "1"
+        for key, value in self.options.env.items():
             for volume in self.options.volumes:
                 if value == volume.mount or value.startswith(volume.mount + "/"):
                     variables[key] = guest_path(volume.mount) + value[len(volume.mount) :]
@@ -175,9 +188,11 @@ class Provision:
         machine = ContainerMachine(
             run_dir, tree, ids=ids, user_namespace=user_namespace, log_path=log_path,
             memory_mb=self.options.memory_mb, vcpus=self.options.vcpus,
-            network=NetworkSpec(ip=f"{VM_IP}/24", gateway=VM_ROUTE), checkout=checkout,
-            ready_timeout=DEV_READY_TIMEOUT,
+            network=NetworkSpec(ip=f"{VM_IP}/24", gateway=VM_ROUTE, tcp_forwards=self._forwards()),
+            checkout=checkout, ready_timeout=DEV_READY_TIMEOUT, configure_timeout=self._configure_timeout(),
         )  # fmt: skip
+        if self.options.debug_port is not None:
+            machine.place(DEBUGPY_PATH, self.debugpy_directory(), read_only=True)
         program = self.options.program
         volumes: list[dict] = []
         if program.encoding is Encoding.SQUASHFS:
@@ -239,6 +254,10 @@ class Provision:
             run_dir, log_path, [], self.options.memory_mb, self.options.vcpus,
             kernel=self.options.kernel, profile=self.options.profile, compression=self.options.compression,
         )  # fmt: skip
+        if self.options.debug_port is not None:
+            machine.qemu.network.tcp_forwards = self._forwards()
+            if (timeout := self._configure_timeout()) is not None:
+                machine.configure_timeout = timeout
         volumes: list[dict] = []
 
         def add(path: Path, mount: str, read_only: bool) -> None:
@@ -259,8 +278,57 @@ class Provision:
                 add(squashfs_directory(volume.source, run_dir / f"volume{i}.squashfs"), volume.mount, True)
             else:
                 add(volume.source, volume.mount, True)
+        if self.options.debug_port is not None:
+            # Last, and not in the configuration's volumes' way: the program's drives keep their names.
+            add(self.debugpy_image(), DEBUGPY_PATH, True)
         self.volumes = volumes
         return machine
+
+    # --- --debug: debugpy, brought only when asked ---
+
+    def _forwards(self) -> tuple[int, ...]:
+        return () if self.options.debug_port is None else (self.options.debug_port,)
+
+    def _configure_timeout(self) -> float | None:
+        return DEBUG_WAIT_CONFIGURE_TIMEOUT if self.options.debug_wait else None
+
+    def debugpy_directory(self) -> Path:
+        """debugpy (DEBUGPY_VERSION) installed once under the cache, for the image's Python
+        3.11 on x86_64 whatever this machine's Python is; mounted at DEBUGPY_PATH."""
+        target = cache_dir() / "debugpy" / DEBUGPY_VERSION
+        if (target / "debugpy" / "__init__.py").is_file():
+            return target
+        self.progress(f"installing debugpy {DEBUGPY_VERSION} for --debug into {target}")
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+            "--target", str(partial), "--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
+            "--platform", "manylinux_2_34_x86_64", f"debugpy=={DEBUGPY_VERSION}",
+        ]  # fmt: skip
+        try:
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except subprocess.CalledProcessError as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            last = (error.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            raise SetupError(
+                f"debugpy {DEBUGPY_VERSION} could not be installed for --debug: {last}"
+            ) from None
+        for path in [partial, *partial.rglob("*")]:  # readable by the container's root, whoever it is
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+        partial.rename(target)
+        return target
+
+    def debugpy_image(self) -> Path:
+        """debugpy_directory as a squashfs image (a VM's drive), packed once."""
+        directory = self.debugpy_directory()
+        packed = directory.with_name(directory.name + ".squashfs")
+        if not packed.is_file():
+            partial = packed.with_name(packed.name + ".partial")
+            squashfs_directory(directory, partial)
+            partial.rename(packed)
+        return packed
 
     def persistent_image(self, volume: VolumeSpec) -> Path:
         """The persistent volume's ext4 image, made once (seeded from its dev-mode directory)."""

@@ -80,6 +80,8 @@ class UserNetwork:
     ipv6: str | None = None
     """IPv6 with its prefix length."""
     ipv6_gateway: str | None = None
+    tcp_forwards: tuple[int, ...] = ()
+    """Ports of the host's 127.0.0.1 forwarded to the same port of the guest (`--debug`)."""
 
     def netdev(self, netdev_id: str = "net0") -> str:
         opts = [f"user,id={netdev_id}", "restrict=on"]
@@ -102,6 +104,8 @@ class UserNetwork:
                 net6 = ipaddress.ip_network(f"{iface6.ip}/64", strict=False)
             host6 = self.ipv6_gateway or str(next(net6.hosts()))
             opts += [f"ipv6-net={net6}", f"ipv6-host={host6}"]
+        # restrict=on keeps the guest from reaching out; hostfwd still lets the host in.
+        opts += [f"hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in self.tcp_forwards]
         return ",".join(opts)
 
 
