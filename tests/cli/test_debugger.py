@@ -43,6 +43,7 @@ BREAK_LINE = 13
 #: Where a directory's code is in the guest: zipped, unpacked into /opt (guest/code.py).
 GUEST_SOURCE = "/opt/main.py"
 WAIT = 60
+VM_BOOT_TIMEOUT = 600  # TCG on a loaded machine: generous, never asserted
 
 
 class DapClient:
@@ -226,3 +227,31 @@ async def test_debugpy_missing_is_one_sentence(cli_factory, short_dir):
     cli = await cli_factory("--mode", "dev", "--port", "0", "--env", "ALEPH_DEBUG_PORT=5678", str(program))
     assert await cli.wait() == 3
     assert "debugpy could not be loaded from /opt/aleph-debug (No module named 'debugpy')" in cli.output()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
+async def test_breakpoint_in_a_route_in_a_vm(images, cli_factory, short_dir):
+    """The same through QEMU's user network (hostfwd), debugpy on a squashfs drive."""
+    program = write_program(short_dir)
+    debug_port = free_port()
+    cli = await cli_factory("--port", "0", f"--debug={debug_port}", str(program))
+    url = await cli.wait_url(VM_BOOT_TIMEOUT)
+    seen = await asyncio.to_thread(debug_a_call, debug_port, url)
+    assert seen["asked"] == "'/some/where'", seen
+    assert seen["answer"] == "b'you asked for /some/where'", seen
+    await stop_cleanly(cli)
+
+
+def test_the_forwards_bind_the_hosts_loopback_only():
+    from aleph_runtime.host.container.network import NetworkSpec, pasta_command
+    from aleph_runtime.host.vmm.qemu import UserNetwork
+
+    pasta = pasta_command(NetworkSpec(tcp_forwards=(5678,)), 1, Path("/nonexistent"))
+    assert pasta[pasta.index("--tcp-ports") + 1] == "127.0.0.1/5678"
+    closed = pasta_command(NetworkSpec(), 1, Path("/nonexistent"))
+    assert closed[closed.index("--tcp-ports") + 1] == "none"  # nothing inbound without --debug
+    netdev = UserNetwork(ip="172.16.0.2", route="172.16.0.1", tcp_forwards=(5678,)).netdev()
+    assert "restrict=on" in netdev.split(",")
+    assert "hostfwd=tcp:127.0.0.1:5678-172.16.0.2:5678" in netdev.split(",")
+    assert "hostfwd" not in UserNetwork(ip="172.16.0.2", route="172.16.0.1").netdev()

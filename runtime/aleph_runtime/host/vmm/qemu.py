@@ -104,8 +104,10 @@ class UserNetwork:
                 net6 = ipaddress.ip_network(f"{iface6.ip}/64", strict=False)
             host6 = self.ipv6_gateway or str(next(net6.hosts()))
             opts += [f"ipv6-net={net6}", f"ipv6-host={host6}"]
-        # restrict=on keeps the guest from reaching out; hostfwd still lets the host in.
-        opts += [f"hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in self.tcp_forwards]
+        # restrict=on keeps the guest from reaching out; hostfwd still lets the host in. The
+        # guest's address is named: slirp's default is its DHCP range's first, unused here.
+        guest = ipaddress.ip_interface(self.ip if "/" in self.ip else f"{self.ip}/24").ip if self.ip else ""
+        opts += [f"hostfwd=tcp:127.0.0.1:{port}-{guest}:{port}" for port in self.tcp_forwards]
         return ",".join(opts)
 
 
