@@ -255,3 +255,9 @@ def test_the_forwards_bind_the_hosts_loopback_only():
     assert "restrict=on" in netdev.split(",")
     assert "hostfwd=tcp:127.0.0.1:5678-172.16.0.2:5678" in netdev.split(",")
     assert "hostfwd" not in UserNetwork(ip="172.16.0.2", route="172.16.0.1").netdev()
+
+
+async def test_a_port_out_of_range_is_one_sentence(cli_factory, short_dir):
+    cli = await cli_factory("--mode", "dev", "--debug=70000", str(write_program(short_dir)))
+    assert await cli.wait() == 2
+    assert "error: --debug=70000 is not a TCP port (1 to 65535)" in cli.output()

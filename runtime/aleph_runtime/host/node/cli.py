@@ -33,7 +33,7 @@ from pathlib import Path
 from aleph_runtime import __version__
 from aleph_runtime.host.node.output import OutputFilter, Terminal, log_tail, say
 from aleph_runtime.host.vmm.image import COMPRESSIONS, KERNELS
-from aleph_runtime.protocol import INTERFACE_NAMES, Encoding
+from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
 #: `--debug` without a port: debugpy's (and VS Code's attach configuration's) default.
@@ -253,6 +253,8 @@ def _options(args: argparse.Namespace):
         len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)
     ):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
+    if args.debug is not None and not 0 < args.debug < 65536:
+        raise NodeError(f"--debug={args.debug} is not a TCP port (1 to 65535)")
     port = args.port
     return NodeOptions(
         program=program, volumes=volumes, env=env, mode=args.mode,
@@ -404,6 +406,10 @@ def run(args: argparse.Namespace) -> int:
         options = _options(args)
         say(f"program {options.program.describe()} ({options.program.why})")
         check_port_free(options.host, options.port)
+        if options.debug_port is not None and options.program.interface is Interface.EXECUTABLE:
+            say(
+                "--debug: an executable starts debugpy itself, from /opt/aleph-debug on $ALEPH_DEBUG_PORT (README)"
+            )
         if options.debug_port is not None:
             check_port_free("127.0.0.1", options.debug_port, "--debug's port: give another (--debug=PORT)")
         terminal = Terminal(None if args.verbose else OutputFilter(options.mode == "vm"))

@@ -294,8 +294,10 @@ class Provision:
 
     def debugpy_directory(self) -> Path:
         """debugpy (DEBUGPY_VERSION) installed once under the cache, for the image's Python
-        3.11 on x86_64 whatever this machine's Python is; mounted at DEBUGPY_PATH."""
-        target = cache_dir() / "debugpy" / DEBUGPY_VERSION
+        3.11 on x86_64 whatever this machine's Python is, byte-compiled (it is mounted
+        read-only at DEBUGPY_PATH, where the guest could not write its bytecode: under
+        emulation, compiling pydevd at each start cost seconds)."""
+        target = cache_dir() / "debugpy" / f"{DEBUGPY_VERSION}-cp311"
         if (target / "debugpy" / "__init__.py").is_file():
             return target
         self.progress(f"installing debugpy {DEBUGPY_VERSION} for --debug into {target}")
@@ -315,6 +317,11 @@ class Provision:
             raise SetupError(
                 f"debugpy {DEBUGPY_VERSION} could not be installed for --debug: {last}"
             ) from None
+        if sys.version_info[:2] == (3, 11):  # the image's bytecode: the same magic number
+            import compileall
+
+            # Level 2 for the init (python -OO), 0 for debugpy's adapter, a plain python3.
+            compileall.compile_dir(partial, quiet=2, optimize=[0, 2], workers=0)
         for path in [partial, *partial.rglob("*")]:  # readable by the container's root, whoever it is
             path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
         partial.rename(target)
