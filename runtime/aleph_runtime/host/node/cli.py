@@ -5,6 +5,7 @@
     aleph-runtime run app.py --mode dev        # in a container of the image, no VM
     aleph-runtime run ./my_app --volume /opt/lib=./lib --volume mount=/data,persistent=db
     aleph-runtime run ./my_app --mode dev --watch --env-file .env   # restart on edits
+    aleph-runtime run ./my_app --mode dev --debug   # debugpy in the program, on 127.0.0.1:5678
     aleph-runtime event --content '{"hello": "world"}'            # an aleph message to the program
 
 Progress goes to stderr, the URL to stdout. Exit status: 0 after a clean stop

@@ -8,7 +8,9 @@ that names them.
     ... after an edit: provision.repack(run_dir); config = provision.config(last_machine)
 
 The code is the first drive (vdb) when it is a squashfs image, the volumes follow in the
-order given (`volume_device`), as a node attaches them.
+order given (`volume_device`), as a node attaches them. With `--debug`, debugpy (installed
+once into the cache) comes last, at /opt/aleph-debug (guest/debugger.py), and its port is
+forwarded from the host's 127.0.0.1.
 """
 
 from __future__ import annotations

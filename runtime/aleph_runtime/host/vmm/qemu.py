@@ -13,7 +13,8 @@ A node boots the runtime squashfs in Firecracker; locally the same image boots i
   needs the guest RAM in a shared memfd, the machine's memory backend;
 - network: QEMU user networking (no host privileges, restricted to the VM) on the
   subnet of the address the config will give the guest, the gateway being QEMU's host
-  address, so the guest's static configuration just works;
+  address, so the guest's static configuration just works; nothing reaches the guest
+  from outside but `tcp_forwards` (`--debug`'s port, from the host's 127.0.0.1);
 - the serial console on stdio, and `-no-reboot`: the guest's `reboot=k` becomes QEMU's exit.
 
     line = QemuCommandLine(kernel, None, rootfs, vhost_path, drives=[Drive(code)])
