@@ -261,6 +261,10 @@ class Init:
     async def _start_asgi(self, config: Config, code_directory: Path) -> Program:
         from aleph_runtime.guest.asgi import AsgiProgram, Lifespan, LifespanFailure
 
+        if "ALEPH_DEBUG_PORT" in config.variables:  # set by run --debug only (guest/debugger.py)
+            from aleph_runtime.guest import debugger
+
+            await _off_loop(debugger.start_from_variables, config.variables)
         app = load_asgi_app(config, self.paths, code_directory)
         lifespan = Lifespan(app)
         try:

@@ -13,8 +13,9 @@ a VM; pasta only provides the tap device and the translation. The config's DNS s
 are this machine's own resolvers (`host_resolvers`), reached through pasta like any
 address; one on this machine's loopback (systemd-resolved's 127.0.0.53) is out of reach,
 and the container goes without DNS (this pasta's --dns-forward answered nothing here).
-Nothing inbound reaches the container (`-t none -u none`): the host talks to the init
-over its Unix sockets, as the supervisor does over vsock.
+Nothing inbound reaches the container (`-t none -u none`) but `tcp_forwards` (`--debug`'s
+port, from the host's 127.0.0.1 only): the host talks to the init over its Unix sockets, as
+the supervisor does over vsock.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class NetworkSpec:
 
     ip: str = "172.16.0.2/24"
     gateway: str = "172.16.0.1"
+    tcp_forwards: tuple[int, ...] = ()
+    """Ports of the host's 127.0.0.1 forwarded to the same port of the namespace (`--debug`)."""
 
 
 def host_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[list[str], list[str]]:
@@ -78,7 +81,9 @@ def pasta_command(spec: NetworkSpec, pid: int, pid_file: Path) -> list[str]:
         "--gateway", spec.gateway,
         # The host's loopback stays out of reach: no gateway-to-loopback mapping, no port
         # forwarded from the namespace's loopback to the host's, and nothing inbound.
-        "--no-map-gw", "--tcp-ports", "none", "--udp-ports", "none", "--tcp-ns", "none", "--udp-ns", "none",
+        "--no-map-gw", "--udp-ports", "none", "--tcp-ns", "none", "--udp-ns", "none",
+        # Inbound, only what `tcp_forwards` names (--debug's port), on the host's loopback.
+        "--tcp-ports", ",".join(f"127.0.0.1/{port}" for port in spec.tcp_forwards) or "none",
         "--no-dhcp", "--dns", "none",
         "--pid", str(pid_file),
     ]  # fmt: skip

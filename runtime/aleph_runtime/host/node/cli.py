@@ -5,6 +5,7 @@
     aleph-runtime run app.py --mode dev        # in a container of the image, no VM
     aleph-runtime run ./my_app --volume /opt/lib=./lib --volume mount=/data,persistent=db
     aleph-runtime run ./my_app --mode dev --watch --env-file .env   # restart on edits
+    aleph-runtime run ./my_app --mode dev --debug   # debugpy in the program, on 127.0.0.1:5678
     aleph-runtime event --content '{"hello": "world"}'            # an aleph message to the program
     aleph-runtime packages requirements.txt -o packages.squashfs  # the /opt/packages volume to publish
     aleph-runtime build ./my_app -o dist       # code.zip (with bytecode) and packages.squashfs to publish
@@ -35,9 +36,11 @@ from pathlib import Path
 from aleph_runtime import __version__
 from aleph_runtime.host.node.output import OutputFilter, Terminal, log_tail, say
 from aleph_runtime.host.vmm.image import COMPRESSIONS, DEFAULT_RUNTIME, KERNELS, RUNTIMES
-from aleph_runtime.protocol import INTERFACE_NAMES, Encoding
+from aleph_runtime.protocol import INTERFACE_NAMES, Encoding, Interface
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROGRAM = 0, 1, 2, 3
+#: `--debug` without a port: debugpy's (and VS Code's attach configuration's) default.
+DEFAULT_DEBUG_PORT = 5678
 
 
 def exit_status(error: BaseException) -> int:
@@ -177,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the HTTP front's port (8080; 0 for any free one)",
     )
     run.add_argument(
+        "--debug",
+        nargs="?",
+        const=DEFAULT_DEBUG_PORT,
+        type=int,
+        metavar="PORT",
+        help=f"debugpy in the program's process, on 127.0.0.1:PORT ({DEFAULT_DEBUG_PORT}): attach "
+        "VS Code or any Debug Adapter Protocol client (README)",
+    )
+    run.add_argument(
+        "--debug-wait",
+        action="store_true",
+        help="with --debug: the program starts (is imported) once a debugger has attached",
+    )
+    run.add_argument(
         "--state-dir",
         type=Path,
         help="signing key, Redis data, persistent volumes, logs "
@@ -296,6 +313,8 @@ def _options(args: argparse.Namespace):
         len(args.vm_hash) == 64 and all(c in "0123456789abcdef" for c in args.vm_hash)
     ):
         raise NodeError("--vm-hash must be 64 lower-case hexadecimal digits")
+    if args.debug is not None and not 0 < args.debug < 65536:
+        raise NodeError(f"--debug={args.debug} is not a TCP port (1 to 65535)")
     port = args.port
     return NodeOptions(
         program=program, volumes=volumes, env=env, mode=args.mode,
@@ -303,6 +322,8 @@ def _options(args: argparse.Namespace):
         host=args.host, port=8080 if port is None else port, state_dir=args.state_dir or default_state_dir(),
         api_server=args.api_server, redis_url=args.redis_url, vm_hash=args.vm_hash, kernel=args.kernel,
         profile=args.profile, compression=args.compression, runtime=args.runtime, packages=args.packages,
+        debug_port=args.debug if args.debug is not None or not args.debug_wait else DEFAULT_DEBUG_PORT,
+        debug_wait=args.debug_wait,
     )  # fmt: skip
 
 
@@ -446,6 +467,12 @@ def run(args: argparse.Namespace) -> int:
         options = _options(args)
         say(f"program {options.program.describe()} ({options.program.why})")
         check_port_free(options.host, options.port)
+        if options.debug_port is not None and options.program.interface is Interface.EXECUTABLE:
+            say(
+                "--debug: an executable starts debugpy itself, from /opt/aleph-debug on $ALEPH_DEBUG_PORT (README)"
+            )
+        if options.debug_port is not None:
+            check_port_free("127.0.0.1", options.debug_port, "--debug's port: give another (--debug=PORT)")
         terminal = Terminal(None if args.verbose else OutputFilter(options.mode == "vm"))
         node = LocalNode(
             options, progress=terminal.progress, access_log=None if args.quiet else terminal.access,

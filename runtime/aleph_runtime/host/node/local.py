@@ -232,7 +232,7 @@ class LocalNode:
         self._first_call_pending = True
         took = loop.time() - ready_at
         self.boot_times = {**machine.boot_phases(ready_at - began), "config answered": took}
-        if took > CONFIGURE_TIMEOUT:
+        if took > CONFIGURE_TIMEOUT and not self.options.debug_wait:  # --debug-wait: the user's time
             self.progress(f"the program took {took:.0f} s to start: a node allows {CONFIGURE_TIMEOUT} s "
                           "(with KVM, much faster than emulation)")  # fmt: skip
         self._watcher = asyncio.create_task(self._watch(machine))

@@ -12,7 +12,9 @@ order given (`volume_device`), as a node attaches them, then the packages volume
 /opt/packages: `--packages FILE`, or the one built (cached) from the program directory's
 requirements.txt or pyproject.toml dependencies (node/packages.py), rebuilt by `repack`
 when they changed. A directory's code is packed with its bytecode (program.py) when this
-Python writes what the runtime's loads.
+Python writes what the runtime's loads. With `--debug`, debugpy (installed once into the
+cache) comes last, at /opt/aleph-debug (guest/debugger.py), and its port is forwarded from
+the host's 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from aleph_runtime.guest.debugger import DEBUG_PORT_VARIABLE, DEBUG_WAIT_VARIABLE, DEBUGPY_PATH
 from aleph_runtime.host.container import rootfs
 from aleph_runtime.host.container.network import NetworkSpec, host_resolvers
 from aleph_runtime.host.container.spawn import missing_tool, plan
@@ -54,11 +57,15 @@ from aleph_runtime.host.program import (
     tar_directory,
     zip_directory,
 )
-from aleph_runtime.host.vmm.image import DEFAULT_COMPRESSION
+from aleph_runtime.host.vmm.image import DEFAULT_COMPRESSION, cache_dir
 from aleph_runtime.host.vmm.qemu import Drive
 from aleph_runtime.protocol import Encoding
 
 Progress = Callable[[str], None]
+#: debugpy for `--debug`, installed once into the cache with the image's Python ABI (3.11).
+DEBUGPY_VERSION = "1.8.22"
+#: With `--debug-wait` the configuration is answered once a debugger attaches: a day at most.
+DEBUG_WAIT_CONFIGURE_TIMEOUT = 86400
 #: How long the dev init may take to send its ready signal.
 DEV_READY_TIMEOUT = 60
 
@@ -96,6 +103,10 @@ class NodeOptions:
     """vm mode: "node" (the node-like kernel, default) or "debian"."""
     packages: Path | None = None
     """`--packages FILE`: a built packages volume; None: built from the program's requirements."""
+    debug_port: int | None = None
+    """`--debug`: debugpy in the program, this port forwarded from the host's 127.0.0.1."""
+    debug_wait: bool = False
+    """`--debug-wait`: the program starts once a debugger has attached."""
 
 
 def volume_device(index: int) -> str:
@@ -276,7 +287,11 @@ class Provision:
     def _variables(self, guest_path: Callable[[str], str]) -> dict[str, str] | None:
         """`--env` values naming a volume's mount point (or a path under it), where the program finds it."""
         variables = dict(self.options.env)
-        for key, value in variables.items():
+        if self.options.debug_port is not None:
+            variables[DEBUG_PORT_VARIABLE] = str(self.options.debug_port)
+            if self.options.debug_wait:
+                variables[DEBUG_WAIT_VARIABLE] = "1"
+        for key, value in self.options.env.items():
             for volume in self.options.volumes:
                 if value == volume.mount or value.startswith(volume.mount + "/"):
                     variables[key] = guest_path(volume.mount) + value[len(volume.mount) :]
@@ -306,9 +321,11 @@ class Provision:
         machine = ContainerMachine(
             run_dir, tree, ids=ids, user_namespace=user_namespace, log_path=log_path,
             memory_mb=self.options.memory_mb, vcpus=self.options.vcpus,
-            network=NetworkSpec(ip=f"{VM_IP}/24", gateway=VM_ROUTE), checkout=checkout,
-            ready_timeout=DEV_READY_TIMEOUT,
+            network=NetworkSpec(ip=f"{VM_IP}/24", gateway=VM_ROUTE, tcp_forwards=self._forwards()),
+            checkout=checkout, ready_timeout=DEV_READY_TIMEOUT, configure_timeout=self._configure_timeout(),
         )  # fmt: skip
+        if self.options.debug_port is not None:
+            machine.place(DEBUGPY_PATH, self.debugpy_directory(), read_only=True)
         program = self.options.program
         volumes: list[dict] = []
         if program.encoding is Encoding.SQUASHFS:
@@ -388,6 +405,10 @@ class Provision:
             runtime=self.options.runtime,
         )  # fmt: skip
         self.image = Path(machine.qemu.rootfs)
+        if self.options.debug_port is not None:
+            machine.qemu.network.tcp_forwards = self._forwards()
+            if (timeout := self._configure_timeout()) is not None:
+                machine.configure_timeout = timeout
         volumes: list[dict] = []
 
         def add(path: Path, mount: str, read_only: bool) -> None:
@@ -415,8 +436,64 @@ class Provision:
             add(packages, PACKAGES_MOUNT, True)
         if self.packages_origin:
             self.progress(f"packages at {self.packages_origin}")
+        if self.options.debug_port is not None:
+            # Last, and not in the configuration's volumes' way: the program's drives keep their names.
+            add(self.debugpy_image(), DEBUGPY_PATH, True)
         self.volumes = volumes
         return machine
+
+    # --- --debug: debugpy, brought only when asked ---
+
+    def _forwards(self) -> tuple[int, ...]:
+        return () if self.options.debug_port is None else (self.options.debug_port,)
+
+    def _configure_timeout(self) -> float | None:
+        return DEBUG_WAIT_CONFIGURE_TIMEOUT if self.options.debug_wait else None
+
+    def debugpy_directory(self) -> Path:
+        """debugpy (DEBUGPY_VERSION) installed once under the cache, for the image's Python
+        3.11 on x86_64 whatever this machine's Python is, byte-compiled (it is mounted
+        read-only at DEBUGPY_PATH, where the guest could not write its bytecode: under
+        emulation, compiling pydevd at each start cost seconds)."""
+        target = cache_dir() / "debugpy" / f"{DEBUGPY_VERSION}-cp311"
+        if (target / "debugpy" / "__init__.py").is_file():
+            return target
+        self.progress(f"installing debugpy {DEBUGPY_VERSION} for --debug into {target}")
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+            "--target", str(partial), "--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
+            "--platform", "manylinux_2_34_x86_64", f"debugpy=={DEBUGPY_VERSION}",
+        ]  # fmt: skip
+        try:
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except subprocess.CalledProcessError as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            last = (error.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            raise SetupError(
+                f"debugpy {DEBUGPY_VERSION} could not be installed for --debug: {last}"
+            ) from None
+        if sys.version_info[:2] == (3, 11):  # the image's bytecode: the same magic number
+            import compileall
+
+            # Level 2 for the init (python -OO), 0 for debugpy's adapter, a plain python3.
+            compileall.compile_dir(partial, quiet=2, optimize=[0, 2], workers=0)
+        for path in [partial, *partial.rglob("*")]:  # readable by the container's root, whoever it is
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+        partial.rename(target)
+        return target
+
+    def debugpy_image(self) -> Path:
+        """debugpy_directory as a squashfs image (a VM's drive), packed once."""
+        directory = self.debugpy_directory()
+        packed = directory.with_name(directory.name + ".squashfs")
+        if not packed.is_file():
+            partial = packed.with_name(packed.name + ".partial")
+            squashfs_directory(directory, partial)
+            partial.rename(packed)
+        return packed
 
     def persistent_image(self, volume: VolumeSpec) -> Path:
         """The persistent volume's ext4 image, made once (seeded from its dev-mode directory)."""

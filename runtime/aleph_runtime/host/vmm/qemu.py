@@ -13,7 +13,8 @@ A node boots the runtime squashfs in Firecracker; locally the same image boots i
   needs the guest RAM in a shared memfd, the machine's memory backend;
 - network: QEMU user networking (no host privileges, restricted to the VM) on the
   subnet of the address the config will give the guest, the gateway being QEMU's host
-  address, so the guest's static configuration just works;
+  address, so the guest's static configuration just works; nothing reaches the guest
+  from outside but `tcp_forwards` (`--debug`'s port, from the host's 127.0.0.1);
 - the serial console on stdio, and `-no-reboot`: the guest's `reboot=k` becomes QEMU's exit.
 
     line = QemuCommandLine(kernel, None, rootfs, vhost_path, drives=[Drive(code)])
@@ -80,6 +81,8 @@ class UserNetwork:
     ipv6: str | None = None
     """IPv6 with its prefix length."""
     ipv6_gateway: str | None = None
+    tcp_forwards: tuple[int, ...] = ()
+    """Ports of the host's 127.0.0.1 forwarded to the same port of the guest (`--debug`)."""
 
     def netdev(self, netdev_id: str = "net0") -> str:
         opts = [f"user,id={netdev_id}", "restrict=on"]
@@ -102,6 +105,10 @@ class UserNetwork:
                 net6 = ipaddress.ip_network(f"{iface6.ip}/64", strict=False)
             host6 = self.ipv6_gateway or str(next(net6.hosts()))
             opts += [f"ipv6-net={net6}", f"ipv6-host={host6}"]
+        # restrict=on keeps the guest from reaching out; hostfwd still lets the host in. The
+        # guest's address is named: slirp's default is its DHCP range's first, unused here.
+        guest = ipaddress.ip_interface(self.ip if "/" in self.ip else f"{self.ip}/24").ip if self.ip else ""
+        opts += [f"hostfwd=tcp:127.0.0.1:{port}-{guest}:{port}" for port in self.tcp_forwards]
         return ",".join(opts)
 
 
