@@ -8,6 +8,8 @@ import asyncio
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -17,6 +19,8 @@ import pytest
 
 from tests.cli.example_checks import stop_cleanly
 from tests.helpers import free_port
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
@@ -221,12 +225,34 @@ async def test_a_taken_debug_port_is_one_sentence(cli_factory, short_dir):
     assert f"error: 127.0.0.1:{port} is taken (Address already in use): --debug's port" in cli.output()
 
 
-async def test_debugpy_missing_is_one_sentence(cli_factory, short_dir):
-    # The variable without --debug's volume: debugpy is not in the image.
+async def test_the_variable_without_debugpys_volume_is_ignored(cli_factory, short_dir):
+    # A program on the network may set ALEPH_DEBUG_PORT itself: no node mounts debugpy,
+    # and the program must start as it did before --debug existed, with one warning.
     program = write_program(short_dir)
     cli = await cli_factory("--mode", "dev", "--port", "0", "--env", "ALEPH_DEBUG_PORT=5678", str(program))
-    assert await cli.wait() == 3
-    assert "debugpy could not be loaded from /opt/aleph-debug (No module named 'debugpy')" in cli.output()
+    url = await cli.wait_url(60)
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200
+    assert await cli.interrupt() == 0
+    assert "ALEPH_DEBUG_PORT is set but no debugger is mounted at /opt/aleph-debug" in cli.output()
+
+
+def test_debugpy_that_cannot_load_is_one_sentence(tmp_path):
+    """debugpy's volume is there but debugpy does not import: the configuration fails with one
+    sentence (an interpreter without site-packages stands for an image without debugpy)."""
+    probe = (
+        "from aleph_runtime.guest import debugger\n"
+        f"debugger.DEBUGPY_PATH = {str(tmp_path)!r}\n"
+        "try:\n"
+        "    debugger.start_from_variables({'ALEPH_DEBUG_PORT': '5678'})\n"
+        "except debugger.DebuggerError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", probe], capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(REPOSITORY / "runtime")},
+    )  # fmt: skip
+    assert result.stdout.strip() == f"debugpy could not be loaded from {tmp_path} (No module named 'debugpy')"
 
 
 @pytest.mark.e2e

@@ -42,6 +42,16 @@ def requested_port(variables: dict[str, str]) -> int | None:
 
 def start_from_variables(variables: dict[str, str]) -> None:
     """Start debugpy as the config's variables ask (blocking: the init calls it off its loop)."""
+    if DEBUG_PORT_VARIABLE not in variables:
+        return
+    if not os.path.isdir(DEBUGPY_PATH):
+        # Only `aleph-runtime run --debug` mounts debugpy: a program on the network whose
+        # own variables happen to use this name starts as it did before this module.
+        logger.warning(
+            "%s is set but no debugger is mounted at %s (only aleph-runtime run --debug mounts one): ignored",
+            DEBUG_PORT_VARIABLE, DEBUGPY_PATH,
+        )  # fmt: skip
+        return
     port = requested_port(variables)
     if port is not None:
         wait = variables.get(DEBUG_WAIT_VARIABLE) == "1"
