@@ -180,4 +180,4 @@ async def test_profile_full_runs_a_node_program(images, cli_factory, short_dir):
         assert response.status == 200, text
         assert text.startswith("node v18.") and text.endswith("says hello at /hello\n"), text
     await stop_cleanly(cli)
-    assert "the full runtime image (lz4)" in cli.output()
+    assert "the debian-12 full runtime image (lz4)" in cli.output()
