@@ -108,6 +108,10 @@ class SupervisorClient:
             await writer.drain()
             await asyncio.wait_for(reader.readline(), timeout=timeout)
             raw = await asyncio.wait_for(reader.read(protocol.MAX_SINGLE_READ), timeout=timeout)
+        except ConnectionError as error:
+            # A Unix socket closed with unread bytes resets its peer: the init ended, or
+            # dropped the connection, before it had read the configuration.
+            raise InitError(f"the init reset the config connection before answering ({error})") from error
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
