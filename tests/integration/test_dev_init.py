@@ -87,6 +87,20 @@ async def test_an_init_that_ends_with_its_configuration_unread_is_reported_as_en
         await instance.kill()
 
 
+async def test_an_init_that_ended_before_its_configuration_is_reported_as_ended(tmp_path):
+    """An init that ended right after its ready signal (its imports failed, say) listens
+    no more: configure() says it ended, not ConnectionRefusedError."""
+    instance = DevMachine(tmp_path / "vm")
+    await instance.start()
+    try:
+        instance.process.kill()
+        await instance.process.wait()
+        with pytest.raises(MachineExited, match=r"the init exited \(status -9\) before answering"):
+            await instance.configure(program_config(b"app = None", "main:app"))
+    finally:
+        await instance.kill()
+
+
 def unread_connections(uds_path: Path) -> int:
     """Connections to the Unix socket `uds_path` on its listener's side, accepted or not."""
     with open("/proc/net/unix") as table:
