@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from aleph_runtime import protocol
+from aleph_runtime.host.machines.base import MachineExited
 from aleph_runtime.host.machines.dev import DevMachine
 from aleph_runtime.host.program import program_config, tar_directory, zip_directory
 from aleph_runtime.host.supervisor import ConfigurationRejected
@@ -62,6 +63,57 @@ async def test_the_ready_signal_comes_before_the_imports_and_the_config_still_la
     lines = log.read_text().splitlines()
     assert any("Ready signal sent before the imports" in line for line in lines), lines
     assert not any(line.endswith("Ready signal sent") for line in lines), lines  # not twice
+
+
+async def test_an_init_that_ends_with_its_configuration_unread_is_reported_as_ended(tmp_path):
+    """The configuration waits in the init's socket (the ready signal comes before the
+    imports); an init that ends then leaves it unread, which resets the host's side.
+    configure() says the machine ended, how, and its last log lines: not a bare
+    ConnectionResetError, as one flaky run under load showed."""
+    log = tmp_path / "init.log"
+    instance = DevMachine(tmp_path / "vm", log_path=log)
+    await instance.start()
+    try:
+        assert await eventually(lambda: "Listening on" in log.read_text())
+        os.kill(instance.process.pid, signal.SIGSTOP)
+        configure = asyncio.ensure_future(instance.configure(program_config(b"app = None", "main:app")))
+        # The host's connection is queued on the init's listener (its server side shows the path).
+        assert await eventually(lambda: unread_connections(instance.uds_path) > 0)
+        os.kill(instance.process.pid, signal.SIGKILL)
+        with pytest.raises(MachineExited, match=r"the init exited \(status -9\) before answering") as error:
+            await configure
+        assert "Listening on" in str(error.value)  # its log's last lines
+    finally:
+        await instance.kill()
+
+
+async def test_an_init_that_ended_before_its_configuration_is_reported_as_ended(tmp_path):
+    """An init that ended right after its ready signal (its imports failed, say) listens
+    no more: configure() says it ended, not ConnectionRefusedError."""
+    instance = DevMachine(tmp_path / "vm")
+    await instance.start()
+    try:
+        instance.process.kill()
+        await instance.process.wait()
+        with pytest.raises(MachineExited, match=r"the init exited \(status -9\) before answering"):
+            await instance.configure(program_config(b"app = None", "main:app"))
+    finally:
+        await instance.kill()
+
+
+def unread_connections(uds_path: Path) -> int:
+    """Connections to the Unix socket `uds_path` on its listener's side, accepted or not."""
+    with open("/proc/net/unix") as table:
+        rows = [line.split() for line in table]
+    return sum(1 for row in rows if row[-1] == str(uds_path) and row[3] != "00010000")  # not the listener
+
+
+async def eventually(check, timeout: float = 15):
+    """check() until it is truthy; its last value. A bound on a wait, not a speed test."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := check()) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    return value
 
 
 @pytest.mark.parametrize("name", ["starlette_app.py", "fastapi_app.py"])

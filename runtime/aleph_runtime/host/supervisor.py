@@ -101,13 +101,22 @@ class SupervisorClient:
         return await asyncio.open_unix_connection(path=self.uds_path, limit=2**20)
 
     async def configure(self, config: dict, timeout: float = 60) -> dict:
-        """Send a config; raise ConfigurationRejected on `success: false`, as the supervisor aborts."""
-        reader, writer = await self._open()
+        """Send a config; raise ConfigurationRejected on `success: false`, as the supervisor
+        aborts, and InitError when the init does not listen, or resets or closes the
+        connection unanswered."""
+        try:
+            reader, writer = await self._open()
+        except (ConnectionError, FileNotFoundError) as error:
+            raise InitError(f"the init does not take its configuration ({error})") from error
         try:
             writer.write(protocol.connect_line(protocol.INIT_PORT) + protocol.frame_config(config))
             await writer.drain()
             await asyncio.wait_for(reader.readline(), timeout=timeout)
             raw = await asyncio.wait_for(reader.read(protocol.MAX_SINGLE_READ), timeout=timeout)
+        except ConnectionError as error:
+            # A Unix socket closed with unread bytes resets its peer: the init ended, or
+            # dropped the connection, before it had read the configuration.
+            raise InitError(f"the init reset the config connection before answering ({error})") from error
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

@@ -33,13 +33,20 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from aleph_runtime.host.supervisor import HaltResult, ReadySignal, SupervisorClient
+from aleph_runtime.host.supervisor import (
+    ConfigurationRejected,
+    HaltResult,
+    InitError,
+    ReadySignal,
+    SupervisorClient,
+)
 
 log = logging.getLogger(__name__)
 
 
 class MachineExited(RuntimeError):
-    """The machine ended before its ready signal; the message carries what it said."""
+    """The machine ended before its ready signal or its configuration's answer; the
+    message carries its exit and what it said."""
 
 
 class Machine(abc.ABC):
@@ -153,9 +160,24 @@ class Machine(abc.ABC):
             ) from None
 
     async def configure(self, config: dict, timeout: float | None = None) -> dict:
-        """Send the configuration; ConfigurationRejected when the program cannot start."""
+        """Send the configuration; ConfigurationRejected when the program cannot start,
+        MachineExited when the machine ended instead of answering."""
         timeout = self.configure_timeout if timeout is None else timeout
-        return await self.client.configure(config, timeout=timeout)
+        try:
+            return await self.client.configure(config, timeout=timeout)
+        except ConfigurationRejected:
+            raise
+        except InitError as error:
+            # No answer: an init that ended (a crash, a kill) looks like a reset or an
+            # early EOF on the connection; its exit and last words say what happened.
+            status = await self.wait_exit(self.exit_grace)
+            if status is None:
+                raise
+            detail = self.failure_detail()
+            raise MachineExited(
+                f"{self.describe_exit(status)} before answering its configuration"
+                + (f"\n{detail}" if detail else "")
+            ) from error
 
     async def wait_exit(self, timeout: float) -> int | None:
         """The exit status if the machine ends within `timeout`, else None."""

@@ -125,6 +125,21 @@ class DevMachine(CommandMachine):
                 self._log.close()
                 self._log = None
 
+    def failure_detail(self) -> str:
+        """The end of the init's log, when it goes to `log_path`."""
+        if self.log_path is None:
+            return ""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - FAILURE_DETAIL_BYTES))
+                return log.read().decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+
+#: How much of the end of a dev init's log an error message quotes.
+FAILURE_DETAIL_BYTES = 4096
+
 
 #: The init's knobs (guest/settings.py) a container takes from the host's environment.
 INIT_SETTINGS = (
