@@ -17,17 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -36,13 +35,14 @@ import pytest
 from aleph_runtime.host.container.network import NetworkSpec
 from aleph_runtime.host.container.rootfs import IdMap, image_tree
 from aleph_runtime.host.container.spawn import Bind, Container, ContainerSpec
+from tests import outside_network
+from tests.outside_network import OUTSIDE_HOST, OUTSIDE_SERVER, LoopbackServer
 
 pytestmark = [pytest.mark.root, pytest.mark.image]
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "container_probe.py"
 IMAGE_PYTHON = "/usr/bin/python3"
-OUTSIDE_HOST, OUTSIDE_SERVER = "203.0.113.1", "203.0.113.2"
 TEST_NETWORK = NetworkSpec(ip="203.0.113.10/24", gateway=OUTSIDE_HOST)
 
 # Dev mode's layout before the container (machines/dev.py's _NAMESPACE_SCRIPT at 479404c):
@@ -99,87 +99,31 @@ def host_root_tree() -> Path:
     return image_tree(found, IdMap.host_root())
 
 
-class LoopbackServer:
-    """A TCP server on the host's 127.0.0.1 that counts its connections."""
-
-    def __init__(self, host: str = "127.0.0.1"):
-        self.socket = socket.create_server((host, 0))
-        self.port = self.socket.getsockname()[1]
-        self.accepted = 0
-        self.socket.settimeout(0.2)
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                connection, _ = self.socket.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            with connection:
-                connection.sendall(b"host-loopback\n")
-
-    def close(self) -> None:
-        self._stop = True
-        self.thread.join(2)
-        self.socket.close()
-
-
-OUTSIDE_SERVER_CODE = textwrap.dedent(
-    """
-    import socket, subprocess, sys, threading, time
-    while subprocess.run(["ip", "link", "show", "eth0"], capture_output=True).returncode:
-        time.sleep(0.01)
-    for command in (["ip", "addr", "add", sys.argv[1] + "/24", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
-                    ["ip", "link", "set", "lo", "up"]):
-        subprocess.run(command, check=True)
-    server = socket.create_server((sys.argv[1], 8000))
-    # A stand-in for a DNS resolver: answers each datagram on port 53 with its echo.
-    resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    resolver.bind((sys.argv[1], 53))
-    def answer():
-        while True:
-            data, peer = resolver.recvfrom(512)
-            resolver.sendto(b"answer:" + data, peer)
-    threading.Thread(target=answer, daemon=True).start()
-    print("ready", flush=True)
+#: The outside server: a TCP greeting on port 8000, and a stand-in for a DNS resolver on port
+#: 53 that answers each datagram with its echo.
+OUTSIDE_SERVER_CODE = """
+import socket, threading
+server = socket.create_server((sys.argv[1], 8000))
+resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+resolver.bind((sys.argv[1], 53))
+def answer():
     while True:
-        connection, _ = server.accept()
-        with connection:
-            connection.sendall(b"outside\\n")
-    """
-)
+        data, peer = resolver.recvfrom(512)
+        resolver.sendto(b"answer:" + data, peer)
+threading.Thread(target=answer, daemon=True).start()
+print("ready", flush=True)
+while True:
+    connection, _ = server.accept()
+    with connection:
+        connection.sendall(b"outside\\n")
+"""
 
 
 @pytest.fixture(scope="module")
 def outside():
     """A server at 203.0.113.2:8000 in a network namespace of its own, through a veth pair."""
-    server = subprocess.Popen(
-        ["unshare", "--net", sys.executable, "-c", OUTSIDE_SERVER_CODE, OUTSIDE_SERVER],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    veth = "alct" + secrets.token_hex(4)
-    try:
-        deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{server.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        for command in (
-            ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", str(server.pid)],
-            ["ip", "addr", "add", f"{OUTSIDE_HOST}/24", "dev", veth],
-            ["ip", "link", "set", veth, "up"],
-        ):
-            subprocess.run(command, check=True, capture_output=True)
-        assert server.stdout.readline() == "ready\n"
+    with outside_network.outside(OUTSIDE_SERVER_CODE):
         yield OUTSIDE_SERVER, 8000
-    finally:
-        server.kill()
-        server.wait()
-        subprocess.run(["ip", "link", "del", veth], capture_output=True)
 
 
 class Doors:
@@ -465,6 +409,39 @@ def test_memory_limit_kills_as_in_a_vm(tree, work):
     spec = ContainerSpec(tree, [IMAGE_PYTHON, "-c", OOM_PROGRAM], memory_mb=512, network=None)
     outcome = run_container(spec, work)
     assert (outcome.status, outcome.output.strip(), outcome.oom_kills) == (0, "survived", 0)
+
+
+#: Root inside tries to make a read-only bind writable, then to write through it.
+REMOUNT_PROGRAM = textwrap.dedent(
+    """
+    import subprocess
+    remount = subprocess.run(["mount", "-o", "remount,bind,rw", "/bound"], capture_output=True)
+    print("remount", remount.returncode)
+    try:
+        with open("/bound/shared", "w") as file:
+            file.write("written from inside")
+        print("written")
+    except OSError as error:
+        print("refused", error.errno)
+    """
+)
+
+
+def test_a_read_only_bind_stays_read_only(tree, work):
+    """Root's binds are made read-only before the container's user namespace exists: the
+    kernel locks them so, and its root (who owns its mounts) cannot remount one writable,
+    even over a file anyone may write."""
+    bound = work / "bound-ro"
+    bound.mkdir(mode=0o777)
+    bound.chmod(0o777)
+    (bound / "shared").write_text("the host's")
+    (bound / "shared").chmod(0o666)
+    spec = ContainerSpec(tree, [IMAGE_PYTHON, "-c", REMOUNT_PROGRAM], binds=[Bind(bound, "/bound", "ro")],
+                         network=None)  # fmt: skip
+    outcome = run_container(spec, work)
+    assert outcome.status == 0, outcome.output
+    assert outcome.output.split() == ["remount", "32", "refused", str(errno.EROFS)], outcome.output
+    assert (bound / "shared").read_text() == "the host's"
 
 
 CPU_PROGRAM = textwrap.dedent(

@@ -1,4 +1,5 @@
-"""Child processes the host tools start (QEMU, Redis) must not outlive them."""
+"""Child processes the host tools start (QEMU, Redis, a container) must not outlive them,
+and what owns one asks it the same two questions (`OwnsProcess`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import contextlib
 import ctypes
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 _PR_SET_PDEATHSIG = 1
 
@@ -24,3 +29,20 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
     return preexec
+
+
+class OwnsProcess:
+    """What is one child process of ours once started (`process`): when it ends, and whether it runs."""
+
+    process: asyncio.subprocess.Process | None = None
+
+    async def wait(self) -> int | None:
+        """The process's exit status once it has ended (None if never started)."""
+        if self.process is None:
+            return None
+        return await self.process.wait()
+
+    @property
+    def running(self) -> bool:
+        """Started and not ended yet."""
+        return self.process is not None and self.process.returncode is None

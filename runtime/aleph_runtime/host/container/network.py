@@ -43,6 +43,9 @@ class NetworkSpec:
     gateway: str = "172.16.0.1"
     tcp_forwards: tuple[int, ...] = ()
     """Ports of the host's 127.0.0.1 forwarded to the same port of the namespace (`--debug`)."""
+    configure: bool = False
+    """pasta itself gives eth0 its address and default route: for a command that is not the
+    init (pip building a packages volume), which would leave eth0 down."""
 
 
 def host_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[list[str], list[str]]:
@@ -62,6 +65,13 @@ def host_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[list[str], li
             if address.version == 4:
                 (loopback if address.is_loopback else reachable).append(str(address))
     return reachable, loopback
+
+
+def resolv_conf(resolv_conf: str = "/etc/resolv.conf") -> str:
+    """A resolv.conf naming this machine's resolvers the container reaches (what the init
+    writes from the config, for a command that is not the init)."""
+    reachable, _ = host_resolvers(resolv_conf)
+    return "".join(f"nameserver {address}\n" for address in reachable)
 
 
 def missing() -> str | None:
@@ -87,6 +97,8 @@ def pasta_command(spec: NetworkSpec, pid: int, pid_file: Path) -> list[str]:
         "--no-dhcp", "--dns", "none",
         "--pid", str(pid_file),
     ]  # fmt: skip
+    if spec.configure:
+        command.append("--config-net")
     if os.geteuid() == 0:
         # Started by root, pasta would become `nobody`, who may not enter a namespace owned
         # by root; it drops its capabilities and seccomp-confines itself once attached.

@@ -70,6 +70,18 @@ class IdMap:
         return self.gid + (gid if gid < self.count else 0)
 
 
+def give(directory: Path, ids: IdMap) -> None:
+    """`directory` (and what it holds) owned by the container's root, who writes it: the
+    host's root's files shifted into the container's range (a user's own files already are
+    theirs, and a user can give nothing)."""
+    if os.geteuid() != 0 or directory.stat().st_uid == ids.uid:
+        return
+    for parent, dirnames, filenames in os.walk(directory):
+        for name in (parent, *(os.path.join(parent, n) for n in (*dirnames, *filenames))):
+            info = os.lstat(name)
+            os.lchown(name, ids.host_uid(info.st_uid), ids.host_gid(info.st_gid))
+
+
 def cache_root() -> Path:
     """The image cache (the runtime's, as root; the user's own cache otherwise)."""
     if os.geteuid() == 0:

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aleph_runtime.host.children import die_with_parent
+from aleph_runtime.host.children import OwnsProcess, die_with_parent
 from aleph_runtime.host.container.cgroups import Limits
 from aleph_runtime.host.container.network import NetworkSpec, Pasta
 from aleph_runtime.host.container.network import missing as network_missing
@@ -75,6 +75,9 @@ while [ "$1" != "--" ]; do
   if [ "$how" != mask ]; then
     if [ -d "$src" ]; then mkdir "$M/src/$i"; else : > "$M/src/$i"; fi
     mount --bind "$src" "$M/src/$i"
+    # Read-only here, in the host's user namespace: the container's copy of this mount is
+    # then locked read-only, and its root cannot remount it writable.
+    if [ "$how" = ro ]; then mount -o remount,bind,ro "$M/src/$i"; fi
     src=$M/src/$i; i=$((i + 1))
   fi
   args+=("$src" "$dst" "$how")
@@ -222,7 +225,8 @@ def command_line(spec: ContainerSpec, mount_dir: Path, gate_fd: int) -> tuple[li
         inner[1:1] = ["--user", "--keep-caps"]
     groups = "clear" if os.geteuid() == 0 else "keep"
     words = [str(spec.tree), "ns" if spec.user_namespace else "root", groups]
-    for bind in spec.binds:
+    # Parents first: a bind at /a would otherwise hide one made before it at /a/b.
+    for bind in sorted(spec.binds, key=lambda bind: len(Path(bind.target).parts)):
         words += [str(bind.source or "-"), bind.target, bind.mode]
     words += ["--", "env", "-i", *(f"{key}={value}" for key, value in spec.env.items())]
     if os.geteuid() == 0:
@@ -243,8 +247,9 @@ def command_line(spec: ContainerSpec, mount_dir: Path, gate_fd: int) -> tuple[li
     return [*launch, str(mount_dir), *words, *spec.command], env
 
 
-class Container:
-    """One container; `start()` returns once its command runs (network attached)."""
+class Container(OwnsProcess):
+    """One container; `start()` returns once its command runs (network attached). `wait()`
+    gives the exit status as unshare reports it (negative: a signal; -SIGINT for a power-off)."""
 
     def __init__(self, spec: ContainerSpec, workdir: Path, *, stdout=None, stderr=None):
         self.spec = spec
@@ -367,16 +372,6 @@ class Container:
             raise SetupError(f"the container's user IDs could not be mapped ({error.strerror}): "
                              "dev mode needs user namespaces") from None  # fmt: skip
 
-    async def wait(self) -> int | None:
-        """The exit status as unshare reports it (negative: a signal; -SIGINT for a power-off)."""
-        if self.process is None:
-            return None
-        return await self.process.wait()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
     def oom_kills(self) -> int:
         return self.limits.oom_kills()
 
@@ -406,3 +401,39 @@ class Container:
         await asyncio.to_thread(self.limits.remove)
         with contextlib.suppress(OSError):
             self.mount_dir.rmdir()
+
+
+@dataclass
+class Ended:
+    """How a command run to its end went (`run_to_end`)."""
+
+    status: int | None
+    """Its exit status; None when it was killed at its timeout."""
+    output: str
+    """Its last output (stdout and stderr together), at most `run_to_end`'s `keep` bytes."""
+    warnings: list[str]
+    """The container's missing guarantees (Container.warnings)."""
+
+
+async def run_to_end(spec: ContainerSpec, workdir: Path, *, timeout: float, keep: int = 64 << 10) -> Ended:
+    """Run `spec.command` in a container until it ends (or `timeout` s, then kill it); its
+    output goes to a file of the host's (never a pipe it could fill), of which the last
+    `keep` bytes are returned. Nothing of the container is left afterwards."""
+    output_path = Path(workdir) / f".output-{os.getpid()}-{secrets.token_hex(3)}"
+    status = None
+    try:
+        with open(output_path, "wb") as output:
+            box = Container(spec, workdir, stdout=output, stderr=output)
+            try:
+                await box.start()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    status = await asyncio.wait_for(box.wait(), timeout)
+            finally:
+                await box.kill()
+        with open(output_path, "rb") as output:
+            output.seek(max(0, output_path.stat().st_size - keep))
+            text = output.read(keep).decode(errors="replace")
+    finally:
+        with contextlib.suppress(OSError):
+            output_path.unlink()
+    return Ended(status, text, box.warnings)

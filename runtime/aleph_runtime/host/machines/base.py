@@ -33,6 +33,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+from aleph_runtime.host.children import OwnsProcess
 from aleph_runtime.host.supervisor import (
     ConfigurationRejected,
     HaltResult,
@@ -49,7 +50,7 @@ class MachineExited(RuntimeError):
     message carries its exit and what it said."""
 
 
-class Machine(abc.ABC):
+class Machine(OwnsProcess, abc.ABC):
     """One init behind Firecracker's hybrid-vsock layout on `uds_path`."""
 
     #: How long `start` waits for the ready signal, and `configure` for the program to start.
@@ -81,17 +82,6 @@ class Machine(abc.ABC):
     @abc.abstractmethod
     async def _launch(self) -> None:
         """Start the machine; it must send its ready signal to `<uds>_52`."""
-
-    async def wait(self) -> int | None:
-        """Return the machine's exit status once it has ended (None if never launched)."""
-        if self.process is None:
-            return None
-        return await self.process.wait()
-
-    @property
-    def running(self) -> bool:
-        """Launched and not ended yet."""
-        return self.process is not None and self.process.returncode is None
 
     @abc.abstractmethod
     async def kill(self) -> None:

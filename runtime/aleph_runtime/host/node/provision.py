@@ -237,11 +237,6 @@ class Provision:
         requirements = find_requirements(program.directory)
         if requirements is None:
             return None
-        if self.options.mode == "dev" and os.geteuid() != 0:
-            # pip runs inside the runtime image, which needs root here; dev mode can do without.
-            self.progress(f"{requirements.source.name}: not installed (building the packages volume needs root): "
-                          "the program gets the image's packages only")  # fmt: skip
-            return None
         return self._install_packages(requirements, run_dir)
 
     def _install_packages(self, requirements: Requirements | None, run_dir: Path) -> Path | None:
@@ -335,7 +330,7 @@ class Provision:
             if volume.persistent:
                 target = self.persistent_path(volume.persistent)
                 target.mkdir(parents=True, exist_ok=True)
-                _give(target, ids)
+                rootfs.give(target, ids)
             elif volume.source.is_dir():
                 target = volume.source
             elif is_squashfs(volume.source):
@@ -518,17 +513,6 @@ class Provision:
             raise NodeError(f"mkfs.ext4 failed: {error.stderr.decode(errors='replace').strip()}") from None
         partial.rename(image)
         return image
-
-
-def _give(directory: Path, ids: rootfs.IdMap) -> None:
-    """A persistent volume's directory (and what it holds) owned by the container's root,
-    who writes it (the host's root shifted; a user's own files already are theirs)."""
-    if os.geteuid() != 0 or directory.stat().st_uid == ids.uid:
-        return
-    for parent, dirnames, filenames in os.walk(directory):
-        for name in (parent, *(os.path.join(parent, n) for n in (*dirnames, *filenames))):
-            info = os.lstat(name)
-            os.lchown(name, ids.host_uid(info.st_uid), ids.host_gid(info.st_gid))
 
 
 def _checkout_to_bind(ids: rootfs.IdMap) -> bool:
