@@ -12,10 +12,12 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import pytest
 
 from tests.cli.conftest import REPOSITORY
 from tests.cli.example_checks import stop_cleanly
+from tests.outside_network import OUTSIDE_SERVER, LoopbackServer, outside
 
 PYTHON_HEADERS = Path("/usr/include/python3.11")
 
@@ -80,26 +83,30 @@ def make_wheel(directory: Path, name: str, version: str, files: dict[str, bytes]
     return wheel
 
 
-def make_sdist_needing_a_compiler(directory: Path) -> Path:
-    """An sdist whose build compiles C with `cc` (an in-tree PEP 517 backend, no build requirements)."""
-    root = directory / "needscc-1.0"
+def make_sdist(directory: Path, name: str, backend: str) -> Path:
+    """An sdist `name` 1.0 built by `backend` (an in-tree PEP 517 backend, no build requirements)."""
+    root = directory / f"{name}-1.0"
     root.mkdir()
     (root / "pyproject.toml").write_text(
         '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-        '[project]\nname = "needscc"\nversion = "1.0"\n'
+        f'[project]\nname = "{name}"\nversion = "1.0"\n'
     )
-    (root / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: needscc\nVersion: 1.0\n")
-    (root / "backend.py").write_text(
-        "import subprocess\n"
-        "def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n"
-        "    subprocess.run(['cc', '-shared', '-o', 'needscc.so', 'needscc.c'], check=True)\n"
-        "    raise RuntimeError('unreachable in this test')\n"
-    )
-    (root / "needscc.c").write_text("int needscc(void) { return 1; }\n")
-    sdist = directory / "needscc-1.0.tar.gz"
+    (root / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (root / "backend.py").write_text(backend)
+    sdist = directory / f"{name}-1.0.tar.gz"
     subprocess.run(["tar", "-czf", str(sdist), "-C", str(directory), root.name], check=True)
     shutil.rmtree(root)
     return sdist
+
+
+#: A build that compiles C with `cc`: the lean image has none.
+NEEDS_CC_BACKEND = """\
+import pathlib, subprocess
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    pathlib.Path('needscc.c').write_text('int needscc(void) { return 1; }\\n')
+    subprocess.run(['cc', '-shared', '-o', 'needscc.so', 'needscc.c'], check=True)
+    raise RuntimeError('unreachable in this test')
+"""
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +127,7 @@ def wheelhouse(tmp_path_factory) -> Path:
                requires=("tinyext",))  # fmt: skip
     make_wheel(directory, "wantsnewer", "1.0", {"wantsnewer.py": b""}, requires=("tinyext>=2",))
     make_wheel(directory, "idna", "9.9.9", {"idna/__init__.py": b"__version__ = '9.9.9'\n"})
-    make_sdist_needing_a_compiler(directory)
+    make_sdist(directory, "needscc", NEEDS_CC_BACKEND)
     return directory
 
 
@@ -216,6 +223,144 @@ def test_an_unknown_runtime_is_refused(tmp_path):
     assert result.returncode == 2
     assert "invalid choice: 'debian-99'" in result.stderr
     assert "debian-12" in result.stderr and "debian-13" in result.stderr  # the known ones, listed
+
+
+#: A package whose build (the author's code, or anyone's: pip runs it) looks for this
+#: machine from where pip runs it, and ships what it found as spy_facts.json.
+SPY_BACKEND = """\
+import base64, errno, hashlib, json, os, socket, zipfile
+
+def facts():
+    found = {{"uid_map": open("/proc/self/uid_map").read().split()[:3],
+              "host_file": os.path.exists({host_file!r})}}
+    try:
+        socket.create_connection(("127.0.0.1", {loopback_port}), timeout=2).close()
+        found["host_loopback"] = "connected"
+    except OSError as error:
+        found["host_loopback"] = errno.errorcode.get(error.errno, type(error).__name__)
+    try:
+        os.kill({host_pid}, 0)
+        found["host_process"] = "seen"
+    except ProcessLookupError:
+        found["host_process"] = "none"
+    except PermissionError:
+        found["host_process"] = "seen"
+    return found
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    info = "spy-1.0.dist-info"
+    files = {{
+        "spy_facts.json": json.dumps(facts()).encode(),
+        info + "/METADATA": b"Metadata-Version: 2.1\\nName: spy\\nVersion: 1.0\\n",
+        info + "/WHEEL": b"Wheel-Version: 1.0\\nGenerator: spy\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+    }}
+    record = ""
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{{path}},sha256={{digest}},{{len(data)}}\\n"
+    files[info + "/RECORD"] = (record + info + "/RECORD,,\\n").encode()
+    name = "spy-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return name
+"""
+
+
+def test_a_packages_build_reaches_nothing_of_this_machine(tmp_path_factory):
+    """pip runs in dev mode's container: a package's build, run as root there, sees no file of
+    this machine's but what is bound, no process of its, nothing on its loopback; and its root
+    is the host's root shifted (issue 25's mapping)."""
+    secret = tmp_path_factory.mktemp("host-only") / "secret"
+    secret.write_text("the host's")
+    loopback = LoopbackServer()
+    wheels, work = tmp_path_factory.mktemp("spy-wheels"), tmp_path_factory.mktemp("spy")
+    try:
+        backend = SPY_BACKEND.format(host_file=str(secret), loopback_port=loopback.port, host_pid=os.getpid())
+        make_sdist(wheels, "spy", backend)
+        (work / "requirements.txt").write_text("spy\n")
+        # Not --no-index: the container has its network (pip's settings say where to look).
+        env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+        result = packages_command(str(work), "-o", str(work / "spy.squashfs"), env=env)
+        assert result.returncode == 0, result.stderr
+        tree = work / "tree"
+        subprocess.run(["unsquashfs", "-q", "-d", str(tree), str(work / "spy.squashfs")], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        facts = json.loads((tree / "spy_facts.json").read_text())
+    finally:
+        loopback.close()
+    assert facts == {
+        "uid_map": ["0", "1000000000", "65536"],
+        "host_file": False,
+        "host_loopback": "ECONNREFUSED",
+        "host_process": "none",
+    }
+    assert loopback.accepted == 0
+
+
+#: A PEP 503 index at the outside server's port 8000 (sys.argv[2]: the directory it serves).
+INDEX_SERVER_CODE = """
+import functools, http.server
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])
+server = http.server.ThreadingHTTPServer((sys.argv[1], 8000), handler)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+def test_pip_reaches_an_index_through_the_containers_network(tmp_path_factory):
+    """The index is another machine's (a network namespace of its own, through a veth pair):
+    the container's pasta reaches it as it reaches PyPI, with this machine's resolvers and
+    routes, and pip installs from it."""
+    index = tmp_path_factory.mktemp("index")
+    index.chmod(0o755)
+    (index / "files").mkdir()
+    (index / "simple" / "onlyoutside").mkdir(parents=True)
+    wheel = make_wheel(index / "files", "onlyoutside", "1.0", {"onlyoutside.py": b"WHERE = 'outside'\n"})
+    (index / "simple" / "onlyoutside" / "index.html").write_text(
+        f'<html><body><a href="../../files/{wheel.name}">{wheel.name}</a></body></html>\n'
+    )
+    for path in index.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    work = tmp_path_factory.mktemp("indexed")
+    (work / "requirements.txt").write_text("onlyoutside==1.0\n")
+    env = {
+        "PIP_INDEX_URL": f"http://{OUTSIDE_SERVER}:8000/simple/", "PIP_TRUSTED_HOST": OUTSIDE_SERVER,
+        "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "", "PIP_NO_INDEX": "",
+    }  # fmt: skip
+    with outside(INDEX_SERVER_CODE, str(index)):
+        result = packages_command(str(work), "-o", str(work / "o.squashfs"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "1 distributions for debian-12 (lean): onlyoutside 1.0" in result.stdout
+    assert "onlyoutside.py" in listing(work / "o.squashfs")
+
+
+@pytest.fixture
+def nobody_home():
+    """A home for nobody that nobody can reach (pytest's temporary directories are root's alone)."""
+    with tempfile.TemporaryDirectory(prefix="aleph-nobody-") as home:
+        yield Path(home)
+
+
+def test_a_user_builds_a_volume_too(wheelhouse, nobody_home):
+    """As a non-root user (nobody): the container maps that user alone as its root, and the
+    image is unpacked into their own cache."""
+    home = nobody_home
+    shutil.copytree(wheelhouse, home / "wheels")
+    (home / "requirements.txt").write_text("tinylib\n")
+    for path in [home, *home.rglob("*")]:
+        os.chown(path, 65534, 65534)
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+         "aleph_runtime.host.node.cli", "packages", str(home), "-o", str(home / "out.squashfs"),
+         "--no-index", "--find-links", str(home / "wheels")],
+        env={"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"),
+             "PYTHONPATH": str(REPOSITORY / "runtime")},
+        capture_output=True, text=True, timeout=900, cwd=home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 distributions for debian-12 (lean): tinyext 1.0, tinylib 1.0" in result.stdout
+    assert "tinyext.cpython-311-x86_64-linux-gnu.so" in listing(home / "out.squashfs")
 
 
 def program_with_requirements(directory: Path, requirements: str) -> Path:

@@ -5,9 +5,10 @@
 
 A program ships its libraries as an immutable volume mounted at /opt/packages, first on
 the init's sys.path. Built here:
-- with the runtime image's own Python and pip, run inside that image (`run_in_image`),
-  so every wheel pip picks matches the network's interpreter and libc, whatever this
-  machine runs;
+- with the runtime image's own Python and pip, run in dev mode's container of that image
+  (`BuildBox`: its namespaces, its network through pasta), so every wheel pip picks
+  matches the network's interpreter and libc whatever this machine runs, and what a
+  package's build runs reaches nothing of this machine;
 - with bytecode at levels 0 and 2 (the init runs `python3 -OO`) as unchecked-hash
   .pyc, valid on a read-only volume whatever the files' times: nothing compiles at boot;
 - packed as a reproducible squashfs (`program.reproducible_squashfs`): the same
@@ -28,7 +29,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import tomllib
@@ -186,6 +186,11 @@ def runtime_image(runtime: str, profile: str | None, progress: Progress) -> Path
 
     if runtime not in RUNTIMES:
         raise NodeError(f"--runtime {runtime}: one of {', '.join(RUNTIMES)}")
+    if os.geteuid() != 0:
+        # A user cannot build one: the newest in the image cache, as dev mode runs.
+        from aleph_runtime.host.container.rootfs import dev_image
+
+        return dev_image(profile or "lean", runtime, progress=progress)
     progress(
         f"finding the {profile or 'lean'} runtime image ({runtime}; built through its cache when missing)"
     )
@@ -203,85 +208,122 @@ def image_python_packages(image: Path) -> dict[str, str]:
     return {normalise(name): version for name, version in packages.items()}
 
 
-def image_tree(image: Path, progress: Progress) -> Path:
-    """The image's files, owned as in the image: dev mode's cache of unpacked images
-    (container/rootfs.py, keyed by the image's sha256), shared with it."""
-    from aleph_runtime.host.container.rootfs import IdMap
-    from aleph_runtime.host.container.rootfs import image_tree as unpacked
-
-    return unpacked(image, IdMap.host_root(), progress=progress)
-
-
-#: Runs as the wrapper in a new mount and PID namespace: an overlay of the image's tree
-#: (writes land in a tmpfs and vanish), this machine's /dev, a fresh /proc, its DNS and
-#: CA bundle copied in, the binds ("SOURCE rw|ro" pairs: the same path inside), then the
-#: command chrooted, with the host's network (pip reaches the index).
-IN_IMAGE_SCRIPT = r"""
-set -eu
-M=$1; TREE=$2; CWD=$3; shift 3
-mount -t tmpfs -o mode=0755 aleph-image "$M"
-mkdir "$M/upper" "$M/work" "$M/root"
-mount -t overlay overlay -o "lowerdir=$TREE,upperdir=$M/upper,workdir=$M/work" "$M/root"
-R=$M/root
-mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
-mount --rbind /dev "$R/dev"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$R/tmp"
-if [ -f /etc/resolv.conf ]; then cat /etc/resolv.conf > "$R/etc/resolv.conf"; fi
-if [ -n "${ALEPH_CA_BUNDLE:-}" ] && [ -f "$ALEPH_CA_BUNDLE" ]; then cat "$ALEPH_CA_BUNDLE" > "$R/tmp/ca.crt"; fi
-while [ "$1" != "--" ]; do
-  src=$1; mode=$2; shift 2
-  mkdir -p "$R$src"
-  mount --bind "$src" "$R$src"
-  if [ "$mode" = ro ]; then mount -o remount,bind,ro "$R$src"; fi
-done
-shift
-exec chroot "$R" /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$CWD" "$@"
-"""
+#: Where the host's CA bundle is bound in the build's container: pip trusts what this
+#: machine trusts (a proxy's own CA, say), not only the bundle pip carries.
+CA_BUNDLE_INSIDE = "/run/aleph-host-ca.crt"
+#: Inputs the container's root could not read where they are (a directory only the host's
+#: root may read, as pytest's or one under /root) are copied for it, up to this many bytes.
+MAX_COPIED_INPUT_BYTES = 256 << 20
 
 
-def run_in_image(
-    tree: Path,
-    command: list[str],
-    *,
-    binds: list[tuple[Path, bool]],
-    env: dict[str, str],
-    cwd: Path,
-    timeout: float = PIP_INSTALL_TIMEOUT,
-) -> subprocess.CompletedProcess:
-    """Run `command` with the image's programs (chrooted into an overlay of `tree`), this
-    machine's network, and the directories `binds` (path, read_only) at their own paths.
-    Output (stdout and stderr merged) is returned, never shown. Root only. The one step to
-    swap for dev mode's container (container/spawn.py) once a plain command there has a
-    network: today its eth0 gets its address, route and resolv.conf from the guest init."""
-    if os.geteuid() != 0:
-        raise SetupError(
-            "building a packages volume runs pip inside the runtime image, which needs root here: run as "
-            "root, or mount a volume built elsewhere (--packages FILE)"
-        )
-    if shutil.which("unshare") is None:
-        raise SetupError("unshare is not installed (util-linux)")
-    mount_dir = Path(tempfile.mkdtemp(prefix="aleph-image-"))
+@dataclasses.dataclass
+class InContainer:
+    """A command run in the build's container: its status (None: killed at its timeout),
+    its last output, and the guarantees the container lacked."""
+
+    returncode: int | None
+    stdout: str
+    warnings: list[str]
+
+
+class BuildBox:
+    """Dev mode's container of the runtime image (host/container/), for one build: pip and
+    compileall run there with the image's Python, as the network's interpreter and libc, and
+    whatever a package's build runs (an sdist's setup.py is the author's code, or anyone's)
+    reaches nothing of this machine but the directories bound in, and the network through
+    pasta, as a program in dev mode does. The same for root and for a user: the container's
+    root is the host's root shifted to an unused range, or the user."""
+
+    def __init__(self, image: Path, work: Path, shared: Path, progress: Progress):
+        """`work`: the host's own directory for this build (the container's output, copies);
+        `shared`: the directory in it the container's root writes (bound where asked)."""
+        from aleph_runtime.host.container import rootfs
+        from aleph_runtime.host.container.spawn import missing_tool, plan
+
+        if why := missing_tool():
+            raise SetupError(why)
+        self.ids, self.user_namespace, self.why_not = plan()
+        self.tree = rootfs.image_tree(image, self.ids, progress=progress)
+        self.work = work
+        rootfs.give(shared, self.ids)
+        self._copies = 0
+
+    def readable(self, directory: Path) -> Path:
+        """`directory` itself when the container's root may read it, else a copy it may read."""
+        from aleph_runtime.host.container import rootfs
+
+        info = directory.stat()
+        if os.geteuid() != 0 or info.st_uid == self.ids.uid or info.st_mode & 0o005 == 0o005:
+            return directory
+        size = 0
+        for path in directory.rglob("*"):
+            with contextlib.suppress(OSError):
+                size += path.lstat().st_size
+            if size > MAX_COPIED_INPUT_BYTES:
+                raise PackagesError(
+                    f"{directory} is readable by its owner only and over {MAX_COPIED_INPUT_BYTES >> 20} MiB to "
+                    "copy for the build's container: let others read it (chmod o+rx)"
+                )
+        self._copies += 1
+        copy = self.work / "inputs" / str(self._copies)
+        shutil.copytree(directory, copy, symlinks=True)
+        rootfs.give(copy, self.ids)
+        return copy
+
+    def run(
+        self,
+        command: list[str],
+        *,
+        binds: list[tuple[Path, bool]],
+        env: dict[str, str],
+        cwd: Path,
+        network: bool = False,
+        timeout: float = PIP_INSTALL_TIMEOUT,
+    ) -> InContainer:
+        """`command` run in the container at `cwd`, with the directories `binds` (path,
+        read_only) at their own paths and, with `network`, this machine's DNS and CA bundle
+        and a network as a VM's (pasta). Output (stdout and stderr merged) is returned, never shown."""
+        from aleph_runtime.host.container.network import NetworkSpec, resolv_conf
+        from aleph_runtime.host.container.spawn import Bind, ContainerSpec, run_to_end
+
+        mounts = [
+            Bind(self.readable(path) if read_only else path, str(path), "ro" if read_only else "rw")
+            for path, read_only in binds
+        ]
+        inside_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", **env}
+        spec_network = None
+        if network:
+            resolvers = self.work / ".resolv.conf"
+            resolvers.write_text(resolv_conf())
+            mounts.append(Bind(resolvers, "/etc/resolv.conf", "ro"))
+            bundle = _ca_bundle()
+            if bundle:
+                mounts.append(Bind(Path(bundle), CA_BUNDLE_INSIDE, "ro"))
+                inside_env.setdefault("PIP_CERT", CA_BUNDLE_INSIDE)
+            spec_network = NetworkSpec(configure=True)
+        spec = ContainerSpec(
+            self.tree, command, ids=self.ids, env=inside_env, binds=mounts, network=spec_network,
+            user_namespace=self.user_namespace, cwd=str(cwd),
+        )  # fmt: skip
+        ended = _run_coroutine(run_to_end(spec, self.work, timeout=timeout))
+        if ended.status is None:
+            raise NodeError(f"{' '.join(command[:4])} took longer than {timeout:.0f} s")
+        return InContainer(ended.status, ended.output, ended.warnings)
+
+
+def _run_coroutine(coroutine):
+    """Run `coroutine` to its end from synchronous code, on a thread of its own when this one
+    already runs an event loop (`run` prepares the node from inside one)."""
+    import asyncio
+
     try:
-        pairs = [item for path, read_only in binds for item in (str(path), "ro" if read_only else "rw")]
-        inside_env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", **env,
-        }  # fmt: skip
-        argv = [
-            "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
-            "/bin/sh", "-c", IN_IMAGE_SCRIPT, "aleph-image", str(mount_dir), str(tree), str(cwd), *pairs, "--",
-            "env", "-i", *(f"{key}={value}" for key, value in inside_env.items()), *command,
-        ]  # fmt: skip
-        outer_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ALEPH_CA_BUNDLE": _ca_bundle() or ""}
-        try:
-            return subprocess.run(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                env=outer_env, timeout=timeout, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise NodeError(f"{' '.join(command[:4])} took longer than {timeout:.0f} s") from None
-    finally:
-        with contextlib.suppress(OSError):
-            mount_dir.rmdir()
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 # --- pip's settings from this machine ---
@@ -442,11 +484,10 @@ def build_packages(
     progress: Progress = lambda message: None,
 ) -> PackagesVolume:
     """Install `requirements` with the runtime image's pip, compile them, pack them into `out`."""
-    from aleph_runtime.host.vmm.image import cache_dir
+    from aleph_runtime.host.container.rootfs import cache_root
 
-    cache = cache or cache_dir()
+    cache = cache or cache_root().parent  # the runtime's cache as root, the user's own otherwise
     image = runtime_image(runtime, profile, progress)
-    tree = image_tree(image, progress)
     settings = host_pip_settings()
     if no_index:
         settings = {key: value for key, value in settings.items() if key == "PIP_DEFAULT_TIMEOUT"}
@@ -458,39 +499,40 @@ def build_packages(
         **settings, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1",
         "PIP_ROOT_USER_ACTION": "ignore", "PYTHONDONTWRITEBYTECODE": "1",
     }  # fmt: skip
-    if _ca_bundle():
-        env["PIP_CERT"] = "/tmp/ca.crt"
     work_parent = cache / "tmp"
     work_parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="packages-", dir=work_parent))
     try:
-        site = work / "site"
-        site.mkdir()
+        shared = work / "shared"
+        site = shared / "site"
+        site.mkdir(parents=True)
         # A requirements file is read where it is (its `-r` and `-c` lines are relative to it);
         # a pyproject.toml's dependencies are written out as one.
         if requirements.source.name == "pyproject.toml":
-            requirements_file = work / "requirements.txt"
+            requirements_file = shared / "requirements.txt"
             requirements_file.write_text(requirements.text)
         else:
             requirements_file = requirements.source
-        binds = [(work, False), (requirements.directory, True)]
-        binds += [(path, True) for path in dict.fromkeys([*links, *local_paths(settings)]) if path != work]
+        binds = [(shared, False), (requirements.directory, True)]
+        binds += [(path, True) for path in dict.fromkeys([*links, *local_paths(settings)]) if path != shared]
+        box = BuildBox(image, work, shared, progress)  # the container's root owns `shared` from here
         progress(
-            f"installing {requirements.source} with the image's pip (Python of {runtime}, {profile or 'lean'})"
+            f"installing {requirements.source} with the image's pip (Python of {runtime}, {profile or 'lean'}), "
+            "in a container of the image"
         )
-        installed = run_in_image(
-            tree,
+        installed = box.run(
             ["python3", "-m", "pip", "install", "--target", str(site), "--no-compile", "--prefer-binary",
              "--break-system-packages", "--no-warn-script-location", "--progress-bar", "off",
              "-r", str(requirements_file)],
-            binds=binds, env=env, cwd=requirements.directory,
+            binds=binds, env=env, cwd=requirements.directory, network=not no_index,
         )  # fmt: skip
         if installed.returncode != 0:
             message = f"pip could not install {requirements.source}:\n{_tail(installed.stdout)}"
-            raise PackagesError(message + compiler_hint(installed.stdout, profile))
+            lacking = "".join(f"\n({warning})" for warning in installed.warnings)
+            raise PackagesError(message + compiler_hint(installed.stdout, profile) + lacking)
         progress("writing bytecode (levels 0 and 2, unchecked-hash) with the image's Python")
-        compiled = run_in_image(
-            tree, compile_bytecode_command(site, PACKAGES_MOUNT), binds=[(work, False)], env={}, cwd=work
+        compiled = box.run(
+            compile_bytecode_command(site, PACKAGES_MOUNT), binds=[(shared, False)], env={}, cwd=shared
         )
         warnings = []
         if compiled.returncode != 0:
