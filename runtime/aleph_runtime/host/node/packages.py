@@ -493,6 +493,9 @@ def build_packages(
         settings = {key: value for key, value in settings.items() if key == "PIP_DEFAULT_TIMEOUT"}
         settings["PIP_NO_INDEX"] = "1"
     links = [Path(path).resolve() for path in find_links]
+    for link in links:
+        if not link.exists():
+            raise PackagesError(f"--find-links {link}: no such file or directory")
     if links:
         settings["PIP_FIND_LINKS"] = " ".join([*map(str, links), *settings.get("PIP_FIND_LINKS", "").split()])
     env = {
