@@ -306,6 +306,18 @@ async def test_an_image_that_cannot_be_unpacked_stops_dev_mode_in_one_sentence(c
         assert str(short_dir) not in mountinfo.read()
 
 
+async def test_a_volume_that_cannot_be_unpacked_is_one_sentence(cli_factory, short_dir):
+    broken = short_dir / "data.squashfs"
+    broken.write_bytes(b"hsqs" + b"\0" * 4096)  # a squashfs magic, and nothing behind it
+    cli = await cli_factory("--mode", "dev", "--port", "0", "--volume", f"/data={broken}",
+                            str(EXAMPLES / "hello" / "main.py"))  # fmt: skip
+    assert await cli.wait() == 2
+    output = cli.output()
+    assert f"unsquashfs {broken} failed: " in output, output
+    assert "Traceback" not in output
+    assert not any(path.name.endswith(".partial") for path in cli.state_dir.rglob("*")), output
+
+
 PEEKING = b"""
 import json, os, socket
 

@@ -170,11 +170,12 @@ def prune(cache: Path, keep: Path, unused_days: float = UNUSED_DAYS) -> list[Pat
     return removed
 
 
-def _unpack(image: Path, target: Path) -> None:
-    # No xattrs: security.capability would name the host's root; device nodes in the
-    # image (none are needed: /dev is the container's own) cannot be made by a user.
+def unsquash(image: Path, target: Path, *, ignore_errors: bool = False) -> str | None:
+    """`image` unpacked into `target` (a new directory); None, or unsquashfs's last error line.
+    With `ignore_errors`, unsquashfs goes on past a file it cannot make (a user cannot make
+    a device node). No xattrs: security.capability would name the host's root."""
     command = ["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", str(target), str(image)]
-    if os.geteuid() != 0:
+    if ignore_errors:
         command[1:1] = ["-ignore-errors"]
     try:
         result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -182,9 +183,17 @@ def _unpack(image: Path, target: Path) -> None:
         raise SetupError(
             "unsquashfs is not installed: install squashfs-tools (scripts/setup.sh does)"
         ) from None
-    if result.returncode != 0 and not (target / "usr").is_dir():
-        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        raise NodeError(f"the runtime image {image} could not be unpacked ({lines[-1] if lines else 'unsquashfs failed'}): "
+    if result.returncode == 0:
+        return None
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"unsquashfs exited with status {result.returncode}"
+
+
+def _unpack(image: Path, target: Path) -> None:
+    # Device nodes in the image (none are needed: /dev is the container's own) cannot be made by a user.
+    error = unsquash(image, target, ignore_errors=os.geteuid() != 0)
+    if error is not None and not (target / "usr").is_dir():
+        raise NodeError(f"the runtime image {image} could not be unpacked ({error}): "
                         "rebuild it with rootfs-build/build-rootfs.sh --force")  # fmt: skip
 
 

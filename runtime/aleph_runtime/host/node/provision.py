@@ -369,15 +369,10 @@ class Provision:
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                subprocess.run(["unsquashfs", "-q", "-n", "-no-xattrs", "-d", str(partial), str(image)],
-                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-            except FileNotFoundError:
-                raise SetupError("unsquashfs is not installed (squashfs-tools; scripts/setup.sh)") from None
-            except subprocess.CalledProcessError as error:
-                raise NodeError(
-                    f"unsquashfs {image} failed: {error.stderr.decode(errors='replace').strip()}"
-                ) from None
+            error = rootfs.unsquash(image, partial)
+            if error is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise NodeError(f"unsquashfs {image} failed: {error}")
             partial.rename(target)
         return target
 
