@@ -503,29 +503,40 @@ def test_network_like_a_vm(tree, work, outside):
     assert not outcome.box.warnings
 
 
+#: As a user's container's root: who it is, a file made in a writable bind, then
+#: REMOUNT_PROGRAM's attempt on a read-only one.
+USER_PROGRAM = "import os; print('inside', os.getuid(), os.getpid()); open('/made/here', 'w').close()\n"
+
+
 def test_runs_as_a_user_in_a_user_namespace(tree, work):
     """A non-root user (nobody): their own copy of the image, mapped as the container's
-    root; no cgroup delegation here, so the limits are said to be missing."""
+    root (what it makes is nobody's on the host); their read-only binds locked so as
+    root's are; no cgroup delegation here, so the limits are said to be missing."""
     home = work / "nobody"
-    home.mkdir()
-    os.chown(home, 65534, 65534)
+    (home / "made").mkdir(parents=True)
+    (home / "bound").mkdir()
+    (home / "bound" / "shared").write_text("the host's")
+    for path in (home, home / "made", home / "bound", home / "bound" / "shared"):
+        os.chown(path, 65534, 65534)
     from aleph_runtime.host.vmm import image
 
     squashfs = _find_image()
+    program = USER_PROGRAM + REMOUNT_PROGRAM
     code = textwrap.dedent(
         f"""
         import asyncio, sys
         from pathlib import Path
         sys.path.insert(0, {str(HERE.parents[1] / "runtime")!r})
         from aleph_runtime.host.container.rootfs import IdMap, image_tree
-        from aleph_runtime.host.container.spawn import Container, ContainerSpec
+        from aleph_runtime.host.container.spawn import Bind, Container, ContainerSpec
         ids = IdMap.for_caller()
         tree = image_tree(Path({str(squashfs)!r}), ids)
+        home = Path({str(home)!r})
         async def main():
-            spec = ContainerSpec(tree, ["/usr/bin/python3", "-c",
-                "import os; print('inside', os.getuid(), os.getpid(), open('/proc/self/uid_map').read().split())"],
-                ids=ids, memory_mb=256, network=None)
-            box = Container(spec, Path({str(home)!r}))
+            spec = ContainerSpec(tree, ["/usr/bin/python3", "-c", {program!r}], ids=ids, memory_mb=256,
+                                 network=None, binds=[Bind(home / "made", "/made", "rw"),
+                                                      Bind(home / "bound", "/bound", "ro")])
+            box = Container(spec, home)
             await box.start()
             status = await box.wait()
             await box.kill()
@@ -541,7 +552,10 @@ def test_runs_as_a_user_in_a_user_namespace(tree, work):
         capture_output=True, text=True, timeout=600, cwd=home,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "inside 0 1 ['0', '65534', '1']" in result.stdout, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["inside 0 1", "remount 32", f"refused {errno.EROFS}"], result.stdout + result.stderr
+    assert (home / "made" / "here").stat().st_uid == 65534
+    assert (home / "bound" / "shared").read_text() == "the host's"
     assert "status 0" in result.stdout
     assert "--memory 256 MiB not enforced" in result.stdout
 

@@ -1,14 +1,17 @@
 """Start a command (the image's init) as PID 1 of a container of the runtime image.
 
-As root, a first mount namespace of the host's user namespace stages each bind's source
-under a tmpfs (`_STAGE0`: the container's root could not reach a source under /root by
-its path). Then `unshare` makes the container's namespaces in one call: user, mount,
-PID, IPC, UTS, network and cgroup; its child, PID 1 of the new PID namespace, runs
-`_SETUP_SCRIPT` with the host's bash and tools. The child first waits on a pipe (the
-`GATE` descriptor) while the host:
+A first mount namespace stages each bind's source under a tmpfs (`_STAGE0`: the
+container's root could not reach a source under /root by its path), the read-only ones
+made read-only there: the container's mount namespace, owned by another user namespace,
+gets them locked so. As root, that first namespace is of the host's user namespace; as a
+user, of a user namespace of their own that maps them alone. Then `unshare` makes the
+container's namespaces in one call: user, mount, PID, IPC, UTS, network and cgroup; its
+child, PID 1 of the new PID namespace, runs `_SETUP_SCRIPT` with the host's bash and
+tools. The child first waits on a pipe (the `GATE` descriptor) while the host:
 
-1. writes its ID maps (`rootfs.IdMap`: as root, the container's 0-65535 are an unused host
-   range, so its root is no one on the host; as a user, that user alone);
+1. writes its ID maps, as root (`rootfs.IdMap`: the container's 0-65535 are an unused
+   host range, so its root is no one on the host; a user's container maps that user alone,
+   itself, with unshare's --map-root-user);
 2. attaches pasta to its network namespace (network.py), when there is one to give.
 
 Then the script becomes the namespace's root (setpriv), and builds the root filesystem as
@@ -58,9 +61,10 @@ BOUNDING_SET = (
     "net_raw", "sys_chroot", "audit_write", "setfcap", "net_admin", "sys_boot",
 )  # fmt: skip
 
-# As root, first in a mount namespace of the host's user namespace: each bind's source is
-# bound under the staging tmpfs, where the container's root can reach it (a source under
-# /root, say, it could not reach by its path). Then the container's namespaces.
+# First in a mount namespace of the host's user namespace (as root) or of the user's own
+# (as a user): each bind's source is bound under the staging tmpfs, where the container's
+# root can reach it (a source under /root, say, it could not reach by its path), read-only
+# ones read-only. Then the container's namespaces.
 # Arguments: the mount directory, then those of _SETUP_SCRIPT from the image tree on.
 # Environment: INNER, the unshare command that makes the container's namespaces.
 _STAGE0 = r"""
@@ -229,11 +233,13 @@ def command_line(spec: ContainerSpec, mount_dir: Path, gate_fd: int) -> tuple[li
     for bind in sorted(spec.binds, key=lambda bind: len(Path(bind.target).parts)):
         words += [str(bind.source or "-"), bind.target, bind.mode]
     words += ["--", "env", "-i", *(f"{key}={value}" for key, value in spec.env.items())]
-    if os.geteuid() == 0:
-        launch = ["unshare", "--mount", "--propagation", "private", "/bin/bash", "-c", _STAGE0, "aleph-stage"]
-    else:
-        # A user reaches what they bind by its path: no staging (nor could they make it).
-        launch = [*inner, "/bin/bash", "-c", _SETUP_SCRIPT, "aleph-container"]
+    stage = ["unshare", "--mount", "--propagation", "private", "/bin/bash", "-c", _STAGE0, "aleph-stage"]
+    if os.geteuid() != 0:
+        # A user stages as the root of a user namespace of their own, which maps them alone;
+        # the container's is its child, and maps itself (a user may map their own ID): the
+        # host cannot write the maps of a namespace two levels down.
+        stage[1:1] = ["--user", "--map-root-user"]
+        inner[1:1] = ["--map-root-user"]
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "INNER": " ".join(inner),
@@ -244,7 +250,7 @@ def command_line(spec: ContainerSpec, mount_dir: Path, gate_fd: int) -> tuple[li
         # Without a user namespace: the capabilities root keeps ("" : all of them).
         "BOUNDING": "" if spec.all_capabilities else ",".join("+" + c for c in BOUNDING_SET),
     }
-    return [*launch, str(mount_dir), *words, *spec.command], env
+    return [*stage, str(mount_dir), *words, *spec.command], env
 
 
 class Container(OwnsProcess):
@@ -324,10 +330,10 @@ class Container(OwnsProcess):
         finally:
             os.close(gate_read)
         try:
-            self.pid1 = await self._wait_for_namespaces(use_userns)
+            self.pid1 = await self._wait_for_namespaces()
             with contextlib.suppress(OSError):
                 self._pid1_fd = os.pidfd_open(self.pid1)
-            if use_userns:
+            if use_userns and os.geteuid() == 0:  # a user's container mapped itself
                 self._write_id_maps(self.pid1)
             if network is not None:
                 self.pasta = Pasta(network, self.workdir / f"{self.name}.pasta.pid")
@@ -338,10 +344,12 @@ class Container(OwnsProcess):
         finally:
             os.close(gate_write)
 
-    async def _wait_for_namespaces(self, use_userns: bool, timeout: float = 10) -> int:
-        """PID 1's host PID, once it is in its namespaces."""
+    async def _wait_for_namespaces(self, timeout: float = 10) -> int:
+        """PID 1's host PID, once it is in its namespaces: the child in another PID namespace
+        (the staging shell's own children, `mount` and the like, are in a user's staging user
+        namespace, but in this PID namespace)."""
         assert self.process is not None
-        kind = "user" if use_userns else "pid"
+        kind = "pid"
         ours = os.readlink(f"/proc/self/ns/{kind}")
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         deadline = time.monotonic() + timeout
