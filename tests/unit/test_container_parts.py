@@ -34,6 +34,10 @@ def test_pasta_closes_the_host_loopback_and_takes_nothing_inbound(tmp_path):
         "24",
     ]
     assert command[command.index("--gateway") + 1] == "172.16.0.1"
+    # The init configures eth0 itself; a bare command (a pip build) has pasta do it.
+    assert "--config-net" not in command
+    bare = pasta_command(NetworkSpec("172.16.0.2/24", "172.16.0.1", configure=True), 4242, tmp_path / "pid")
+    assert "--config-net" in bare and bare[-1] == "4242"
 
 
 def test_host_resolvers_split_off_the_loopback_ones(tmp_path: Path):
