@@ -218,10 +218,10 @@ MAX_COPIED_INPUT_BYTES = 256 << 20
 
 @dataclasses.dataclass
 class InContainer:
-    """A command run in the build's container: its status (None: killed at its timeout),
-    its last output, and the guarantees the container lacked."""
+    """A command run in the build's container to its end: its status, its last output, and
+    the guarantees the container lacked."""
 
-    returncode: int | None
+    returncode: int
     stdout: str
     warnings: list[str]
 
@@ -242,7 +242,7 @@ class BuildBox:
 
         if why := missing_tool():
             raise SetupError(why)
-        self.ids, self.user_namespace, self.why_not = plan()
+        self.ids, self.user_namespace, _ = plan()  # why not a user namespace: in the container's warnings
         self.tree = rootfs.image_tree(image, self.ids, progress=progress)
         self.work = work
         rootfs.give(shared, self.ids)
@@ -517,7 +517,11 @@ def build_packages(
         else:
             requirements_file = requirements.source
         binds = [(shared, False), (requirements.directory, True)]
-        binds += [(path, True) for path in dict.fromkeys([*links, *local_paths(settings)]) if path != shared]
+        # A find-links file (a page of links) is read with its directory, where its links point.
+        directories = [link if link.is_dir() else link.parent for link in links]
+        binds += [
+            (path, True) for path in dict.fromkeys([*directories, *local_paths(settings)]) if path != shared
+        ]
         box = BuildBox(image, work, shared, progress)  # the container's root owns `shared` from here
         progress(
             f"installing {requirements.source} with the image's pip (Python of {runtime}, {profile or 'lean'}), "
