@@ -552,7 +552,7 @@ async def dependency_starts(args) -> dict:
     kernel, initramfs, rootfs = find_images(args.kernel, args.profile or "lean", args.compression)
     with tempfile.TemporaryDirectory(prefix="bench-deps-", dir="/var/tmp") as directory:
         work = Path(directory)
-        volumes = dependency_volumes(work, args.profile)
+        volumes = await asyncio.to_thread(dependency_volumes, work, args.profile)  # pip: synchronous
         code_dir = work / "code"
         code_dir.mkdir()
         (code_dir / "main.py").write_bytes(DEPENDENCIES_APP)

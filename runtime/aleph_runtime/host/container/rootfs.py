@@ -100,11 +100,8 @@ def image_sha256(image: Path) -> str:
             return str(manifest["sha256"])
     import hashlib
 
-    digest = hashlib.sha256()
     with open(image, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def image_tree(image: Path, ids: IdMap, cache: Path | None = None, progress=None) -> Path:

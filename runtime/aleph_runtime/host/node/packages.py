@@ -22,6 +22,7 @@ aleph-client's command lines publishing both.
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import contextlib
 import dataclasses
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from aleph_runtime.guest.python_needed import RUNTIME_PYTHONS
 from aleph_runtime.host.errors import NodeError, SetupError
 from aleph_runtime.host.program import compile_bytecode_command, reproducible_squashfs
 from aleph_runtime.host.vmm.image import DEFAULT_RUNTIME, RUNTIMES
@@ -43,8 +45,9 @@ from aleph_runtime.host.vmm.image import DEFAULT_RUNTIME, RUNTIMES
 Progress = Callable[[str], None]
 
 PACKAGES_MOUNT = "/opt/packages"
-#: Each runtime's Python (major.minor): its pyc magic and cache tag follow it.
-RUNTIME_PYTHON = {"debian-12": "3.11", "debian-13": "3.13"}
+#: Each runtime's Python (major.minor): its pyc magic and cache tag follow it. The guest's
+#: table, which names the runtime a program needs, is the one source.
+RUNTIME_PYTHON = {name: f"{major}.{minor}" for name, (major, minor) in RUNTIME_PYTHONS}
 #: The largest file the network stores, hence the largest immutable volume a node can
 #: fetch: pyaleph's ipfs.max_upload_file_size, 1 GiB (src/aleph/toolkit/constants.py,
 #: DEFAULT_MAX_UPLOAD_FILE_SIZE; storage.max_file_size, 100 MiB, caps the `storage`
@@ -179,13 +182,17 @@ def read_requirements(source: Path) -> Requirements:
 # --- the runtime image, and a command run inside it ---
 
 
+def _check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise NodeError(f"--runtime {runtime}: one of {', '.join(RUNTIMES)}")
+
+
 def runtime_image(runtime: str, profile: str | None, progress: Progress) -> Path:
     """The runtime image's squashfs for `runtime` and `profile`: the one place mapping a
     runtime to its image."""
     from aleph_runtime.host.vmm.image import ensure_rootfs
 
-    if runtime not in RUNTIMES:
-        raise NodeError(f"--runtime {runtime}: one of {', '.join(RUNTIMES)}")
+    _check_runtime(runtime)
     if os.geteuid() != 0:
         # A user cannot build one: the newest in the image cache, as dev mode runs.
         from aleph_runtime.host.container.rootfs import dev_image
@@ -305,25 +312,11 @@ class BuildBox:
             self.tree, command, ids=self.ids, env=inside_env, binds=mounts, network=spec_network,
             user_namespace=self.user_namespace, cwd=str(cwd),
         )  # fmt: skip
-        ended = _run_coroutine(run_to_end(spec, self.work, timeout=timeout))
+        # Synchronous, as build_packages is: an async caller runs it in a thread (asyncio.to_thread).
+        ended = asyncio.run(run_to_end(spec, self.work, timeout=timeout))
         if ended.status is None:
             raise NodeError(f"{' '.join(command[:4])} took longer than {timeout:.0f} s")
         return InContainer(ended.status, ended.output, ended.warnings)
-
-
-def _run_coroutine(coroutine):
-    """Run `coroutine` to its end from synchronous code, on a thread of its own when this one
-    already runs an event loop (`run` prepares the node from inside one)."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 # --- pip's settings from this machine ---
@@ -615,8 +608,7 @@ def build_for_publishing(
     from aleph_runtime.host.program import bytecode_matches, squashfs_directory, zip_directory
     from aleph_runtime.protocol import Encoding
 
-    if runtime not in RUNTIMES:
-        raise NodeError(f"--runtime {runtime}: one of {', '.join(RUNTIMES)}")
+    _check_runtime(runtime)
     program = infer_program(source, encoding=encoding)
     if program.directory is None:
         raise NodeError(f"{source} is not a directory: `aleph program upload` takes the file as it is")
@@ -666,8 +658,5 @@ def publish_lines(volume_path: str, code_path: str | None = None, entrypoint: st
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
